@@ -1,0 +1,21 @@
+"""fastopt: fused optimizer kernels for NumPy training loops.
+
+>>> import numpy as np, fastopt
+>>> w = np.zeros((4, 1), np.float32); b = np.zeros(1, np.float32)
+>>> opt = fastopt.Adam([w, b], learning_rate=1e-3)
+>>> opt.step([np.ones_like(w), np.ones_like(b)])   # w and b updated in place
+"""
+from . import reference, schedules
+from .backends import (available_backends, get_backend, get_num_threads,
+                       get_parallel_threshold, set_num_threads, set_parallel_threshold)
+from .optimizers import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .state import load_state, save_state
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Optimizer",
+    "available_backends", "get_backend", "set_num_threads", "get_num_threads",
+    "set_parallel_threshold", "get_parallel_threshold",
+    "save_state", "load_state", "schedules", "reference", "__version__",
+]

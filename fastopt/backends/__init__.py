@@ -1,0 +1,140 @@
+"""Backend registry: the one place that maps a backend name to its module and
+decides what ``backend="auto"`` means.
+
+A backend that cannot be imported (its compiler or package missing) is simply
+absent from :func:`available_backends`; asking for it by name raises an
+``ImportError`` that says how to get it.  ``import fastopt`` never fails
+because of a backend.
+
+``"auto"`` follows the committed table in ``tuning.json`` (written by
+``benchmarks/calibrate.py`` from measurements): for each dtype, a list of
+``[max_size, backend]`` rows, the first row whose ``max_size`` is at least the
+group's size (``null`` = no limit) and whose backend is available wins.  The
+same file holds the measured serial/parallel thresholds of the Numba backend.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["available_backends", "get_backend", "resolve_backend", "set_num_threads",
+           "get_num_threads", "set_parallel_threshold", "get_parallel_threshold",
+           "BACKEND_NAMES"]
+
+#: Every backend fastopt knows, in order of preference for error messages.
+_MODULES = {
+    "numpy": "fastopt.backends.numpy_backend",
+    "numba": "fastopt.backends.numba_backend",
+}
+_HOW_TO_GET = {
+    "numba": "install it with `pip install numba` (a required dependency of fastopt)",
+}
+BACKEND_NAMES = tuple(_MODULES)
+
+_loaded: dict = {}
+_errors: dict = {}
+_num_threads: int | None = None
+_threshold_override: dict = {}
+
+TUNING = json.loads((Path(__file__).with_name("tuning.json")).read_text())
+
+
+def _load(name):
+    if name not in _loaded and name not in _errors:
+        try:
+            module = importlib.import_module(_MODULES[name])
+        except Exception as exc:  # a broken optional backend must not break fastopt
+            _errors[name] = exc
+        else:
+            _loaded[name] = module
+            _configure(module)
+    return _loaded.get(name)
+
+
+def _configure(module):
+    thresholds = TUNING.get("parallel_threshold", {}).get(module.NAME, {})
+    for dtype, n in {**thresholds, **_threshold_override}.items():
+        module.set_parallel_threshold(n, dtype)
+    if _num_threads is not None and hasattr(module, "set_num_threads"):
+        module.set_num_threads(_num_threads)
+
+
+def available_backends():
+    """Names of the backends that can run here, e.g. ``["numpy", "numba"]``."""
+    return [name for name in _MODULES if _load(name) is not None]
+
+
+def get_backend(name):
+    """The backend module called ``name`` (not ``"auto"``).
+
+    Raises ``ValueError`` for an unknown name and ``ImportError`` (saying how
+    to get it) for a known backend that cannot be loaded here.
+    """
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; known backends: "
+                         f"{', '.join(('auto',) + BACKEND_NAMES)}")
+    module = _load(name)
+    if module is None:
+        hint = _HOW_TO_GET.get(name, "")
+        raise ImportError(f"backend {name!r} is not available here "
+                          f"({type(_errors[name]).__name__}: {_errors[name]}); {hint}")
+    return module
+
+
+def resolve_backend(name, dtype, size):
+    """The backend module to use for a group of ``size`` elements of ``dtype``."""
+    if name != "auto":
+        return get_backend(name)
+    for max_size, candidate in TUNING["auto"][np.dtype(dtype).name]:
+        if (max_size is None or size <= max_size) and _load(candidate) is not None:
+            return _loaded[candidate]
+    return get_backend("numpy")
+
+
+def set_num_threads(n):
+    """Set the number of threads the compiled backends use (in this thread)."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
+    numba_backend = _load("numba")
+    limit = numba_backend.max_threads() if numba_backend else None
+    if limit is not None and n > limit:
+        raise ValueError(f"set_num_threads: n={n} exceeds the {limit} threads "
+                         "Numba was started with (NUMBA_NUM_THREADS)")
+    _num_threads = int(n)
+    for module in _loaded.values():
+        if hasattr(module, "set_num_threads"):
+            module.set_num_threads(_num_threads)
+
+
+def get_num_threads():
+    """The number of threads the compiled backends use."""
+    numba_backend = _load("numba")
+    if numba_backend is not None:
+        return numba_backend.get_num_threads()
+    return _num_threads or 1
+
+
+def set_parallel_threshold(n, dtype=None):
+    """Set the group size (elements) from which kernels run multi-threaded.
+
+    Below it a serial kernel runs: entering a parallel region costs more than
+    small steps.  Results do not depend on it.  ``dtype=None`` sets both.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"set_parallel_threshold: n must be an integer >= 0, got {n!r}")
+    dtypes = ("float32", "float64") if dtype is None else (np.dtype(dtype).name,)
+    for dt in dtypes:
+        _threshold_override[dt] = int(n)
+    for module in _loaded.values():
+        if hasattr(module, "set_parallel_threshold"):
+            for dt in dtypes:
+                module.set_parallel_threshold(int(n), dt)
+
+
+def get_parallel_threshold(dtype="float32"):
+    """The current parallel threshold of the Numba backend for ``dtype``."""
+    return get_backend("numba").get_parallel_threshold(dtype)

@@ -1,0 +1,43 @@
+"""NumPy backend: the float64 reference applied tensor by tensor.
+
+Slow by design and exact by design: each step casts a tensor, its gradient and
+its slots to float64, applies :func:`fastopt.reference.apply_rule` and casts
+the results back to the tensor's dtype (so state is kept in the parameter
+dtype, as in every backend).  It is the yardstick the fused backends are
+tested against and the fallback when no compiled backend is available.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import reference
+from .._rules import RULES
+from . import _contract
+
+NAME = "numpy"
+
+
+class Plan(_contract.Plan):
+    """Loops over the group's tensors in Python."""
+
+    def step(self, grads, pt, scalars, clipvalue=math.inf):
+        kw = dict(zip(self.rule.scalars, scalars))
+        for t, (p, g) in enumerate(zip(self.params, grads)):
+            if g is None:
+                continue
+            slots = [s[t] for s in self.slots]
+            new = reference.apply_rule(self.rule.name, p, g.reshape(-1), slots, kw,
+                                       keep=pt[1, t], gscale=pt[0, t],
+                                       clipvalue=clipvalue)
+            for dst, src in zip([p, *slots], new):
+                dst[...] = src
+
+    def sumsq(self, grads):
+        return np.array([0.0 if g is None else float(np.sum(np.square(g, dtype=np.float64)))
+                         for g in grads])
+
+
+globals().update(_contract.make_kernels(Plan, __name__))
+__all__ = ["Plan", *sorted(RULES)]

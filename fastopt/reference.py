@@ -1,0 +1,259 @@
+r"""The NumPy float64 reference: the specification of every update rule.
+
+Each function here is one update rule written as plainly as possible, in
+float64, returning new arrays.  The fused backends must agree with these
+functions; the ``"numpy"`` backend *is* these functions (it casts its inputs to
+float64, calls them, and casts the results back).  The formulas follow Keras 3
+(``keras.optimizers``), the default convention of fastopt.
+
+Notation: :math:`w` parameter, :math:`g` gradient, :math:`\eta` learning rate,
+all operations elementwise.
+
+Gradient transformation, applied first by every kernel (``gscale`` comes from
+``clipnorm``/``global_clipnorm``, ``clipvalue`` is ``inf`` when unused)::
+
+    g <- clip(gscale * g, -clipvalue, clipvalue)
+
+Decoupled weight decay, applied to the parameter before the update
+(``keep = 1 - weight_decay * lr``, 1 when unused)::
+
+    w <- keep * w
+
+NaN and Inf in gradients propagate into parameters and slots, as in Keras;
+nothing is checked or masked per element.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "preprocess", "sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
+    "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
+    "adam", "adam_amsgrad", "adam_alpha", "clip_by_norm", "clip_by_global_norm",
+    "clip_by_value", "global_norm", "apply_rule",
+]
+
+
+def _f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+def preprocess(grad, gscale=1.0, clipvalue=math.inf):
+    """``clip(gscale * g, -clipvalue, clipvalue)``, keeping NaN as NaN."""
+    g = _f64(grad) * gscale
+    # np.clip would also keep NaN; the explicit form documents the intent.
+    return np.where(g > clipvalue, clipvalue, np.where(g < -clipvalue, -clipvalue, g))
+
+
+def sgd(param, grad, *, learning_rate):
+    """Plain SGD: ``w <- w - lr * g``."""
+    return (_f64(param) - learning_rate * _f64(grad),)
+
+
+def sgd_momentum(param, grad, momentum_buf, *, learning_rate, momentum):
+    """SGD with (Keras) momentum::
+
+        m <- momentum * m - lr * g
+        w <- w + m
+    """
+    m = momentum * _f64(momentum_buf) - learning_rate * _f64(grad)
+    return _f64(param) + m, m
+
+
+def sgd_nesterov(param, grad, momentum_buf, *, learning_rate, momentum):
+    """SGD with (Keras) Nesterov momentum::
+
+        m <- momentum * m - lr * g
+        w <- w + momentum * m - lr * g        (with the new m)
+    """
+    g = _f64(grad)
+    m = momentum * _f64(momentum_buf) - learning_rate * g
+    return _f64(param) + (momentum * m - learning_rate * g), m
+
+
+def adagrad(param, grad, accumulator, *, learning_rate, epsilon):
+    """Adagrad (Keras: epsilon inside the square root)::
+
+        acc <- acc + g^2
+        w   <- w - lr * g / sqrt(acc + eps)
+    """
+    g = _f64(grad)
+    acc = _f64(accumulator) + g * g
+    return _f64(param) - learning_rate * g / np.sqrt(acc + epsilon), acc
+
+
+def _rms_denominator(velocity, average_gradient, epsilon):
+    if average_gradient is None:
+        return velocity + epsilon
+    # v - a^2 >= 0 in exact arithmetic; rounding can push it a hair below zero
+    # (mostly in float32).  fastopt clamps it at zero there, where Keras would
+    # take the square root of a possibly negative number.
+    return np.maximum(velocity - average_gradient * average_gradient, 0.0) + epsilon
+
+
+def _rmsprop(param, grad, velocity, average_gradient, momentum_buf, *,
+             learning_rate, rho, momentum, epsilon):
+    g = _f64(grad)
+    v = rho * _f64(velocity) + (1.0 - rho) * (g * g)
+    a = None
+    if average_gradient is not None:
+        a = rho * _f64(average_gradient) + (1.0 - rho) * g
+    inc = learning_rate * g / np.sqrt(_rms_denominator(v, a, epsilon))
+    out = [None, v]
+    if a is not None:
+        out.append(a)
+    if momentum_buf is not None:
+        mom = momentum * _f64(momentum_buf) + inc
+        out[0] = _f64(param) - mom
+        out.append(mom)
+    else:
+        out[0] = _f64(param) - inc
+    return tuple(out)
+
+
+def rmsprop(param, grad, velocity, *, learning_rate, rho, epsilon):
+    """RMSprop (Keras: epsilon inside the square root)::
+
+        v <- rho * v + (1 - rho) * g^2
+        w <- w - lr * g / sqrt(v + eps)
+    """
+    return _rmsprop(param, grad, velocity, None, None, learning_rate=learning_rate,
+                    rho=rho, momentum=0.0, epsilon=epsilon)
+
+
+def rmsprop_momentum(param, grad, velocity, momentum_buf, *, learning_rate, rho,
+                     momentum, epsilon):
+    """RMSprop with momentum::
+
+        v   <- rho * v + (1 - rho) * g^2
+        mom <- momentum * mom + lr * g / sqrt(v + eps)
+        w   <- w - mom
+    """
+    return _rmsprop(param, grad, velocity, None, momentum_buf,
+                    learning_rate=learning_rate, rho=rho, momentum=momentum,
+                    epsilon=epsilon)
+
+
+def rmsprop_centered(param, grad, velocity, average_gradient, *, learning_rate,
+                     rho, epsilon):
+    """Centred RMSprop::
+
+        v <- rho * v + (1 - rho) * g^2
+        a <- rho * a + (1 - rho) * g
+        w <- w - lr * g / sqrt(max(v - a^2, 0) + eps)
+    """
+    return _rmsprop(param, grad, velocity, average_gradient, None,
+                    learning_rate=learning_rate, rho=rho, momentum=0.0,
+                    epsilon=epsilon)
+
+
+def rmsprop_centered_momentum(param, grad, velocity, average_gradient,
+                              momentum_buf, *, learning_rate, rho, momentum,
+                              epsilon):
+    """Centred RMSprop with momentum::
+
+        v   <- rho * v + (1 - rho) * g^2
+        a   <- rho * a + (1 - rho) * g
+        mom <- momentum * mom + lr * g / sqrt(max(v - a^2, 0) + eps)
+        w   <- w - mom
+    """
+    return _rmsprop(param, grad, velocity, average_gradient, momentum_buf,
+                    learning_rate=learning_rate, rho=rho, momentum=momentum,
+                    epsilon=epsilon)
+
+
+def adam_alpha(learning_rate, beta_1, beta_2, iteration):
+    """Adam's bias-corrected step size for the step after ``iteration`` steps.
+
+    ``t = iteration + 1``; ``alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)``.
+    """
+    t = float(iteration) + 1.0
+    return learning_rate * math.sqrt(1.0 - beta_2 ** t) / (1.0 - beta_1 ** t)
+
+
+def adam(param, grad, m, v, *, alpha, beta_1, beta_2, epsilon):
+    """Adam (Keras form; ``alpha`` from :func:`adam_alpha`)::
+
+        m <- m + (g - m) * (1 - beta_1)
+        v <- v + (g^2 - v) * (1 - beta_2)
+        w <- w - m * alpha / (sqrt(v) + eps)
+    """
+    g = _f64(grad)
+    m = _f64(m) + (g - _f64(m)) * (1.0 - beta_1)
+    v = _f64(v) + (g * g - _f64(v)) * (1.0 - beta_2)
+    return _f64(param) - m * alpha / (np.sqrt(v) + epsilon), m, v
+
+
+def adam_amsgrad(param, grad, m, v, velocity_hat, *, alpha, beta_1, beta_2,
+                 epsilon):
+    """Adam with AMSGrad: as :func:`adam`, with ``vhat <- max(vhat, v)`` used
+    in the denominator in place of ``v``."""
+    g = _f64(grad)
+    m = _f64(m) + (g - _f64(m)) * (1.0 - beta_1)
+    v = _f64(v) + (g * g - _f64(v)) * (1.0 - beta_2)
+    vhat = np.maximum(_f64(velocity_hat), v)
+    return _f64(param) - m * alpha / (np.sqrt(vhat) + epsilon), m, v, vhat
+
+
+# --------------------------------------------------------------------------
+# Gradient clipping (Keras semantics), on lists of arrays, in float64.
+
+def global_norm(grads):
+    """Euclidean norm of all gradients together (``None`` entries skipped)."""
+    return math.sqrt(sum(float(np.sum(_f64(g) ** 2)) for g in grads if g is not None))
+
+
+def clip_by_norm(grad, clipnorm):
+    """Per-tensor: ``g * clipnorm / max(||g||, clipnorm)``.
+
+    An all-zero gradient passes unchanged; a NaN norm makes every entry NaN.
+    """
+    g = _f64(grad)
+    norm = math.sqrt(float(np.sum(g * g)))
+    return g * clipnorm / np.maximum(norm, clipnorm)
+
+
+def clip_by_global_norm(grads, clipnorm):
+    """All tensors scaled by ``clipnorm * min(1/||G||, 1/clipnorm)``.
+
+    As in Keras: a norm below ``clipnorm`` (including zero) leaves the
+    gradients unchanged up to rounding, and a non-finite norm gives NaN.
+    """
+    return [None if g is None else _f64(g) * global_clip_scale(global_norm(grads), clipnorm)
+            for g in grads]
+
+
+def global_clip_scale(norm, clipnorm):
+    """The scale factor of :func:`clip_by_global_norm` for a given norm."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.float64(1.0) / np.float64(norm)
+        scale = clipnorm * np.minimum(inv, 1.0 / clipnorm)
+        return float(scale + (np.float64(norm) - np.float64(norm)))
+
+
+def clip_by_value(grad, clipvalue):
+    """``clip(g, -clipvalue, clipvalue)``."""
+    return preprocess(grad, 1.0, clipvalue)
+
+
+_RULE_FUNCTIONS = {
+    "sgd": sgd, "sgd_momentum": sgd_momentum, "sgd_nesterov": sgd_nesterov,
+    "adagrad": adagrad, "rmsprop": rmsprop, "rmsprop_momentum": rmsprop_momentum,
+    "rmsprop_centered": rmsprop_centered,
+    "rmsprop_centered_momentum": rmsprop_centered_momentum,
+    "adam": adam, "adam_amsgrad": adam_amsgrad,
+}
+
+
+def apply_rule(name, param, grad, slots, scalars, *, keep=1.0, gscale=1.0,
+               clipvalue=math.inf):
+    """One whole kernel step in float64: preprocess, decay, update.
+
+    ``scalars`` is a dict of the rule's scalar arguments (see
+    :data:`fastopt._rules.RULES`).  Returns ``(new_param, *new_slots)``.
+    """
+    g = preprocess(grad, gscale, clipvalue)
+    w = keep * _f64(param)
+    return _RULE_FUNCTIONS[name](w, g, *slots, **scalars)
