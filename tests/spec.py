@@ -1,0 +1,87 @@
+"""An independent, deliberately plain Keras-order driver built on the reference.
+
+It re-states, without fastopt's optimizer classes, what one Keras 3
+``apply_gradients`` does: drop ``None`` gradients, clip (per-tensor norm,
+global norm, or value), apply decoupled weight decay to the variables that
+have gradients, run the update rule, count the iteration.  Everything in
+float64.  The optimizer tests compare fastopt's classes with it.
+"""
+import numpy as np
+
+from fastopt import reference as R
+
+KERAS_DEFAULTS = {
+    "SGD": dict(learning_rate=0.01, momentum=0.0, nesterov=False),
+    "Adagrad": dict(learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7),
+    "RMSprop": dict(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False),
+    "Adam": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False),
+    "AdamW": dict(learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
+                  epsilon=1e-7, amsgrad=False),
+}
+
+
+class KerasSpec:
+    def __init__(self, class_name, params, **kwargs):
+        self.h = {**KERAS_DEFAULTS[class_name], **kwargs}
+        self.cls = class_name
+        self.params = [np.array(p, dtype=np.float64) for p in params]
+        self.iterations = 0
+        h = self.h
+        if class_name == "SGD":
+            names = ["momentum"] if h["momentum"] != 0 else []
+        elif class_name == "Adagrad":
+            names = ["accumulator"]
+        elif class_name == "RMSprop":
+            names = ["velocity"] + (["average_gradient"] if h["centered"] else []) \
+                + (["momentum"] if h["momentum"] > 0 else [])
+        else:
+            names = ["momentum", "velocity"] + (["velocity_hat"] if h["amsgrad"] else [])
+        init = h.get("initial_accumulator_value", 0.0)
+        self.slots = {n: [np.full(p.shape, init if n == "accumulator" else 0.0)
+                          for p in self.params] for n in names}
+
+    def lr(self):
+        lr = self.h["learning_rate"]
+        return float(lr(self.iterations)) if callable(lr) else lr
+
+    def step(self, grads):
+        h, lr = self.h, self.lr()
+        grads = [None if g is None else np.asarray(g, np.float64) for g in grads]
+        if h.get("clipnorm") is not None:
+            grads = [None if g is None else R.clip_by_norm(g, h["clipnorm"]) for g in grads]
+        elif h.get("global_clipnorm") is not None:
+            grads = R.clip_by_global_norm(grads, h["global_clipnorm"])
+        elif h.get("clipvalue") is not None:
+            grads = [None if g is None else R.clip_by_value(g, h["clipvalue"]) for g in grads]
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            w = self.params[i]
+            if h.get("weight_decay") is not None:
+                w = w * (1.0 - h["weight_decay"] * lr)
+            self.params[i], *new = self._rule(w, g, [self.slots[n][i] for n in self.slots], lr)
+            for n, value in zip(self.slots, new):
+                self.slots[n][i] = value
+        self.iterations += 1
+
+    def _rule(self, w, g, slots, lr):
+        h = self.h
+        if self.cls == "SGD":
+            if h["momentum"] == 0:
+                return R.sgd(w, g, learning_rate=lr)
+            f = R.sgd_nesterov if h["nesterov"] else R.sgd_momentum
+            return f(w, g, *slots, learning_rate=lr, momentum=h["momentum"])
+        if self.cls == "Adagrad":
+            return R.adagrad(w, g, *slots, learning_rate=lr, epsilon=h["epsilon"])
+        if self.cls == "RMSprop":
+            kw = dict(learning_rate=lr, rho=h["rho"], epsilon=h["epsilon"])
+            if h["momentum"] > 0:
+                kw["momentum"] = h["momentum"]
+                f = R.rmsprop_centered_momentum if h["centered"] else R.rmsprop_momentum
+            else:
+                f = R.rmsprop_centered if h["centered"] else R.rmsprop
+            return f(w, g, *slots, **kw)
+        alpha = R.adam_alpha(lr, h["beta_1"], h["beta_2"], self.iterations)
+        f = R.adam_amsgrad if h["amsgrad"] else R.adam
+        return f(w, g, *slots, alpha=alpha, beta_1=h["beta_1"], beta_2=h["beta_2"],
+                 epsilon=h["epsilon"])
