@@ -157,3 +157,36 @@ def test_nan_and_inf_gradients_propagate(backend):
     kernels.adam(p, g, m, v, 0.1, 0.9, 0.999, 1e-7)
     assert np.isnan(p[:3]).all() and np.isfinite(p[3])
     assert np.isnan(m[0]) and math.isinf(m[1])
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_float32_square_overflows_like_keras(backend):
+    """Documented: float32 kernels compute g*g in float32, which is inf for
+    |g| > ~1.8e19 (as Keras float32 variables do); the float64 reference
+    would not overflow.  Adam then takes no step on that coordinate."""
+    k = fastopt.get_backend(backend)
+    p = np.array([1.0, 1.0], np.float32)
+    g = np.array([1e20, 1.0], np.float32)
+    m, v = np.zeros(2, np.float32), np.zeros(2, np.float32)
+    k.adam(p, g, m, v, 0.01, 0.9, 0.999, 1e-7)
+    assert np.isinf(v[0]) and np.isfinite(m[0])
+    assert p[0] == 1.0 and p[1] < 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_centered_rmsprop_clamps_negative_variance(backend, dtype):
+    """Documented: if rounding leaves v - a^2 below zero, the denominator is
+    clamped to 0 + eps instead of producing NaN (as the reference does)."""
+    k = fastopt.get_backend(backend)
+    p = np.ones(3, dtype)
+    g = np.array([1.0, 1.0, 0.0], dtype)
+    v = np.array([1.0, 1.0, 1.0], dtype)
+    a = np.array([1.0 + 1e-3, 1.0, 2.0], dtype)  # inconsistent: v < a^2
+    ref = [x.copy() for x in (p, v, a)]
+    k.rmsprop_centered(p, g, v, a, 0.001, 0.9, 1e-7)
+    ref_backend.rmsprop_centered(ref[0], g, ref[1], ref[2], 0.001, 0.9, 1e-7)
+    assert np.all(np.isfinite(p))
+    new_v, new_a = 0.9 * 1.0 + 0.1 * 1.0, 0.9 * (1.0 + 1e-3) + 0.1
+    assert new_v - new_a ** 2 < 0  # the clamp really was needed for element 0
+    np.testing.assert_allclose(p, ref[0], rtol=1e-6)
