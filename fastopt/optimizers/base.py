@@ -188,6 +188,8 @@ class Optimizer:
             return lr
         value = lr(self.iterations)
         try:
+            if isinstance(value, (str, bytes, bool)):  # float() would accept "0.1"
+                raise TypeError
             value = float(value)
         except (TypeError, ValueError):
             raise TypeError(f"{type(self).__name__}: the learning-rate schedule returned "
