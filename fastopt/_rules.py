@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
 
 __all__ = ["Rule", "RULES", "pack", "HP_SIZE"]
 
@@ -50,30 +49,28 @@ RULES = {r.name: r for r in (
 HP_SIZE = 6
 
 
-def pack(rule: Rule, scalars, clipvalue=math.inf, out=None) -> np.ndarray:
-    """Pack a rule's public scalars into the float64 vector the kernels read.
+def pack(rule: Rule, scalars, clipvalue=math.inf):
+    """Pack a rule's public scalars into the tuple the kernels read as ``hp``.
 
-    Layouts (after ``hp[0] = clipvalue``)::
+    Layouts (after ``hp[0] = clipvalue``; unused entries are 0)::
 
         sgd*                 lr, momentum
         adagrad              lr, epsilon
         rmsprop*             lr, rho, 1 - rho, epsilon, momentum
         adam*                alpha, 1 - beta_1, 1 - beta_2, epsilon
     """
-    hp = np.zeros(HP_SIZE) if out is None else out
-    hp[0] = clipvalue
-    s = scalars
-    name = rule.name
-    if name.startswith("sgd"):
-        hp[1] = s[0]
-        hp[2] = s[1] if len(s) > 1 else 0.0
-    elif name == "adagrad":
-        hp[1], hp[2] = s
-    elif name.startswith("rmsprop"):
-        lr, rho = s[0], s[1]
-        momentum = s[2] if len(s) == 4 else 0.0
-        hp[1], hp[2], hp[3], hp[4], hp[5] = lr, rho, 1.0 - rho, s[-1], momentum
-    else:  # adam, adam_amsgrad
-        alpha, beta_1, beta_2, eps = s
-        hp[1], hp[2], hp[3], hp[4] = alpha, 1.0 - beta_1, 1.0 - beta_2, eps
-    return hp
+    return _PACKERS[rule.code](clipvalue, *scalars)
+
+
+_PACKERS = {
+    0: lambda c, lr: (c, lr, 0.0, 0.0, 0.0, 0.0),
+    1: lambda c, lr, mu: (c, lr, mu, 0.0, 0.0, 0.0),
+    2: lambda c, lr, mu: (c, lr, mu, 0.0, 0.0, 0.0),
+    3: lambda c, lr, eps: (c, lr, eps, 0.0, 0.0, 0.0),
+    4: lambda c, lr, rho, eps: (c, lr, rho, 1.0 - rho, eps, 0.0),
+    5: lambda c, lr, rho, mu, eps: (c, lr, rho, 1.0 - rho, eps, mu),
+    6: lambda c, lr, rho, eps: (c, lr, rho, 1.0 - rho, eps, 0.0),
+    7: lambda c, lr, rho, mu, eps: (c, lr, rho, 1.0 - rho, eps, mu),
+    8: lambda c, alpha, b1, b2, eps: (c, alpha, 1.0 - b1, 1.0 - b2, eps, 0.0),
+    9: lambda c, alpha, b1, b2, eps: (c, alpha, 1.0 - b1, 1.0 - b2, eps, 0.0),
+}

@@ -97,3 +97,20 @@ def test_import_without_numba_falls_back_to_numpy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_threshold_set_before_numpy_backend_loads():
+    """set_parallel_threshold before the numpy backend is first loaded must not
+    break it (the numpy backend has no threshold)."""
+    code = textwrap.dedent("""
+        import numpy as np, fastopt
+        from fastopt import backends
+        backends.get_backend("numba")
+        fastopt.set_parallel_threshold(1000)
+        opt = fastopt.SGD(np.ones(3), backend="numpy")
+        opt.step(np.ones(3))
+        assert fastopt.get_parallel_threshold("float32") == 1000
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -56,8 +56,9 @@ def _load(name):
 
 def _configure(module):
     thresholds = TUNING.get("parallel_threshold", {}).get(module.NAME, {})
-    for dtype, n in {**thresholds, **_threshold_override}.items():
-        module.set_parallel_threshold(n, dtype)
+    if hasattr(module, "set_parallel_threshold"):
+        for dtype, n in {**thresholds, **_threshold_override}.items():
+            module.set_parallel_threshold(n, dtype)
     if _num_threads is not None and hasattr(module, "set_num_threads"):
         module.set_num_threads(_num_threads)
 

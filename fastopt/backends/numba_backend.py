@@ -193,7 +193,10 @@ def _view(ptrs, row, t, start, stop, like):
     return carray(as_ptr(ptrs[row, t], like), stop)[start:]
 
 
-def _step_impl(rule, ptrs, table, pt, hp, like):
+def _step_impl(rule, ptrs, ids, offset, none_id, table, pt, hp, like):
+    if offset >= 0:  # resolve the gradients' data pointers (see data_pointers)
+        for t in range(ids.shape[0]):
+            ptrs[1, t] = 0 if ids[t] == none_id else carray(as_ptr(ids[t] + offset, ids), 1)[0]
     for c in prange(table.shape[1]):
         t = table[0, c]
         if ptrs[1, t] != 0:
@@ -350,22 +353,26 @@ class Plan(_contract.Plan):
         self._like = np.empty(0, dtype=params[0].dtype)
         self._norms = np.zeros(n)
         self._hp = np.zeros(HP_SIZE)
+        self.dtype = np.dtype(self.dtype)
 
     def _set_grads(self, grads):
         data_pointers(grads, self._ptrs[1])
 
-    def _parallel(self):
-        return self.size >= get_parallel_threshold(self.dtype)
-
     def step(self, grads, pt, scalars, clipvalue=math.inf):
-        self._set_grads(grads)
-        pack(self.rule, scalars, clipvalue, out=self._hp)
-        run = _step_parallel if self._parallel() else _step_serial
-        run(self.rule.code, self._ptrs, self._table, pt, self._hp, self._like)
+        self._hp[:] = pack(self.rule, scalars, clipvalue)
+        run = _step_parallel if self.size >= _THRESHOLD[self.dtype] else _step_serial
+        if _DATA_OFFSET is not None:  # pointers resolved inside the compiled call
+            ids = np.fromiter(map(id, grads), np.intp, len(grads))
+            run(self.rule.code, self._ptrs, ids, _DATA_OFFSET, _NONE_ID, self._table, pt,
+                self._hp, self._like)
+        else:  # pragma: no cover - only on an unusual NumPy build
+            self._set_grads(grads)
+            run(self.rule.code, self._ptrs, self._ptrs[1], -1, 0, self._table, pt, self._hp,
+                self._like)
 
     def sumsq(self, grads):
         self._set_grads(grads)
-        run = _sumsq_parallel if self._parallel() else _sumsq_serial
+        run = _sumsq_parallel if self.size >= _THRESHOLD[self.dtype] else _sumsq_serial
         run(self._ptrs, self._table, len(self.params), self._like, self._norms)
         return self._norms
 

@@ -45,6 +45,7 @@ class _Group:
         self.backend = resolve_backend(backend, self.dtype, offsets[-1])
         self.plan = self.backend.Plan(rule, flat, slots_1d)
         self.pt = np.ones((2, len(arrays)))  # rows: gradient scale, weight-decay factor
+        self.last_pt = (1.0, 1.0)
 
 
 class Optimizer:
@@ -221,15 +222,21 @@ class Optimizer:
         lr = self.current_learning_rate()
         scalars = self._scalars(lr, self.iterations)
         keep = 1.0 if self.weight_decay is None else 1.0 - self.weight_decay * lr
-        groups = [(g, [grads[i] for i in g.indices]) for g in self._groups]
+        if len(self._groups) == 1:
+            groups = [(self._groups[0], grads)]
+        else:
+            groups = [(g, [grads[i] for i in g.indices]) for g in self._groups]
         scales = self._clip_scales(groups)
         clipvalue = math.inf if self.clipvalue is None else self.clipvalue
         # Everything is validated; from here on only kernels run.
         for (group, gl), scale in zip(groups, scales):
-            if all(g is None for g in gl):
+            key = (scale, keep) if isinstance(scale, float) else None  # arrays: per tensor
+            if key is None or key != group.last_pt:  # rewrite the rows only when they change
+                group.pt[0] = scale
+                group.pt[1] = keep
+                group.last_pt = key
+            if len(gl) > 1 and all(g is None for g in gl):
                 continue
-            group.pt[0] = scale
-            group.pt[1] = keep
             group.plan.step(gl, group.pt, scalars, clipvalue)
         self.iterations += 1
 
