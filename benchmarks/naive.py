@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-           "adam", "adam_amsgrad", "NAIVE", "SLOTS", "init_state", "run_step"]
+           "adam", "adam_amsgrad", "NAIVE", "SLOTS", "init_state", "run_step", "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -142,6 +142,19 @@ def cases():
 
 
 RULE_NAMES = list(NAIVE)
+
+
+def stepper(rule, w, g):
+    """A no-argument callable running one naive step of ``rule`` on ``w`` with
+    gradient ``g`` (its own slots, the step count advancing each call)."""
+    state = init_state(rule, w)
+    fn = NAIVE[rule]
+    t = [0]
+
+    def step():
+        t[0] += 1
+        fn(w, g, *state, t=t[0])
+    return step
 
 
 def mixed_shapes(count=200, total=2_000_000, seed=0):

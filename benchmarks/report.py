@@ -65,14 +65,7 @@ def _fastopt_step(rule, n, seed=0):
 
 def _naive_step(rule, n, seed=1):
     w, g = _arrays(rule, n, seed)
-    state = naive.init_state(rule, w)
-    fn = naive.NAIVE[rule]
-    t = [0]
-
-    def step():
-        t[0] += 1
-        fn(w, g, *state, t=t[0])
-    return step
+    return naive.stepper(rule, w, g)
 
 
 def _batched(fn, k):

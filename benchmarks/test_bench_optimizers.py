@@ -54,14 +54,7 @@ def _stepper(rule, impl, n):
     """A no-argument callable running one step of ``rule`` with ``impl``."""
     w, g = _param(n), _grad(n)
     if impl == "naive":
-        state = naive.init_state(rule, w)
-        fn = naive.NAIVE[rule]
-        t = [0]
-
-        def step():
-            t[0] += 1
-            fn(w, g, *state, t=t[0])
-        return step
+        return naive.stepper(rule, w, g)
     cls, kw = CASES[rule]
     opt = cls([w], backend=impl, **kw)
     grads = [g]
