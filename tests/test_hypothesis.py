@@ -11,7 +11,6 @@ A second property: results do not depend on the thread count or on whether the
 serial or the parallel driver runs (fixed chunking, fixed summation order), so
 there the comparison is bit for bit.
 """
-import math
 
 import numpy as np
 import pytest

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import reference, schedules
 from .._rules import RULES
-from .._validation import boolean, real, unknown_keywords
+from .._validation import real, unknown_keywords
 from ..backends import BACKEND_NAMES, resolve_backend
 from ..backends._contract import FLOAT_DTYPES
 
@@ -386,7 +386,7 @@ class Optimizer:
             raise ValueError(f"{name}.load_state_dict: slots differ; missing "
                              f"{sorted(set(expected) - set(slots))}, unexpected "
                              f"{sorted(set(slots) - set(expected))}")
-        for key, (s, i) in expected.items():
+        for key, (_, i) in expected.items():
             a = slots[key]
             if not isinstance(a, np.ndarray) or a.shape != self._shapes[i] \
                     or a.dtype != self._dtypes[i]:
@@ -456,7 +456,7 @@ def _parse_params(owner, params):
 def _check_no_overlap(owner, arrays, names):
     spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes, i)
                    for i, a in enumerate(arrays) if a.nbytes)
-    for (s0, e0, i), (s1, e1, j) in zip(spans, spans[1:]):
+    for (_, e0, i), (s1, _, j) in zip(spans, spans[1:]):
         if s1 < e0:
             li, lj = (f"{i}", f"{j}") if names is None else (repr(names[i]), repr(names[j]))
             raise ValueError(f"{owner}: params[{li}] and params[{lj}] share memory; each "
