@@ -12,7 +12,7 @@ import pytest
 
 import fastopt
 from fastopt import schedules
-from tests.cases import OPTIMIZER_IDS, OPTIMIZERS, lr_for
+from cases import OPTIMIZER_IDS, OPTIMIZERS, lr_for
 
 BACKENDS = [b for b in ("numpy", "numba") if b in fastopt.available_backends()]
 

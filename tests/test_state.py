@@ -13,7 +13,7 @@ import pytest
 
 import fastopt
 from fastopt import schedules
-from tests.cases import OPTIMIZER_IDS, OPTIMIZERS, gradient, lr_for
+from cases import OPTIMIZER_IDS, OPTIMIZERS, gradient, lr_for
 
 BACKENDS = [b for b in ("numpy", "numba") if b in fastopt.available_backends()]
 
