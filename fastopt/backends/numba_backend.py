@@ -259,12 +259,14 @@ def _chunk_sumsq(g):
     return (a0 + a1) + (a2 + a3)
 
 
-def _sumsq_impl(ptrs, table, ntensors, like, out):
-    partial = np.zeros(table.shape[1])
+def _sumsq_impl(ptrs, table, ntensors, like, partial, out):
+    # partial: one float64 per chunk, preallocated by the plan
     for c in prange(table.shape[1]):
         t = table[0, c]
         if ptrs[1, t] != 0:
             partial[c] = _chunk_sumsq(_view(ptrs, 1, t, table[1, c], table[2, c], like))
+        else:
+            partial[c] = 0.0
     out[:ntensors] = 0.0
     for c in range(table.shape[1]):  # in chunk order: fixed summation order
         out[table[0, c]] += partial[c]
@@ -353,7 +355,7 @@ class Plan(_contract.Plan):
         self._like = np.empty(0, dtype=params[0].dtype)
         self._norms = np.zeros(n)
         self._hp = np.zeros(HP_SIZE)
-        self.dtype = np.dtype(self.dtype)
+        self._partial = np.zeros(self._table.shape[1])
 
     def _set_grads(self, grads):
         data_pointers(grads, self._ptrs[1])
@@ -373,7 +375,7 @@ class Plan(_contract.Plan):
     def sumsq(self, grads):
         self._set_grads(grads)
         run = _sumsq_parallel if self.size >= _THRESHOLD[self.dtype] else _sumsq_serial
-        run(self._ptrs, self._table, len(self.params), self._like, self._norms)
+        run(self._ptrs, self._table, len(self.params), self._like, self._partial, self._norms)
         return self._norms
 
 
@@ -412,5 +414,5 @@ def threading_layer():
         return numba.threading_layer()
     except ValueError:  # no parallel region has run yet
         _sumsq_parallel(np.zeros((2, 1), np.intp), np.zeros((3, 0), np.intp), 1,
-                        np.empty(0), np.zeros(1))
+                        np.empty(0), np.zeros(0), np.zeros(1))
         return numba.threading_layer()

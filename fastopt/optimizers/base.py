@@ -34,12 +34,12 @@ class _Group:
         self.dtype = arrays[0].dtype
         sizes = [a.size for a in arrays]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        self.flat_slots = {name: np.full(offsets[-1], slot_init.get(name, 0.0), dtype=self.dtype)
-                           for name in rule.slots}
+        flat_slots = {name: np.full(offsets[-1], slot_init.get(name, 0.0), dtype=self.dtype)
+                      for name in rule.slots}
         # per tensor, per slot: a view of the flat buffer in the tensor's shape
         self.slot_views = {name: [buf[offsets[k]:offsets[k + 1]].reshape(a.shape)
                                   for k, a in enumerate(arrays)]
-                           for name, buf in self.flat_slots.items()}
+                           for name, buf in flat_slots.items()}
         flat = [a.reshape(-1) for a in arrays]
         slots_1d = [[v.reshape(-1) for v in self.slot_views[name]] for name in rule.slots]
         self.backend = resolve_backend(backend, self.dtype, offsets[-1])
