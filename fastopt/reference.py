@@ -3,8 +3,9 @@ r"""The NumPy float64 reference: the specification of every update rule.
 Each function here is one update rule written as plainly as possible, in
 float64, returning new arrays.  The fused backends must agree with these
 functions; the ``"numpy"`` backend *is* these functions (it casts its inputs to
-float64, calls them, and casts the results back).  The formulas follow Keras 3
-(``keras.optimizers``), the default convention of fastopt.
+float64, calls them, and casts the results back).  The plain names follow
+Keras 3 (``keras.optimizers``), the default convention of fastopt; the
+``*_torch`` functions follow PyTorch 2.13's ``torch.optim`` (``convention="torch"``).
 
 Notation: :math:`w` parameter, :math:`g` gradient, :math:`\eta` learning rate,
 all operations elementwise.
@@ -14,9 +15,11 @@ Gradient transformation, applied first by every kernel (``gscale`` comes from
 
     g <- clip(gscale * g, -clipvalue, clipvalue)
 
-Decoupled weight decay, applied to the parameter before the update
-(``keep = 1 - weight_decay * lr``, 1 when unused)::
+Then weight decay, in one of two forms: coupled (PyTorch's L2 ``weight_decay``,
+``l2`` = 0 when unused) and decoupled (Keras, and PyTorch's AdamW;
+``keep = 1 - weight_decay * lr``, 1 when unused)::
 
+    g <- g + l2 * w
     w <- keep * w
 
 NaN and Inf in gradients propagate into parameters and slots, as in Keras;
@@ -31,7 +34,9 @@ import numpy as np
 __all__ = [
     "preprocess", "sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
     "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-    "adam", "adam_amsgrad", "adam_alpha", "clip_by_norm", "clip_by_global_norm",
+    "adam", "adam_amsgrad", "adam_alpha", "sgd_momentum_torch", "sgd_nesterov_torch",
+    "adagrad_torch", "rmsprop_torch", "rmsprop_momentum_torch", "rmsprop_centered_torch",
+    "rmsprop_centered_momentum_torch", "adam_torch", "adam_amsgrad_torch", "clip_by_norm", "clip_by_global_norm",
     "clip_by_value", "global_norm", "apply_rule",
 ]
 
@@ -198,6 +203,158 @@ def adam_amsgrad(param, grad, m, v, velocity_hat, *, alpha, beta_1, beta_2,
 
 
 # --------------------------------------------------------------------------
+# PyTorch 2.13 ``torch.optim`` formulas (single-tensor, for-loop path), used
+# under ``convention="torch"``.  ``step`` counts updates from 1, as torch's
+# per-parameter ``state["step"]`` does after its increment.
+
+def sgd_momentum_torch(param, grad, momentum_buf, *, learning_rate, momentum,
+                       dampening, step):
+    """PyTorch SGD with momentum::
+
+        b <- g                                   (step 1)
+        b <- momentum * b + (1 - dampening) * g  (later steps)
+        w <- w - lr * b
+    """
+    g = _f64(grad)
+    if step <= 1:
+        b = g.copy()
+    else:
+        b = momentum * _f64(momentum_buf) + (1.0 - dampening) * g
+    return _f64(param) - learning_rate * b, b
+
+
+def sgd_nesterov_torch(param, grad, momentum_buf, *, learning_rate, momentum,
+                       dampening, step):
+    """PyTorch SGD with Nesterov momentum: ``b`` as in
+    :func:`sgd_momentum_torch`, then ``w <- w - lr * (g + momentum * b)``."""
+    g = _f64(grad)
+    _, b = sgd_momentum_torch(param, g, momentum_buf, learning_rate=learning_rate,
+                              momentum=momentum, dampening=dampening, step=step)
+    return _f64(param) - learning_rate * (g + momentum * b), b
+
+
+def adagrad_torch(param, grad, accumulator, *, learning_rate, epsilon, lr_decay,
+                  step):
+    """PyTorch Adagrad (epsilon outside the square root, learning-rate decay)::
+
+        clr <- lr / (1 + (step - 1) * lr_decay)
+        acc <- acc + g^2
+        w   <- w - clr * g / (sqrt(acc) + eps)
+    """
+    g = _f64(grad)
+    clr = learning_rate / (1.0 + (step - 1) * lr_decay)
+    acc = _f64(accumulator) + g * g
+    return _f64(param) - clr * g / (np.sqrt(acc) + epsilon), acc
+
+
+def _rmsprop_torch(param, grad, velocity, average_gradient, momentum_buf, *,
+                   learning_rate, rho, momentum, epsilon):
+    g = _f64(grad)
+    v = rho * _f64(velocity) + (1.0 - rho) * (g * g)
+    out = [None, v]
+    if average_gradient is None:
+        avg = np.sqrt(v) + epsilon
+    else:
+        a = rho * _f64(average_gradient) + (1.0 - rho) * g
+        # clamped at zero as in the Keras form (torch would take sqrt of < 0)
+        avg = np.sqrt(np.maximum(v - a * a, 0.0)) + epsilon
+        out.append(a)
+    if momentum_buf is None:
+        out[0] = _f64(param) - learning_rate * g / avg
+    else:
+        b = momentum * _f64(momentum_buf) + g / avg
+        out[0] = _f64(param) - learning_rate * b
+        out.append(b)
+    return tuple(out)
+
+
+def rmsprop_torch(param, grad, velocity, *, learning_rate, rho, epsilon):
+    """PyTorch RMSprop (``rho`` is torch's ``alpha``; epsilon outside)::
+
+        v <- rho * v + (1 - rho) * g^2
+        w <- w - lr * g / (sqrt(v) + eps)
+    """
+    return _rmsprop_torch(param, grad, velocity, None, None, learning_rate=learning_rate,
+                          rho=rho, momentum=0.0, epsilon=epsilon)
+
+
+def rmsprop_momentum_torch(param, grad, velocity, momentum_buf, *, learning_rate,
+                           rho, momentum, epsilon):
+    """PyTorch RMSprop with momentum (learning rate outside the buffer)::
+
+        v <- rho * v + (1 - rho) * g^2
+        b <- momentum * b + g / (sqrt(v) + eps)
+        w <- w - lr * b
+    """
+    return _rmsprop_torch(param, grad, velocity, None, momentum_buf,
+                          learning_rate=learning_rate, rho=rho, momentum=momentum,
+                          epsilon=epsilon)
+
+
+def rmsprop_centered_torch(param, grad, velocity, average_gradient, *,
+                           learning_rate, rho, epsilon):
+    """PyTorch centred RMSprop::
+
+        v <- rho * v + (1 - rho) * g^2
+        a <- rho * a + (1 - rho) * g
+        w <- w - lr * g / (sqrt(max(v - a^2, 0)) + eps)
+    """
+    return _rmsprop_torch(param, grad, velocity, average_gradient, None,
+                          learning_rate=learning_rate, rho=rho, momentum=0.0,
+                          epsilon=epsilon)
+
+
+def rmsprop_centered_momentum_torch(param, grad, velocity, average_gradient,
+                                    momentum_buf, *, learning_rate, rho, momentum,
+                                    epsilon):
+    """PyTorch centred RMSprop with momentum::
+
+        v <- rho * v + (1 - rho) * g^2
+        a <- rho * a + (1 - rho) * g
+        b <- momentum * b + g / (sqrt(max(v - a^2, 0)) + eps)
+        w <- w - lr * b
+    """
+    return _rmsprop_torch(param, grad, velocity, average_gradient, momentum_buf,
+                          learning_rate=learning_rate, rho=rho, momentum=momentum,
+                          epsilon=epsilon)
+
+
+def _adam_torch(param, grad, m, v, velocity_hat, *, learning_rate, beta_1, beta_2,
+                epsilon, step):
+    g = _f64(grad)
+    m = _f64(m) + (1.0 - beta_1) * (g - _f64(m))
+    v = beta_2 * _f64(v) + (1.0 - beta_2) * (g * g)
+    step_size = learning_rate / (1.0 - beta_1 ** step)
+    root_bc2 = math.sqrt(1.0 - beta_2 ** step)
+    out = [None, m, v]
+    d = v
+    if velocity_hat is not None:
+        d = np.maximum(_f64(velocity_hat), v)
+        out.append(d)
+    out[0] = _f64(param) - step_size * m / (np.sqrt(d) / root_bc2 + epsilon)
+    return tuple(out)
+
+
+def adam_torch(param, grad, m, v, *, learning_rate, beta_1, beta_2, epsilon, step):
+    """PyTorch Adam (epsilon added after the bias correction of ``v``)::
+
+        m <- m + (1 - beta_1) * (g - m)
+        v <- beta_2 * v + (1 - beta_2) * g^2
+        w <- w - lr / (1 - beta_1^step) * m / (sqrt(v) / sqrt(1 - beta_2^step) + eps)
+    """
+    return _adam_torch(param, grad, m, v, None, learning_rate=learning_rate,
+                       beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step)
+
+
+def adam_amsgrad_torch(param, grad, m, v, velocity_hat, *, learning_rate, beta_1,
+                       beta_2, epsilon, step):
+    """PyTorch Adam with AMSGrad: as :func:`adam_torch` with
+    ``vhat <- max(vhat, v)`` (of the raw ``v``) in the denominator."""
+    return _adam_torch(param, grad, m, v, velocity_hat, learning_rate=learning_rate,
+                       beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step)
+
+
+# --------------------------------------------------------------------------
 # Gradient clipping (Keras semantics), on lists of arrays, in float64.
 
 def global_norm(grads):
@@ -244,16 +401,26 @@ _RULE_FUNCTIONS = {
     "rmsprop_centered": rmsprop_centered,
     "rmsprop_centered_momentum": rmsprop_centered_momentum,
     "adam": adam, "adam_amsgrad": adam_amsgrad,
+    "sgd_momentum_torch": sgd_momentum_torch, "sgd_nesterov_torch": sgd_nesterov_torch,
+    "adagrad_torch": adagrad_torch, "rmsprop_torch": rmsprop_torch,
+    "rmsprop_momentum_torch": rmsprop_momentum_torch,
+    "rmsprop_centered_torch": rmsprop_centered_torch,
+    "rmsprop_centered_momentum_torch": rmsprop_centered_momentum_torch,
+    "adam_torch": adam_torch, "adam_amsgrad_torch": adam_amsgrad_torch,
 }
 
 
 def apply_rule(name, param, grad, slots, scalars, *, keep=1.0, gscale=1.0,
-               clipvalue=math.inf):
+               clipvalue=math.inf, l2=0.0):
     """One whole kernel step in float64: preprocess, decay, update.
 
     ``scalars`` is a dict of the rule's scalar arguments (see
-    :data:`fastopt._rules.RULES`).  Returns ``(new_param, *new_slots)``.
+    :data:`fastopt._rules.RULES`).  ``l2`` is coupled weight decay (PyTorch's
+    ``weight_decay``: ``g <- g + l2 * w``), ``keep`` decoupled weight decay
+    (``w <- keep * w``).  Returns ``(new_param, *new_slots)``.
     """
     g = preprocess(grad, gscale, clipvalue)
+    if l2:
+        g = g + l2 * _f64(param)
     w = keep * _f64(param)
     return _RULE_FUNCTIONS[name](w, g, *slots, **scalars)

@@ -4,7 +4,7 @@ The table: rule x backend x dtype x size (1, 7, 1023, 1025, 100_003).  For
 each cell a stream of ten gradient steps (see ``cases.gradient``: zeros, a
 zero step, x1e3 and x1e-4 steps, a tiny coordinate) runs through the kernel;
 odd steps also use the weight-decay factor, a gradient scale and a clip
-value.  Every step is compared with the reference applied to the same inputs.
+value, and every third step coupled (L2) weight decay.  Every step is compared with the reference applied to the same inputs.
 
 Tolerance, per element of every output array (parameter and slots)::
 
@@ -45,7 +45,22 @@ SCALARS = {
     "rmsprop_centered_momentum": (0.01, 0.9, 0.5, 1e-7),
     "adam": (0.01, 0.9, 0.999, 1e-7),
     "adam_amsgrad": (0.01, 0.9, 0.999, 1e-7),
+    # PyTorch rules; those with a ``step`` argument get the step count appended
+    "sgd_momentum_torch": (0.05, 0.3, 0.1),
+    "sgd_nesterov_torch": (0.05, 0.3, 0.0),
+    "adagrad_torch": (0.05, 1e-10, 0.01),
+    "rmsprop_torch": (0.01, 0.99, 1e-8),
+    "rmsprop_momentum_torch": (0.01, 0.99, 0.5, 1e-8),
+    "rmsprop_centered_torch": (0.01, 0.99, 1e-8),
+    "rmsprop_centered_momentum_torch": (0.01, 0.99, 0.5, 1e-8),
+    "adam_torch": (0.01, 0.9, 0.999, 1e-8),
+    "adam_amsgrad_torch": (0.01, 0.9, 0.999, 1e-8),
 }
+
+
+def scalars_at(rule, step):
+    """The rule's scalars for the step after ``step`` steps (torch counts from 1)."""
+    return SCALARS[rule.name] + ((step + 1,) if "step" in rule.scalars else ())
 
 
 def test_every_rule_has_scalars_here():
@@ -62,7 +77,10 @@ def kappa(rule_name, ref_new, eps):
     if not rule_name.startswith("rmsprop_centered"):
         return 1.0
     v, a = ref_new[1].astype(np.float64), ref_new[2].astype(np.float64)
-    return 1.0 + (v + a * a) / (np.maximum(v - a * a, 0.0) + eps)
+    d = np.maximum(v - a * a, 0.0)
+    if rule_name.endswith("_torch"):  # sqrt(d) + eps: worse conditioned near d = 0
+        return 1.0 + (v + a * a) / (d + eps * np.sqrt(d) + eps * eps)
+    return 1.0 + (v + a * a) / (d + eps)
 
 
 def assert_close(label, fast, ref, old, dtype, k=1.0):
@@ -91,15 +109,17 @@ def test_kernel_matches_reference_every_step(backend, rule_name, dtype, size):
     ref_kernel = getattr(ref_backend, rule_name)
     rng = np.random.default_rng([size, len(rule_name), np.dtype(dtype).itemsize])
     param, slots = initial_state(rng, rule, size, dtype)
-    scalars = SCALARS[rule_name]
     for step in range(10):
+        scalars = scalars_at(rule, step)
         g = gradient(rng, (size,), dtype, step)
         extras = dict(keep=0.999, gscale=0.7, clipvalue=2.0) if step % 2 else {}
+        if step % 3 == 2:
+            extras["l2"] = 0.01
         old = [param.copy()] + [s.copy() for s in slots]
         ref = [a.copy() for a in old]
         ref_kernel(*ref[:1], g, *ref[1:], *scalars, **extras)
         fast_kernel(param, g, *slots, *scalars, **extras)
-        k = kappa(rule_name, ref, scalars[-1])
+        k = kappa(rule_name, ref, SCALARS[rule_name][-1])
         names = ("param",) + rule.slots
         for name, f, r, o in zip(names, [param] + slots, ref, old):
             assert_close(f"{backend}.{rule_name} step {step} {name}", f, r, o, dtype,
@@ -123,8 +143,8 @@ def test_float64_trajectory_matches_reference(backend, rule_name):
     rp, rs = param.copy(), [s.copy() for s in slots]
     for step in range(40):
         g = gradient(rng, (1025,), np.float64, step % 10)
-        fast_kernel(param, g, *slots, *SCALARS[rule_name])
-        ref_kernel(rp, g, *rs, *SCALARS[rule_name])
+        fast_kernel(param, g, *slots, *scalars_at(rule, step))
+        ref_kernel(rp, g, *rs, *scalars_at(rule, step))
     displacement = np.max(np.abs(rp - p0))
     assert displacement > 1e-3  # the trajectory really moved
     np.testing.assert_allclose(param, rp, rtol=1e-12, atol=1e-12 * displacement)

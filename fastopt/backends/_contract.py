@@ -6,19 +6,21 @@ Two levels, the same on every backend:
    for users who keep their own state::
 
        adam(param, grad, m, v, alpha, beta_1, beta_2, epsilon,
-            *, keep=1.0, gscale=1.0, clipvalue=inf)
+            *, keep=1.0, gscale=1.0, l2=0.0, clipvalue=inf)
 
    Arrays first (parameter, gradient, then the slots in Keras order), then the
    rule's scalars; contiguous 1-D float32 or float64 arrays of one dtype and
    one length; updated in place; returns ``None``.  Each kernel does, per
-   element, ``g = clip(gscale*g, -clipvalue, clipvalue)``, ``w = keep*w``, then
-   the rule (see :mod:`fastopt.reference` for every formula).
+   element, ``g = clip(gscale*g, -clipvalue, clipvalue)``, ``g = g + l2*w``
+   (coupled weight decay), ``w = keep*w`` (decoupled), then the rule (see
+   :mod:`fastopt.reference` for every formula).
 
 2. **Plans**, used by the optimizer classes: a :class:`Plan` is built once for
    a group of same-dtype tensors and their slots, and ``plan.step(grads, pt,
    scalars, clipvalue)`` updates the whole group in one call, where ``pt`` is
-   a ``(2, n_tensors)`` float64 array of per-tensor gradient scales and
-   weight-decay factors and a ``None`` gradient skips its tensor.
+   a ``(3, n_tensors)`` float64 array of per-tensor gradient scales,
+   decoupled weight-decay factors ``keep`` and coupled weight decays ``l2``,
+   and a ``None`` gradient skips its tensor.
    ``plan.sumsq(grads)`` returns the per-tensor sums of squares (float64)
    that clipping by norm needs.
 """
@@ -75,7 +77,7 @@ def _make_kernel(plan_cls, rule, module):
     nslots = len(rule.slots)
     nargs = 2 + nslots + len(rule.scalars)
 
-    def kernel(*args, keep=1.0, gscale=1.0, clipvalue=math.inf):
+    def kernel(*args, keep=1.0, gscale=1.0, l2=0.0, clipvalue=math.inf):
         if len(args) != nargs:
             raise TypeError(f"{rule.name}() takes {nargs} positional arguments "
                             f"({', '.join(params)}), got {len(args)}")
@@ -83,7 +85,7 @@ def _make_kernel(plan_cls, rule, module):
         _check_kernel_arrays(rule.name, rule, arrays)
         scalars = tuple(float(x) for x in args[2 + nslots:])
         plan = plan_cls(rule, [arrays[0]], [[s] for s in arrays[2:]])
-        pt = np.array([[float(gscale)], [float(keep)]])
+        pt = np.array([[float(gscale)], [float(keep)], [float(l2)]])
         plan.step([arrays[1]], pt, scalars, float(clipvalue))
 
     # a slot named like a scalar (SGD's "momentum" buffer) gets a _buf suffix
@@ -91,7 +93,8 @@ def _make_kernel(plan_cls, rule, module):
     params = ("param", "grad") + slot_args + rule.scalars
     sig = [inspect.Parameter(p, inspect.Parameter.POSITIONAL_ONLY) for p in params]
     sig += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=d)
-            for k, d in (("keep", 1.0), ("gscale", 1.0), ("clipvalue", math.inf))]
+            for k, d in (("keep", 1.0), ("gscale", 1.0), ("l2", 0.0),
+                         ("clipvalue", math.inf))]
     kernel.__signature__ = inspect.Signature(sig)
     kernel.__name__ = kernel.__qualname__ = rule.name
     kernel.__module__ = module
@@ -99,8 +102,9 @@ def _make_kernel(plan_cls, rule, module):
     kernel.__doc__ = (
         f"Fused in-place ``{rule.name}`` step on one tensor.\n\n"
         f"{formula}\n\n"
-        "Before the rule: ``g = clip(gscale*g, -clipvalue, clipvalue)`` and "
-        "``w = keep*w`` (decoupled weight decay, ``keep = 1 - weight_decay*lr``).\n"
+        "Before the rule: ``g = clip(gscale*g, -clipvalue, clipvalue)``, "
+        "``g = g + l2*w`` (coupled weight decay) and ``w = keep*w`` (decoupled "
+        "weight decay, ``keep = 1 - weight_decay*lr``).\n"
         "All arrays: contiguous 1-D, one float dtype, one length; updated in place."
     )
     return kernel

@@ -47,70 +47,62 @@ def _g(x, gscale, clip):
     return x
 
 
-@kernel
-def _loop_sgd(p, g, hp, gs, kp):
-    dt = p.dtype.type
-    clip, lr, gs, kp = dt(hp[0]), dt(hp[1]), dt(gs), dt(kp)
-    for i in range(p.shape[0]):
-        p[i] = p[i] * kp - lr * _g(g[i], gs, clip)
-
+# Each loop reads its scalars once, in the tensor's dtype.  ``l2`` is coupled
+# (PyTorch) weight decay, ``g += l2 * w``; the test on it is loop-invariant, so
+# LLVM hoists it (unswitches the loop) and a zero ``l2`` costs nothing -- and
+# never turns an infinite parameter into a NaN gradient.
 
 @kernel
-def _loop_sgd_momentum(p, g, m, hp, gs, kp):
+def _loop_sgd(p, g, hp, gs, kp, l2):
     dt = p.dtype.type
-    clip, lr, mu, gs, kp = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(gs), dt(kp)
-    for i in range(p.shape[0]):
-        mi = mu * m[i] - lr * _g(g[i], gs, clip)
-        m[i] = mi
-        p[i] = p[i] * kp + mi
-
-
-@kernel
-def _loop_sgd_nesterov(p, g, m, hp, gs, kp):
-    dt = p.dtype.type
-    clip, lr, mu, gs, kp = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(gs), dt(kp)
+    clip, lr, gs, kp, l2 = dt(hp[0]), dt(hp[1]), dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
-        mi = mu * m[i] - lr * gi
-        m[i] = mi
-        p[i] = p[i] * kp + (mu * mi - lr * gi)
+        if l2 != 0:
+            gi += l2 * p[i]
+        p[i] = p[i] * kp - lr * gi
 
 
 @kernel
-def _loop_adagrad(p, g, acc, hp, gs, kp):
+def _loop_sgd_momentum(p, g, m, hp, gs, kp, l2):
     dt = p.dtype.type
-    clip, lr, eps, gs, kp = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(gs), dt(kp)
+    clip, a, mu, b = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
+    gs, kp, l2 = dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        if l2 != 0:
+            gi += l2 * p[i]
+        mi = mu * m[i] + a * gi
+        m[i] = mi
+        p[i] = p[i] * kp + b * mi
+
+
+@kernel
+def _loop_sgd_nesterov(p, g, m, hp, gs, kp, l2):
+    dt = p.dtype.type
+    clip, a, mu, b, d = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4])
+    mu2, gs, kp, l2 = dt(hp[5]), dt(gs), dt(kp), dt(l2)
+    for i in range(p.shape[0]):
+        gi = _g(g[i], gs, clip)
+        if l2 != 0:
+            gi += l2 * p[i]
+        mi = mu * m[i] + a * gi
+        m[i] = mi
+        p[i] = p[i] * kp + b * (mu2 * mi + d * gi)
+
+
+@kernel
+def _loop_adagrad(p, g, acc, hp, gs, kp, l2):
+    dt = p.dtype.type
+    clip, lr, eps_in, eps_out = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
+    gs, kp, l2 = dt(gs), dt(kp), dt(l2)
+    for i in range(p.shape[0]):
+        gi = _g(g[i], gs, clip)
+        if l2 != 0:
+            gi += l2 * p[i]
         ai = acc[i] + gi * gi
         acc[i] = ai
-        p[i] = p[i] * kp - lr * gi / np.sqrt(ai + eps)
-
-
-@kernel
-def _loop_rmsprop(p, g, v, hp, gs, kp):
-    dt = p.dtype.type
-    clip, lr, rho, crho, eps = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4])
-    gs, kp = dt(gs), dt(kp)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        vi = rho * v[i] + crho * (gi * gi)
-        v[i] = vi
-        p[i] = p[i] * kp - lr * gi / np.sqrt(vi + eps)
-
-
-@kernel
-def _loop_rmsprop_momentum(p, g, v, mom, hp, gs, kp):
-    dt = p.dtype.type
-    clip, lr, rho, crho, eps = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4])
-    mu, gs, kp = dt(hp[5]), dt(gs), dt(kp)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        vi = rho * v[i] + crho * (gi * gi)
-        v[i] = vi
-        mi = mu * mom[i] + lr * gi / np.sqrt(vi + eps)
-        mom[i] = mi
-        p[i] = p[i] * kp - mi
+        p[i] = p[i] * kp - lr * gi / (np.sqrt(ai + eps_in) + eps_out)
 
 
 @kernel
@@ -122,42 +114,83 @@ def _centered_den(vi, ai, zero):
 
 
 @kernel
-def _loop_rmsprop_centered(p, g, v, a, hp, gs, kp):
+def _loop_rmsprop(p, g, v, hp, gs, kp, l2):
     dt = p.dtype.type
-    clip, lr, rho, crho, eps = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4])
-    gs, kp, zero = dt(gs), dt(kp), dt(0)
+    clip, a, rho, crho = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
+    eps_in, eps_out, gs, kp, l2 = dt(hp[4]), dt(hp[6]), dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        if l2 != 0:
+            gi += l2 * p[i]
         vi = rho * v[i] + crho * (gi * gi)
-        ai = rho * a[i] + crho * gi
         v[i] = vi
-        a[i] = ai
-        p[i] = p[i] * kp - lr * gi / np.sqrt(_centered_den(vi, ai, zero) + eps)
+        p[i] = p[i] * kp - a * gi / (np.sqrt(vi + eps_in) + eps_out)
 
 
 @kernel
-def _loop_rmsprop_centered_momentum(p, g, v, a, mom, hp, gs, kp):
+def _loop_rmsprop_momentum(p, g, v, mom, hp, gs, kp, l2):
     dt = p.dtype.type
-    clip, lr, rho, crho, eps = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4])
-    mu, gs, kp, zero = dt(hp[5]), dt(gs), dt(kp), dt(0)
+    clip, a, rho, crho = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
+    eps_in, mu, eps_out, b = dt(hp[4]), dt(hp[5]), dt(hp[6]), dt(hp[7])
+    gs, kp, l2 = dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        if l2 != 0:
+            gi += l2 * p[i]
         vi = rho * v[i] + crho * (gi * gi)
-        ai = rho * a[i] + crho * gi
         v[i] = vi
-        a[i] = ai
-        mi = mu * mom[i] + lr * gi / np.sqrt(_centered_den(vi, ai, zero) + eps)
+        mi = mu * mom[i] + a * gi / (np.sqrt(vi + eps_in) + eps_out)
         mom[i] = mi
-        p[i] = p[i] * kp - mi
+        p[i] = p[i] * kp - b * mi
 
 
 @kernel
-def _loop_adam(p, g, m, v, hp, gs, kp):
+def _loop_rmsprop_centered(p, g, v, av, hp, gs, kp, l2):
+    dt = p.dtype.type
+    clip, a, rho, crho = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
+    eps_in, eps_out, gs, kp, l2 = dt(hp[4]), dt(hp[6]), dt(gs), dt(kp), dt(l2)
+    zero = dt(0)
+    for i in range(p.shape[0]):
+        gi = _g(g[i], gs, clip)
+        if l2 != 0:
+            gi += l2 * p[i]
+        vi = rho * v[i] + crho * (gi * gi)
+        ai = rho * av[i] + crho * gi
+        v[i] = vi
+        av[i] = ai
+        den = np.sqrt(_centered_den(vi, ai, zero) + eps_in) + eps_out
+        p[i] = p[i] * kp - a * gi / den
+
+
+@kernel
+def _loop_rmsprop_centered_momentum(p, g, v, av, mom, hp, gs, kp, l2):
+    dt = p.dtype.type
+    clip, a, rho, crho = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
+    eps_in, mu, eps_out, b = dt(hp[4]), dt(hp[5]), dt(hp[6]), dt(hp[7])
+    gs, kp, l2, zero = dt(gs), dt(kp), dt(l2), dt(0)
+    for i in range(p.shape[0]):
+        gi = _g(g[i], gs, clip)
+        if l2 != 0:
+            gi += l2 * p[i]
+        vi = rho * v[i] + crho * (gi * gi)
+        ai = rho * av[i] + crho * gi
+        v[i] = vi
+        av[i] = ai
+        den = np.sqrt(_centered_den(vi, ai, zero) + eps_in) + eps_out
+        mi = mu * mom[i] + a * gi / den
+        mom[i] = mi
+        p[i] = p[i] * kp - b * mi
+
+
+@kernel
+def _loop_adam(p, g, m, v, hp, gs, kp, l2):
     dt = p.dtype.type
     clip, alpha, c1, c2, eps = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4])
-    gs, kp = dt(gs), dt(kp)
+    gs, kp, l2 = dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        if l2 != 0:
+            gi += l2 * p[i]
         mi = m[i] + (gi - m[i]) * c1
         vi = v[i] + (gi * gi - v[i]) * c2
         m[i] = mi
@@ -166,12 +199,14 @@ def _loop_adam(p, g, m, v, hp, gs, kp):
 
 
 @kernel
-def _loop_adam_amsgrad(p, g, m, v, vh, hp, gs, kp):
+def _loop_adam_amsgrad(p, g, m, v, vh, hp, gs, kp, l2):
     dt = p.dtype.type
     clip, alpha, c1, c2, eps = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4])
-    gs, kp = dt(gs), dt(kp)
+    gs, kp, l2 = dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        if l2 != 0:
+            gi += l2 * p[i]
         mi = m[i] + (gi - m[i]) * c1
         vi = v[i] + (gi * gi - v[i]) * c2
         hi = vh[i]
@@ -186,7 +221,7 @@ def _loop_adam_amsgrad(p, g, m, v, vh, hp, gs, kp):
 # ---------------------------------------------------------------------------
 # Drivers: walk the chunk table.  ptrs rows: 0 param, 1 grad (0 = skip this
 # tensor), 2.. slots.  table rows: tensor, start, stop.  pt rows: gradient
-# scale, weight-decay factor (per tensor).
+# scale, decoupled weight-decay factor, coupled (L2) weight decay (per tensor).
 
 @kernel
 def _view(ptrs, row, t, start, stop, like):
@@ -206,33 +241,34 @@ def _step_impl(rule, ptrs, ids, offset, none_id, table, pt, hp, like):
             g = _view(ptrs, 1, t, s, e, like)
             gs = pt[0, t]
             kp = pt[1, t]
+            l2 = pt[2, t]
             if rule == 0:
-                _loop_sgd(p, g, hp, gs, kp)
+                _loop_sgd(p, g, hp, gs, kp, l2)
             elif rule == 1:
-                _loop_sgd_momentum(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp)
+                _loop_sgd_momentum(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp, l2)
             elif rule == 2:
-                _loop_sgd_nesterov(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp)
+                _loop_sgd_nesterov(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp, l2)
             elif rule == 3:
-                _loop_adagrad(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp)
+                _loop_adagrad(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp, l2)
             elif rule == 4:
-                _loop_rmsprop(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp)
+                _loop_rmsprop(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp, l2)
             elif rule == 5:
                 _loop_rmsprop_momentum(p, g, _view(ptrs, 2, t, s, e, like),
-                                       _view(ptrs, 3, t, s, e, like), hp, gs, kp)
+                                       _view(ptrs, 3, t, s, e, like), hp, gs, kp, l2)
             elif rule == 6:
                 _loop_rmsprop_centered(p, g, _view(ptrs, 2, t, s, e, like),
-                                       _view(ptrs, 3, t, s, e, like), hp, gs, kp)
+                                       _view(ptrs, 3, t, s, e, like), hp, gs, kp, l2)
             elif rule == 7:
                 _loop_rmsprop_centered_momentum(
                     p, g, _view(ptrs, 2, t, s, e, like), _view(ptrs, 3, t, s, e, like),
-                    _view(ptrs, 4, t, s, e, like), hp, gs, kp)
+                    _view(ptrs, 4, t, s, e, like), hp, gs, kp, l2)
             elif rule == 8:
                 _loop_adam(p, g, _view(ptrs, 2, t, s, e, like),
-                           _view(ptrs, 3, t, s, e, like), hp, gs, kp)
+                           _view(ptrs, 3, t, s, e, like), hp, gs, kp, l2)
             elif rule == 9:
                 _loop_adam_amsgrad(p, g, _view(ptrs, 2, t, s, e, like),
                                    _view(ptrs, 3, t, s, e, like),
-                                   _view(ptrs, 4, t, s, e, like), hp, gs, kp)
+                                   _view(ptrs, 4, t, s, e, like), hp, gs, kp, l2)
 
 
 _step_parallel, _step_serial = driver(_step_impl)

@@ -30,7 +30,7 @@ class Plan(_contract.Plan):
             slots = [s[t] for s in self.slots]
             new = reference.apply_rule(self.rule.name, p, g.reshape(-1), slots, kw,
                                        keep=pt[1, t], gscale=pt[0, t],
-                                       clipvalue=clipvalue)
+                                       clipvalue=clipvalue, l2=pt[2, t])
             for dst, src in zip([p, *slots], new):
                 dst[...] = src
 

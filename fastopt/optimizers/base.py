@@ -2,34 +2,55 @@
 
 An optimizer object owns the state (slots) of its parameters and, each
 ``step``, computes the per-step scalars on the host in float64 (scheduled
-learning rate, bias corrections, clip factors, weight-decay factor) and hands
+learning rate, bias corrections, clip factors, weight-decay factors) and hands
 every same-dtype group of tensors to one fused kernel call of its backend.
 Kernels only do arithmetic; everything that can go wrong is checked here,
 before any array is touched.
+
+Order of operations in one :meth:`Optimizer.step` (Keras 3's, under both
+conventions)::
+
+    g <- g / loss_scale_factor
+    with gradient accumulation: acc <- acc + g and stop, except on every
+        gradient_accumulation_steps-th call, where g <- (g + acc) / steps
+    g <- clip(g)                         (clipnorm, global_clipnorm, clipvalue)
+    g <- -g                              (maximize)
+    g <- g + wd * w                      (torch convention, except AdamW)
+    w <- (1 - wd * lr) * w               (keras convention, and torch AdamW)
+    the optimizer's update
+    ema <- m * ema + (1 - m) * w         (use_ema, every call; m = 0 until the
+                                          first update has been counted)
+    iterations <- iterations + 1
 """
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 
 import numpy as np
 
 from .. import reference, schedules
 from .._rules import RULES
-from .._validation import real, unknown_keywords
+from .._validation import boolean, real, unknown_keywords
 from ..backends import BACKEND_NAMES, resolve_backend
 from ..backends._contract import FLOAT_DTYPES
 
 __all__ = ["Optimizer"]
 
-CONVENTIONS = ("keras",)
-_COMMON = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
+CONVENTIONS = ("keras", "torch")
+_COMMON = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm",
+           "use_ema", "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
+           "gradient_accumulation_steps", "exclude_from_weight_decay", "maximize")
+#: torch.nn.utils.clip_grad_norm_'s guard against division by zero
+_TORCH_CLIP_EPS = 1e-6
 
 
 class _Group:
-    """Tensors of one dtype, their slots in flat buffers, and their plan."""
+    """Tensors of one parameter group and one dtype: slots in flat buffers,
+    per-tensor factors, and the backend's plan."""
 
-    def __init__(self, indices, arrays, rule, slot_init, backend):
+    def __init__(self, indices, arrays, rule, slot_init, backend, decays):
         self.indices = indices
         self.dtype = arrays[0].dtype
         sizes = [a.size for a in arrays]
@@ -44,61 +65,138 @@ class _Group:
         slots_1d = [[v.reshape(-1) for v in self.slot_views[name]] for name in rule.slots]
         self.backend = resolve_backend(backend, self.dtype, offsets[-1])
         self.plan = self.backend.Plan(rule, flat, slots_1d)
-        self.pt = np.ones((2, len(arrays)))  # rows: gradient scale, weight-decay factor
-        self.last_pt = (1.0, 1.0)
+        # rows: gradient scale, decoupled decay factor, coupled (L2) decay
+        self.pt = np.ones((3, len(arrays)))
+        self.pt[2] = 0.0
+        self.decays = np.asarray(decays, dtype=bool)  # False: excluded from weight decay
+        self.all_decay = bool(self.decays.all())
+        self.last_pt = (1.0, 1.0, 0.0)
+
+    def set_factors(self, scale, keep, l2):
+        """Write the per-tensor rows (only when they change)."""
+        key = (scale, keep, l2) if isinstance(scale, float) else None  # arrays: per tensor
+        if key is not None and key == self.last_pt:
+            return
+        self.pt[0] = scale
+        self.pt[1] = keep
+        self.pt[2] = l2
+        if not self.all_decay:
+            self.pt[1, ~self.decays] = 1.0
+            self.pt[2, ~self.decays] = 0.0
+        self.last_pt = key
+
+
+class _ParamGroup:
+    """One parameter group: global parameter indices, hyperparameters
+    (including its learning rate, weight decay and maximize), rule, and its
+    per-dtype :class:`_Group` objects."""
+
+    def __init__(self, indices, hyper, overrides, rule):
+        self.indices = indices
+        self.hyper = hyper
+        self.overrides = overrides
+        self.rule = rule
+        self.groups = []
 
 
 class Optimizer:
     """Base class of fastopt's optimizers.
 
-    Subclasses declare their Keras defaults in ``_DEFAULTS``, check their own
-    hyperparameters in ``_check``, pick a kernel in ``_rule_name`` and compute
-    the kernel's per-step scalars in ``_scalars``.
+    Subclasses declare their Keras and PyTorch defaults in ``_DEFAULTS`` and
+    ``_TORCH_DEFAULTS``, their PyTorch-only options in ``_TORCH_ONLY``, check
+    their hyperparameters in ``_check``, pick a kernel in ``_rule_name`` and
+    compute the kernel's per-step scalars in ``_scalars``.
 
     Parameters
     ----------
-    params : ndarray, list or tuple of ndarray, or dict of str to ndarray
+    params : ndarray, list or tuple of ndarray, dict of str to ndarray, or list of dict
         Parameters, updated in place.  float32 and float64 may be mixed; each
-        must be C-contiguous and writeable.
+        must be C-contiguous and writeable.  A list of dicts gives parameter
+        groups as in PyTorch: ``{"params": <array, list or dict>, **overrides}``
+        where the overrides are ``learning_rate``, ``weight_decay``,
+        ``maximize`` or any of the optimizer's own hyperparameters; each group
+        still runs one fused kernel call per dtype.
     learning_rate : float or callable, optional
         A float >= 0, or a schedule: a callable of the iteration count (for
         example one of :mod:`fastopt.schedules`).  Assignable between steps.
     weight_decay : float, optional
-        Decoupled weight decay: ``w <- w * (1 - weight_decay * lr)`` before
-        each update (Keras semantics).
+        Keras convention, and AdamW under both: decoupled,
+        ``w <- w * (1 - weight_decay * lr)`` before each update.  PyTorch
+        convention (except AdamW): L2, ``g <- g + weight_decay * w``.
+    exclude_from_weight_decay : list of int or str, optional
+        Parameters (by index, or by name when params is a dict) that get no
+        weight decay.
     clipnorm, clipvalue, global_clipnorm : float, optional
         Gradient clipping, at most one: per-tensor norm, elementwise value, or
-        the norm of all gradients together (Keras semantics).
+        the norm of all gradients together.  Keras semantics; under
+        ``convention="torch"`` ``global_clipnorm`` is
+        ``torch.nn.utils.clip_grad_norm_`` (factor ``max_norm/(norm + 1e-6)``
+        clamped to 1) and ``clipvalue`` is ``clip_grad_value_``.
+    maximize : bool, default False
+        Ascend instead of descend (the gradient is negated after clipping).
+    use_ema : bool, default False
+        Keep an exponential moving average of the parameters (Keras):
+        ``ema <- ema_momentum * ema + (1 - ema_momentum) * w`` after each
+        update (``ema = w`` after the first).  See
+        :meth:`finalize_variable_values`.
+    ema_momentum : float in [0, 1], default 0.99
+    ema_overwrite_frequency : int >= 1, optional
+        With ``use_ema``: copy the average into the parameters every this
+        many iterations.
+    loss_scale_factor : float > 0, optional
+        Gradients arrive multiplied by this (a scaled loss); they are divided
+        by it first.
+    gradient_accumulation_steps : int >= 2, optional
+        Accumulate gradients and update only on every this-many-th call, with
+        their mean.  As in Keras, ``iterations`` counts every call and
+        learning-rate schedules see that count, while Adam's bias correction,
+        PyTorch's step count, the EMA and its overwrite frequency see the
+        number of updates, ``iterations // gradient_accumulation_steps``; the
+        EMA is updated on every call.
     backend : str
         ``"auto"`` (default), ``"numba"`` or ``"numpy"``; see
         :func:`fastopt.available_backends`.
     convention : str
-        ``"keras"`` (default): Keras 3 formulas and defaults.
+        ``"keras"`` (default): Keras 3 formulas and defaults; ``"torch"``:
+        PyTorch 2.13 ``torch.optim`` formulas and defaults.
     """
 
     _DEFAULTS: dict = {}
+    _TORCH_DEFAULTS: dict = {}
+    _TORCH_ONLY: tuple = ()
+    #: weight decay is decoupled under the torch convention too (AdamW)
+    _TORCH_DECOUPLED = False
 
     def __init__(self, params, *, hyper, learning_rate=None, weight_decay=None,
-                 clipnorm=None, clipvalue=None, global_clipnorm=None, backend="auto",
-                 convention=None, **unknown):
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
+                 ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
+                 gradient_accumulation_steps=None, exclude_from_weight_decay=None,
+                 maximize=False, backend="auto", convention=None, **unknown):
         name = type(self).__name__
         if unknown:
             raise unknown_keywords(name, unknown, (*_COMMON, *hyper, "backend", "convention"))
         convention = "keras" if convention is None else convention
         if convention not in CONVENTIONS:
             raise ValueError(f"{name}: convention must be one of {CONVENTIONS}, got {convention!r}")
+        if convention == "keras":
+            given = [k for k in self._TORCH_ONLY if hyper.get(k) is not None]
+            if given:
+                raise ValueError(f"{name}: {', '.join(given)} is a PyTorch option; pass "
+                                 "convention='torch' to use it")
         if not isinstance(backend, str) or backend not in ("auto", *BACKEND_NAMES):
             raise ValueError(f"{name}: backend must be one of "
                              f"{('auto', *BACKEND_NAMES)}, got {backend!r}")
-        defaults = self._DEFAULTS
-        resolved = {k: defaults[k] if v is None else v for k, v in hyper.items()}
-        self._hyper = self._check(resolved)
         self.convention = convention
-        self._set_learning_rate(defaults["learning_rate"] if learning_rate is None
-                                else learning_rate)
-        self.weight_decay = real(name, "weight_decay", defaults.get("weight_decay")
-                                 if weight_decay is None else weight_decay,
-                                 low=0.0, allow_none=True)
+        defaults = self._TORCH_DEFAULTS if convention == "torch" else self._DEFAULTS
+        top = {k: defaults.get(k) if v is None else v for k, v in hyper.items()}
+        top["learning_rate"] = defaults["learning_rate"] if learning_rate is None \
+            else learning_rate
+        top["weight_decay"] = defaults.get("weight_decay") if weight_decay is None \
+            else weight_decay
+        top["maximize"] = maximize
+        self._defaults = self._check_group(top, "")
+        self._hyper_names = tuple(hyper)
+
         clips = {"clipnorm": clipnorm, "clipvalue": clipvalue,
                  "global_clipnorm": global_clipnorm}
         given = [k for k, v in clips.items() if v is not None]
@@ -110,14 +208,36 @@ class Optimizer:
         self.clipnorm = clips["clipnorm"]
         self.clipvalue = clips["clipvalue"]
         self.global_clipnorm = clips["global_clipnorm"]
+        self.use_ema = boolean(name, "use_ema", use_ema)
+        self.ema_momentum = real(name, "ema_momentum", ema_momentum, low=0.0, high=1.0)
+        self.ema_overwrite_frequency = _count(name, "ema_overwrite_frequency",
+                                              ema_overwrite_frequency, 1)
+        self.loss_scale_factor = real(name, "loss_scale_factor", loss_scale_factor, low=0.0,
+                                      low_open=True, allow_none=True)
+        self.gradient_accumulation_steps = _count(name, "gradient_accumulation_steps",
+                                                  gradient_accumulation_steps, 2)
         self._backend_name = backend
 
-        self._names, arrays, self._kind = _parse_params(name, params)
-        self._params = arrays
-        self._labels = [f"[{i}]" if self._names is None else f"[{k!r}]"
-                        for i, k in enumerate(self._names or range(len(arrays)))]
-        self._shapes = [a.shape for a in arrays]
-        self._dtypes = [a.dtype for a in arrays]
+        parsed = _parse_params(name, params)
+        self._kind, self._structure = parsed.kind, parsed.structure
+        self._params, self._names = parsed.arrays, parsed.names
+        self._labels = [f"[{i}]" if n is None else f"[{n!r}]"
+                        for i, n in enumerate(self._names)]
+        self._shapes = [a.shape for a in self._params]
+        self._dtypes = [a.dtype for a in self._params]
+        self._excluded = _excluded(name, exclude_from_weight_decay, self._names,
+                                   len(self._params))
+        self._param_groups = []
+        for g, (indices, overrides) in enumerate(parsed.groups):
+            bad = [k for k in overrides if k not in ("learning_rate", "weight_decay",
+                                                      "maximize", *hyper)]
+            if bad:
+                raise ValueError(f"{name}: param group {g} has unknown key(s) {bad}; "
+                                 f"valid: 'params', 'learning_rate', 'weight_decay', "
+                                 f"'maximize', {', '.join(map(repr, hyper))}")
+            merged = self._check_group({**self._defaults, **overrides}, f" (param group {g})")
+            pg = _ParamGroup(indices, merged, overrides, RULES[self._rule_name(merged)])
+            self._param_groups.append(pg)
         self.iterations = 0
         self._build()
 
@@ -125,52 +245,76 @@ class Optimizer:
     def _check(self, hyper):  # pragma: no cover - every subclass overrides
         raise NotImplementedError
 
-    def _rule_name(self):  # pragma: no cover
+    def _rule_name(self, hyper):  # pragma: no cover
         raise NotImplementedError
 
-    def _scalars(self, lr, iteration):  # pragma: no cover
+    def _scalars(self, hyper, lr, iteration):  # pragma: no cover
         raise NotImplementedError
 
-    def _slot_init(self):
+    def _slot_init(self, hyper):
         """Initial value of each slot that does not start at zero."""
         return {}
 
+    def _check_group(self, h, where):
+        owner = type(self).__name__ + where
+        out = dict(self._check({k: v for k, v in h.items()
+                                if k not in ("learning_rate", "weight_decay", "maximize")},
+                               owner))
+        out["learning_rate"] = _checked_lr(owner, h["learning_rate"])
+        out["weight_decay"] = real(owner, "weight_decay", h["weight_decay"], low=0.0,
+                                   allow_none=True)
+        out["maximize"] = boolean(owner, "maximize", h["maximize"])
+        return out
+
     # -- construction -------------------------------------------------------------
     def _build(self):
-        self._rule = RULES[self._rule_name()]
-        by_dtype = {}
-        for i, a in enumerate(self._params):
-            by_dtype.setdefault(a.dtype, []).append(i)
-        self._groups = [
-            _Group(idx, [self._params[i] for i in idx], self._rule, self._slot_init(),
-                   self._backend_name)
-            for idx in by_dtype.values()
-        ]
+        for pg in self._param_groups:
+            by_dtype = {}
+            for i in pg.indices:
+                by_dtype.setdefault(self._params[i].dtype, []).append(i)
+            pg.groups = [
+                _Group(idx, [self._params[i] for i in idx], pg.rule, self._slot_init(pg.hyper),
+                       self._backend_name, [i not in self._excluded for i in idx])
+                for idx in by_dtype.values()
+            ]
+        self._groups = [g for pg in self._param_groups for g in pg.groups]
+        self._ema = ([np.zeros_like(p) for p in self._params] if self.use_ema else None)
+        self._accumulated = ([np.zeros_like(p) for p in self._params]
+                             if self.gradient_accumulation_steps else None)
 
     # -- public attributes ------------------------------------------------------
     @property
     def learning_rate(self):
-        """The learning rate: a float, or a schedule of the iteration count."""
-        return self._learning_rate
+        """The learning rate: a float, or a schedule of the iteration count.
+
+        With parameter groups this is the default, used by the groups that
+        do not set their own; assigning it changes those groups."""
+        return self._defaults["learning_rate"]
 
     @learning_rate.setter
     def learning_rate(self, value):
-        self._set_learning_rate(value)
+        value = _checked_lr(type(self).__name__, value)
+        self._defaults["learning_rate"] = value
+        for pg in self._param_groups:
+            if "learning_rate" not in pg.overrides:
+                pg.hyper["learning_rate"] = value
 
-    def _set_learning_rate(self, value):
-        if callable(value):
-            self._learning_rate = value
-        else:
-            self._learning_rate = real(type(self).__name__, "learning_rate", value, low=0.0)
+    @property
+    def weight_decay(self):
+        return self._defaults["weight_decay"]
+
+    @property
+    def maximize(self):
+        return self._defaults["maximize"]
+
+    @property
+    def _hyper(self):
+        return {k: self._defaults[k] for k in self._hyper_names}
 
     @property
     def params(self):
         """The parameters, in the structure they were given."""
-        if self._kind == "dict":
-            return dict(zip(self._names, self._params))
-        if self._kind == "array":
-            return self._params[0]
-        return list(self._params)
+        return self._structure(self._params)
 
     @property
     def backends(self):
@@ -179,12 +323,21 @@ class Optimizer:
 
     @property
     def rule(self):
-        """Name of the fused kernel this optimizer runs (e.g. ``"adam_amsgrad"``)."""
-        return self._rule.name
+        """Name of the fused kernel this optimizer runs (e.g. ``"adam_amsgrad"``);
+        a tuple of names, one per group, when parameter groups differ."""
+        names = tuple(pg.rule.name for pg in self._param_groups)
+        return names[0] if len(set(names)) == 1 else names
 
-    def current_learning_rate(self):
+    @property
+    def param_groups(self):
+        """Per group: the parameter indices and the effective hyperparameters."""
+        return [{"indices": list(pg.indices), **pg.hyper} for pg in self._param_groups]
+
+    def current_learning_rate(self, group=0):
         """The learning rate the next step will use (schedules evaluated)."""
-        lr = self._learning_rate
+        return self._lr_at(self._param_groups[group].hyper["learning_rate"])
+
+    def _lr_at(self, lr):
         if not callable(lr):
             return lr
         value = lr(self.iterations)
@@ -208,10 +361,12 @@ class Optimizer:
         Parameters
         ----------
         grads
-            Same structure as ``params`` (array, list/tuple, or dict with the
-            same keys), each gradient of its parameter's shape and dtype.  A
-            ``None`` gradient skips its parameter (its slots are untouched).
-            Non-contiguous gradients are copied; nothing is ever cast.
+            Same structure as ``params`` (array, list/tuple, dict with the
+            same keys, or one entry per parameter group), each gradient of its
+            parameter's shape and dtype.  A ``None`` gradient skips its
+            parameter (its slots are untouched); not allowed with gradient
+            accumulation.  Non-contiguous gradients are copied; nothing is
+            ever cast.
 
         Raises
         ------
@@ -219,63 +374,107 @@ class Optimizer:
             On any bad gradient or learning rate; then nothing has changed.
         """
         grads = self._match_grads(grads)
-        lr = self.current_learning_rate()
-        scalars = self._scalars(lr, self.iterations)
-        keep = 1.0 if self.weight_decay is None else 1.0 - self.weight_decay * lr
-        if len(self._groups) == 1:
-            groups = [(self._groups[0], grads)]
-        else:
-            groups = [(g, [grads[i] for i in g.indices]) for g in self._groups]
-        scales = self._clip_scales(groups)
-        clipvalue = math.inf if self.clipvalue is None else self.clipvalue
-        # Everything is validated; from here on only kernels run.
-        for (group, gl), scale in zip(groups, scales):
-            key = (scale, keep) if isinstance(scale, float) else None  # arrays: per tensor
-            if key is None or key != group.last_pt:  # rewrite the rows only when they change
-                group.pt[0] = scale
-                group.pt[1] = keep
-                group.last_pt = key
-            if len(gl) > 1 and all(g is None for g in gl):
-                continue
-            group.plan.step(gl, group.pt, scalars, clipvalue)
+        steps = self.gradient_accumulation_steps
+        applying = steps is None or (self.iterations + 1) % steps == 0
+        updates = self.iterations if steps is None else self.iterations // steps
+        plans = []
+        if applying:
+            for pg in self._param_groups:
+                lr = self._lr_at(pg.hyper["learning_rate"])
+                plans.append((pg, lr, self._scalars(pg.hyper, lr, updates)))
+        # Everything is validated; from here on only arithmetic runs.
+        inv = 1.0 if self.loss_scale_factor is None else 1.0 / self.loss_scale_factor
+        if self._accumulated is not None:
+            for a, g in zip(self._accumulated, grads):
+                a += g if inv == 1.0 else g * inv
+            if applying:
+                for a in self._accumulated:
+                    a /= steps
+                grads, inv = self._accumulated, 1.0
+        if applying:
+            self._apply(grads, inv, plans)
+            if self._accumulated is not None:
+                for a in self._accumulated:
+                    a[...] = 0.0
+        if self._ema is not None:
+            self._update_ema(updates)
         self.iterations += 1
 
-    def _clip_scales(self, groups):
+    def _apply(self, grads, inv, plans):
+        scales = self._clip_scales(grads, inv)
+        clipvalue = math.inf if self.clipvalue is None else self.clipvalue
+        torch_l2 = self.convention == "torch" and not self._TORCH_DECOUPLED
+        single = len(self._groups) == 1
+        k = 0
+        for pg, lr, scalars in plans:
+            wd = pg.hyper["weight_decay"]
+            if not wd:
+                keep, l2 = 1.0, 0.0
+            elif torch_l2:
+                keep, l2 = 1.0, wd
+            else:
+                keep, l2 = 1.0 - wd * lr, 0.0
+            negate = pg.hyper["maximize"]
+            for group in pg.groups:
+                scale = -scales[k] if negate else scales[k]
+                k += 1
+                gl = grads if single else [grads[i] for i in group.indices]
+                if len(gl) > 1 and all(g is None for g in gl):
+                    continue
+                group.set_factors(scale, keep, l2)
+                group.plan.step(gl, group.pt, scalars, clipvalue)
+
+    def _update_ema(self, updates):
+        # Keras: the average starts as a copy (momentum 0 until the first
+        # update has been counted), then follows every call
+        m = self.ema_momentum if updates else 0.0
+        for avg, p in zip(self._ema, self._params):
+            avg[...] = m * avg + (1.0 - m) * p
+        freq = self.ema_overwrite_frequency
+        if freq and (updates + 1) % freq == 0:
+            for avg, p in zip(self._ema, self._params):
+                p[...] = avg
+
+    def finalize_variable_values(self):
+        """With ``use_ema``: copy the moving averages into the parameters
+        (Keras's ``finalize_variable_values``, called at the end of training).
+        Without it, does nothing."""
+        if self._ema is not None:
+            for avg, p in zip(self._ema, self._params):
+                p[...] = avg
+
+    @property
+    def ema_params(self):
+        """The moving averages (copies, in the structure of ``params``), or None."""
+        if self._ema is None:
+            return None
+        return self._structure([a.copy() for a in self._ema])
+
+    def _clip_scales(self, grads, inv=1.0):
+        """One gradient scale per dtype group: a float, or per-tensor array."""
+        n = len(self._groups)
         if self.clipnorm is None and self.global_clipnorm is None:
-            return [1.0] * len(groups)
-        sumsq = [group.plan.sumsq(gl) for group, gl in groups]
+            return [inv] * n
+        if n == 1:
+            sumsq = [self._groups[0].plan.sumsq(grads)]
+        else:
+            sumsq = [g.plan.sumsq([grads[i] for i in g.indices]) for g in self._groups]
         if self.global_clipnorm is not None:
-            norm = math.sqrt(sum(float(np.sum(s)) for s in sumsq))
-            return [reference.global_clip_scale(norm, self.global_clipnorm)] * len(groups)
+            norm = math.sqrt(sum(float(np.sum(s)) for s in sumsq)) * inv
+            c = self.global_clipnorm
+            if self.convention == "torch":  # min() keeps a NaN first argument
+                scale = min(c / (norm + _TORCH_CLIP_EPS), 1.0)
+            else:
+                scale = reference.global_clip_scale(norm, c)
+            return [scale * inv] * n
         c = self.clipnorm
         with np.errstate(invalid="ignore"):
-            return [c / np.maximum(np.sqrt(s), c) for s in sumsq]
+            return [c / np.maximum(np.sqrt(s) * inv, c) * inv for s in sumsq]
 
     def _match_grads(self, grads):
         """Grads as a list aligned with the parameters, validated."""
         name = type(self).__name__
-        n = len(self._params)
-        if self._kind == "dict":
-            if not isinstance(grads, Mapping):
-                raise TypeError(f"{name}.step: params were given as a dict, so grads must be "
-                                f"a dict with the same keys, got {type(grads).__name__}")
-            missing = [k for k in self._names if k not in grads]
-            extra = [k for k in grads if k not in set(self._names)]
-            if missing or extra:
-                raise ValueError(f"{name}.step: grads keys differ from params keys "
-                                 f"(missing {missing}, unexpected {extra})")
-            grads = [grads[k] for k in self._names]
-        elif isinstance(grads, np.ndarray) and n == 1:
-            grads = [grads]
-        elif isinstance(grads, (list, tuple)):
-            if len(grads) != n:
-                raise ValueError(f"{name}.step: expected {n} gradient(s), one per parameter, "
-                                 f"got {len(grads)}")
-            grads = list(grads)
-        else:
-            raise TypeError(f"{name}.step: grads must be "
-                            f"{'an array or ' if n == 1 else ''}a list or tuple of {n} "
-                            f"arrays, got {type(grads).__name__}")
+        grads = _flatten_like(name, self._kind, self._names, self._group_sizes(), grads)
         ndarray = np.ndarray
         dtypes, shapes = self._dtypes, self._shapes
         present = 0
@@ -289,7 +488,14 @@ class Optimizer:
             grads[i] = self._check_grad(i, g)
         if present == 0:
             raise ValueError(f"{name}.step: every gradient is None; nothing to apply")
+        if present < len(grads) and self._accumulated is not None:
+            i = grads.index(None)
+            raise ValueError(f"{name}.step: grads{self._labels[i]} is None; with "
+                             "gradient_accumulation_steps every gradient must be given")
         return grads
+
+    def _group_sizes(self):
+        return [len(pg.indices) for pg in self._param_groups]
 
     def _check_grad(self, i, g):
         name, label = type(self).__name__, self._labels[i]
@@ -308,41 +514,92 @@ class Optimizer:
     # -- configuration and state ------------------------------------------------------
     def get_config(self):
         """JSON-able configuration: class name, convention and hyperparameters."""
-        lr = self._learning_rate
-        if isinstance(lr, schedules.LearningRateSchedule):
-            lr = schedules.serialize(lr)
-        elif callable(lr):
-            lr = {"class_name": "callable", "config": {"repr": repr(lr)}}
-        return {"class_name": type(self).__name__, "convention": self.convention,
-                "learning_rate": lr, **self._hyper, "weight_decay": self.weight_decay,
-                "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
-                "global_clipnorm": self.global_clipnorm, "backend": self._backend_name}
+        config = {"class_name": type(self).__name__, "convention": self.convention,
+                  "learning_rate": _lr_config(self._defaults["learning_rate"]),
+                  **self._hyper, "weight_decay": self.weight_decay,
+                  "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                  "global_clipnorm": self.global_clipnorm, "maximize": self.maximize,
+                  "use_ema": self.use_ema, "ema_momentum": self.ema_momentum,
+                  "ema_overwrite_frequency": self.ema_overwrite_frequency,
+                  "loss_scale_factor": self.loss_scale_factor,
+                  "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                  "exclude_from_weight_decay": self._exclude_config(),
+                  "backend": self._backend_name}
+        if self._kind == "groups":
+            config["param_groups"] = [
+                {k: _lr_config(v) if k == "learning_rate" else v
+                 for k, v in pg.overrides.items()} for pg in self._param_groups]
+        return config
+
+    def _exclude_config(self):
+        if not self._excluded:
+            return None
+        return sorted(self._names[i] if self._names[i] is not None else i
+                      for i in self._excluded)
 
     @classmethod
     def from_config(cls, params, config):
-        """A new optimizer over ``params`` from :meth:`get_config`'s output."""
+        """A new optimizer over ``params`` from :meth:`get_config`'s output.
+
+        With parameter groups, ``params`` is the list of group dicts; the
+        config's per-group overrides replace those given there."""
         config = dict(config)
         class_name = config.pop("class_name", cls.__name__)
         if class_name != cls.__name__:
             raise ValueError(f"{cls.__name__}.from_config: the config is for {class_name}")
         config["learning_rate"] = _learning_rate_from_config(cls.__name__,
                                                              config.get("learning_rate"))
+        groups = config.pop("param_groups", None)
+        if groups is not None:
+            if not (isinstance(params, (list, tuple)) and len(params) == len(groups)
+                    and all(isinstance(p, Mapping) and "params" in p for p in params)):
+                raise ValueError(f"{cls.__name__}.from_config: the config has "
+                                 f"{len(groups)} parameter groups; pass params as a list "
+                                 f"of {len(groups)} dicts with a 'params' key")
+            params = [{"params": p["params"], **{
+                k: _learning_rate_from_config(cls.__name__, v) if k == "learning_rate" else v
+                for k, v in g.items()}} for p, g in zip(params, groups)]
         return cls(params, **config)
 
     def _slot_key(self, slot, i):
-        return f"{slot}/{i if self._names is None else self._names[i]}"
+        return f"{slot}/{i if self._names[i] is None else self._names[i]}"
+
+    def _extra_slots(self):
+        """Optimizer-level per-parameter buffers kept in the state dict."""
+        extra = {}
+        if self._ema is not None:
+            extra["average"] = self._ema
+        if self._accumulated is not None:
+            extra["accumulated_gradient"] = self._accumulated
+        return extra
 
     def state_dict(self):
         """``{"config", "iterations", "slots": {"<slot>/<index or name>": array}}``.
 
-        Slot arrays are copies in their parameter's shape and dtype.
+        Slot arrays are copies in their parameter's shape and dtype; they
+        include the moving averages (``average/...``) with ``use_ema`` and
+        the gradient accumulators (``accumulated_gradient/...``).
         """
         slots = {}
         for group in self._groups:
             for slot, views in group.slot_views.items():
                 for i, view in zip(group.indices, views):
                     slots[self._slot_key(slot, i)] = view.copy()
+        for slot, arrays in self._extra_slots().items():
+            for i, a in enumerate(arrays):
+                slots[self._slot_key(slot, i)] = a.copy()
         return {"config": self.get_config(), "iterations": self.iterations, "slots": slots}
+
+    def _expected_slots(self):
+        expected = {}
+        for pg in self._param_groups:
+            for s in pg.rule.slots:
+                for i in pg.indices:
+                    expected[self._slot_key(s, i)] = i
+        for s in self._extra_slots():
+            for i in range(len(self._params)):
+                expected[self._slot_key(s, i)] = i
+        return expected
 
     def load_state_dict(self, state):
         """Restore hyperparameters, iteration count and slots from
@@ -367,26 +624,30 @@ class Optimizer:
             raise ValueError(f"{name}.load_state_dict: iterations must be an integer >= 0, "
                              f"got {iterations!r}")
         # the hyperparameters, checked by building a twin on the same params
-        lr = config.get("learning_rate")
-        if isinstance(lr, Mapping) and lr.get("class_name") == "callable":
-            if not callable(self._learning_rate):
-                raise ValueError(f"{name}.load_state_dict: the state's learning rate was a "
-                                 "custom callable; set the same callable on this optimizer "
-                                 "before loading")
-            config["learning_rate"] = self._learning_rate
+        config["learning_rate"] = self._callable_lr(name, config.get("learning_rate"),
+                                                    self._defaults["learning_rate"])
+        if "param_groups" in config:
+            if self._kind != "groups" or len(config["param_groups"]) != len(self._param_groups):
+                raise ValueError(f"{name}.load_state_dict: the state has "
+                                 f"{len(config['param_groups'])} parameter groups, this "
+                                 f"optimizer {len(self._param_groups) if self._kind == 'groups' else 'none'}")
+            config["param_groups"] = [
+                {**g, **({"learning_rate": self._callable_lr(
+                    name, g["learning_rate"], pg.hyper["learning_rate"])}
+                    if "learning_rate" in g else {})}
+                for g, pg in zip(config["param_groups"], self._param_groups)]
         twin = type(self).from_config(self.params, {**config, "backend": self._backend_name})
-        if twin._rule.name != self._rule.name:
+        if twin.rule != self.rule:
             raise ValueError(f"{name}.load_state_dict: the state is for kernel "
-                             f"{twin._rule.name!r} (other hyperparameters) but this "
-                             f"optimizer runs {self._rule.name!r}")
+                             f"{twin.rule!r} (other hyperparameters) but this "
+                             f"optimizer runs {self.rule!r}")
         slots = state["slots"]
-        expected = {self._slot_key(s, i): (s, i) for s in self._rule.slots
-                    for i in range(len(self._params))}
+        expected = twin._expected_slots()
         if set(slots) != set(expected):
             raise ValueError(f"{name}.load_state_dict: slots differ; missing "
                              f"{sorted(set(expected) - set(slots))}, unexpected "
                              f"{sorted(set(slots) - set(expected))}")
-        for key, (_, i) in expected.items():
+        for key, i in expected.items():
             a = slots[key]
             if not isinstance(a, np.ndarray) or a.shape != self._shapes[i] \
                     or a.dtype != self._dtypes[i]:
@@ -394,22 +655,60 @@ class Optimizer:
                     f"{name}.load_state_dict: slot {key!r} has "
                     f"shape {getattr(a, 'shape', None)} and dtype {getattr(a, 'dtype', None)}, "
                     f"expected {self._shapes[i]} and {self._dtypes[i]}")
-        # all checked: apply
-        self._hyper = twin._hyper
-        self._learning_rate = twin._learning_rate
-        self.weight_decay = twin.weight_decay
-        self.clipnorm, self.clipvalue = twin.clipnorm, twin.clipvalue
-        self.global_clipnorm = twin.global_clipnorm
-        self.iterations = int(iterations)
-        for group in self._groups:
+        # all checked: take over the twin's configuration, then copy the slots in
+        twin_slots = {}
+        for group in twin._groups:
             for slot, views in group.slot_views.items():
                 for i, view in zip(group.indices, views):
-                    view[...] = slots[self._slot_key(slot, i)]
+                    twin_slots[twin._slot_key(slot, i)] = view
+        for slot, arrays in twin._extra_slots().items():
+            for i, a in enumerate(arrays):
+                twin_slots[twin._slot_key(slot, i)] = a
+        for key, dst in twin_slots.items():
+            dst[...] = slots[key]
+        twin.iterations = int(iterations)
+        self.__dict__.update(twin.__dict__)
+
+    @staticmethod
+    def _callable_lr(name, lr, current):
+        if isinstance(lr, Mapping) and lr.get("class_name") == "callable":
+            if not callable(current):
+                raise ValueError(f"{name}.load_state_dict: the state's learning rate was a "
+                                 "custom callable; set the same callable on this optimizer "
+                                 "before loading")
+            return current
+        return lr
 
     def __repr__(self):
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
-                          if k != "class_name" and v is not None)
+                          if k != "class_name" and v is not None and v is not False)
         return f"{type(self).__name__}({hyper})"
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def _checked_lr(owner, value):
+    if callable(value):
+        return value
+    return real(owner, "learning_rate", value, low=0.0)
+
+
+def _lr_config(lr):
+    if isinstance(lr, schedules.LearningRateSchedule):
+        return schedules.serialize(lr)
+    if callable(lr):
+        return {"class_name": "callable", "config": {"repr": repr(lr)}}
+    return lr
+
+
+def _count(owner, name, value, low):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{owner}: {name} must be >= {low}, got {value!r}")
+    return int(value)
 
 
 def _learning_rate_from_config(owner, lr):
@@ -421,24 +720,104 @@ def _learning_rate_from_config(owner, lr):
     return lr
 
 
-def _parse_params(owner, params):
-    """``(names or None, [arrays], kind)`` after checking every parameter."""
+def _excluded(owner, exclude, names, n):
+    """Set of parameter indices excluded from weight decay."""
+    if exclude is None:
+        return frozenset()
+    if isinstance(exclude, (str, int)) or not isinstance(exclude, (list, tuple, set,
+                                                                   frozenset)):
+        raise TypeError(f"{owner}: exclude_from_weight_decay must be a list of parameter "
+                        f"indices or names, got {exclude!r}")
+    index = {nm: i for i, nm in enumerate(names) if nm is not None}
+    out = set()
+    for e in exclude:
+        if isinstance(e, str):
+            if e not in index:
+                raise ValueError(f"{owner}: exclude_from_weight_decay names {e!r}, which is "
+                                 f"not a parameter name (names: {sorted(index)})")
+            out.add(index[e])
+        elif isinstance(e, numbers.Integral) and not isinstance(e, bool):
+            if not 0 <= e < n:
+                raise ValueError(f"{owner}: exclude_from_weight_decay index {e} is out of "
+                                 f"range for {n} parameters")
+            out.add(int(e))
+        else:
+            raise TypeError(f"{owner}: exclude_from_weight_decay entries must be parameter "
+                            f"indices or names, got {e!r}")
+    return frozenset(out)
+
+
+class _Parsed:
+    """Parameters parsed into a flat list, with what is needed to rebuild
+    their structure and the parameter groups."""
+
+    def __init__(self, kind, arrays, names, groups, structure):
+        self.kind, self.arrays, self.names = kind, arrays, names
+        self.groups, self.structure = groups, structure
+
+
+def _one(owner, params, where=""):
+    """``(kind, names or None, arrays)`` of a plain (non-group) params value."""
     if isinstance(params, np.ndarray):
-        names, arrays, kind = None, [params], "array"
-    elif isinstance(params, Mapping):
-        names, arrays, kind = list(params), list(params.values()), "dict"
-        for k in names:
+        return "array", None, [params]
+    if isinstance(params, Mapping):
+        for k in params:
             if not isinstance(k, str):
-                raise TypeError(f"{owner}: parameter names must be strings, got {k!r}")
-    elif isinstance(params, (list, tuple)):
-        names, arrays, kind = None, list(params), "list"
+                raise TypeError(f"{owner}: parameter names must be strings, got {k!r}{where}")
+        return "dict", list(params), list(params.values())
+    if isinstance(params, (list, tuple)):
+        return "list", None, list(params)
+    raise TypeError(f"{owner}: params{where} must be an array, a list or tuple of arrays, a "
+                    f"dict of arrays, or a list of parameter-group dicts, got "
+                    f"{type(params).__name__}")
+
+
+def _rebuild(kind, names):
+    if kind == "dict":
+        return lambda arrays: dict(zip(names, arrays))
+    if kind == "array":
+        return lambda arrays: arrays[0]
+    return list
+
+
+def _parse_params(owner, params):
+    """Check every parameter; flatten groups."""
+    is_group = [isinstance(p, Mapping) and "params" in p for p in params] \
+        if isinstance(params, (list, tuple)) else []
+    if any(is_group):
+        if not all(is_group):
+            raise TypeError(f"{owner}: params mixes parameter-group dicts and arrays; give "
+                            "either arrays or a list of {'params': ..., ...} dicts")
+        arrays, names, groups, parts = [], [], [], []
+        for g, spec in enumerate(params):
+            kind, gnames, garrays = _one(owner, spec["params"], f" of param group {g}")
+            if not garrays:
+                raise ValueError(f"{owner}: param group {g} has no parameters")
+            groups.append((list(range(len(arrays), len(arrays) + len(garrays))),
+                           {k: v for k, v in spec.items() if k != "params"}))
+            parts.append((kind, gnames, len(garrays), spec))
+            arrays += garrays
+            names += gnames or [None] * len(garrays)
+
+        def structure(flat):
+            out, k = [], 0
+            for kind, gnames, n, spec in parts:
+                out.append({**spec, "params": _rebuild(kind, gnames)(flat[k:k + n])})
+                k += n
+            return out
+        kind = "groups"
+        named = [nm for nm in names if nm is not None]
+        if len(named) != len(set(named)):
+            raise ValueError(f"{owner}: parameter names repeat across param groups")
     else:
-        raise TypeError(f"{owner}: params must be an array, a list or tuple of arrays, or a "
-                        f"dict of arrays, got {type(params).__name__}")
+        kind, gnames, arrays = _one(owner, params)
+        names = gnames or [None] * len(arrays)
+        groups = [(list(range(len(arrays))), {})]
+        structure = _rebuild(kind, gnames)
     if not arrays:
         raise ValueError(f"{owner}: params is empty")
     for i, a in enumerate(arrays):
-        label = f"params[{i if names is None else repr(names[i])}]"
+        label = f"params[{i if names[i] is None else repr(names[i])}]"
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{owner}: {label} must be a numpy.ndarray, got {type(a).__name__}")
         if a.dtype not in FLOAT_DTYPES:
@@ -450,7 +829,48 @@ def _parse_params(owner, params):
         if not a.flags.writeable:
             raise ValueError(f"{owner}: {label} is read-only; parameters are updated in place")
     _check_no_overlap(owner, arrays, names)
-    return names, arrays, kind
+    return _Parsed(kind, arrays, names, groups, structure)
+
+
+def _flatten_like(name, kind, names, group_sizes, grads):
+    """Gradients in the structure of the params, as one flat list."""
+    n = len(names)
+    if kind == "groups":
+        if not isinstance(grads, (list, tuple)) or len(grads) != len(group_sizes):
+            raise TypeError(f"{name}.step: params were given as {len(group_sizes)} parameter "
+                            "groups, so grads must be a list with one entry per group, got "
+                            f"{type(grads).__name__}"
+                            f"{' of length %d' % len(grads) if isinstance(grads, (list, tuple)) else ''}")
+        flat, k = [], 0
+        for g, (entry, size) in enumerate(zip(grads, group_sizes)):
+            gnames = names[k:k + size]
+            gkind = "dict" if gnames[0] is not None else "list"
+            if gkind == "list" and size == 1 and isinstance(entry, np.ndarray):
+                entry = [entry]
+            flat += _flatten_like(f"{name}.step (param group {g})", gkind, gnames, [size],
+                                  entry)
+            k += size
+        return flat
+    if kind == "dict":
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"{name}.step: params were given as a dict, so grads must be "
+                            f"a dict with the same keys, got {type(grads).__name__}")
+        missing = [k for k in names if k not in grads]
+        extra = [k for k in grads if k not in set(names)]
+        if missing or extra:
+            raise ValueError(f"{name}.step: grads keys differ from params keys "
+                             f"(missing {missing}, unexpected {extra})")
+        return [grads[k] for k in names]
+    if isinstance(grads, np.ndarray) and n == 1:
+        return [grads]
+    if isinstance(grads, (list, tuple)):
+        if len(grads) != n:
+            raise ValueError(f"{name}.step: expected {n} gradient(s), one per parameter, "
+                             f"got {len(grads)}")
+        return list(grads)
+    raise TypeError(f"{name}.step: grads must be "
+                    f"{'an array or ' if n == 1 else ''}a list or tuple of {n} "
+                    f"arrays, got {type(grads).__name__}")
 
 
 def _check_no_overlap(owner, arrays, names):
@@ -458,6 +878,7 @@ def _check_no_overlap(owner, arrays, names):
                    for i, a in enumerate(arrays) if a.nbytes)
     for (_, e0, i), (s1, _, j) in zip(spans, spans[1:]):
         if s1 < e0:
-            li, lj = (f"{i}", f"{j}") if names is None else (repr(names[i]), repr(names[j]))
+            li = f"{i}" if names[i] is None else repr(names[i])
+            lj = f"{j}" if names[j] is None else repr(names[j])
             raise ValueError(f"{owner}: params[{li}] and params[{lj}] share memory; each "
                              "parameter must be updated exactly once")
