@@ -570,7 +570,7 @@ class Optimizer:
         if self._ema is not None:
             extra["average"] = self._ema
         if self._accumulated is not None:
-            extra["accumulated_gradient"] = self._accumulated
+            extra["gradient_accumulator"] = self._accumulated
         return extra
 
     def state_dict(self):
@@ -578,7 +578,7 @@ class Optimizer:
 
         Slot arrays are copies in their parameter's shape and dtype; they
         include the moving averages (``average/...``) with ``use_ema`` and
-        the gradient accumulators (``accumulated_gradient/...``).
+        the gradient accumulators (``gradient_accumulator/...``).
         """
         slots = {}
         for group in self._groups:
