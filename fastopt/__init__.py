@@ -10,6 +10,7 @@ from .backends import (available_backends, get_backend, get_num_threads,
                        get_parallel_threshold, set_num_threads, set_parallel_threshold)
 from .optimizers import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .state import load_state, save_state
+from . import train  # noqa: E402  (needs the optimizers above)
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,5 @@ __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Optimizer",
     "available_backends", "get_backend", "set_num_threads", "get_num_threads",
     "set_parallel_threshold", "get_parallel_threshold",
-    "save_state", "load_state", "schedules", "reference", "__version__",
+    "save_state", "load_state", "schedules", "reference", "train", "__version__",
 ]

@@ -1,7 +1,14 @@
-"""The ``fastopt`` command."""
+"""The ``fastopt`` command: ``compare`` (the optimizer experiment) and ``info``.
+
+Bad input (arguments, data files, optimizer settings) ends with one line on
+stderr and exit status 2, never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import platform
 import sys
 
@@ -38,9 +45,238 @@ def _info(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (exit status 2), no usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: ``kind`` (int or float) within the given bounds."""
+    if low is None:
+        bounds = f" <= {high}"
+    elif high is None:
+        bounds = f" {'>' if low_open else '>='} {low}"
+    else:
+        bounds = f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    expected = f"{'an integer' if kind is int else 'a number'}{bounds}"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        too_low = low is not None and (value < low or low_open and value == low)
+        too_high = high is not None and (value > high or high_open and value == high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+def _names(text):
+    """``"adam, sgd"`` -> ``["adam", "sgd"]`` (duplicates dropped)."""
+    return list(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
+
+
+def _hidden(text):
+    parse = _number(int, low=1)
+    try:
+        return tuple(parse(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected layer sizes >= 1 separated by commas, e.g. 32,16; got {text!r}") from None
+
+
+def _load_data(args, fail):
+    """Training and validation rows, standardised with the training rows' statistics."""
+    from fastopt.train import (
+        DataError,
+        Standardizer,
+        load_builtin,
+        load_csv,
+        train_test_split,
+    )
+
+    if args.csv is None:
+        X, y, names = load_builtin()
+        source = "the built-in data set"
+    else:
+        try:
+            X, y, names = load_csv(args.csv, args.target)
+        except DataError as exc:
+            fail(str(exc))
+        labels = sorted(set(y.tolist()))
+        if not set(labels) <= {0.0, 1.0} or len(labels) < 2:
+            shown = ", ".join(f"{v:g}" for v in labels[:10]) + (", ..." if labels[10:] else "")
+            fail(f"the target column {args.target!r} of {args.csv!r} must hold the binary labels "
+                 f"0 and 1; it holds {shown}")
+        source = args.csv
+    try:
+        X_train, X_test, y_train, y_test = train_test_split(X, y, args.test_size, seed=0)
+    except ValueError as exc:
+        fail(str(exc))
+    scaler = Standardizer().fit(X_train)
+    return scaler.transform(X_train), y_train, scaler.transform(X_test), y_test, names, source
+
+
+def _plural(n, word):
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _writable(path, option, fail):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        fail(f"{option} {path!r}: the folder {folder!r} does not exist")
+
+
+def _compare(args):
+    from fastopt.train import comparison, plot
+
+    fail = args.parser.error
+    if (args.csv is None) != (args.target is None):
+        fail("--csv PATH and --target COLUMN go together" if args.csv is None
+             else "--csv needs --target COLUMN, the column to predict")
+    if args.hidden is not None and args.model != "mlp":
+        fail("--hidden applies to --model mlp only")
+    hidden = args.hidden or (16,)
+    if not args.optimizers:
+        fail("--optimizers needs at least one name; valid names: "
+             + ", ".join(comparison.OPTIMIZERS))
+    try:
+        comparison.check_optimizers(args.optimizers, args.learning_rate, args.momentum,
+                                    args.backend, args.convention, args.dtype)
+    except ValueError as exc:
+        fail(f"--optimizers: {exc}")
+    plot_path = args.plot
+    if plot_path is not None:
+        missing = plot.matplotlib_missing()
+        if missing:
+            fail(f"--plot: {missing}")
+        _writable(plot_path, "--plot", fail)
+    elif not args.no_plot:
+        missing = plot.matplotlib_missing()
+        if missing:
+            print(f"fastopt compare: no plot: {missing}", file=sys.stderr)
+        else:
+            plot_path = "compare.png"
+    if args.json is not None:
+        _writable(args.json, "--json", fail)
+
+    X_train, y_train, X_test, y_test, names, source = _load_data(args, fail)
+    model = ("logistic regression" if args.model == "logistic" else
+             f"an MLP ({', '.join(map(str, hidden))} {args.activation} units, sigmoid output)")
+    print(f"Training {model} on {source}: {len(X_train)} training and {len(X_test)} "
+          f"validation rows, {len(names)} features (standardised on the training rows).")
+    print(f"learning rate {args.learning_rate:g}, momentum {args.momentum:g} (momentum and "
+          f"nesterov), batch size {args.batch_size}, {_plural(args.epochs, 'epoch')}, "
+          f"{_plural(args.seeds, 'seed')}, {args.convention} convention, {args.dtype}, "
+          f"backend {args.backend}")
+
+    def progress(name, seed, history, seconds):
+        print(f"  {name:<16} seed {seed}: loss {history['loss'][-1]:.4f}, val_accuracy "
+              f"{history['val_accuracy'][-1]:.4f} ({seconds:.2f} s)", file=sys.stderr)
+
+    runs = comparison.compare(
+        X_train, y_train, (X_test, y_test), optimizers=args.optimizers,
+        learning_rate=args.learning_rate, momentum=args.momentum, epochs=args.epochs,
+        batch_size=args.batch_size, seeds=args.seeds, model=args.model, hidden=hidden,
+        activation=args.activation, backend=args.backend, convention=args.convention,
+        dtype=args.dtype, on_run=progress)
+    print()
+    print(comparison.format_table(comparison.summarize(runs)))
+    print(f"\nmean ± std over seeds {', '.join(map(str, range(args.seeds)))}; final loss and "
+          "accuracy: the last epoch's training figures (Keras's); val accuracy: on the "
+          "validation rows")
+
+    if args.json is not None:
+        config = {"optimizers": args.optimizers, "learning_rate": args.learning_rate,
+                  "momentum": args.momentum, "epochs": args.epochs,
+                  "batch_size": args.batch_size, "seeds": args.seeds, "model": args.model,
+                  "hidden": list(hidden) if args.model == "mlp" else None,
+                  "activation": args.activation if args.model == "mlp" else None,
+                  "backend": args.backend, "convention": args.convention,
+                  "dtype": args.dtype, "data": "builtin" if args.csv is None else args.csv,
+                  "target": args.target, "test_size": args.test_size,
+                  "features": names, "n_train": len(X_train), "n_validation": len(X_test)}
+        try:
+            with open(args.json, "w") as f:
+                json.dump(comparison.json_report(config, runs), f, indent=1, allow_nan=False)
+        except OSError as exc:
+            fail(f"--json: cannot write {args.json!r}: {exc.strerror or exc}")
+        print(f"json: {args.json}")
+    if plot_path is not None:
+        title = (f"{model} on {os.path.basename(source) if args.csv else 'the built-in data'}: "
+                 f"lr {args.learning_rate:g}, batch {args.batch_size}, "
+                 f"{_plural(args.seeds, 'seed')}"
+                 f"{' (mean, band: min to max)' if args.seeds > 1 else ''}")
+        try:
+            plot.plot_runs(runs, plot_path, title)
+        except OSError as exc:
+            fail(f"--plot: cannot write {plot_path!r}: {exc.strerror or exc}")
+        print(f"plot: {plot_path}")
+    return 0
+
+
+def _add_compare(sub):
+    from fastopt.backends import BACKEND_NAMES
+    from fastopt.train import comparison
+
+    p = sub.add_parser(
+        "compare", help="train one model with several optimizers and compare the loss curves",
+        description="Train the same model (same initial weights, same batches) with each "
+                    "optimizer, print a ranking of the final figures and plot the loss curves.")
+    p.add_argument("--optimizers", type=_names, default=list(comparison.DEFAULT_OPTIMIZERS),
+                   metavar="NAMES",
+                   help=f"comma-separated, from: {', '.join(comparison.OPTIMIZERS)} "
+                        f"(default: {','.join(comparison.DEFAULT_OPTIMIZERS)})")
+    p.add_argument("--learning-rate", type=_number(float, low=0.0), default=0.01,
+                   metavar="LR", help="for every optimizer (default: 0.01)")
+    p.add_argument("--momentum", type=_number(float, low=0.0, high=1.0), default=0.3,
+                   help="of the momentum and nesterov optimizers (default: 0.3)")
+    p.add_argument("--epochs", type=_number(int, low=1), default=5, help="(default: 5)")
+    p.add_argument("--batch-size", type=_number(int, low=1), default=16, help="(default: 16)")
+    p.add_argument("--seeds", type=_number(int, low=1), default=1, metavar="N",
+                   help="runs per optimizer, seeds 0..N-1; a seed fixes the initial weights "
+                        "and the batch order (default: 1)")
+    p.add_argument("--model", choices=comparison.MODELS, default="logistic",
+                   help="(default: logistic)")
+    p.add_argument("--hidden", type=_hidden, metavar="SIZES",
+                   help="hidden layer sizes of the mlp, comma-separated (default: 16)")
+    p.add_argument("--activation", choices=("relu", "tanh", "sigmoid"), default="relu",
+                   help="of the mlp's hidden layers (default: relu)")
+    p.add_argument("--backend", choices=("auto", *BACKEND_NAMES), default="auto",
+                   help="(default: auto)")
+    p.add_argument("--convention", choices=("keras", "torch"), default="keras",
+                   help="the optimizers' formulas and defaults (default: keras)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="of the model and optimizer (default: float32)")
+    p.add_argument("--csv", metavar="PATH",
+                   help="data: a CSV file with a header row and numeric columns "
+                        "(default: the built-in data set)")
+    p.add_argument("--target", metavar="COLUMN", help="the CSV column to predict (0/1 labels)")
+    p.add_argument("--test-size", type=_number(float, low=0.0, high=1.0, low_open=True,
+                                               high_open=True),
+                   default=0.3, metavar="FRACTION",
+                   help="share of rows held out for validation, split with seed 0 (default: 0.3)")
+    p.add_argument("--plot", metavar="PATH",
+                   help="write the loss curves to this PNG (default: compare.png when "
+                        "matplotlib is installed)")
+    p.add_argument("--no-plot", action="store_true", help="write no plot")
+    p.add_argument("--json", metavar="PATH", help="write every run's history as JSON")
+    p.set_defaults(func=_compare, parser=p)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastopt", description="Fused optimizer kernels.")
+    """Run the ``fastopt`` command with ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns 0 on success; bad input raises ``SystemExit(2)`` after one line on
+    stderr.
+    """
+    parser = _Parser(prog="fastopt", description="Fused optimizer kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_compare(sub)
     p = sub.add_parser("info", help="versions, backends, threading")
     p.set_defaults(func=_info)
     args = parser.parse_args(argv)

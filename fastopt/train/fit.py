@@ -1,0 +1,241 @@
+"""The training loop: ``fit`` and ``evaluate``, with Keras's figures.
+
+An epoch's ``loss`` is the mean of its batch losses weighted by batch size,
+each batch's loss taken on the forward pass before that batch's update (the
+number Keras reports); ``accuracy`` is counted the same way.  ``val_loss`` and
+``val_accuracy`` are computed on the validation data after the epoch.
+
+Accuracy is Keras's ``"accuracy"``: for a softmax output the share of rows
+whose largest output is the target's largest; otherwise the share of outputs
+on the same side of 0.5 as the target.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+
+from ..optimizers import Optimizer
+from . import _checks, activations
+from .callbacks import Callback, ProgressBar
+from .checkpoint import load_checkpoint
+from .models import MLP
+
+__all__ = ["fit", "evaluate", "epoch_order", "History"]
+
+
+class History:
+    """What :func:`fit` returns, as in Keras.
+
+    Attributes
+    ----------
+    history : dict of str to list of float
+        ``loss`` and ``accuracy`` per epoch, and ``val_loss`` and
+        ``val_accuracy`` with validation data.
+    epoch : list of int
+        The epochs run, from 0 (after a resume, the earlier ones included).
+    """
+
+    def __init__(self, keys):
+        self.history = {k: [] for k in keys}
+        self.epoch = []
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
+
+
+def epoch_order(n, seed, epoch):
+    """The order in which ``fit(shuffle=True, seed=seed)`` visits ``n`` rows in
+    ``epoch``: a permutation that depends only on ``(seed, epoch)``."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _correct(z, y, output):
+    """Number of correct predictions in a batch, counted in :func:`_per_row`'s units."""
+    if output == "softmax":
+        return int(np.count_nonzero(z.argmax(axis=1) == y.argmax(axis=1)))
+    return int(np.count_nonzero((activations.forward(output, z) > 0.5) == (y > 0.5)))
+
+
+def _per_row(model):
+    """Accuracy units per row: 1 for softmax, else one per output."""
+    return 1 if model.output == "softmax" else model.n_outputs
+
+
+def evaluate(model, X, y, loss=None, batch_size=1024):
+    """Loss and accuracy of ``model`` on ``(X, y)``, without changing anything.
+
+    Returns ``{"loss": float, "accuracy": float}``; the loss is the mean over
+    rows, computed in batches of ``batch_size`` rows.
+    """
+    loss = model.loss(loss)
+    batch_size = _checks.integer("evaluate", "batch_size", batch_size, low=1)
+    X = model.inputs(X)
+    y = model.targets(y, len(X))
+    total = correct = 0.0
+    for start in range(0, len(X), batch_size):
+        xb, yb = X[start:start + batch_size], y[start:start + batch_size]
+        z, _ = model.forward(xb)
+        value, _ = loss(z, yb, model.output)
+        total += value * len(xb)
+        correct += _correct(z, yb, model.output)
+    return {"loss": total / len(X), "accuracy": correct / (len(X) * _per_row(model))}
+
+
+def _grads_like(model, optimizer):
+    """``model.grads`` in the structure of ``optimizer.params``, checking that
+    the optimizer was built on the model's parameters."""
+    grad_of = {id(p): model.grads[k] for k, p in model.params.items()}
+    mine = optimizer.params
+    given = mine.values() if isinstance(mine, dict) else (
+        mine if isinstance(mine, list) else [mine])
+    if sorted(map(id, given)) != sorted(grad_of):
+        raise ValueError("fit: the optimizer must be built on model.params (all of them, e.g. "
+                         "fastopt.Adam(model.params)); it holds other arrays")
+    if isinstance(mine, dict):
+        return {k: grad_of[id(p)] for k, p in mine.items()}
+    if isinstance(mine, list):
+        return [grad_of[id(p)] for p in mine]
+    return grad_of[id(mine)]
+
+
+def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
+        validation_data=None, callbacks=(), verbose=1, loss=None, resume=None):
+    """Train ``model`` on ``(X, y)`` with ``optimizer``, Keras-style.
+
+    Each epoch visits the rows in batches of ``batch_size`` (the last one may
+    be smaller) in the order :func:`epoch_order` ``(n, seed, epoch)``, and for
+    each batch computes the loss and gradients and calls
+    ``optimizer.step(model.grads)``.  The seed fixes the batch order only, so
+    the same model seed and fit seed give every optimizer the same start and
+    the same batches.
+
+    Parameters
+    ----------
+    model : fastopt.train.MLP or LogisticRegression
+    X : array of shape (n, n_features)
+    y : array of shape (n, n_outputs), or (n,) for one output
+        ``X`` and ``y`` are converted to the model's dtype.
+    optimizer : fastopt.Optimizer
+        Built on ``model.params``.
+    epochs : int >= 1, default 1
+        Train until this many epochs are done (counting resumed ones).
+    batch_size : int >= 1, default 32
+    shuffle : bool, default True
+        False visits the rows in their order every epoch.
+    seed : int >= 0, default 0
+    validation_data : tuple (X_val, y_val), optional
+        Adds ``val_loss`` and ``val_accuracy`` to the history.
+    callbacks : sequence of Callback
+    verbose : {0, 1, 2}, default 1
+        0 silent; 1 a progress bar on stderr; 2 one line per epoch.
+    loss : str or fastopt.train.losses.Loss, optional
+        Default: the natural loss of the model's output (binary cross-entropy
+        for sigmoid, categorical for softmax, MSE for linear).
+    resume : str or os.PathLike, optional
+        A file written by :class:`~fastopt.train.Checkpoint`: the model,
+        optimizer and history are restored from it and training continues
+        after its last epoch.  With the same data, seed and batch size the
+        result is bit-identical to a run that never stopped.  Callbacks start
+        afresh (early stopping forgets its best value).
+
+    Returns
+    -------
+    History
+    """
+    owner = "fit"
+    if not isinstance(model, MLP):
+        raise TypeError(f"{owner}: model must be a fastopt.train model (MLP or "
+                        f"LogisticRegression), got {type(model).__name__}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"{owner}: optimizer must be a fastopt optimizer, "
+                        f"got {type(optimizer).__name__}")
+    epochs = _checks.integer(owner, "epochs", epochs, low=1)
+    batch_size = _checks.integer(owner, "batch_size", batch_size, low=1)
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"{owner}: shuffle must be True or False, got {shuffle!r}")
+    seed = _checks.integer(owner, "seed", seed, low=0)
+    if isinstance(verbose, bool) or not isinstance(verbose, numbers.Integral) \
+            or verbose not in (0, 1, 2):
+        raise ValueError(f"{owner}: verbose must be 0, 1 or 2, got {verbose!r}")
+    callbacks = list(callbacks)
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, Callback):
+            raise TypeError(f"{owner}: callbacks[{i}] must be a fastopt.train.Callback, "
+                            f"got {type(cb).__name__}")
+    if resume is not None and not isinstance(resume, (str, os.PathLike)):
+        raise TypeError(f"{owner}: resume must be a path, got {resume!r}")
+    loss = model.loss(loss)
+    X = model.inputs(X)
+    if len(X) == 0:
+        raise ValueError(f"{owner}: X has no rows")
+    y = model.targets(y, len(X))
+    keys = ["loss", "accuracy"]
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError(f"{owner}: validation_data must be a tuple (X_val, y_val)")
+        X_val = model.inputs(validation_data[0])
+        y_val = model.targets(validation_data[1], len(X_val))
+        keys += ["val_loss", "val_accuracy"]
+    grads = _grads_like(model, optimizer)
+
+    history = History(keys)
+    first = 0
+    if resume is not None:
+        first, saved = load_checkpoint(resume, model, optimizer)
+        if sorted(saved) != sorted(keys):
+            raise ValueError(f"{owner}: the checkpoint {os.fspath(resume)!r} has history keys "
+                             f"{sorted(saved)}, this run {sorted(keys)} (validation_data "
+                             "given in one and not the other?)")
+        history.history = saved
+        history.epoch = list(range(first))
+
+    n = len(X)
+    steps = -(-n // batch_size)
+    if verbose:
+        callbacks.insert(0, ProgressBar(per_batch=verbose == 1))
+    for cb in callbacks:
+        cb.model, cb.optimizer, cb.history = model, optimizer, history
+        cb.params = {"epochs": epochs, "steps": steps, "samples": n}
+    for cb in callbacks:
+        cb.on_train_begin()
+
+    x_buf = np.empty((min(batch_size, n), X.shape[1]), X.dtype)
+    y_buf = np.empty((min(batch_size, n), y.shape[1]), y.dtype)
+    units = _per_row(model)
+    for epoch in range(first, epochs):
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch)
+        order = epoch_order(n, seed, epoch) if shuffle else np.arange(n)
+        total = correct = 0.0
+        for batch, start in enumerate(range(0, n, batch_size)):
+            idx = order[start:start + batch_size]
+            xb = np.take(X, idx, axis=0, out=x_buf[:len(idx)])
+            yb = np.take(y, idx, axis=0, out=y_buf[:len(idx)])
+            z, cache = model.forward(xb)
+            value, dz = loss(z, yb, model.output)
+            model.backward(cache, dz)
+            optimizer.step(grads)
+            total += value * len(idx)
+            correct += _correct(z, yb, model.output)
+            seen = start + len(idx)
+            if callbacks:
+                logs = {"loss": total / seen, "accuracy": correct / (seen * units)}
+                for cb in callbacks:
+                    cb.on_batch_end(batch, logs)
+        logs = {"loss": total / n, "accuracy": correct / (n * units)}
+        if validation_data is not None:
+            val = evaluate(model, X_val, y_val, loss)
+            logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        for k in keys:
+            history.history[k].append(logs[k])
+        history.epoch.append(epoch)
+        stop = False
+        for cb in callbacks:
+            stop = bool(cb.on_epoch_end(epoch, logs)) or stop
+        if stop:
+            break
+    for cb in callbacks:
+        cb.on_train_end()
+    return history
