@@ -1,0 +1,569 @@
+"""Record golden optimizer trajectories from the real PyTorch and Keras.
+
+Run it in an environment that has the frameworks (fastopt does not need
+them, and this script installs nothing)::
+
+    python3 -m venv /tmp/golden-venv
+    /tmp/golden-venv/bin/pip install torch==2.13.0 keras==3.15.1 numpy
+    KERAS_BACKEND=torch /tmp/golden-venv/bin/python tools/make_golden.py [NAME ...]
+
+For every configuration in ``CONFIGS`` it feeds one fixed, pre-generated
+gradient sequence (not a function of the parameters) to the framework's
+optimizer in float64 and writes ``tests/golden/<name>.npz`` (initial
+parameters, gradients, parameters after every step, final optimizer state)
+and ``tests/golden/<name>.json`` (versions, the exact constructor call, how
+to build the same optimizer in fastopt, the tolerance and the float32
+roundings found inside Keras).  ``tests/golden/README.md`` describes both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import zlib
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import keras  # noqa: E402
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "golden"
+STEPS = 60
+SHAPES = [(3, 4), (5,), (2,)]
+NAMES = ["kernel", "bias", "scale"]      # tensor names for the dict-params configs
+DEFAULT_TOLERANCE = 1e-9
+ZERO_STEPS = (3, 20)                     # every gradient exactly zero
+BIG_STEPS = (5, 33)                      # gradients scaled by 1e3
+SMALL_STEPS = (7, 41)                    # gradients scaled by 1e-4
+ZERO_TENSOR_STEP = 11                    # tensor 1 alone all zeros
+
+# torch state names -> fastopt slot names
+TORCH_SLOTS = {"exp_avg": "momentum", "exp_avg_sq": "velocity",
+               "max_exp_avg_sq": "velocity_hat", "momentum_buffer": "momentum",
+               "sum": "accumulator", "square_avg": "velocity",
+               "grad_avg": "average_gradient"}
+# Keras optimizer-variable suffixes (already fastopt's names)
+KERAS_SLOTS = ("velocity_hat", "velocity", "momentum", "accumulator", "average_gradient",
+               "gradient_accumulator", "average")
+# torch keyword -> fastopt keyword (betas is split into beta_1, beta_2)
+TORCH_TO_FASTOPT = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
+
+
+# ---------------------------------------------------------------------------
+# The configurations
+
+def torch_cfg(name, cls, clip=None, groups=None, fastopt_class=None, **kw):
+    """A torch.optim configuration; ``kw`` are the constructor's keywords.
+
+    ``clip`` is ``("global_clipnorm", max_norm)`` (``clip_grad_norm_``) or
+    ``("clipvalue", clip_value)`` (``clip_grad_value_``), called before each
+    ``opt.step()``; ``groups`` lists parameter groups as ``{"tensors": [...],
+    <per-group keywords>}``.
+    """
+    return {"name": name, "framework": "torch", "cls": cls, "kw": kw, "clip": clip,
+            "groups": groups, "fastopt_class": fastopt_class or cls}
+
+
+def keras_cfg(name, cls, *, params="list", exclude=None, floatx="float64",
+              steps=STEPS, grad_scale=1.0, **kw):
+    """A keras.optimizers configuration; ``kw`` are the constructor's keywords.
+
+    ``exclude`` is ``("var_list", [indices])`` or ``("var_names", [names])``
+    for ``opt.exclude_from_weight_decay``; ``grad_scale`` multiplies the
+    stored gradients (for ``loss_scale_factor``, whose gradients come scaled).
+    """
+    return {"name": name, "framework": "keras", "cls": cls, "kw": kw, "params": params,
+            "exclude": exclude, "floatx": floatx, "steps": steps, "grad_scale": grad_scale}
+
+
+def schedule(cls, **config):
+    """A learning-rate schedule, the same in Keras and in fastopt.schedules."""
+    return ("schedule", cls, config)
+
+
+CONFIGS = [
+    # --- torch.optim, convention="torch" -----------------------------------------
+    torch_cfg("torch_sgd", "SGD", lr=0.05),
+    torch_cfg("torch_sgd_momentum", "SGD", lr=0.05, momentum=0.9),
+    torch_cfg("torch_sgd_nesterov", "SGD", lr=0.05, momentum=0.9, nesterov=True),
+    torch_cfg("torch_sgd_dampening", "SGD", lr=0.05, momentum=0.9, dampening=0.3),
+    torch_cfg("torch_sgd_maximize_weight_decay", "SGD", lr=0.05, momentum=0.5,
+              weight_decay=0.01, maximize=True),
+    torch_cfg("torch_adagrad", "Adagrad", lr=0.1),
+    torch_cfg("torch_adagrad_lr_decay_weight_decay_init", "Adagrad", lr=0.1, lr_decay=0.01,
+              weight_decay=0.02, initial_accumulator_value=0.1, eps=1e-8),
+    torch_cfg("torch_rmsprop", "RMSprop", lr=0.01),
+    torch_cfg("torch_rmsprop_momentum", "RMSprop", lr=0.01, alpha=0.9, momentum=0.9),
+    torch_cfg("torch_rmsprop_centered", "RMSprop", lr=0.01, centered=True),
+    torch_cfg("torch_rmsprop_centered_momentum", "RMSprop", lr=0.01, alpha=0.95,
+              momentum=0.5, centered=True, eps=1e-6),
+    torch_cfg("torch_rmsprop_weight_decay_maximize", "RMSprop", lr=0.01, weight_decay=0.05,
+              maximize=True),
+    torch_cfg("torch_adam", "Adam", lr=0.01),
+    torch_cfg("torch_adam_amsgrad_weight_decay", "Adam", lr=0.01, betas=(0.8, 0.99),
+              weight_decay=0.01, amsgrad=True),
+    torch_cfg("torch_adam_maximize", "Adam", lr=0.01, eps=1e-6, maximize=True),
+    torch_cfg("torch_adamw", "AdamW", lr=0.01, weight_decay=0.1),
+    torch_cfg("torch_adamw_amsgrad", "AdamW", lr=0.01, amsgrad=True),
+    torch_cfg("torch_adam_groups", "Adam", amsgrad=True, groups=[
+        {"tensors": [0, 1], "lr": 0.01, "weight_decay": 0.0},
+        {"tensors": [2], "lr": 0.05, "weight_decay": 0.1}]),
+    torch_cfg("torch_sgd_clip_grad_norm", "SGD", lr=0.05, momentum=0.9,
+              clip=("global_clipnorm", 3.0)),
+    torch_cfg("torch_adam_clip_grad_value", "Adam", lr=0.01, clip=("clipvalue", 0.5)),
+    # --- keras.optimizers, convention="keras" --------------------------------------
+    keras_cfg("keras_sgd", "SGD", learning_rate=0.05),
+    keras_cfg("keras_sgd_momentum", "SGD", learning_rate=0.05, momentum=0.9),
+    keras_cfg("keras_sgd_nesterov", "SGD", learning_rate=0.05, momentum=0.9, nesterov=True),
+    keras_cfg("keras_adagrad", "Adagrad", learning_rate=0.1),
+    keras_cfg("keras_rmsprop", "RMSprop", learning_rate=0.01),
+    keras_cfg("keras_rmsprop_momentum", "RMSprop", learning_rate=0.01, momentum=0.9),
+    keras_cfg("keras_rmsprop_centered", "RMSprop", learning_rate=0.01, centered=True),
+    keras_cfg("keras_rmsprop_centered_momentum", "RMSprop", learning_rate=0.01, rho=0.95,
+              momentum=0.5, centered=True),
+    keras_cfg("keras_adam", "Adam", learning_rate=0.01),
+    keras_cfg("keras_adam_amsgrad", "Adam", learning_rate=0.01, beta_1=0.8, beta_2=0.99,
+              amsgrad=True),
+    keras_cfg("keras_adamw", "AdamW", learning_rate=0.01, weight_decay=0.1),
+    keras_cfg("keras_sgd_momentum_weight_decay", "SGD", learning_rate=0.05, momentum=0.9,
+              weight_decay=0.2),
+    keras_cfg("keras_rmsprop_weight_decay", "RMSprop", learning_rate=0.01, weight_decay=0.3),
+    keras_cfg("keras_adam_clipnorm", "Adam", learning_rate=0.01, clipnorm=1.5),
+    keras_cfg("keras_sgd_global_clipnorm", "SGD", learning_rate=0.05, momentum=0.9,
+              global_clipnorm=3.0),
+    keras_cfg("keras_sgd_clipvalue", "SGD", learning_rate=0.05, clipvalue=0.5),
+    keras_cfg("keras_adam_ema_overwrite", "Adam", learning_rate=0.01, use_ema=True,
+              ema_momentum=0.9, ema_overwrite_frequency=7),
+    keras_cfg("keras_rmsprop_ema", "RMSprop", learning_rate=0.01, use_ema=True),
+    keras_cfg("keras_adam_accumulation", "Adam", learning_rate=0.01,
+              gradient_accumulation_steps=3, steps=62),
+    keras_cfg("keras_sgd_ema_accumulation", "SGD", learning_rate=0.05, momentum=0.9,
+              use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=4,
+              gradient_accumulation_steps=2, steps=61),
+    keras_cfg("keras_adam_loss_scale", "Adam", learning_rate=0.01, loss_scale_factor=100.0,
+              grad_scale=100.0),
+    keras_cfg("keras_adamw_exclude_index", "AdamW", learning_rate=0.01, weight_decay=0.1,
+              exclude=("var_list", [1])),
+    keras_cfg("keras_adamw_exclude_name", "AdamW", params="dict", learning_rate=0.01,
+              weight_decay=0.1, exclude=("var_names", ["bias"])),
+    keras_cfg("keras_adam_exponential_decay", "Adam", learning_rate=schedule(
+        "ExponentialDecay", initial_learning_rate=0.02, decay_steps=10, decay_rate=0.7)),
+    keras_cfg("keras_sgd_cosine_decay_warmup", "SGD", momentum=0.5, learning_rate=schedule(
+        "CosineDecay", initial_learning_rate=0.01, decay_steps=40, alpha=0.1,
+        warmup_target=0.05, warmup_steps=8)),
+    keras_cfg("keras_adam_schedule_accumulation", "Adam", gradient_accumulation_steps=2,
+              learning_rate=schedule("ExponentialDecay", initial_learning_rate=0.02,
+                                     decay_steps=10, decay_rate=0.7)),
+    # Keras's default floatx: the learning-rate variable (and AdamW's decay
+    # factor) are float32; the sidecar says how fastopt is given the same values.
+    keras_cfg("keras_adam_floatx32", "Adam", floatx="float32", learning_rate=0.01),
+    keras_cfg("keras_adamw_floatx32", "AdamW", floatx="float32", learning_rate=0.01,
+              weight_decay=0.1),
+]
+
+
+# ---------------------------------------------------------------------------
+# Gradients and initial parameters
+
+def make_data(name, steps, grad_scale=1.0):
+    """Initial params and a fixed gradient sequence, seeded by the name.
+
+    About 20% exact zeros; whole zero steps; steps scaled by 1e3 and 1e-4;
+    tensor 1 alone zero on one step; element [0, 0] of tensor 0 stays ~1e-30.
+    """
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    init = [rng.standard_normal(s) for s in SHAPES]
+    grads = [np.empty((steps, *s)) for s in SHAPES]
+    for t in range(steps):
+        for k, s in enumerate(SHAPES):
+            g = rng.standard_normal(s)
+            g[rng.random(s) < 0.2] = 0.0
+            if t in ZERO_STEPS or (t == ZERO_TENSOR_STEP and k == 1):
+                g[...] = 0.0
+            elif t in BIG_STEPS:
+                g *= 1e3
+            elif t in SMALL_STEPS:
+                g *= 1e-4
+            if k == 0 and t not in ZERO_STEPS:
+                g[0, 0] = (1.0 + rng.random()) * 1e-30 * (1 if rng.random() < 0.5 else -1)
+            grads[k][t] = g * grad_scale
+    return init, grads
+
+
+# ---------------------------------------------------------------------------
+# Recorders
+
+def _call(func, args, kw):
+    parts = list(args) + [f"{k}={_source(v)}" for k, v in kw.items()]
+    return f"{func}({', '.join(parts)})"
+
+
+def _source(v):
+    if isinstance(v, tuple) and v and v[0] == "schedule":
+        return _call(f"keras.optimizers.schedules.{v[1]}", [], v[2])
+    return repr(v)
+
+
+def _fastopt_value(v):
+    if isinstance(v, tuple) and v and v[0] == "schedule":
+        return {"class_name": v[1], "config": dict(v[2])}
+    return v
+
+
+def record_torch(cfg):
+    init, grads = make_data(cfg["name"], STEPS)
+    params = [torch.tensor(a.copy(), dtype=torch.float64, requires_grad=True) for a in init]
+    kw = {**cfg["kw"], "foreach": False}
+    if cfg["cls"] in ("Adam", "AdamW"):
+        kw["fused"] = False
+    if cfg["groups"]:
+        group_src = "[" + ", ".join(
+            "{" + ", ".join([f"'params': [{', '.join(f'params[{i}]' for i in g['tensors'])}]"]
+                            + [f"{k!r}: {v!r}" for k, v in g.items() if k != "tensors"]) + "}"
+            for g in cfg["groups"]) + "]"
+        ctor = _call(f"torch.optim.{cfg['cls']}", [group_src], kw)
+    else:
+        ctor = _call(f"torch.optim.{cfg['cls']}", ["params"], kw)
+    opt = eval(ctor, {"torch": torch, "params": params})
+    clip_call = None
+    if cfg["clip"]:
+        option, value = cfg["clip"]
+        clip_call = (f"torch.nn.utils.clip_grad_norm_(params, max_norm={value!r}, foreach=False)"
+                     if option == "global_clipnorm" else
+                     f"torch.nn.utils.clip_grad_value_(params, clip_value={value!r}, "
+                     "foreach=False)")
+    trajectory = [np.empty((STEPS, *s)) for s in SHAPES]
+    for t in range(STEPS):
+        for k, p in enumerate(params):
+            p.grad = torch.tensor(grads[k][t], dtype=torch.float64)
+        if clip_call:
+            eval(clip_call, {"torch": torch, "params": params})
+        opt.step()
+        for k, p in enumerate(params):
+            trajectory[k][t] = p.detach().numpy()
+    state = {}
+    for k, p in enumerate(params):
+        for key, value in opt.state[p].items():
+            if key in TORCH_SLOTS and value is not None:
+                state[f"state_{TORCH_SLOTS[key]}_{k}"] = value.detach().numpy().copy()
+
+    fastopt_kw = {}
+    for key, v in cfg["kw"].items():
+        if key == "betas":
+            fastopt_kw["beta_1"], fastopt_kw["beta_2"] = v
+        else:
+            fastopt_kw[TORCH_TO_FASTOPT.get(key, key)] = v
+    if cfg["clip"]:
+        option, value = cfg["clip"]
+        fastopt_kw[option] = value
+    fastopt_kw["convention"] = "torch"
+    spec = {"class": cfg["fastopt_class"], "convention": "torch", "kwargs": fastopt_kw,
+            "params": "list"}
+    if cfg["groups"]:
+        spec["params"] = "groups"
+        spec["groups"] = [{TORCH_TO_FASTOPT.get(k, k): v for k, v in g.items()}
+                          for g in cfg["groups"]]
+    meta = {"framework": "torch", "framework_version": torch.__version__,
+            "constructor": ctor, "clip": clip_call,
+            "step": "p.grad = g for every tensor; then the clip call if any; then opt.step()",
+            "fastopt": spec, "tolerance": DEFAULT_TOLERANCE,
+            "roundings": [{"what": "none: torch.optim's for-loop path computes in the "
+                                   "parameter dtype (float64) with Python-float scalars, "
+                                   "and the clip coefficient is a float64 tensor",
+                           "bound": None}]}
+    arrays = _arrays(init, grads, trajectory, state)
+    return meta, arrays
+
+
+def _keras_roundings(cfg):
+    """The float32 roundings inside Keras 3.15.1's torch backend that touch
+    ``cfg`` with float64 variables, as found in the source.
+
+    Each is ``{"what", "where", "kind"}``: kind ``"floatx"`` (a Python float
+    converted by ``convert_to_tensor`` to ``keras.config.floatx()``, so
+    ``set_floatx("float64")`` removes it), ``"float32"`` (Keras's
+    ``result_type`` maps float64 to float32 on the torch backend, whatever
+    floatx is) or ``"none"`` (checked: computed in float64).
+    """
+    kw = cfg["kw"]
+    found = []
+
+    def add(kind, what, where):
+        found.append({"what": what, "where": where, "kind": kind})
+
+    if isinstance(kw["learning_rate"], tuple):
+        add("floatx", "the schedule computes in the dtype of "
+            "convert_to_tensor(initial_learning_rate), i.e. floatx: the initial rate, "
+            "decay_rate/alpha/warmup values and the step count are cast to it and every "
+            "operation rounds in it (ops.minimum on step counts rounds to float32, exact "
+            "for integers)",
+            "keras/src/optimizers/schedules/learning_rate_schedule.py __call__")
+    else:
+        add("floatx", "the learning rate is a Variable of dtype floatx; the update and the "
+            "weight-decay factor see floatx(learning_rate)",
+            "keras/src/optimizers/base_optimizer.py BaseOptimizer.__init__")
+    if kw.get("weight_decay"):
+        add("floatx", "decoupled weight-decay factor 1 - weight_decay*lr: the Python float "
+            "weight_decay times the learning-rate variable is a floatx tensor, so the product "
+            "and the subtraction round in floatx",
+            "keras/src/backend/torch/optimizers/torch_optimizer.py "
+            "TorchOptimizer._apply_weight_decay")
+    if kw.get("clipnorm"):
+        add("floatx", "clipnorm numerator: ops.multiply(g, clipnorm) converts clipnorm to a "
+            "floatx tensor", "keras/src/optimizers/base_optimizer.py "
+            "BaseOptimizer._clip_by_norm; keras/src/backend/torch/numpy.py multiply")
+        add("float32", "clipnorm denominator: ops.maximum(norm, clipnorm) converts both to "
+            "result_type(float64, float) = float32 (BIT64_TO_BIT32_DTYPE in "
+            "keras/src/backend/common/dtypes.py _lattice_result_type), so the clipped "
+            "gradient is g*clipnorm/float32(max(||g||, clipnorm))",
+            "keras/src/optimizers/base_optimizer.py BaseOptimizer._clip_by_norm; "
+            "keras/src/backend/torch/numpy.py maximum")
+    if kw.get("global_clipnorm"):
+        add("float32", "global_clipnorm: ops.minimum(1/norm, 1/clip_norm) converts both to "
+            "float32 (same result_type rule), so the scale is "
+            "clip_norm*float32(min(1/norm, 1/clip_norm)) + (norm - norm); unclipped steps get "
+            "clip_norm*float32(1/clip_norm), 1 + 2.98e-8 for clip_norm=3",
+            "keras/src/optimizers/base_optimizer.py clip_by_global_norm; "
+            "keras/src/backend/torch/numpy.py minimum")
+    if kw.get("clipvalue"):
+        add("floatx", "clipvalue: ops.clip converts -clipvalue and clipvalue to floatx "
+            "tensors", "keras/src/backend/torch/numpy.py clip")
+    if kw.get("use_ema"):
+        add("floatx", "EMA: ops.multiply(cast(iterations != 0, dtype), ema_momentum) "
+            "converts ema_momentum to floatx",
+            "keras/src/optimizers/base_optimizer.py "
+            "BaseOptimizer._update_model_variables_moving_average")
+    if cfg["cls"] in ("Adam", "AdamW"):
+        add("none", "Adam: ops.cast(beta, float64) and ops.cast(iterations + 1, float64) are "
+            "exact; the m, v updates and epsilon use Python floats in torch._foreach_*",
+            "keras/src/backend/torch/optimizers/torch_adam.py Adam._parallel_update_step")
+    if cfg["cls"] == "RMSprop":
+        add("none", "RMSprop: rho, momentum and epsilon are Python floats in "
+            "torch._foreach_*", "keras/src/backend/torch/optimizers/torch_rmsprop.py")
+    if cfg["cls"] == "SGD":
+        add("none", "SGD: momentum is a Python float in torch._foreach_*; the learning "
+            "rate is the variable above", "keras/src/backend/torch/optimizers/torch_sgd.py")
+    if cfg["cls"] == "Adagrad":
+        add("none", "Adagrad: epsilon is a Python float; initial_accumulator_value fills a "
+            "float64 variable", "keras/src/backend/torch/optimizers/torch_adagrad.py, "
+            "keras/src/optimizers/adagrad.py build")
+    if kw.get("loss_scale_factor"):
+        add("none", "loss_scale_factor: g / scale, a float64 tensor by a Python float",
+            "keras/src/optimizers/base_optimizer.py BaseOptimizer.apply")
+    if kw.get("gradient_accumulation_steps"):
+        add("none", "gradient accumulation: (g + acc) / steps with a Python int in float64",
+            "keras/src/optimizers/base_optimizer.py _backend_apply_gradients")
+    return found
+
+
+def _exact_clip_by_norm(self, values, axes=None):
+    """Keras's BaseOptimizer._clip_by_norm with the max(norm, clipnorm) kept in
+    float64 (Keras's ops.maximum rounds it to float32)."""
+    norm = torch.sqrt(torch.sum(values * values))
+    return values * self.clipnorm / torch.maximum(norm, torch.tensor(self.clipnorm,
+                                                                     dtype=norm.dtype))
+
+
+def _exact_clip_by_global_norm(value_list, clip_norm):
+    """Keras's clip_by_global_norm with min(1/norm, 1/clip_norm) kept in float64."""
+    norm = torch.sqrt(sum(torch.sum(v * v) for v in value_list if v is not None))
+    scale = clip_norm * torch.minimum(1.0 / norm, torch.tensor(1.0 / clip_norm,
+                                                               dtype=norm.dtype))
+    scale = scale + (norm - norm)
+    return [v * scale if v is not None else v for v in value_list]
+
+
+def run_keras(cfg, floatx, exact_clip=False):
+    """One Keras run: ``(init, grads, trajectory, state, final, meta)``.
+
+    ``exact_clip`` replaces Keras's clip functions by float64 versions (to
+    measure what their float32 rounding does; never used for the files).
+    """
+    from keras.src.optimizers import base_optimizer
+    saved = base_optimizer.clip_by_global_norm, base_optimizer.BaseOptimizer._clip_by_norm
+    if exact_clip:
+        base_optimizer.clip_by_global_norm = _exact_clip_by_global_norm
+        base_optimizer.BaseOptimizer._clip_by_norm = _exact_clip_by_norm
+    keras.config.set_floatx(floatx)
+    try:
+        return _run_keras(cfg)
+    finally:
+        keras.config.set_floatx("float32")
+        base_optimizer.clip_by_global_norm, base_optimizer.BaseOptimizer._clip_by_norm = saved
+
+
+def _run_keras(cfg):
+    steps = cfg["steps"]
+    init, grads = make_data(cfg["name"], steps, cfg["grad_scale"])
+    names = NAMES if cfg["params"] == "dict" else [f"w{k}" for k in range(len(SHAPES))]
+    variables = [keras.Variable(a.copy(), dtype="float64", name=n)
+                 for a, n in zip(init, names)]
+    ctor = _call(f"keras.optimizers.{cfg['cls']}", [], cfg["kw"])
+    opt = eval(ctor, {"keras": keras})
+    exclude_call = None
+    if cfg["exclude"]:
+        how, which = cfg["exclude"]
+        if how == "var_list":
+            exclude_call = ("opt.exclude_from_weight_decay(var_list=["
+                            + ", ".join(f"variables[{i}]" for i in which) + "])")
+        else:
+            exclude_call = f"opt.exclude_from_weight_decay(var_names={which!r})"
+        eval(exclude_call, {"opt": opt, "variables": variables})
+    trajectory = [np.empty((steps, *s)) for s in SHAPES]
+    for t in range(steps):
+        opt.apply([torch.tensor(g[t], dtype=torch.float64) for g in grads], variables)
+        for k, v in enumerate(variables):
+            trajectory[k][t] = v.numpy()
+    state = {}
+    for ov in opt.variables:
+        for k, n in enumerate(names):
+            for slot in KERAS_SLOTS:
+                if ov.name == f"{n}_{slot}":
+                    state[f"state_{slot}_{k}"] = np.array(ov.numpy(), dtype=np.float64)
+                    break
+    final = None
+    if cfg["kw"].get("use_ema"):
+        opt.finalize_variable_values(variables)
+        final = [v.numpy().copy() for v in variables]
+    meta = {"names": names, "ctor": ctor, "exclude_call": exclude_call,
+            "iterations": int(opt._iterations.numpy())}
+    return init, grads, trajectory, state, final, meta
+
+
+def deviation(a, b):
+    """The test's error measure of run ``b`` against run ``a``: the largest
+    ``max|b_t - a_t| / max over s <= t of max|a_s - init|`` over tensors and
+    steps, and ``max|b - a| / max|a|`` over final slots and EMA finals."""
+    init_a, _, traj_a, state_a, final_a, _ = a
+    _, _, traj_b, state_b, final_b, _ = b
+    worst = 0.0
+    for k, (ta, tb) in enumerate(zip(traj_a, traj_b)):
+        moved = np.maximum.accumulate(
+            np.max(np.abs(ta - init_a[k]).reshape(len(ta), -1), axis=1))
+        err = np.max(np.abs(tb - ta).reshape(len(ta), -1), axis=1)
+        worst = max(worst, float(np.max(err / np.maximum(moved, 1e-300))))
+    pairs = [(state_a[key], state_b[key]) for key in state_a]
+    if final_a is not None:
+        pairs += [(fa - i, fb - i) for fa, fb, i in zip(final_a, final_b, init_a)]
+    for x, y in pairs:
+        worst = max(worst, float(np.max(np.abs(x - y)) / max(np.max(np.abs(x)), 1e-300)))
+    return worst
+
+
+def _round_up(x):
+    """``x`` rounded up to two significant digits."""
+    e = np.floor(np.log10(x)) - 1
+    return float(np.ceil(x / 10 ** e) * 10 ** e)
+
+
+def record_keras(cfg):
+    floatx = cfg["floatx"]
+    run = run_keras(cfg, floatx)
+    init, grads, trajectory, state, final, info = run
+    names, ctor, exclude_call = info["names"], info["ctor"], info["exclude_call"]
+    fastopt_kw = {k: _fastopt_value(v) for k, v in cfg["kw"].items()}
+    roundings = _keras_roundings(cfg)
+    tolerance = DEFAULT_TOLERANCE
+    measured = {}
+    if floatx == "float64":
+        measured["deviation_if_floatx_were_float32"] = deviation(run, run_keras(cfg, "float32"))
+    for r in roundings:
+        kind = r["kind"]
+        r["bound"] = None
+        if kind == "none":
+            r["action"] = "none needed"
+        elif kind == "floatx" and floatx == "float64":
+            r["action"] = ("keras.config.set_floatx('float64') before building the optimizer: "
+                           "computed in float64, no rounding")
+        elif kind == "floatx" and "learning rate is a Variable" in r["what"]:
+            lr32 = float(np.float32(cfg["kw"]["learning_rate"]))
+            fastopt_kw["learning_rate"] = lr32
+            r["action"] = (f"fastopt is given learning_rate=float(np.float32(lr)) = {lr32!r}: "
+                           "the same value, so no bound is needed")
+        elif kind == "floatx" and "weight-decay factor" in r["what"]:
+            wd, lr32 = cfg["kw"]["weight_decay"], np.float32(cfg["kw"]["learning_rate"])
+            keep32 = np.float32(1) - np.float32(wd) * lr32
+            wd_eff = (1.0 - float(keep32)) / float(lr32)
+            fastopt_kw["weight_decay"] = wd_eff
+            r["action"] = (f"Keras multiplies by float32(1 - float32({wd})*float32(lr)) = "
+                           f"{float(keep32)!r}; fastopt is given weight_decay = (1 - that)/lr "
+                           f"= {wd_eff!r}, so its float64 1 - weight_decay*lr is the same "
+                           "factor to ~1e-16 and no bound is needed")
+        elif kind == "float32":
+            dev = deviation(run, run_keras(cfg, floatx, exact_clip=True))
+            r["measured_deviation"] = dev
+            r["bound"] = max(DEFAULT_TOLERANCE, _round_up(2 * dev))
+            r["action"] = ("cannot be given to fastopt (it depends on each step's norm): "
+                           "recorded again with the clip computed in float64; the deviation "
+                           f"between the two runs (the test's measure) is {dev:.3g}; bound = "
+                           "twice that, rounded up to two digits")
+            tolerance = max(tolerance, r["bound"])
+        else:  # pragma: no cover - a rounding this script does not know how to handle
+            raise RuntimeError(f"{cfg['name']}: unhandled rounding {r['what']}")
+        del r["kind"]
+        r["removable_by_floatx"] = kind == "floatx"
+    spec = {"class": cfg["cls"], "convention": "keras", "kwargs": fastopt_kw,
+            "params": cfg["params"]}
+    if cfg["params"] == "dict":
+        spec["names"] = names
+    if cfg["exclude"]:
+        how, which = cfg["exclude"]
+        spec["kwargs"]["exclude_from_weight_decay"] = which
+    meta = {"framework": "keras", "framework_version": keras.__version__,
+            "backend": "torch", "backend_version": torch.__version__,
+            "keras_floatx": floatx,
+            "variables": "keras.Variable(init, dtype='float64', name=<name>) per tensor, "
+                         f"names {names}",
+            "constructor": ctor, "exclude_call": exclude_call,
+            "step": "opt.apply([torch.tensor(g, dtype=torch.float64) per tensor], variables)",
+            "keras_iterations": info["iterations"],
+            "fastopt": spec, "tolerance": tolerance, "roundings": roundings,
+            "measured": measured}
+    return meta, _arrays(init, grads, trajectory, state, final)
+
+
+def _arrays(init, grads, trajectory, state, final=None):
+    arrays = {}
+    for k in range(len(init)):
+        arrays[f"init_{k}"] = init[k]
+        arrays[f"grads_{k}"] = grads[k]
+        arrays[f"params_{k}"] = trajectory[k]
+        if final is not None:
+            arrays[f"final_{k}"] = final[k]
+    arrays.update(state)
+    return arrays
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="configurations to record (default: all)")
+    args = parser.parse_args(argv)
+    if keras.backend.backend() != "torch":
+        sys.exit("run with KERAS_BACKEND=torch")
+    torch.set_default_dtype(torch.float32)
+    wanted = set(args.names) or {c["name"] for c in CONFIGS}
+    unknown = wanted - {c["name"] for c in CONFIGS}
+    if unknown:
+        sys.exit(f"unknown configurations: {sorted(unknown)}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    for cfg in CONFIGS:
+        if cfg["name"] not in wanted:
+            continue
+        meta, arrays = (record_torch if cfg["framework"] == "torch" else record_keras)(cfg)
+        sidecar = {"name": cfg["name"], **meta,
+                   "python_version": platform.python_version(),
+                   "numpy_version": np.__version__, "dtype": "float64",
+                   "steps": int(arrays["grads_0"].shape[0]),
+                   "shapes": [list(s) for s in SHAPES],
+                   "state_keys": sorted(k for k in arrays if k.startswith("state_"))}
+        np.savez_compressed(OUT / f"{cfg['name']}.npz", **arrays)
+        (OUT / f"{cfg['name']}.json").write_text(json.dumps(sidecar, indent=1) + "\n")
+        print(f"{cfg['name']}: {sidecar['steps']} steps, {len(sidecar['state_keys'])} slots")
+
+
+if __name__ == "__main__":
+    main()
