@@ -489,7 +489,7 @@ class Optimizer:
         if present == 0:
             raise ValueError(f"{name}.step: every gradient is None; nothing to apply")
         if present < len(grads) and self._accumulated is not None:
-            i = grads.index(None)
+            i = next(k for k, g in enumerate(grads) if g is None)
             raise ValueError(f"{name}.step: grads{self._labels[i]} is None; with "
                              "gradient_accumulation_steps every gradient must be given")
         return grads

@@ -1,0 +1,99 @@
+"""An independent, deliberately plain PyTorch-order driver, in float64.
+
+It re-states what ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``
+followed by one ``torch.optim`` ``step()`` (the single-tensor for-loop path)
+does, written out here in PyTorch's own form -- not with fastopt's reference
+functions -- so the optimizer tests compare two separate statements of the
+formulas.
+"""
+import math
+
+import numpy as np
+
+TORCH_DEFAULTS = {
+    "SGD": dict(learning_rate=1e-3, momentum=0.0, dampening=0.0, nesterov=False,
+                weight_decay=0.0, maximize=False),
+    "Adagrad": dict(learning_rate=1e-2, lr_decay=0.0, weight_decay=0.0,
+                    initial_accumulator_value=0.0, epsilon=1e-10, maximize=False),
+    "RMSprop": dict(learning_rate=1e-2, rho=0.99, epsilon=1e-8, weight_decay=0.0,
+                    momentum=0.0, centered=False, maximize=False),
+    "Adam": dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 weight_decay=0.0, amsgrad=False, maximize=False),
+    "AdamW": dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                  weight_decay=1e-2, amsgrad=False, maximize=False),
+}
+
+
+class TorchSpec:
+    def __init__(self, class_name, params, **kwargs):
+        self.h = {**TORCH_DEFAULTS[class_name], **kwargs}
+        self.cls = class_name
+        self.params = [np.array(p, dtype=np.float64) for p in params]
+        self.state = [{} for _ in self.params]
+        self.iterations = 0
+
+    def lr(self):
+        lr = self.h["learning_rate"]
+        return float(lr(self.iterations)) if callable(lr) else lr
+
+    def step(self, grads):
+        h = self.h
+        grads = [np.asarray(g, np.float64) for g in grads]
+        if h.get("global_clipnorm") is not None:  # clip_grad_norm_
+            total = math.sqrt(sum(float(np.sum(g * g)) for g in grads))
+            coef = min(h["global_clipnorm"] / (total + 1e-6), 1.0)
+            grads = [g * coef for g in grads]
+        if h.get("clipvalue") is not None:  # clip_grad_value_
+            c = h["clipvalue"]
+            grads = [np.clip(g, -c, c) for g in grads]
+        lr = self.lr()
+        for i, g in enumerate(grads):
+            self.params[i] = self._one(self.params[i], g, self.state[i], lr)
+        self.iterations += 1
+
+    def _one(self, p, g, st, lr):
+        h, wd = self.h, self.h["weight_decay"] or 0.0
+        if h["maximize"]:
+            g = -g
+        if self.cls == "AdamW":
+            p = p * (1 - lr * wd)
+        elif wd:
+            g = g + wd * p
+        st["step"] = st.get("step", 0) + 1
+        t = st["step"]
+        if self.cls == "SGD":
+            mu = h["momentum"]
+            if mu:
+                if "momentum" not in st:
+                    st["momentum"] = g.copy()
+                else:
+                    st["momentum"] = mu * st["momentum"] + (1 - h["dampening"]) * g
+                g = g + mu * st["momentum"] if h["nesterov"] else st["momentum"]
+            return p - lr * g
+        if self.cls == "Adagrad":
+            st.setdefault("accumulator", np.full(p.shape, h["initial_accumulator_value"]))
+            clr = lr / (1 + (t - 1) * h["lr_decay"])
+            st["accumulator"] = st["accumulator"] + g * g
+            return p - clr * g / (np.sqrt(st["accumulator"]) + h["epsilon"])
+        if self.cls == "RMSprop":
+            rho = h["rho"]
+            st["velocity"] = rho * st.get("velocity", 0.0) + (1 - rho) * g * g
+            if h["centered"]:
+                st["average_gradient"] = rho * st.get("average_gradient", 0.0) + (1 - rho) * g
+                avg = np.sqrt(st["velocity"] - st["average_gradient"] ** 2) + h["epsilon"]
+            else:
+                avg = np.sqrt(st["velocity"]) + h["epsilon"]
+            if h["momentum"] > 0:
+                st["momentum"] = h["momentum"] * st.get("momentum", 0.0) + g / avg
+                return p - lr * st["momentum"]
+            return p - lr * g / avg
+        b1, b2 = h["beta_1"], h["beta_2"]
+        st["momentum"] = b1 * st.get("momentum", 0.0) + (1 - b1) * g
+        st["velocity"] = b2 * st.get("velocity", 0.0) + (1 - b2) * g * g
+        v = st["velocity"]
+        if h["amsgrad"]:
+            st["velocity_hat"] = np.maximum(st.get("velocity_hat", 0.0), v)
+            v = st["velocity_hat"]
+        step_size = lr / (1 - b1 ** t)
+        denom = np.sqrt(v) / math.sqrt(1 - b2 ** t) + h["epsilon"]
+        return p - step_size * st["momentum"] / denom
