@@ -271,10 +271,14 @@ def record_torch(cfg):
             "constructor": ctor, "clip": clip_call,
             "step": "p.grad = g for every tensor; then the clip call if any; then opt.step()",
             "fastopt": spec, "tolerance": DEFAULT_TOLERANCE,
-            "roundings": [{"what": "none: torch.optim's for-loop path computes in the "
-                                   "parameter dtype (float64) with Python-float scalars, "
-                                   "and the clip coefficient is a float64 tensor",
-                           "bound": None}]}
+            "roundings": [{"what": "none found: the for-loop path computes in the parameter "
+                                   "dtype (float64) with Python-float hyperparameters; the "
+                                   "step count is a float32 tensor (exact for integers); "
+                                   "clip_grad_norm_'s norm and coefficient are float64 "
+                                   "tensors",
+                           "where": f"torch/optim/{cfg['cls'].lower().rstrip('w')}.py, "
+                                    "torch/nn/utils/clip_grad.py",
+                           "action": "none needed", "bound": None}]}
     arrays = _arrays(init, grads, trajectory, state)
     return meta, arrays
 
@@ -323,10 +327,13 @@ def _keras_roundings(cfg):
             "keras/src/optimizers/base_optimizer.py BaseOptimizer._clip_by_norm; "
             "keras/src/backend/torch/numpy.py maximum")
     if kw.get("global_clipnorm"):
+        c = kw["global_clipnorm"]
+        unclipped = float(c * np.float64(np.float32(1.0 / c))) - 1.0
         add("float32", "global_clipnorm: ops.minimum(1/norm, 1/clip_norm) converts both to "
-            "float32 (same result_type rule), so the scale is "
-            "clip_norm*float32(min(1/norm, 1/clip_norm)) + (norm - norm); unclipped steps get "
-            "clip_norm*float32(1/clip_norm), 1 + 2.98e-8 for clip_norm=3",
+            "result_type(float64, float) = float32 (BIT64_TO_BIT32_DTYPE in "
+            "keras/src/backend/common/dtypes.py _lattice_result_type), so the scale is "
+            "clip_norm*min(float32(1/norm), float32(1/clip_norm)) + (norm - norm); unclipped "
+            f"steps are scaled by clip_norm*float32(1/clip_norm) = 1 + {unclipped:.3g} here",
             "keras/src/optimizers/base_optimizer.py clip_by_global_norm; "
             "keras/src/backend/torch/numpy.py minimum")
     if kw.get("clipvalue"):
