@@ -281,6 +281,10 @@ class Optimizer:
         self._ema = ([np.zeros_like(p) for p in self._params] if self.use_ema else None)
         self._accumulated = ([np.zeros_like(p) for p in self._params]
                              if self.gradient_accumulation_steps else None)
+        self._torch_l2 = self.convention == "torch" and not self._TORCH_DECOUPLED
+        self._fast = (len(self._groups) == 1 and self._ema is None
+                      and self._accumulated is None and self.loss_scale_factor is None)
+        self._n = len(self._params)
 
     # -- public attributes ------------------------------------------------------
     @property
@@ -374,6 +378,27 @@ class Optimizer:
             On any bad gradient or learning rate; then nothing has changed.
         """
         grads = self._match_grads(grads)
+        if self._fast:  # one group, no accumulation, EMA or loss scale: the short way
+            pg, group = self._param_groups[0], self._groups[0]
+            h = pg.hyper
+            lr = h["learning_rate"]
+            if lr.__class__ is not float:
+                lr = self._lr_at(lr)
+            scalars = self._scalars(h, lr, self.iterations)
+            scale = 1.0 if self.clipnorm is None and self.global_clipnorm is None \
+                else self._clip_scales(grads)[0]
+            wd = h["weight_decay"]
+            if not wd:
+                keep, l2 = 1.0, 0.0
+            elif self._torch_l2:
+                keep, l2 = 1.0, wd
+            else:
+                keep, l2 = 1.0 - wd * lr, 0.0
+            group.set_factors(-scale if h["maximize"] else scale, keep, l2)
+            group.plan.step(grads, group.pt, scalars,
+                            math.inf if self.clipvalue is None else self.clipvalue)
+            self.iterations += 1
+            return
         steps = self.gradient_accumulation_steps
         applying = steps is None or (self.iterations + 1) % steps == 0
         updates = self.iterations if steps is None else self.iterations // steps
@@ -403,7 +428,7 @@ class Optimizer:
     def _apply(self, grads, inv, plans):
         scales = self._clip_scales(grads, inv)
         clipvalue = math.inf if self.clipvalue is None else self.clipvalue
-        torch_l2 = self.convention == "torch" and not self._TORCH_DECOUPLED
+        torch_l2 = self._torch_l2
         single = len(self._groups) == 1
         k = 0
         for pg, lr, scalars in plans:
@@ -473,9 +498,17 @@ class Optimizer:
 
     def _match_grads(self, grads):
         """Grads as a list aligned with the parameters, validated."""
+        ndarray = np.ndarray
+        if grads.__class__ is list and self._kind == "list" and len(grads) == self._n:
+            # the common case, checked without building anything
+            for g, dt, sh in zip(grads, self._dtypes, self._shapes):
+                if not (g.__class__ is ndarray and g.dtype is dt and g.shape == sh
+                        and g.flags.c_contiguous):
+                    break
+            else:
+                return grads
         name = type(self).__name__
         grads = _flatten_like(name, self._kind, self._names, self._group_sizes(), grads)
-        ndarray = np.ndarray
         dtypes, shapes = self._dtypes, self._shapes
         present = 0
         for i, g in enumerate(grads):
