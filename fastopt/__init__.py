@@ -5,12 +5,11 @@
 >>> opt = fastopt.Adam([w, b], learning_rate=1e-3)
 >>> opt.step([np.ones_like(w), np.ones_like(b)])   # w and b updated in place
 """
-from . import reference, schedules
+from . import reference, schedules, train
 from .backends import (available_backends, get_backend, get_num_threads,
                        get_parallel_threshold, set_num_threads, set_parallel_threshold)
 from .optimizers import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .state import load_state, save_state
-from . import train  # noqa: E402  (needs the optimizers above)
 
 __version__ = "0.1.0"
 
