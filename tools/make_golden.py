@@ -27,9 +27,9 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import keras  # noqa: E402
+import keras  # after KERAS_BACKEND is set
+import numpy as np
+import torch
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "golden"
 STEPS = 60
@@ -518,8 +518,7 @@ def record_keras(cfg):
     if cfg["params"] == "dict":
         spec["names"] = names
     if cfg["exclude"]:
-        how, which = cfg["exclude"]
-        spec["kwargs"]["exclude_from_weight_decay"] = which
+        spec["kwargs"]["exclude_from_weight_decay"] = cfg["exclude"][1]
     meta = {"framework": "keras", "framework_version": keras.__version__,
             "backend": "torch", "backend_version": torch.__version__,
             "keras_floatx": floatx,
