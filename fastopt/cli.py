@@ -260,10 +260,11 @@ def _add_compare(sub):
                                                high_open=True),
                    default=0.3, metavar="FRACTION",
                    help="share of rows held out for validation, split with seed 0 (default: 0.3)")
-    p.add_argument("--plot", metavar="PATH",
-                   help="write the loss curves to this PNG (default: compare.png when "
-                        "matplotlib is installed)")
-    p.add_argument("--no-plot", action="store_true", help="write no plot")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--plot", metavar="PATH",
+                       help="write the loss curves to this PNG (default: compare.png when "
+                            "matplotlib is installed)")
+    where.add_argument("--no-plot", action="store_true", help="write no plot")
     p.add_argument("--json", metavar="PATH", help="write every run's history as JSON")
     p.set_defaults(func=_compare, parser=p)
 

@@ -7,8 +7,16 @@ from train_data import banknotes_path
 
 import fastopt
 from fastopt import train
-from fastopt.train import (MLP, Checkpoint, EarlyStopping, LogisticRegression, Standardizer,
-                           fit, load_csv, train_test_split)
+from fastopt.train import (
+    MLP,
+    Checkpoint,
+    EarlyStopping,
+    LogisticRegression,
+    Standardizer,
+    fit,
+    load_csv,
+    train_test_split,
+)
 
 
 def _split(X, y, seed=0):
