@@ -186,9 +186,10 @@ def _compare(args):
         dtype=args.dtype, on_run=progress)
     print()
     print(comparison.format_table(comparison.summarize(runs)))
-    print(f"\nmean ± std over seeds {', '.join(map(str, range(args.seeds)))}; final loss and "
-          "accuracy: the last epoch's training figures (Keras's); val accuracy: on the "
-          "validation rows")
+    print(f"\nmean ± std over {_plural(args.seeds, 'seed')} "
+          f"({', '.join(map(str, range(args.seeds)))}). final loss, accuracy: the last epoch's "
+          "training figures, as Keras reports them;\nval accuracy: on the validation rows "
+          "after the last epoch.")
 
     if args.json is not None:
         config = {"optimizers": args.optimizers, "learning_rate": args.learning_rate,

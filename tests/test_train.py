@@ -1,5 +1,7 @@
 """The trainer: models, data, fit, callbacks, checkpoints."""
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -446,3 +448,17 @@ def test_checkpoint_of_another_model_or_optimizer_changes_nothing(small, tmp_pat
     with pytest.raises(ValueError, match="has history keys"):
         fit(same, X, y, fastopt.Adam(same.params), epochs=2, verbose=0, resume=path,
             validation_data=small[2:])
+
+
+def test_readme_training_example_runs(tmp_path, monkeypatch, capsys):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Training and `fastopt compare`.*?```python\n(.*?)```", text,
+                     re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "README training example", "exec"), scope)
+    history = scope["history"].history
+    assert len(history["val_accuracy"]) == 5 and history["val_accuracy"][-1] > 0.75
+    assert capsys.readouterr().out.startswith("[")
+    epoch, saved = train.load_checkpoint("run.npz", scope["model"], scope["opt"])
+    assert epoch == 5 and saved == history
