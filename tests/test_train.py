@@ -98,7 +98,7 @@ def test_model_arguments_are_checked(make, message):
 def test_logistic_regression_with_classes_uses_softmax():
     model = LogisticRegression(4, n_classes=3)
     assert (model.output, model.n_outputs, model.n_classes) == ("softmax", 3, 3)
-    assert model.loss().name == "categorical_crossentropy"
+    assert model.get_loss().name == "categorical_crossentropy"
     probs = model.predict(np.ones((2, 4)))
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
 
@@ -270,12 +270,19 @@ def test_softmax_model_trains_on_one_hot_targets():
     assert hist.history["loss"][-1] < hist.history["loss"][0]
 
 
-def test_optimizer_over_a_list_of_the_params_works_too(small):
+def test_optimizer_over_a_list_or_groups_of_the_params_works_too(small):
     X, y = small[0], small[1]
-    a, b = LogisticRegression(4, seed=0), LogisticRegression(4, seed=0)
+    a, b, c = (MLP(4, hidden=(3,), seed=0) for _ in range(3))
     fit(a, X, y, fastopt.Adam(a.params), epochs=1, verbose=0)
     fit(b, X, y, fastopt.Adam(list(b.params.values())), epochs=1, verbose=0)
     assert np.array_equal(a.flat_params, b.flat_params)
+    kernels = {k: v for k, v in c.params.items() if k.endswith("kernel")}
+    biases = [v for k, v in c.params.items() if k.endswith("bias")]
+    fit(c, X, y, fastopt.Adam([{"params": kernels}, {"params": biases, "learning_rate": 0.0}]),
+        epochs=1, verbose=0)
+    assert not any(b.any() for b in biases)  # the frozen group stayed at zero
+    assert not np.array_equal(c.params["dense_0/kernel"],
+                              MLP(4, hidden=(3,), seed=0).params["dense_0/kernel"])  # trained
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -109,7 +109,7 @@ def test_model_gradients_match_finite_differences(label, model, loss):
     rng = np.random.default_rng(7)
     X = rng.standard_normal((9, model.n_features))
     y = _targets(rng, model.output, (9, model.n_outputs))
-    fn = model.loss(loss)
+    fn = model.get_loss(loss)
     # move off the zero biases, so bias and hidden-unit gradients are generic
     model.flat_params[...] += 0.1 * rng.standard_normal(model.n_params)
     value, _ = model.loss_and_grad(X, y, loss)

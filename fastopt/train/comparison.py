@@ -128,7 +128,6 @@ def compare(X, y, validation_data=None, optimizers=DEFAULT_OPTIMIZERS, learning_
     seeds = _checks.integer("compare", "seeds", seeds, low=1)
     check_optimizers(optimizers, learning_rate, momentum, backend, convention, dtype)
     n_features = np.shape(X)[1]
-    make_model(model, n_features, 0, hidden, activation, dtype)  # checks the model settings
     runs = []
     for name in optimizers:
         for seed in range(seeds):

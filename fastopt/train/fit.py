@@ -69,7 +69,7 @@ def evaluate(model, X, y, loss=None, batch_size=1024):
     Returns ``{"loss": float, "accuracy": float}``; the loss is the mean over
     rows, computed in batches of ``batch_size`` rows.
     """
-    loss = model.loss(loss)
+    loss = model.get_loss(loss)
     batch_size = _checks.integer("evaluate", "batch_size", batch_size, low=1)
     X = model.inputs(X)
     y = model.targets(y, len(X))
@@ -84,20 +84,29 @@ def evaluate(model, X, y, loss=None, batch_size=1024):
 
 
 def _grads_like(model, optimizer):
-    """``model.grads`` in the structure of ``optimizer.params``, checking that
-    the optimizer was built on the model's parameters."""
+    """``model.grads`` in the structure of ``optimizer.params`` (an array, list,
+    dict, or parameter groups of those), checking that the optimizer was built
+    on exactly the model's parameters."""
     grad_of = {id(p): model.grads[k] for k, p in model.params.items()}
+    seen = []
+
+    def like(part):
+        if isinstance(part, np.ndarray):
+            seen.append(id(part))
+            return grad_of.get(id(part))
+        if isinstance(part, dict):
+            return {k: like(v) for k, v in part.items()}
+        return [like(v) for v in part]
+
     mine = optimizer.params
-    given = mine.values() if isinstance(mine, dict) else (
-        mine if isinstance(mine, list) else [mine])
-    if sorted(map(id, given)) != sorted(grad_of):
+    if isinstance(mine, list) and all(isinstance(e, dict) for e in mine):  # parameter groups
+        grads = [like(group["params"]) for group in mine]
+    else:
+        grads = like(mine)
+    if sorted(seen) != sorted(grad_of):
         raise ValueError("fit: the optimizer must be built on model.params (all of them, e.g. "
                          "fastopt.Adam(model.params)); it holds other arrays")
-    if isinstance(mine, dict):
-        return {k: grad_of[id(p)] for k, p in mine.items()}
-    if isinstance(mine, list):
-        return [grad_of[id(p)] for p in mine]
-    return grad_of[id(mine)]
+    return grads
 
 
 def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
@@ -166,7 +175,7 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
                             f"got {type(cb).__name__}")
     if resume is not None and not isinstance(resume, (str, os.PathLike)):
         raise TypeError(f"{owner}: resume must be a path, got {resume!r}")
-    loss = model.loss(loss)
+    loss = model.get_loss(loss)
     X = model.inputs(X)
     if len(X) == 0:
         raise ValueError(f"{owner}: X has no rows")

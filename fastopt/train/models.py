@@ -221,13 +221,13 @@ class MLP:
         (float, ndarray)
             The batch's mean loss and the output logits ``z``.
         """
-        loss = self.loss(loss)
+        loss = self.get_loss(loss)
         z, cache = self.forward(X)
         value, dz = loss(z, self.targets(y, len(z)), self.output)
         self.backward(cache, dz)
         return value, z
 
-    def loss(self, loss=None):
+    def get_loss(self, loss=None):
         """The :class:`~fastopt.train.losses.Loss` named by ``loss`` (default:
         the output's natural loss), checked against the output activation."""
         loss = _losses.default_for(self.output) if loss is None else _losses.get(loss)
