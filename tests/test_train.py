@@ -131,6 +131,7 @@ def test_csv_loader_reads_header_numeric_columns_and_skips_blank_lines(tmp_path)
     (None, "y", "no such file"),
     ("", "y", "is empty"),
     ("a,y\n", "y", "has a header but no data rows"),
+    ("y\n1\n", "y", "has no feature columns besides the target 'y'"),
     ("a,b\n1,2\n", "y", "has no column 'y'; its columns are a, b"),
     ("a,y\n1,0\n2,x\n", "y", "line 3, column 'y': 'x' is not a number"),
     ("a,y\n1,0\n,1\n", "y", "line 3, column 'a': '' is not a number"),

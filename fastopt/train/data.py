@@ -79,10 +79,11 @@ def load_csv(path, target):
     Raises
     ------
     DataError
-        If the file is missing or unreadable, has no header or no data rows,
-        lacks the target column (the message lists the columns it has), has a
-        row of the wrong length or a cell that is not a finite number (the
-        message names the line and the column).  Blank lines are skipped.
+        If the file is missing or unreadable, has no header, no data rows or
+        no column besides the target, lacks the target column (the message
+        lists the columns it has), or has a row of the wrong length or a cell
+        that is not a finite number (the message names the line and the
+        column).  Blank lines are skipped.
     """
     path = os.fspath(path)
     try:
@@ -101,6 +102,8 @@ def load_csv(path, target):
     if target not in header:
         raise DataError(f"{path!r} has no column {target!r}; its columns are "
                         f"{', '.join(header)}")
+    if len(header) < 2:
+        raise DataError(f"{path!r} has no feature columns besides the target {target!r}")
     if not body:
         raise DataError(f"{path!r} has a header but no data rows")
     values = np.empty((len(body), len(header)))
