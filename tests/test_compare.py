@@ -54,7 +54,7 @@ def test_default_run_prints_the_ranking_writes_json_and_the_default_plot(
     report = json.loads((tmp_path / "runs.json").read_text())
     _check_report(report, six, seeds=1, epochs=5)
     final = {r["optimizer"]: r["history"] for r in report["runs"]}
-    for rank, name, loss, loss_std, acc, _, val_acc, _ in rows:
+    for _, name, loss, loss_std, acc, _, val_acc, _ in rows:
         assert loss == round(final[name]["loss"][-1], 4) and loss_std == 0
         assert acc == round(final[name]["accuracy"][-1], 4)
         assert val_acc == round(final[name]["val_accuracy"][-1], 4)
