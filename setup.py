@@ -1,9 +1,94 @@
-"""Build script.
+"""Build script: the Cython backend's extension module and its compiler flags.
 
-All metadata lives in pyproject.toml.  This file exists for the compiled
-(Cython) backend, which will declare its extension modules and compiler flags
-here; until then it only defers to setuptools.
+All metadata lives in pyproject.toml.  ``pip install .`` (or ``pip install -e
+.``) compiles ``fastopt/backends/_cython_kernels.pyx`` with
+
+    -O3 -fopenmp -fno-math-errno
+
+and never ``-march=native`` (a wheel must run on other x86-64 CPUs) nor
+``-ffast-math`` (results must match the reference).  ``-fno-math-errno`` only
+tells the compiler that ``sqrt`` need not set ``errno``, which lets it
+vectorise the square roots.
+
+Environment variables:
+
+``FASTOPT_NO_OPENMP=1``
+    Build without OpenMP (every step runs serially).  Also the automatic
+    fallback when the compiler cannot build an OpenMP program;
+    ``fastopt info`` says which build you have.
+``FASTOPT_NO_CYTHON=1``
+    Do not build the extension at all (a pure-Python install: the ``numba``
+    and ``numpy`` backends only).
 """
-from setuptools import setup
+import os
+import tempfile
 
-setup()
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+class BuildExt(build_ext):
+    """build_ext that adds the optimisation and OpenMP flags the compiler takes."""
+
+    def build_extensions(self):
+        msvc = self.compiler.compiler_type == "msvc"
+        compile_args = ["/O2", "/fp:precise"] if msvc else ["-O3", "-fno-math-errno"]
+        link_args = []
+        omp = None
+        if _flag("FASTOPT_NO_OPENMP"):
+            print("fastopt: FASTOPT_NO_OPENMP is set; building the Cython backend without "
+                  "OpenMP (serial)")
+        else:
+            omp = self._openmp_flags(msvc)
+            if omp is None:
+                print("fastopt: the compiler cannot build OpenMP programs; building the "
+                      "Cython backend without OpenMP (serial)")
+        if omp is not None:
+            compile_args += omp[0]
+            link_args += omp[1]
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args + list(ext.extra_compile_args or [])
+            ext.extra_link_args = link_args + list(ext.extra_link_args or [])
+        super().build_extensions()
+
+    def _openmp_flags(self, msvc):
+        """(compile, link) flags for OpenMP, or None if a test program fails."""
+        flags = (["/openmp"], []) if msvc else (["-fopenmp"], ["-fopenmp"])
+        source = "#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "omp_check.c")
+            with open(path, "w") as f:
+                f.write(source)
+            try:
+                objects = self.compiler.compile([path], output_dir=tmp,
+                                                extra_postargs=flags[0])
+                self.compiler.link_executable(objects, "omp_check", output_dir=tmp,
+                                              extra_postargs=flags[1] or flags[0])
+            except Exception:  # CompileError, LinkError: no usable OpenMP
+                return None
+        return flags
+
+
+def _extensions():
+    if _flag("FASTOPT_NO_CYTHON"):
+        print("fastopt: FASTOPT_NO_CYTHON is set; not building the Cython backend")
+        return []
+    import numpy
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    ext = Extension(
+        "fastopt.backends._cython_kernels",
+        ["fastopt/backends/_cython_kernels.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    return cythonize([ext], compiler_directives={"language_level": "3"},
+                     quiet=True)
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})

@@ -75,10 +75,12 @@ def test_threads_and_threshold_setters_validate():
 
 
 def test_import_without_numba_falls_back_to_numpy():
-    """A missing backend never breaks `import fastopt` (numba blocked here)."""
+    """A missing backend never breaks `import fastopt` (numba and the Cython
+    extension blocked here)."""
     code = textwrap.dedent("""
         import sys
         sys.modules["numba"] = None          # makes `import numba` fail
+        sys.modules["fastopt.backends._cython_kernels"] = None
         import numpy as np, fastopt
         assert fastopt.available_backends() == ["numpy"], fastopt.available_backends()
         w = np.ones(3)

@@ -28,9 +28,13 @@ __all__ = ["available_backends", "get_backend", "resolve_backend", "set_num_thre
 _MODULES = {
     "numpy": "fastopt.backends.numpy_backend",
     "numba": "fastopt.backends.numba_backend",
+    "cython": "fastopt.backends.cython_backend",
 }
 _HOW_TO_GET = {
     "numba": "install it with `pip install numba` (a required dependency of fastopt)",
+    "cython": "its extension module is built when fastopt is installed: from a source "
+              "checkout run `pip install -e .` (or `python setup.py build_ext --inplace`); "
+              "this needs a C compiler, Cython>=3 and NumPy, and no FASTOPT_NO_CYTHON=1",
 }
 BACKEND_NAMES = tuple(_MODULES)
 
