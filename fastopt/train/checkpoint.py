@@ -6,22 +6,21 @@ batch order of epoch ``e`` depends only on ``(seed, e)``, a resumed run
 continues bit-identically to one that never stopped.
 
 Keys in the file: ``format``; ``epoch`` (epochs completed); ``history`` and
-``model_config`` (JSON strings); ``flat_params``; ``optimizer/config`` (JSON),
-``optimizer/iterations`` and ``optimizer/slots/<slot name>`` (the arrays of
-:meth:`fastopt.Optimizer.state_dict`).
+``model_config`` (JSON strings); ``flat_params``; and the optimizer's state as
+:func:`fastopt.save_state` stores it.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from ..state import state_from_arrays, state_to_arrays, write_npz_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
 _FORMAT = 1
-_SLOTS = "optimizer/slots/"
 
 
 def _architecture(model):
@@ -45,27 +44,12 @@ def save_checkpoint(path, model, optimizer, epoch, history):
         Number of epochs completed.
     history : dict of str to list of float
     """
-    state = optimizer.state_dict()
     arrays = {"format": np.array(_FORMAT), "epoch": np.array(epoch, dtype=np.int64),
               "history": np.array(json.dumps(history)),
               "model_config": np.array(json.dumps(_architecture(model))),
               "flat_params": model.flat_params,
-              "optimizer/config": np.array(json.dumps(state["config"])),
-              "optimizer/iterations": np.array(state["iterations"], dtype=np.int64)}
-    arrays.update({_SLOTS + k: v for k, v in state["slots"].items()})
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=".fastopt-checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+              **state_to_arrays(optimizer.state_dict())}
+    write_npz_atomic(path, arrays)
 
 
 def load_checkpoint(path, model, optimizer):
@@ -94,9 +78,7 @@ def load_checkpoint(path, model, optimizer):
             raise ValueError(f"load_checkpoint: {path!r} is for the model {saved}, not "
                              f"{_architecture(model)}")
         flat = z["flat_params"]
-        state = {"config": json.loads(str(z["optimizer/config"])),
-                 "iterations": int(z["optimizer/iterations"]),
-                 "slots": {k[len(_SLOTS):]: z[k] for k in z.files if k.startswith(_SLOTS)}}
+        state = state_from_arrays(z, f"load_checkpoint: {path!r}")
         epoch, history = int(z["epoch"]), json.loads(str(z["history"]))
     optimizer.load_state_dict(state)  # checks itself whole before it changes anything
     model.flat_params[...] = flat
