@@ -1,0 +1,326 @@
+"""The Cython backend's own tests (the shared tables run it like every backend).
+
+* its C scalar packing gives the same bits as ``fastopt._rules.pack``;
+* results are bit-identical for any thread count and either driver;
+* the plan rejects gradients that would make it read out of bounds;
+* without the extension ``import fastopt`` works and asking for the backend
+  says how to build it;
+* another extension can ``cimport`` the ``.pxd`` and call every kernel under
+  ``nogil`` (compiled here, at test time, against the installed package).
+"""
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt._rules import RULES, pack
+from fastopt.backends import numpy_backend as ref_backend
+
+from cases import OPTIMIZERS, OPTIMIZER_IDS, gradient, lr_for
+from test_kernels import SCALARS, assert_close, initial_state, kappa, scalars_at
+
+HAVE_CYTHON = "cython" in fastopt.available_backends()
+needs_cython = pytest.mark.skipif(not HAVE_CYTHON, reason="the Cython extension is not built")
+
+
+@needs_cython
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_c_packing_equals_rules_pack_bit_for_bit(rule_name):
+    from fastopt.backends import _cython_kernels as ext
+    rule = RULES[rule_name]
+    rng = np.random.default_rng(len(rule_name))
+    for trial in range(200):
+        scalars = [float(x) for x in rng.random(len(rule.scalars))]
+        if "step" in rule.scalars:
+            scalars[-1] = int(rng.integers(1, 30))      # step 1 takes its own branch
+        clip = math.inf if trial % 2 else float(rng.random())
+        expected = tuple(float(x) for x in pack(rule, scalars, clip))
+        got = ext.pack(rule_name, scalars, clip)
+        assert got == expected, (rule_name, scalars, got, expected)
+
+
+@pytest.fixture
+def restore_threads():
+    cy = fastopt.get_backend("cython")
+    before = (cy.get_num_threads(), cy.get_parallel_threshold("float32"),
+              cy.get_parallel_threshold("float64"))
+    yield cy
+    cy.set_num_threads(before[0])
+    cy.set_parallel_threshold(before[1], "float32")
+    cy.set_parallel_threshold(before[2], "float64")
+
+
+@needs_cython
+@pytest.mark.parametrize("convention", ["keras", "torch"])
+@pytest.mark.parametrize("clip", [None, "clipnorm", "global_clipnorm"])
+@pytest.mark.parametrize("opt_id", OPTIMIZER_IDS)
+def test_results_do_not_depend_on_threads_or_threshold(restore_threads, opt_id, clip,
+                                                       convention):
+    """Bit-identical with 1, 2 or 3 OpenMP threads and the serial or parallel
+    driver, over tensors of several chunks (so the chunked sums of squares of
+    clipping are exercised too), float32 and float64 in one optimizer."""
+    cy = restore_threads
+    _, cls, kw = OPTIMIZERS[OPTIMIZER_IDS.index(opt_id)]
+    kw = {**kw, "learning_rate": lr_for(opt_id), "convention": convention}
+    if clip:
+        kw[clip] = 1.0
+    rng = np.random.default_rng(11)
+    shapes = [(40_000,), (16_385,), (3, 7), (16_384,)]
+    dtypes = [np.float32, np.float64, np.float32, np.float64]
+    start = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+    grads = [[gradient(rng, s, d, k) for s, d in zip(shapes, dtypes)] for k in range(6)]
+    results = []
+    for threads in (1, 2, 3):
+        for threshold in (0, 2 ** 62):
+            cy.set_num_threads(threads)
+            cy.set_parallel_threshold(threshold, "float32")
+            cy.set_parallel_threshold(threshold, "float64")
+            params = [p.copy() for p in start]
+            opt = cls(params, backend="cython", **kw)
+            for g in grads:
+                opt.step(g)
+            results.append((params, opt.state_dict()["slots"]))
+    base_params, base_slots = results[0]
+    for params, slots in results[1:]:
+        for a, b in zip(base_params, params):
+            assert np.array_equal(a, b, equal_nan=True)
+        for k in base_slots:
+            assert np.array_equal(slots[k], base_slots[k], equal_nan=True), k
+
+
+@needs_cython
+def test_sums_of_squares_equal_numba_bit_for_bit():
+    """Both backends sum each chunk with the same four accumulators in the
+    same order, so clipping norms agree exactly."""
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal(n).astype(dt) for n, dt in
+             [(1, np.float32), (16_384 * 3 + 5, np.float32), (7, np.float32)]]
+    params = [np.zeros_like(g) for g in grads]
+    norms = {}
+    for name in ("cython", "numba"):
+        if name in fastopt.available_backends():
+            plan = fastopt.get_backend(name).Plan(RULES["sgd"], params, [])
+            norms[name] = plan.sumsq(grads).copy()
+    expected = [float(np.sum(g.astype(np.float64) ** 2)) for g in grads]
+    np.testing.assert_allclose(norms["cython"], expected, rtol=1e-13)
+    if "numba" in norms:
+        assert np.array_equal(norms["cython"], norms["numba"])
+
+
+@needs_cython
+def test_plan_rejects_gradients_it_cannot_read_safely():
+    cy = fastopt.get_backend("cython")
+    p = np.zeros(8, np.float32)
+    m, v = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    plan = cy.Plan(RULES["adam"], [p], [[m], [v]])
+    pt = np.array([[1.0], [1.0], [0.0]])
+    sc = (0.1, 0.9, 0.999, 1e-7)
+    for bad, err in [(np.zeros(7, np.float32), ValueError), (np.zeros(8), ValueError),
+                     (np.zeros(16, np.float32)[::2], ValueError), ([0.0] * 8, TypeError)]:
+        with pytest.raises(err):
+            plan.step([bad], pt, sc)
+    with pytest.raises(ValueError, match="expected 1 gradients"):
+        plan.step([], pt, sc)
+    with pytest.raises(ValueError, match="expected 4 scalars"):
+        plan.step([np.ones(8, np.float32)], pt, sc[:3])
+    assert not p.any() and not m.any() and not v.any()
+    plan.step([None], pt, sc)           # None skips the tensor
+    assert not p.any()
+
+
+def test_import_without_the_extension_says_how_to_build_it():
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["fastopt.backends._cython_kernels"] = None   # as if never built
+        import numpy as np, fastopt
+        assert "cython" not in fastopt.available_backends(), fastopt.available_backends()
+        assert "numba" in fastopt.available_backends()
+        for ask in (lambda: fastopt.get_backend("cython"),
+                    lambda: fastopt.Adam(np.ones(3), backend="cython")):
+            try:
+                ask()
+            except ImportError as e:
+                assert "pip install -e ." in str(e) and "cython" in str(e), e
+            else:
+                raise AssertionError("no ImportError")
+        opt = fastopt.Adam(np.ones(3))   # auto still works
+        opt.step(np.ones(3))
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+# -- the cimport test ------------------------------------------------------------------
+
+USER_PYX = '''
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""A user's extension: calls fastopt's C-level kernels without the GIL."""
+from cython cimport floating
+from libc.math cimport INFINITY
+from fastopt.backends._cython_kernels cimport (
+    sumsq, sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop, rmsprop_momentum,
+    rmsprop_centered, rmsprop_centered_momentum, adam, adam_amsgrad,
+    sgd_momentum_torch, sgd_nesterov_torch, adagrad_torch, rmsprop_torch,
+    rmsprop_momentum_torch, rmsprop_centered_torch, rmsprop_centered_momentum_torch,
+    adam_torch, adam_amsgrad_torch)
+
+NAMES = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop", "rmsprop_momentum",
+         "rmsprop_centered", "rmsprop_centered_momentum", "adam", "adam_amsgrad",
+         "sgd_momentum_torch", "sgd_nesterov_torch", "adagrad_torch", "rmsprop_torch",
+         "rmsprop_momentum_torch", "rmsprop_centered_torch",
+         "rmsprop_centered_momentum_torch", "adam_torch", "adam_amsgrad_torch"]
+
+
+def norm2(floating[::1] x):
+    cdef double out
+    with nogil:
+        out = sumsq(&x[0], x.shape[0])
+    return out
+
+
+def call(name, floating[::1] p, floating[::1] g, floating[::1] s0, floating[::1] s1,
+         floating[::1] s2, scalars, double keep, double gscale, double l2, double clip):
+    """Run kernel ``name``; with default extras, call it without the optional ones."""
+    cdef int k = NAMES.index(name)
+    cdef Py_ssize_t n = p.shape[0]
+    cdef double c[5]
+    cdef int i
+    cdef bint defaults = keep == 1.0 and gscale == 1.0 and l2 == 0.0 and clip == INFINITY
+    for i in range(5):
+        c[i] = scalars[i] if i < len(scalars) else 0.0
+    cdef floating* w = &p[0]
+    cdef floating* d = &g[0]
+    cdef floating* a = &s0[0]
+    cdef floating* b = &s1[0]
+    cdef floating* e = &s2[0]
+    with nogil:
+        if defaults and k == 8:
+            adam(w, d, a, b, n, c[0], c[1], c[2], c[3])
+        elif defaults and k == 0:
+            sgd(w, d, n, c[0])
+        elif k == 0:
+            sgd(w, d, n, c[0], keep, gscale, l2, clip)
+        elif k == 1:
+            sgd_momentum(w, d, a, n, c[0], c[1], keep, gscale, l2, clip)
+        elif k == 2:
+            sgd_nesterov(w, d, a, n, c[0], c[1], keep, gscale, l2, clip)
+        elif k == 3:
+            adagrad(w, d, a, n, c[0], c[1], keep, gscale, l2, clip)
+        elif k == 4:
+            rmsprop(w, d, a, n, c[0], c[1], c[2], keep, gscale, l2, clip)
+        elif k == 5:
+            rmsprop_momentum(w, d, a, b, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
+        elif k == 6:
+            rmsprop_centered(w, d, a, b, n, c[0], c[1], c[2], keep, gscale, l2, clip)
+        elif k == 7:
+            rmsprop_centered_momentum(w, d, a, b, e, n, c[0], c[1], c[2], c[3],
+                                      keep, gscale, l2, clip)
+        elif k == 8:
+            adam(w, d, a, b, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
+        elif k == 9:
+            adam_amsgrad(w, d, a, b, e, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
+        elif k == 10:
+            sgd_momentum_torch(w, d, a, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
+        elif k == 11:
+            sgd_nesterov_torch(w, d, a, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
+        elif k == 12:
+            adagrad_torch(w, d, a, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
+        elif k == 13:
+            rmsprop_torch(w, d, a, n, c[0], c[1], c[2], keep, gscale, l2, clip)
+        elif k == 14:
+            rmsprop_momentum_torch(w, d, a, b, n, c[0], c[1], c[2], c[3],
+                                   keep, gscale, l2, clip)
+        elif k == 15:
+            rmsprop_centered_torch(w, d, a, b, n, c[0], c[1], c[2], keep, gscale, l2, clip)
+        elif k == 16:
+            rmsprop_centered_momentum_torch(w, d, a, b, e, n, c[0], c[1], c[2], c[3],
+                                            keep, gscale, l2, clip)
+        elif k == 17:
+            adam_torch(w, d, a, b, n, c[0], c[1], c[2], c[3], c[4], keep, gscale, l2, clip)
+        elif k == 18:
+            adam_amsgrad_torch(w, d, a, b, e, n, c[0], c[1], c[2], c[3], c[4],
+                               keep, gscale, l2, clip)
+'''
+
+BUILD_USER = '''
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+ext = Extension("fastopt_user", ["fastopt_user.pyx"], include_dirs=[numpy.get_include()],
+                extra_compile_args=["-O1"])
+setup(ext_modules=cythonize([ext], include_path=[{root!r}], quiet=True),
+      script_args=["build_ext", "--inplace", "-q"])
+'''
+
+
+@pytest.fixture(scope="module")
+def user_extension(tmp_path_factory):
+    """Compile a tiny extension that cimports fastopt (via the installed package's .pxd)."""
+    if not HAVE_CYTHON:
+        pytest.skip("the Cython extension is not built")
+    pytest.importorskip("Cython")
+    pytest.importorskip("setuptools")
+    root = Path(fastopt.__file__).resolve().parent.parent   # holds fastopt/backends/*.pxd
+    assert (root / "fastopt" / "backends" / "_cython_kernels.pxd").is_file(), \
+        "the .pxd is not installed with the package"
+    tmp = tmp_path_factory.mktemp("cimport_user")
+    (tmp / "fastopt_user.pyx").write_text(USER_PYX)
+    (tmp / "build_user.py").write_text(BUILD_USER.format(root=str(root)))
+    out = subprocess.run([sys.executable, "build_user.py"], cwd=tmp, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    sys.path.insert(0, str(tmp))
+    try:
+        import fastopt_user
+    finally:
+        sys.path.remove(str(tmp))
+    return fastopt_user
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_cimported_kernels_match_reference_under_nogil(user_extension, rule_name, dtype):
+    """Every C-level kernel, called from another extension without the GIL,
+    against the float64 reference (test_kernels' tolerance) and bit for bit
+    against the backend's Python-level kernel."""
+    rule = RULES[rule_name]
+    py_kernel = getattr(fastopt.get_backend("cython"), rule_name)
+    ref_kernel = getattr(ref_backend, rule_name)
+    rng = np.random.default_rng([len(rule_name), np.dtype(dtype).itemsize])
+    size = 1025
+    param, slots = initial_state(rng, rule, size, dtype)
+    for step in range(6):
+        scalars = scalars_at(rule, step)
+        g = gradient(rng, (size,), dtype, step)
+        extras = dict(keep=0.999, gscale=0.7, clipvalue=2.0) if step % 2 else {}
+        if step % 3 == 2:
+            extras["l2"] = 0.01
+        old = [param.copy()] + [s.copy() for s in slots]
+        ref = [a.copy() for a in old]
+        ref_kernel(*ref[:1], g, *ref[1:], *scalars, **extras)
+        twin = [a.copy() for a in old]
+        py_kernel(*twin[:1], g, *twin[1:], *scalars, **extras)
+        arrays = [param] + slots + [np.zeros(size, dtype)] * (3 - len(slots))
+        user_extension.call(rule_name, param, g, *arrays[1:4], tuple(map(float, scalars)),
+                            extras.get("keep", 1.0), extras.get("gscale", 1.0),
+                            extras.get("l2", 0.0), extras.get("clipvalue", math.inf))
+        k = kappa(rule_name, ref, SCALARS[rule_name][-1])
+        for name, f, r, o, t in zip(("param",) + rule.slots, [param] + slots, ref, old, twin):
+            assert_close(f"cimported {rule_name} step {step} {name}", f, r, o, dtype,
+                         k if name == "param" else 1.0)
+            assert np.array_equal(f, t, equal_nan=True), f"{rule_name} {name}: C != Python"
+        if dtype == np.float32:   # keep both on the same inputs
+            for dst, src in zip([param] + slots, ref):
+                dst[...] = src
+    x = rng.standard_normal(1001).astype(dtype)
+    assert math.isclose(user_extension.norm2(x), float(np.sum(x.astype(np.float64) ** 2)),
+                        rel_tol=1e-12)
