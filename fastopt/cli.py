@@ -42,6 +42,16 @@ def _info(args):
         if layer == "workqueue":
             print("         warning: the workqueue layer costs ~100 us per parallel region; "
                   "install an OpenMP runtime (libgomp) or tbb for the omp/tbb layer")
+    if "cython" in names:
+        cy = backends.get_backend("cython")
+        if cy.OPENMP:
+            how = (f"built with OpenMP, {cy.get_num_threads()} threads, parallel from "
+                   f"{cy.get_parallel_threshold('float32')} (float32) / "
+                   f"{cy.get_parallel_threshold('float64')} (float64) elements")
+        else:
+            how = ("built without OpenMP: every step runs serially (FASTOPT_NO_OPENMP=1 "
+                   "or a compiler without OpenMP at build time)")
+        print(f"cython   {how}")
     return 0
 
 

@@ -14,6 +14,11 @@ def test_info_prints_versions_backends_and_threading(capsys):
     assert "fastopt  0.1.0" in out
     assert "backends numpy, numba" in out
     assert "threading layer" in out
+    import fastopt
+    if "cython" in fastopt.available_backends():
+        assert "cython   built with" in out
+    else:
+        assert "cython: unavailable" in out and "pip install -e ." in out
 
 
 def test_console_script_is_installed():
