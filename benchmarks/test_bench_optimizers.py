@@ -5,14 +5,15 @@ Run with ``pytest benchmarks --benchmark-only`` (not part of the default
 machine.
 
 * ``test_step``: rule (10) x implementation x size (float32).  Implementations:
-  ``numba`` (fastopt's compiled backend), ``numpy`` (fastopt's float64 NumPy
-  reference backend; 1e3 and 1e5 only, it is slow) and ``naive`` (the textbook
-  NumPy step in :mod:`naive`).  One warm-up step (the JIT compile, first-touch
-  page faults) runs before the timed rounds.
+  ``numba`` and ``cython`` (fastopt's compiled backends; cython when its
+  extension is built), ``numpy`` (fastopt's float64 NumPy reference backend;
+  1e3 and 1e5 only, it is slow) and ``naive`` (the textbook NumPy step in
+  :mod:`naive`).  One warm-up step (the JIT compile, first-touch page faults)
+  runs before the timed rounds.
 * ``test_ceiling``: the rmw (Adam's traffic, 28 B/element) and copy kernels of
   :mod:`ceiling` at 1e7.
-* ``test_many_tensors``: Adam (numba) over 200 float32 tensors of mixed shapes
-  totalling 2M parameters, vs one 2M tensor.
+* ``test_many_tensors``: Adam (numba, cython) over 200 float32 tensors of mixed
+  shapes totalling 2M parameters, vs one 2M tensor.
 
 Every benchmark carries ``extra_info`` with ``size`` (elements) and
 ``bytes_per_param``, so GB/s = size * bytes_per_param / mean (or median) time.
@@ -27,8 +28,9 @@ import naive
 
 CASES = {rule: (cls, kw) for rule, cls, kw in naive.cases()}
 SIZES = {"1e3": 1_000, "1e5": 100_000, "1e7": 10_000_000}
+COMPILED = [b for b in ("numba", "cython") if b in fastopt.available_backends()]
 # (implementation, size label) pairs: the numpy backend only at small sizes
-IMPLS = [(impl, s) for s in SIZES for impl in ("numba", "numpy", "naive")
+IMPLS = [(impl, s) for s in SIZES for impl in (*COMPILED, "numpy", "naive")
          if not (impl == "numpy" and s == "1e7")]
 
 # rounds x iterations per size: enough for a stable median, the suite < ~4 min
@@ -101,16 +103,17 @@ def test_ceiling(benchmark, kind):
     _run(benchmark, fn, 20)
 
 
+@pytest.mark.parametrize("backend", COMPILED)
 @pytest.mark.parametrize("layout", ["200-tensors", "one-tensor"])
-def test_many_tensors(benchmark, layout):
+def test_many_tensors(benchmark, layout, backend):
     total = 2_000_000
     shapes = naive.mixed_shapes(200, total) if layout == "200-tensors" else [(total,)]
     rng = np.random.default_rng(7)
     params = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
     grads = [rng.standard_normal(s, dtype=np.float32) * np.float32(1e-2) for s in shapes]
-    opt = fastopt.Adam(params, backend="numba")
+    opt = fastopt.Adam(params, backend=backend)
     benchmark.group = "adam 2M params: 200 tensors vs one"
-    benchmark.extra_info.update(layout=layout, tensors=len(shapes), size=total,
+    benchmark.extra_info.update(layout=layout, backend=backend, tensors=len(shapes), size=total,
                                 dtype="float32",
                                 bytes_per_param=ceiling.bytes_per_param("adam", np.float32))
     _run(benchmark, lambda: opt.step(grads), 40, 2)

@@ -734,26 +734,24 @@ cdef void _step_parallel(floating* like, int code, char** ptrs, Py_ssize_t nrows
                         pt, hp)
 
 
+cdef inline double _chunk_sumsq(floating* like, char** ptrs, Py_ssize_t nt,
+                                const Py_ssize_t* chunks, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t t = chunks[3 * c], s = chunks[3 * c + 1]
+    if ptrs[nt + t] == NULL:
+        return 0.0
+    return sumsq(<const floating*>_at(ptrs, 1, 2, nt, t, s, like), chunks[3 * c + 2] - s)
+
+
 cdef void _sumsq_chunks(floating* like, char** ptrs, Py_ssize_t nt, const Py_ssize_t* chunks,
                         Py_ssize_t nchunks, double* partial, double* out,
                         int nthreads) noexcept nogil:
-    cdef Py_ssize_t c, t, u
+    cdef Py_ssize_t c, u
     if nthreads > 1:
         for c in prange(nchunks, schedule="static", num_threads=nthreads):
-            t = chunks[3 * c]
-            if ptrs[nt + t] != NULL:
-                partial[c] = sumsq(<const floating*>_at(ptrs, 1, 2, nt, t, chunks[3 * c + 1], like),
-                                   chunks[3 * c + 2] - chunks[3 * c + 1])
-            else:
-                partial[c] = 0.0
+            partial[c] = _chunk_sumsq(like, ptrs, nt, chunks, c)
     else:
         for c in range(nchunks):
-            t = chunks[3 * c]
-            if ptrs[nt + t] != NULL:
-                partial[c] = sumsq(<const floating*>_at(ptrs, 1, 2, nt, t, chunks[3 * c + 1], like),
-                                   chunks[3 * c + 2] - chunks[3 * c + 1])
-            else:
-                partial[c] = 0.0
+            partial[c] = _chunk_sumsq(like, ptrs, nt, chunks, c)
     for u in range(nt):
         out[u] = 0.0
     for u in range(nchunks):  # in chunk order: a fixed summation order
@@ -957,7 +955,8 @@ def set_parallel_threshold(Py_ssize_t n, dtype):
     elif dtype == "float64":
         _threshold_f64 = n
     else:
-        raise ValueError(f"set_parallel_threshold: dtype must be float32 or float64, got {dtype!r}")
+        raise ValueError("set_parallel_threshold: dtype must be float32 or float64, "
+                         f"got {dtype!r}")
 
 
 def get_parallel_threshold(dtype):
