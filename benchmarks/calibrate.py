@@ -1,26 +1,29 @@
-"""Measure the Numba backend's parallel threshold and the ``auto`` rule.
+"""Measure the compiled backends' parallel thresholds and the ``auto`` rule.
 
 Usage::
 
     python benchmarks/calibrate.py            # measure and print
     python benchmarks/calibrate.py --write    # ... and rewrite fastopt/backends/tuning.json
 
-(a) Serial vs parallel crossover, for float32 and float64: the whole
-    ``opt.step`` time of Adam and SGD (backend ``"numba"``) at sizes
-    2**10 .. 2**20, with ``set_parallel_threshold(0)`` (always parallel) and
-    ``set_parallel_threshold(2**62)`` (always serial), the two modes and all
-    sizes interleaved round by round, medians over many samples.  The
-    threshold is the smallest measured power of two from which parallel is
-    faster at that size and at every larger measured size; the larger of
-    Adam's and SGD's.  If parallel never wins at the largest size, the
-    threshold is set just above the measured range.
+(a) Serial vs parallel crossover, per compiled backend (``numba``, and
+    ``cython`` when it is built) and dtype: the whole ``opt.step`` time of Adam
+    and SGD at sizes 2**10 .. 2**20, with ``set_parallel_threshold(0)``
+    (always parallel) and ``set_parallel_threshold(2**62)`` (always serial),
+    the two modes and all sizes interleaved round by round, medians over many
+    samples.  The threshold is the smallest measured power of two from which
+    parallel is faster at that size and at every larger measured size; the
+    larger of Adam's and SGD's.  If parallel never wins at the largest size,
+    the threshold is set just above the measured range.
 
-(b) Backend choice for ``"auto"``: numba vs numpy backend step time (Adam and
-    SGD) at 1e1 .. 1e7 (the numpy backend up to 1e5 only; it is the slow
-    float64 reference, so above that numba is taken as the winner).  Runs of
-    sizes with the same winner become ``[max_size, backend]`` rows; the last
-    row has ``max_size = null``.  If numba wins everywhere the rule is
-    ``[[null, "numba"]]``.
+(b) Backend choice for ``"auto"``: the step time of every available backend
+    (Adam and SGD, the thresholds from (a) in force) at sizes 1e1 .. 1e7
+    (the numpy backend up to 1e5 only; it is the slow float64 reference).
+    A size's winner is the backend with the smallest geometric mean of the
+    optimizers' medians (each optimizer weighs the same); a winner at one size
+    that differs from the common winner of both neighbouring sizes is taken as
+    noise and overruled.  Runs of sizes with the same winner become
+    ``[max_size, backend]`` rows; the last row has ``max_size = null``.  So ``[[30000, "cython"], [null, "numba"]]`` reads:
+    up to 30000 elements cython, above numba.
 
 ``--write`` keeps tuning.json's schema (``parallel_threshold``, ``auto``) and
 adds ``measured_by``, ``machine``, ``date`` and ``measurements`` (medians in
@@ -77,12 +80,12 @@ def _sample(fn, k):
     return (time.perf_counter() - t0) / k
 
 
-def measure_crossover(dtype, samples, target_s):
+def measure_crossover(dtype, samples, target_s, backend="numba"):
     """``{opt: {"sizes", "parallel_us", "serial_us"}}`` (medians, µs)."""
     sizes = [2 ** e for e in range(10, 21)]
     out = {}
     for name in OPTIMIZERS:
-        steps = {n: _make(name, n, dtype, "numba") for n in sizes}
+        steps = {n: _make(name, n, dtype, backend) for n in sizes}
         ks = {}
         for n, fn in steps.items():   # compile/warm up both drivers
             for mode in (0, NEVER):
@@ -114,16 +117,18 @@ def threshold_from(rows):
     return threshold
 
 
-def measure_backends(dtype, samples, target_s, numpy_max=100_000):
-    """``{opt: {"sizes", "numba_us", "numpy_us"}}``; numpy_us is None above numpy_max."""
-    sizes = [10 ** e for e in range(1, 8)]
+SIZES = [10, 100, 1000, 3000, 10_000, 30_000, 100_000, 300_000, 1_000_000, 10_000_000]
+
+
+def measure_backends(dtype, samples, target_s, backends, numpy_max=100_000):
+    """``{opt: {"sizes", "<backend>_us" ...}}``; numpy_us is None above numpy_max."""
     out = {}
     for name in OPTIMIZERS:
         fns = {}
-        for n in sizes:
-            fns[n, "numba"] = _make(name, n, dtype, "numba")
-            if n <= numpy_max:
-                fns[n, "numpy"] = _make(name, n, dtype, "numpy")
+        for n in SIZES:
+            for b in backends:
+                if b != "numpy" or n <= numpy_max:
+                    fns[n, b] = _make(name, n, dtype, b)
         ks = {}
         for key, fn in fns.items():
             fn()
@@ -131,28 +136,40 @@ def measure_backends(dtype, samples, target_s, numpy_max=100_000):
         times = {key: [] for key in fns}
         reps = {key: (samples if key[0] <= numpy_max else max(9, samples // 3)) for key in fns}
         for r in range(samples):
-            for key, fn in fns.items():
+            for key, fn in fns.items():   # every backend and size, interleaved
                 if r < reps[key]:
                     times[key].append(_sample(fn, ks[key]))
-        out[name] = {"sizes": sizes,
-                     "numba_us": [_us(np.median(times[n, "numba"])) for n in sizes],
-                     "numpy_us": [_us(np.median(times[n, "numpy"])) if (n, "numpy") in times
-                                  else None for n in sizes]}
+        out[name] = {"sizes": SIZES}
+        for b in backends:
+            out[name][f"{b}_us"] = [_us(np.median(times[n, b])) if (n, b) in times else None
+                                    for n in SIZES]
     return out
 
 
 def auto_rule(results):
     """``[[max_size_or_None, backend], ...]`` from :func:`measure_backends`' output.
 
-    A size's winner is the backend with the smaller step time for *every*
-    optimizer measured (numba unless numpy wins for all of them).
+    A size's winner is the backend with the smallest geometric mean, over the
+    optimizers, of its median step time (backends not measured at that size
+    do not compete); an isolated winner between two sizes won by one other
+    backend is overruled by them.
     """
     first = next(iter(results.values()))
+    backends = [k[:-3] for k in first if k.endswith("_us")]
     winners = []
     for i, n in enumerate(first["sizes"]):
-        numpy_wins = all(r["numpy_us"][i] is not None and r["numpy_us"][i] < r["numba_us"][i]
-                         for r in results.values())
-        winners.append((n, "numpy" if numpy_wins else "numba"))
+        scores = {}
+        for b in backends:
+            ts = [r[f"{b}_us"][i] for r in results.values()]
+            if all(t is not None for t in ts):
+                scores[b] = float(np.exp(np.mean(np.log(ts))))
+        winners.append((n, min(scores, key=scores.get)))
+    # a size whose winner differs from the common winner of both its
+    # neighbours is noise (one core of a shared machine busy for a moment),
+    # not a crossover and back: it goes to the neighbours' backend
+    for i in range(1, len(winners) - 1):
+        if winners[i - 1][1] == winners[i + 1][1] != winners[i][1]:
+            winners[i] = (winners[i][0], winners[i - 1][1])
     rule = []
     for k, (n, backend) in enumerate(winners):
         last = k + 1 == len(winners) or winners[k + 1][1] != backend
@@ -189,37 +206,50 @@ def main(argv=None):
     info = ceiling.machine_info()
     info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     print(ceiling.machine_line(info), "| load average", info["loadavg_at_start"])
-    old_thresholds = {dt: fastopt.get_parallel_threshold(dt) for dt in DTYPES}
+    compiled = [b for b in ("numba", "cython") if b in fastopt.available_backends()]
+    modules = {b: fastopt.get_backend(b) for b in compiled}
+    if "cython" in modules:
+        info["cython_openmp"] = modules["cython"].OPENMP
+    old_thresholds = {(b, dt): modules[b].get_parallel_threshold(dt)
+                      for b in compiled for dt in DTYPES}
 
-    thresholds, auto, measurements = {}, {}, {"parallel_vs_serial": {}, "numba_vs_numpy": {}}
+    thresholds = {b: {} for b in compiled}
+    auto = {}
+    measurements = {"parallel_vs_serial": {b: {} for b in compiled}, "backends": {}}
     try:
-        for dt in DTYPES:
-            cross = measure_crossover(dt, args.samples, target)
-            measurements["parallel_vs_serial"][dt] = cross
-            per_opt = {name: threshold_from(rows) for name, rows in cross.items()}
-            thresholds[dt] = max(per_opt.values())
-            print(f"\n{dt}: serial vs parallel step time (µs, medians of {args.samples})")
-            print("| size | " + " | ".join(f"{o} serial | {o} parallel" for o in cross) + " |")
-            print("|---:|" + "---:|" * (2 * len(cross)))
-            for i, n in enumerate(cross["adam"]["sizes"]):
-                cells = " | ".join(f"{r['serial_us'][i]} | {r['parallel_us'][i]}"
-                                   for r in cross.values())
-                print(f"| 2**{n.bit_length() - 1} | {cells} |")
-            print(f"threshold per optimizer: {per_opt} -> {thresholds[dt]}")
+        for b in compiled:
+            for dt in DTYPES:
+                cross = measure_crossover(dt, args.samples, target, b)
+                measurements["parallel_vs_serial"][b][dt] = cross
+                per_opt = {name: threshold_from(rows) for name, rows in cross.items()}
+                thresholds[b][dt] = max(per_opt.values())
+                print(f"\n{b} {dt}: serial vs parallel step time (µs, medians of "
+                      f"{args.samples})")
+                print("| size | " + " | ".join(f"{o} serial | {o} parallel" for o in cross)
+                      + " |")
+                print("|---:|" + "---:|" * (2 * len(cross)))
+                for i, n in enumerate(cross["adam"]["sizes"]):
+                    cells = " | ".join(f"{r['serial_us'][i]} | {r['parallel_us'][i]}"
+                                       for r in cross.values())
+                    print(f"| 2**{n.bit_length() - 1} | {cells} |")
+                print(f"threshold per optimizer: {per_opt} -> {thresholds[b][dt]}")
     finally:
-        for dt, n in old_thresholds.items():
-            fastopt.set_parallel_threshold(n, dt)
+        for (b, dt), n in old_thresholds.items():
+            modules[b].set_parallel_threshold(n, dt)
+    for b in compiled:   # the new thresholds, for (b)
+        for dt in DTYPES:
+            modules[b].set_parallel_threshold(thresholds[b][dt], dt)
+    candidates = ["numpy"] + compiled
     for dt in DTYPES:
-        fastopt.set_parallel_threshold(thresholds[dt], dt)   # the new ones, for (b)
-        res = measure_backends(dt, args.samples, target)
-        measurements["numba_vs_numpy"][dt] = res
+        res = measure_backends(dt, args.samples, target, candidates)
+        measurements["backends"][dt] = res
         auto[dt] = auto_rule(res)
-        print(f"\n{dt}: numba vs numpy backend step time (µs)")
-        print("| size | " + " | ".join(f"{o} numba | {o} numpy" for o in res) + " |")
-        print("|---:|" + "---:|" * (2 * len(res)))
-        for i, n in enumerate(res["adam"]["sizes"]):
-            cells = " | ".join(f"{r['numba_us'][i]} | {r['numpy_us'][i] or '-'}"
-                               for r in res.values())
+        print(f"\n{dt}: step time per backend (µs)")
+        print("| size | " + " | ".join(f"{o} {b}" for o in res for b in candidates) + " |")
+        print("|---:|" + "---:|" * (len(candidates) * len(res)))
+        for i, n in enumerate(SIZES):
+            cells = " | ".join(f"{r[b + '_us'][i] or '-'}" for r in res.values()
+                               for b in candidates)
             print(f"| {n:.0e} | {cells} |")
         print(f"auto rule: {json.dumps(auto[dt])}")
 
@@ -229,7 +259,7 @@ def main(argv=None):
                        + ("" if args.sample_ms == 1.0 else f" --sample-ms {args.sample_ms}"),
         "machine": info,
         "date": datetime.date.today().isoformat(),
-        "parallel_threshold": {**TUNING.get("parallel_threshold", {}), "numba": thresholds},
+        "parallel_threshold": {**TUNING.get("parallel_threshold", {}), **thresholds},
         "auto": auto,
         "measurements": {"unit": "us per step (median)", **measurements},
     }
