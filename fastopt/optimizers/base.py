@@ -154,7 +154,7 @@ class Optimizer:
         number of updates, ``iterations // gradient_accumulation_steps``; the
         EMA is updated on every call.
     backend : str
-        ``"auto"`` (default), ``"numba"`` or ``"numpy"``; see
+        ``"auto"`` (default), ``"cython"``, ``"numba"`` or ``"numpy"``; see
         :func:`fastopt.available_backends`.
     convention : str
         ``"keras"`` (default): Keras 3 formulas and defaults; ``"torch"``:
