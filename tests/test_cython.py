@@ -22,7 +22,7 @@ from fastopt._rules import RULES, pack
 from fastopt.backends import numpy_backend as ref_backend
 
 from cases import OPTIMIZERS, OPTIMIZER_IDS, gradient, lr_for
-from test_kernels import SCALARS, assert_close, initial_state, kappa, scalars_at
+from test_kernels import SCALARS, assert_close, initial_state, kappa, step_inputs
 
 HAVE_CYTHON = "cython" in fastopt.available_backends()
 needs_cython = pytest.mark.skipif(not HAVE_CYTHON, reason="the Cython extension is not built")
@@ -299,11 +299,7 @@ def test_cimported_kernels_match_reference_under_nogil(user_extension, rule_name
     size = 1025
     param, slots = initial_state(rng, rule, size, dtype)
     for step in range(6):
-        scalars = scalars_at(rule, step)
-        g = gradient(rng, (size,), dtype, step)
-        extras = dict(keep=0.999, gscale=0.7, clipvalue=2.0) if step % 2 else {}
-        if step % 3 == 2:
-            extras["l2"] = 0.01
+        scalars, g, extras = step_inputs(rng, rule, size, dtype, step)
         old = [param.copy()] + [s.copy() for s in slots]
         ref = [a.copy() for a in old]
         ref_kernel(*ref[:1], g, *ref[1:], *scalars, **extras)

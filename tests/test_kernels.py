@@ -67,6 +67,15 @@ def test_every_rule_has_scalars_here():
     assert set(SCALARS) == set(RULES)
 
 
+def step_inputs(rng, rule, size, dtype, step):
+    """Scalars, gradient and keyword extras of one test step: odd steps add
+    decoupled decay, a gradient scale and a clip value, every third step L2."""
+    extras = dict(keep=0.999, gscale=0.7, clipvalue=2.0) if step % 2 else {}
+    if step % 3 == 2:
+        extras["l2"] = 0.01
+    return scalars_at(rule, step), gradient(rng, (size,), dtype, step), extras
+
+
 def initial_state(rng, rule, size, dtype):
     param = rng.standard_normal(size).astype(dtype)
     slots = [np.full(size, 0.1 if s == "accumulator" else 0.0, dtype) for s in rule.slots]
@@ -110,11 +119,7 @@ def test_kernel_matches_reference_every_step(backend, rule_name, dtype, size):
     rng = np.random.default_rng([size, len(rule_name), np.dtype(dtype).itemsize])
     param, slots = initial_state(rng, rule, size, dtype)
     for step in range(10):
-        scalars = scalars_at(rule, step)
-        g = gradient(rng, (size,), dtype, step)
-        extras = dict(keep=0.999, gscale=0.7, clipvalue=2.0) if step % 2 else {}
-        if step % 3 == 2:
-            extras["l2"] = 0.01
+        scalars, g, extras = step_inputs(rng, rule, size, dtype, step)
         old = [param.copy()] + [s.copy() for s in slots]
         ref = [a.copy() for a in old]
         ref_kernel(*ref[:1], g, *ref[1:], *scalars, **extras)

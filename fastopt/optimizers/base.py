@@ -387,13 +387,7 @@ class Optimizer:
             scalars = self._scalars(h, lr, self.iterations)
             scale = 1.0 if self.clipnorm is None and self.global_clipnorm is None \
                 else self._clip_scales(grads)[0]
-            wd = h["weight_decay"]
-            if not wd:
-                keep, l2 = 1.0, 0.0
-            elif self._torch_l2:
-                keep, l2 = 1.0, wd
-            else:
-                keep, l2 = 1.0 - wd * lr, 0.0
+            keep, l2 = self._decay(h["weight_decay"], lr)
             group.set_factors(-scale if h["maximize"] else scale, keep, l2)
             group.plan.step(grads, group.pt, scalars,
                             math.inf if self.clipvalue is None else self.clipvalue)
@@ -428,17 +422,10 @@ class Optimizer:
     def _apply(self, grads, inv, plans):
         scales = self._clip_scales(grads, inv)
         clipvalue = math.inf if self.clipvalue is None else self.clipvalue
-        torch_l2 = self._torch_l2
         single = len(self._groups) == 1
         k = 0
         for pg, lr, scalars in plans:
-            wd = pg.hyper["weight_decay"]
-            if not wd:
-                keep, l2 = 1.0, 0.0
-            elif torch_l2:
-                keep, l2 = 1.0, wd
-            else:
-                keep, l2 = 1.0 - wd * lr, 0.0
+            keep, l2 = self._decay(pg.hyper["weight_decay"], lr)
             negate = pg.hyper["maximize"]
             for group in pg.groups:
                 scale = -scales[k] if negate else scales[k]
@@ -448,6 +435,14 @@ class Optimizer:
                     continue
                 group.set_factors(scale, keep, l2)
                 group.plan.step(gl, group.pt, scalars, clipvalue)
+
+    def _decay(self, wd, lr):
+        """``(keep, l2)``: decoupled factor and coupled coefficient of weight decay."""
+        if not wd:
+            return 1.0, 0.0
+        if self._torch_l2:
+            return 1.0, wd
+        return 1.0 - wd * lr, 0.0
 
     def _update_ema(self, updates):
         # Keras: the average starts as a copy (momentum 0 until the first
@@ -597,14 +592,20 @@ class Optimizer:
     def _slot_key(self, slot, i):
         return f"{slot}/{i if self._names[i] is None else self._names[i]}"
 
-    def _extra_slots(self):
-        """Optimizer-level per-parameter buffers kept in the state dict."""
-        extra = {}
-        if self._ema is not None:
-            extra["average"] = self._ema
-        if self._accumulated is not None:
-            extra["gradient_accumulator"] = self._accumulated
-        return extra
+    def _live_slots(self):
+        """Every per-parameter state array, by state-dict key: the kernels'
+        slots (views of the flat buffers), the moving averages and the
+        gradient accumulators."""
+        live = {}
+        for group in self._groups:
+            for slot, views in group.slot_views.items():
+                for i, view in zip(group.indices, views):
+                    live[self._slot_key(slot, i)] = view
+        for slot, arrays in (("average", self._ema),
+                             ("gradient_accumulator", self._accumulated)):
+            for i, a in enumerate(arrays or ()):
+                live[self._slot_key(slot, i)] = a
+        return live
 
     def state_dict(self):
         """``{"config", "iterations", "slots": {"<slot>/<index or name>": array}}``.
@@ -613,26 +614,8 @@ class Optimizer:
         include the moving averages (``average/...``) with ``use_ema`` and
         the gradient accumulators (``gradient_accumulator/...``).
         """
-        slots = {}
-        for group in self._groups:
-            for slot, views in group.slot_views.items():
-                for i, view in zip(group.indices, views):
-                    slots[self._slot_key(slot, i)] = view.copy()
-        for slot, arrays in self._extra_slots().items():
-            for i, a in enumerate(arrays):
-                slots[self._slot_key(slot, i)] = a.copy()
+        slots = {key: a.copy() for key, a in self._live_slots().items()}
         return {"config": self.get_config(), "iterations": self.iterations, "slots": slots}
-
-    def _expected_slots(self):
-        expected = {}
-        for pg in self._param_groups:
-            for s in pg.rule.slots:
-                for i in pg.indices:
-                    expected[self._slot_key(s, i)] = i
-        for s in self._extra_slots():
-            for i in range(len(self._params)):
-                expected[self._slot_key(s, i)] = i
-        return expected
 
     def load_state_dict(self, state):
         """Restore hyperparameters, iteration count and slots from
@@ -675,29 +658,20 @@ class Optimizer:
                              f"{twin.rule!r} (other hyperparameters) but this "
                              f"optimizer runs {self.rule!r}")
         slots = state["slots"]
-        expected = twin._expected_slots()
-        if set(slots) != set(expected):
+        live = twin._live_slots()
+        if set(slots) != set(live):
             raise ValueError(f"{name}.load_state_dict: slots differ; missing "
-                             f"{sorted(set(expected) - set(slots))}, unexpected "
-                             f"{sorted(set(slots) - set(expected))}")
-        for key, i in expected.items():
+                             f"{sorted(set(live) - set(slots))}, unexpected "
+                             f"{sorted(set(slots) - set(live))}")
+        for key, dst in live.items():
             a = slots[key]
-            if not isinstance(a, np.ndarray) or a.shape != self._shapes[i] \
-                    or a.dtype != self._dtypes[i]:
+            if not isinstance(a, np.ndarray) or a.shape != dst.shape or a.dtype != dst.dtype:
                 raise ValueError(
                     f"{name}.load_state_dict: slot {key!r} has "
                     f"shape {getattr(a, 'shape', None)} and dtype {getattr(a, 'dtype', None)}, "
-                    f"expected {self._shapes[i]} and {self._dtypes[i]}")
-        # all checked: take over the twin's configuration, then copy the slots in
-        twin_slots = {}
-        for group in twin._groups:
-            for slot, views in group.slot_views.items():
-                for i, view in zip(group.indices, views):
-                    twin_slots[twin._slot_key(slot, i)] = view
-        for slot, arrays in twin._extra_slots().items():
-            for i, a in enumerate(arrays):
-                twin_slots[twin._slot_key(slot, i)] = a
-        for key, dst in twin_slots.items():
+                    f"expected {dst.shape} and {dst.dtype}")
+        # all checked: copy the slots into the twin, then take it over
+        for key, dst in live.items():
             dst[...] = slots[key]
         twin.iterations = int(iterations)
         self.__dict__.update(twin.__dict__)
