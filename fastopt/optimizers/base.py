@@ -479,6 +479,7 @@ class Optimizer:
             sumsq = [self._groups[0].plan.sumsq(grads)]
         else:
             sumsq = [g.plan.sumsq([grads[i] for i in g.indices]) for g in self._groups]
+        sumsq = self._total_sumsq(sumsq)
         if self.global_clipnorm is not None:
             norm = math.sqrt(sum(float(np.sum(s)) for s in sumsq)) * inv
             c = self.global_clipnorm
@@ -490,6 +491,12 @@ class Optimizer:
         c = self.clipnorm
         with np.errstate(invalid="ignore"):
             return [c / np.maximum(np.sqrt(s) * inv, c) * inv for s in sumsq]
+
+    def _total_sumsq(self, sumsq):
+        """The per-tensor sums of squares that clipping uses (one float64 array
+        per dtype group).  A hook: :mod:`fastopt.distributed` replaces it to
+        add up the shards that other processes hold."""
+        return sumsq
 
     def _match_grads(self, grads):
         """Grads as a list aligned with the parameters, validated."""

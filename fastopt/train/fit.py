@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from ..optimizers import Optimizer
+from ..distributed.sharded import ShardedOptimizer
 from . import _checks, activations
 from .callbacks import Callback, ProgressBar
 from .checkpoint import load_checkpoint
@@ -126,8 +127,10 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
     X : array of shape (n, n_features)
     y : array of shape (n, n_outputs), or (n,) for one output
         ``X`` and ``y`` are converted to the model's dtype.
-    optimizer : fastopt.Optimizer
-        Built on ``model.params``.
+    optimizer : fastopt.Optimizer or fastopt.distributed.ShardedOptimizer
+        Built on ``model.params``.  For data-parallel training over MPI, give
+        a :class:`fastopt.distributed.DataParallelModel` and a
+        ``ShardedOptimizer`` on every rank.
     epochs : int >= 1, default 1
         Train until this many epochs are done (counting resumed ones).
     batch_size : int >= 1, default 32
@@ -157,7 +160,7 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
     if not isinstance(model, MLP):
         raise TypeError(f"{owner}: model must be a fastopt.train model (MLP or "
                         f"LogisticRegression), got {type(model).__name__}")
-    if not isinstance(optimizer, Optimizer):
+    if not isinstance(optimizer, (Optimizer, ShardedOptimizer)):
         raise TypeError(f"{owner}: optimizer must be a fastopt optimizer, "
                         f"got {type(optimizer).__name__}")
     epochs = _checks.integer(owner, "epochs", epochs, low=1)

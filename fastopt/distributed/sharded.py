@@ -1,0 +1,624 @@
+"""ZeRO-1 data parallelism: the optimizer state sharded over MPI ranks.
+
+Every rank holds all the parameters and computes gradients on its own data.
+The parameters of each dtype are laid end to end in one flat index space and
+cut into one contiguous shard per rank (sizes differ by at most one element).
+One :meth:`ShardedOptimizer.step`:
+
+1. checks the local gradients, then one small ``Allreduce`` makes every rank
+   agree that all of them are fine (same iteration, same ``None`` gradients);
+2. ``Reduce_scatter`` (sum) of the flat gradients: each rank receives the
+   sum over ranks of its own shard only, and divides it by the number of
+   ranks (the mean);
+3. the wrapped fastopt optimizer, which holds the state of this shard only,
+   updates the shard in place: one fused kernel call per group, every option
+   of the optimizer included (clipping by norm adds up the per-tensor sums
+   of squares across ranks with one small ``Allreduce``);
+4. ``Allgatherv`` of the updated shards into every rank's parameters.
+
+Reduce-scatter plus all-gather moves the same bytes as one all-reduce of the
+gradients, but each rank keeps and updates only 1/N of the optimizer state.
+"""
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..optimizers.base import Optimizer, _parse_params
+from ..state import state_from_arrays, state_to_arrays, write_npz_atomic
+from ._mpi import agree, communicator, mpi, mpi_type
+
+__all__ = ["ShardedOptimizer"]
+
+
+class _Layout:
+    """The tensors of one dtype end to end in a flat index space, cut into
+    one contiguous shard per rank, with the buffers of the collectives."""
+
+    def __init__(self, dtype, indices, arrays, rank, size):
+        self.dtype, self.indices = dtype, indices
+        self.starts = [0]
+        for a in arrays:
+            self.starts.append(self.starts[-1] + a.size)
+        self.total = self.starts[-1]
+        base, extra = divmod(self.total, size)
+        self.counts = [base + (r < extra) for r in range(size)]
+        self.displs = [sum(self.counts[:r]) for r in range(size)]
+        self.lo = self.displs[rank]
+        self.hi = self.lo + self.counts[rank]
+        self.mpi_type = mpi_type(dtype)
+        self.gshard = np.zeros(self.hi - self.lo, dtype)  # this rank's mean gradient
+        block = _block(arrays)
+        self.param_block = block if block is not None and block.flags.writeable else None
+        self._scratch = None
+        self.grad_key = self.grad_block = None
+
+    @property
+    def scratch(self):
+        """A full-size buffer, allocated on first use and kept."""
+        if self._scratch is None:
+            self._scratch = np.zeros(self.total, self.dtype)
+        return self._scratch
+
+    def piece(self, k):
+        """``(start, stop)`` of tensor ``k``'s part of this rank's shard, in
+        the tensor's own flat index (``(0, 0)`` when it has none)."""
+        s, e = self.starts[k], self.starts[k + 1]
+        a, b = max(s, self.lo), min(e, self.hi)
+        return (a - s, b - s) if a < b else (0, 0)
+
+    def shard_of(self, pieces):
+        """This rank's shard, assembled from per-tensor pieces (None: zeros)."""
+        out = np.zeros(self.hi - self.lo, self.dtype)
+        for k, p in enumerate(pieces):
+            a, b = self.piece(k)
+            if p is not None and b > a:
+                out[self.starts[k] + a - self.lo:self.starts[k] + b - self.lo] = p
+        return out
+
+
+def _block(arrays):
+    """The contiguous 1-D array that ``arrays`` (C-contiguous, one dtype) tile
+    end to end in their order, as a view of their memory, or None."""
+    first = arrays[0]
+    if len(arrays) == 1:
+        return first.reshape(-1)
+    root = first
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if root.dtype != first.dtype or not root.flags.c_contiguous:
+        return None
+    start = end = first.ctypes.data
+    for a in arrays:
+        if a.size and a.ctypes.data != end:
+            return None
+        end += a.nbytes
+    offset, rem = divmod(start - root.ctypes.data, root.itemsize)
+    total = (end - start) // root.itemsize
+    if rem or offset < 0 or offset + total > root.size:
+        return None
+    return root.reshape(-1)[offset:offset + total]
+
+
+def _comparable(config):
+    """A config with custom callables reduced to their kind (their reprs
+    hold addresses, which differ between processes)."""
+    def lr(v):
+        return "callable" if isinstance(v, Mapping) and v.get("class_name") == "callable" else v
+    out = {**config, "learning_rate": lr(config.get("learning_rate"))}
+    if "param_groups" in out:
+        out["param_groups"] = [{**g, **({"learning_rate": lr(g["learning_rate"])}
+                                        if "learning_rate" in g else {})}
+                               for g in out["param_groups"]]
+    return out
+
+
+class ShardedOptimizer:
+    """A fastopt optimizer for data-parallel training over MPI, its state
+    sharded across the ranks (ZeRO stage 1).
+
+    Every rank of ``comm`` builds it with the same parameters (the same
+    shapes, dtypes and initial values) and the same hyperparameters, and calls
+    :meth:`step` with the gradients of its own data.  Each step averages the
+    gradients over the ranks (``Reduce_scatter``), updates this rank's
+    contiguous shard of the parameters with ``optimizer_cls`` (one fused
+    kernel call per group, as without MPI), and gathers the updated shards
+    into every rank's parameters (``Allgatherv``).  Each rank keeps the
+    optimizer state of its shard only: about ``1/comm.size`` of it.
+
+    The result is the unsharded optimizer stepping on the mean of the ranks'
+    gradients: bit for bit in float64 when the sums over ranks do not depend
+    on their order (two ranks, or exactly representable sums), otherwise
+    within the rounding of that sum.
+
+    Parameters
+    ----------
+    optimizer_cls : type
+        A fastopt optimizer class: ``fastopt.Adam``, ``fastopt.SGD``, ...
+    params : ndarray, list or dict of ndarray, or list of parameter groups
+        As for ``optimizer_cls``; every rank's full parameters, updated in
+        place.  float32 and float64 may be mixed (each dtype is sharded on
+        its own).
+    comm : mpi4py.MPI.Intracomm, optional
+        Default ``MPI.COMM_WORLD``.
+    **hyperparameters
+        Passed to ``optimizer_cls``: every option works (schedules, both
+        conventions, weight decay and its exclusions, the three clip options,
+        EMA, gradient accumulation, loss scaling, ``maximize``, backend).
+
+    Raises
+    ------
+    TypeError, ValueError
+        On every rank, when any rank's arguments are bad or the ranks
+        disagree on the parameters' number, names, shapes, dtypes or values,
+        or on the hyperparameters (checked collectively before any data is
+        exchanged).
+    ImportError
+        When mpi4py is not installed (``pip install 'fastopt[mpi]'``).
+
+    Notes
+    -----
+    Collective methods, which every rank must call together: the constructor,
+    :meth:`step`, :meth:`load_state_dict`, :meth:`consolidated_state_dict`,
+    :meth:`save_state`, :meth:`load_state`, :attr:`ema_params` and
+    :meth:`finalize_variable_values`.  :meth:`state_dict` is per rank.
+    """
+
+    # the plain optimizer's gradient checks, on the full (unsharded) shapes
+    _match_grads = Optimizer._match_grads
+    _check_grad = Optimizer._check_grad
+
+    def __init__(self, optimizer_cls, params, comm=None, **hyperparameters):
+        owner = type(self).__name__
+        comm = communicator(owner, comm)
+        self.comm, self.rank, self.size = comm, comm.rank, comm.size
+        error = signature = None
+        try:
+            signature = self._build(owner, optimizer_cls, params, hyperparameters)
+        except (TypeError, ValueError) as e:
+            error = e
+        signatures = comm.allgather((error is not None, signature))
+        agree(comm, error, owner, failed=any(f for f, _ in signatures))
+        message = _disagreement([s for _, s in signatures])
+        if message:
+            raise ValueError(f"{owner}: {message}")
+        n = self._n
+        self._flags = np.zeros(3 + 2 * n, dtype=np.int64)
+        self._sumsq = np.zeros(n)
+        self._inner._total_sumsq = self._total_sumsq
+
+    def _build(self, owner, optimizer_cls, params, hyperparameters):
+        """Everything local: parse, lay out, build the shard's optimizer.
+        Returns this rank's signature for the collective comparison."""
+        if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, Optimizer)):
+            raise TypeError(f"{owner}: optimizer_cls must be a fastopt optimizer class such "
+                            f"as fastopt.Adam, got {optimizer_cls!r}")
+        parsed = _parse_params(owner, params)
+        self._kind, self._names, self._params = parsed.kind, parsed.names, parsed.arrays
+        self._structure = parsed.structure
+        self._groups_of = [(idx, self._names[idx[0]] is not None) for idx, _ in parsed.groups]
+        self._n = len(self._params)
+        self._labels = [f"[{i}]" if nm is None else f"[{nm!r}]"
+                        for i, nm in enumerate(self._names)]
+        self._shapes = [a.shape for a in self._params]
+        self._dtypes = [a.dtype for a in self._params]
+        by_dtype = {}
+        for i, a in enumerate(self._params):
+            by_dtype.setdefault(a.dtype, []).append(i)
+        self._layouts = [_Layout(dt, idx, [self._params[i] for i in idx], self.rank, self.size)
+                         for dt, idx in by_dtype.items()]
+        self._place = {}  # tensor index -> (layout, position in it)
+        pieces, piece_grads, self._bounds = [None] * self._n, [None] * self._n, [None] * self._n
+        for L in self._layouts:
+            for k, i in enumerate(L.indices):
+                a, b = L.piece(k)
+                self._place[i] = (L, k)
+                self._bounds[i] = (a, b)
+                pieces[i] = self._params[i].reshape(-1)[a:b]
+                g0 = L.starts[k] + a - L.lo if b > a else 0
+                piece_grads[i] = L.gshard[g0:g0 + b - a]
+        self._piece_grads = piece_grads
+        self._inner = optimizer_cls(self._structure(pieces), **hyperparameters)
+        self._label_index = {(str(i) if nm is None else nm): i
+                             for i, nm in enumerate(self._names)}
+        self._copies = self._copy_plan()
+        return {"class": optimizer_cls.__qualname__, "kind": self._kind,
+                "tensors": [(nm, a.shape, a.dtype.name) for nm, a in
+                            zip(self._names, self._params)],
+                "config": _comparable(self._inner.get_config()),
+                "values": [zlib.crc32(a) for a in self._params]}
+
+    @property
+    def _accumulated(self):  # read by _match_grads: None gradients are refused with it
+        return self._inner._accumulated
+
+    def _group_sizes(self):  # read by _match_grads
+        return [len(idx) for idx, _ in self._groups_of]
+
+    def _copy_plan(self):
+        """Per layout without a parameter block: ``(own, others)``, pairs of
+        views (scratch part, parameter part) for this rank's pieces and for
+        everything else, so the all-gather copies without allocating."""
+        plan = []
+        for L in self._layouts:
+            own, others = [], []
+            if L.param_block is None:
+                buf = L.scratch
+                for k, i in enumerate(L.indices):
+                    s, e = L.starts[k], L.starts[k + 1]
+                    flat = self._params[i].reshape(-1)
+                    a, b = self._bounds[i]
+                    if b > a:
+                        own.append((buf[s + a:s + b], flat[a:b]))
+                    outside = ((0, a), (b, e - s)) if b > a else ((0, e - s),)
+                    for x, y in outside:
+                        if y > x:
+                            others.append((buf[s + x:s + y], flat[x:y]))
+            plan.append((own, others))
+        return plan
+
+    # -- the step ---------------------------------------------------------------------
+    def step(self, local_grads):
+        """Average the ranks' gradients and apply one update (collective).
+
+        Parameters
+        ----------
+        local_grads
+            This rank's gradients, in the structure of ``params`` (as for
+            the plain optimizer's ``step``).  A ``None`` gradient skips its
+            parameter; it must then be None on every rank.
+
+        Raises
+        ------
+        TypeError, ValueError
+            On every rank, when any rank's gradients are bad, the ranks
+            disagree on which gradients are None, or they are at different
+            iteration counts.  Then nothing has changed.
+        """
+        MPI = mpi()
+        comm, n, flags = self.comm, self._n, self._flags
+        error = grads = None
+        try:
+            grads = self._match_grads(local_grads)
+        except (TypeError, ValueError) as e:
+            error = e
+        it = self._inner.iterations
+        flags[0], flags[1], flags[2] = error is not None, it, -it
+        if grads is not None:
+            present = np.fromiter((g is not None for g in grads), bool, n)
+            flags[3:3 + n] = present
+            flags[3 + n:] = ~present
+        else:
+            flags[3:] = 0
+        if self.size > 1:
+            comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
+        agree(comm, error, "ShardedOptimizer.step", failed=bool(flags[0]))
+        if flags[1] != -flags[2]:
+            raise ValueError(f"ShardedOptimizer.step: the ranks are at different iteration "
+                             f"counts ({-flags[2]} to {flags[1]}); was a step or a "
+                             "load_state_dict skipped on some rank?")
+        both = np.flatnonzero(flags[3:3 + n] & flags[3 + n:])
+        if both.size:
+            raise ValueError(f"ShardedOptimizer.step: grads{self._labels[both[0]]} is None "
+                             "on some ranks but not on others; a gradient must be None on "
+                             "every rank or on none")
+        pieces = self._piece_grads
+        if flags[3 + n:].any():
+            pieces = [None if g is None else p for g, p in zip(grads, pieces)]
+        for L in self._layouts:
+            send = self._send_buffer(L, [grads[i] for i in L.indices])
+            comm.Reduce_scatter([send, L.mpi_type], [L.gshard, L.mpi_type], L.counts,
+                                op=MPI.SUM)
+            if self.size > 1:
+                np.divide(L.gshard, self.size, out=L.gshard)
+        inner = self._inner
+        steps = inner.gradient_accumulation_steps
+        changes = (steps is None or (inner.iterations + 1) % steps == 0
+                   or inner.ema_overwrite_frequency is not None)
+        inner.step(self._nest(pieces))
+        if changes:
+            self._gather_params()
+
+    def _send_buffer(self, L, grads):
+        """The local gradients of layout ``L`` as one flat array: the
+        gradients' own memory when they tile one block, else the scratch."""
+        if len(grads) == 1 and grads[0] is not None:
+            return grads[0].reshape(-1)
+        key = L.grad_key
+        if key is not None and all(g is k for g, k in zip(grads, key)):
+            return L.grad_block
+        if all(g is not None for g in grads):
+            block = _block(grads)
+            if block is not None:
+                L.grad_key, L.grad_block = grads, block
+                return block
+        buf = L.scratch
+        for k, g in enumerate(grads):
+            if g is not None:
+                buf[L.starts[k]:L.starts[k + 1]] = g.reshape(-1)
+        return buf
+
+    def _nest(self, flat):
+        """A flat per-tensor list in the structure the wrapped optimizer's
+        ``step`` expects."""
+        if self._kind == "dict":
+            return dict(zip(self._names, flat))
+        if self._kind == "groups":
+            return [dict((self._names[i], flat[i]) for i in idx) if named
+                    else [flat[i] for i in idx] for idx, named in self._groups_of]
+        return flat
+
+    def _gather_params(self):
+        """Every rank's updated shard into every rank's parameters."""
+        if self.size == 1:
+            return
+        MPI = mpi()
+        for L, (own, others) in zip(self._layouts, self._copies):
+            buf = L.param_block if L.param_block is not None else L.scratch
+            for dst, src in own:
+                dst[...] = src
+            self.comm.Allgatherv(MPI.IN_PLACE, [buf, L.counts, L.displs, L.mpi_type])
+            for src, dst in others:
+                dst[...] = src
+
+    def _total_sumsq(self, sumsq):
+        """Clipping's per-tensor sums of squares, added up over the ranks
+        (installed into the wrapped optimizer: one small Allreduce)."""
+        MPI = mpi()
+        buf, k, views = self._sumsq, 0, []
+        for s in sumsq:
+            buf[k:k + len(s)] = s
+            views.append(buf[k:k + len(s)])
+            k += len(s)
+        if self.size > 1:
+            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        return views
+
+    # -- attributes ------------------------------------------------------------------
+    @property
+    def params(self):
+        """The full parameters, in the structure they were given."""
+        return self._structure(self._params)
+
+    @property
+    def shard_optimizer(self):
+        """The wrapped optimizer over this rank's pieces (one 1-D piece per
+        parameter, empty where the shard holds none of it).  Read it; step
+        and load through the :class:`ShardedOptimizer`."""
+        return self._inner
+
+    @property
+    def iterations(self):
+        """Steps taken (the same on every rank)."""
+        return self._inner.iterations
+
+    @property
+    def learning_rate(self):
+        """The wrapped optimizer's learning rate; assign it on every rank alike."""
+        return self._inner.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self._inner.learning_rate = value
+
+    def current_learning_rate(self, group=0):
+        """The learning rate the next step will use."""
+        return self._inner.current_learning_rate(group)
+
+    @property
+    def shard(self):
+        """Per dtype: ``(start, stop, total)`` of this rank's shard of the flat
+        parameters of that dtype."""
+        return {L.dtype.name: (L.lo, L.hi, L.total) for L in self._layouts}
+
+    @property
+    def state_nbytes(self):
+        """Bytes of optimizer state this rank holds (its shard's slots,
+        moving averages and gradient accumulators)."""
+        return int(sum(a.nbytes for a in self._inner._live_slots().values()))
+
+    @property
+    def buffer_nbytes(self):
+        """Bytes of the buffers this rank keeps for the collectives."""
+        return int(sum(L.gshard.nbytes + (L._scratch.nbytes if L._scratch is not None else 0)
+                       for L in self._layouts) + self._sumsq.nbytes + self._flags.nbytes)
+
+    def get_config(self):
+        """The wrapped optimizer's configuration (the same as unsharded)."""
+        return self._inner.get_config()
+
+    def __repr__(self):
+        return f"ShardedOptimizer({self._inner!r}, rank {self.rank} of {self.size})"
+
+    # -- EMA -----------------------------------------------------------------------
+    @property
+    def ema_params(self):
+        """With ``use_ema``: the full moving averages (new arrays, in the
+        structure of ``params``) on every rank; None without (collective)."""
+        ema = self._inner._ema
+        if ema is None:
+            return None
+        out = [None] * self._n
+        for L in self._layouts:
+            full = np.empty(L.total, L.dtype)
+            self.comm.Allgatherv(L.shard_of([ema[i] for i in L.indices]),
+                                 [full, L.counts, L.displs, L.mpi_type])
+            for k, i in enumerate(L.indices):
+                out[i] = full[L.starts[k]:L.starts[k + 1]].reshape(self._shapes[i])
+        return self._structure(out)
+
+    def finalize_variable_values(self):
+        """With ``use_ema``: copy the moving averages into the parameters on
+        every rank (collective); without, does nothing."""
+        if self._inner._ema is not None:
+            self._inner.finalize_variable_values()
+            self._gather_params()
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self):
+        """This rank's state: the wrapped optimizer's ``state_dict`` (slots
+        are this rank's 1-D pieces, under the unsharded keys) plus
+        ``"shard": {"rank", "size", "layout"}``.  Loads back only on the same
+        rank of the same number of ranks; see :meth:`consolidated_state_dict`
+        for a state that loads anywhere."""
+        state = self._inner.state_dict()
+        state["shard"] = self._shard_info()
+        return state
+
+    def _shard_info(self):
+        return {"rank": self.rank, "size": self.size,
+                "layout": {L.dtype.name: [L.lo, L.hi, L.total] for L in self._layouts}}
+
+    def consolidated_state_dict(self, root=0):
+        """The whole state, gathered to rank ``root`` (collective).
+
+        Returns, on ``root``, exactly what the unsharded optimizer's
+        ``state_dict()`` would (config, iterations, full-shape slots under
+        the same keys), and None on the other ranks.  It loads into a plain
+        optimizer or into a :class:`ShardedOptimizer` on any number of ranks.
+        """
+        if isinstance(root, bool) or not isinstance(root, (int, np.integer)) \
+                or not 0 <= root < self.size:
+            raise ValueError(f"ShardedOptimizer.consolidated_state_dict: root must be a "
+                             f"rank in [0, {self.size}), got {root!r}")
+        live = self._inner._live_slots()
+        batches = {}  # (slot name, layout) -> keys, in the order they first appear
+        for key in live:
+            L, _ = self._place[self._tensor_of(key)]
+            batches.setdefault((key.split("/", 1)[0], id(L)), (L, []))[1].append(key)
+        full_slots = {}
+        for L, keys in batches.values():
+            by_tensor = {self._tensor_of(key): key for key in keys}
+            shard = L.shard_of([live[by_tensor[i]] if i in by_tensor else None
+                                for i in L.indices])
+            full = np.empty(L.total, L.dtype) if self.rank == root else None
+            self.comm.Gatherv(shard, [full, L.counts, L.displs, L.mpi_type]
+                              if self.rank == root else None, root=root)
+            if self.rank == root:
+                for k, i in enumerate(L.indices):
+                    if i in by_tensor:
+                        full_slots[by_tensor[i]] = \
+                            full[L.starts[k]:L.starts[k + 1]].reshape(self._shapes[i])
+        if self.rank != root:
+            return None
+        return {"config": self._inner.get_config(), "iterations": self._inner.iterations,
+                "slots": {key: full_slots[key] for key in live}}
+
+    def _tensor_of(self, key):
+        return self._label_index[key.split("/", 1)[1]]
+
+    def load_state_dict(self, state):
+        """Load a state (collective): a consolidated or unsharded one (from
+        :meth:`consolidated_state_dict`, a plain optimizer's ``state_dict`` or
+        :func:`fastopt.load_state`'s file), on any number of ranks, or this
+        rank's own :meth:`state_dict`.  Checked on every rank first: if any
+        rank rejects it, every rank raises and nothing changes."""
+        error = backup = None
+        try:
+            pieces = self._pieces_of(state)
+            backup = self._inner.state_dict()
+            self._inner.load_state_dict(pieces)
+        except (TypeError, ValueError) as e:
+            error = e
+
+        def undo():
+            if backup is not None:
+                self._inner.load_state_dict(backup)
+        agree(self.comm, error, "ShardedOptimizer.load_state_dict", undo=undo)
+
+    def _pieces_of(self, state):
+        """This rank's piece of a state, in the wrapped optimizer's format."""
+        name = "ShardedOptimizer.load_state_dict"
+        if not isinstance(state, Mapping) or not {"config", "iterations", "slots"} <= set(state):
+            raise ValueError(f"{name}: expected a dict with keys 'config', 'iterations' and "
+                             "'slots'")
+        base = {"config": state["config"], "iterations": state["iterations"]}
+        if "shard" in state:
+            if state["shard"] != self._shard_info():
+                raise ValueError(f"{name}: this state_dict is rank {state['shard'].get('rank')}'s "
+                                 f"of {state['shard'].get('size')} ranks, this is rank "
+                                 f"{self.rank} of {self.size}; to change ranks, save a "
+                                 "consolidated state (consolidated_state_dict, save_state)")
+            return {**base, "slots": state["slots"]}
+        slots, live = state["slots"], self._inner._live_slots()
+        if not isinstance(slots, Mapping) or set(slots) != set(live):
+            given = set(slots) if isinstance(slots, Mapping) else set()
+            raise ValueError(f"{name}: slots differ; missing {sorted(set(live) - given)}, "
+                             f"unexpected {sorted(given - set(live))}")
+        out = {}
+        for key in live:
+            i, a = self._tensor_of(key), slots[key]
+            if not isinstance(a, np.ndarray) or a.shape != self._shapes[i] \
+                    or a.dtype != self._dtypes[i]:
+                raise ValueError(f"{name}: slot {key!r} has shape {getattr(a, 'shape', None)} "
+                                 f"and dtype {getattr(a, 'dtype', None)}, expected "
+                                 f"{self._shapes[i]} and {self._dtypes[i]}")
+            lo, hi = self._bounds[i]
+            out[key] = np.ascontiguousarray(a).reshape(-1)[lo:hi]
+        return {**base, "slots": out}
+
+    def save_state(self, path, root=0):
+        """Write the consolidated state to ``path`` on rank ``root`` (collective),
+        in :func:`fastopt.save_state`'s format: a plain optimizer loads it with
+        :func:`fastopt.load_state`, a :class:`ShardedOptimizer` on any number of
+        ranks with :meth:`load_state`."""
+        state = self.consolidated_state_dict(root)
+        error = None
+        if self.rank == root:
+            try:
+                write_npz_atomic(path, state_to_arrays(state))
+            except OSError as e:
+                error = ValueError(f"ShardedOptimizer.save_state: cannot write {path!r}: {e}")
+        agree(self.comm, error, "ShardedOptimizer.save_state")
+
+    def load_state(self, path):
+        """Read a state file (from :meth:`save_state` or :func:`fastopt.save_state`)
+        on every rank and load it (collective); the file must be readable
+        from every rank."""
+        error = state = None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                state = state_from_arrays(z, f"ShardedOptimizer.load_state: {str(path)!r}")
+        except (OSError, ValueError) as e:
+            error = e if isinstance(e, ValueError) else \
+                ValueError(f"ShardedOptimizer.load_state: cannot read {str(path)!r}: {e}")
+        agree(self.comm, error, "ShardedOptimizer.load_state")
+        self.load_state_dict(state)
+
+
+def _disagreement(signatures):
+    """The first way the ranks' signatures differ from rank 0's, or None."""
+    ref = signatures[0]
+    for r, sig in enumerate(signatures[1:], 1):
+        if sig["class"] != ref["class"]:
+            return f"rank {r} wraps {sig['class']}, rank 0 {ref['class']}"
+        if sig["kind"] != ref["kind"] or len(sig["tensors"]) != len(ref["tensors"]):
+            return (f"ranks disagree on the parameters: rank {r} has {len(sig['tensors'])} "
+                    f"({sig['kind']}), rank 0 has {len(ref['tensors'])} ({ref['kind']})")
+        for i, (t, t0) in enumerate(zip(sig["tensors"], ref["tensors"])):
+            if t != t0:
+                label = f"[{i}]" if t0[0] is None else f"[{t0[0]!r}]"
+                return (f"ranks disagree on params{label}: rank {r} has "
+                        f"{_describe(t)}, rank 0 has {_describe(t0)}")
+        if sig["config"] != ref["config"]:
+            keys = [k for k in {**ref["config"], **sig["config"]}
+                    if sig["config"].get(k) != ref["config"].get(k)]
+            k = keys[0]
+            return (f"ranks disagree on the hyperparameters: rank {r} has {k}="
+                    f"{sig['config'].get(k)!r}, rank 0 has {k}={ref['config'].get(k)!r}")
+        for i, (h, h0) in enumerate(zip(sig["values"], ref["values"])):
+            if h != h0:
+                t0 = ref["tensors"][i]
+                label = f"[{i}]" if t0[0] is None else f"[{t0[0]!r}]"
+                return (f"the values of params{label} differ between rank 0 and rank {r}; "
+                        "every rank must start from the same parameters (the same seed, "
+                        "or broadcast them from rank 0 first, e.g. comm.Bcast(p, root=0) "
+                        "for each)")
+    return None
+
+
+def _describe(t):
+    name, shape, dtype = t
+    return f"{'' if name is None else f'name {name!r}, '}shape {tuple(shape)} and dtype {dtype}"
