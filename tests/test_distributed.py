@@ -56,8 +56,9 @@ def mpirun(n, *args, timeout=300):
 def warm_cache():
     """Compile the Numba kernels here first, so the ranks load them from the cache."""
     for dt in (np.float32, np.float64):
-        w = np.zeros(3, dt)
-        fastopt.Adam([w], backend="numba", clipnorm=1.0).step([np.ones(3, dt)])
+        for n in (3, 1 << 18):  # the serial and the parallel drivers
+            w = np.zeros(n, dt)
+            fastopt.Adam([w], backend="numba", clipnorm=1.0).step([np.ones(n, dt)])
 
 
 _results = {}

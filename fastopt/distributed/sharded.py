@@ -304,6 +304,9 @@ class ShardedOptimizer:
             raise ValueError(f"ShardedOptimizer.step: grads{self._labels[both[0]]} is None "
                              "on some ranks but not on others; a gradient must be None on "
                              "every rank or on none")
+        if self.size == 1:  # the mean is the gradient itself, and the shard everything
+            self._inner_step([None if g is None else g.reshape(-1) for g in grads])
+            return
         pieces = self._piece_grads
         if flags[3 + n:].any():
             pieces = [None if g is None else p for g, p in zip(grads, pieces)]
@@ -311,8 +314,13 @@ class ShardedOptimizer:
             send = self._send_buffer(L, [grads[i] for i in L.indices])
             comm.Reduce_scatter([send, L.mpi_type], [L.gshard, L.mpi_type], L.counts,
                                 op=MPI.SUM)
-            if self.size > 1:
-                np.divide(L.gshard, self.size, out=L.gshard)
+            np.divide(L.gshard, self.size, out=L.gshard)
+        self._inner_step(pieces)
+
+    def _inner_step(self, pieces):
+        """The wrapped optimizer's step on this rank's mean-gradient pieces,
+        then the all-gather, unless the step left the parameters alone (a
+        gradient-accumulation call without an update)."""
         inner = self._inner
         steps = inner.gradient_accumulation_steps
         changes = (steps is None or (inner.iterations + 1) % steps == 0
