@@ -302,6 +302,42 @@ def scenario_state_bytes(comm):
         raise AssertionError(f"per-rank state bytes {parts} above the even share {bound}")
 
 
+def scenario_fit_checkpoint_resume(comm):
+    """fit with DataParallelModel: a checkpointed, resumed run equals an
+    uninterrupted one bit for bit, and the file resumes in one process too."""
+    from fastopt import train
+    from fastopt.distributed import DataParallelModel, ShardedOptimizer
+    X, y, _ = train.load_builtin()
+    X, y = X[:300], y[:300]
+    folder = comm.bcast(tempfile.mkdtemp(prefix="fastopt-mpi-") if comm.rank == 0 else None)
+    path = os.path.join(folder, "run.npz")
+
+    def run(epochs, parallel=True, **kw):
+        model = train.MLP(4, hidden=(6,), seed=0, dtype="float64")
+        if parallel:
+            opt = ShardedOptimizer(fastopt.Adam, model.params, comm=comm, learning_rate=0.01)
+            model = DataParallelModel(model, comm)
+        else:
+            opt = fastopt.Adam(model.params, learning_rate=0.01)
+        h = train.fit(model, X, y, opt, epochs=epochs, batch_size=16, verbose=0, **kw)
+        return h.history, model.flat_params
+
+    whole, w_whole = run(3)
+    run(2, callbacks=[train.Checkpoint(path)])
+    resumed, w_resumed = run(3, resume=path)
+    alone, w_alone = run(3, parallel=False, resume=path)
+    comm.Barrier()
+    if comm.rank == 0:
+        os.unlink(path)
+        os.rmdir(folder)
+    if resumed != whole:
+        raise AssertionError(f"resumed history {resumed} != uninterrupted {whole}")
+    compare_arrays([w_resumed], [w_whole], True, "weights after resuming")
+    for k in whole:  # another order of sums only
+        compare_arrays([np.array(alone[k])], [np.array(whole[k])], False, f"history {k}")
+    compare_arrays([w_alone], [w_whole], False, "weights resumed in one process")
+
+
 def expect_error(comm, fn, cls, *fragments):
     """``fn`` must raise ``cls`` on every rank, its message holding the
     fragments (checked on the ranks listed with each fragment)."""
@@ -401,7 +437,7 @@ def scenario_errors(comm):
 
 
 SCENARIOS = [f"{name}/{kind}" for name in CASES for kind in ("exact", "general")] + [
-    "state", "state_bytes", "errors"]
+    "state", "state_bytes", "fit_checkpoint_resume", "errors"]
 
 
 def main():

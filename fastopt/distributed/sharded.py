@@ -567,16 +567,17 @@ class ShardedOptimizer:
             out[key] = np.ascontiguousarray(a).reshape(-1)[lo:hi]
         return {**base, "slots": out}
 
-    def save_state(self, path, root=0):
+    def save_state(self, path, root=0, extra=None):
         """Write the consolidated state to ``path`` on rank ``root`` (collective),
         in :func:`fastopt.save_state`'s format: a plain optimizer loads it with
         :func:`fastopt.load_state`, a :class:`ShardedOptimizer` on any number of
-        ranks with :meth:`load_state`."""
+        ranks with :meth:`load_state`.  ``extra``: more named arrays for the
+        same file (root's are written; fastopt.train's checkpoints use it)."""
         state = self.consolidated_state_dict(root)
         error = None
         if self.rank == root:
             try:
-                write_npz_atomic(path, state_to_arrays(state))
+                write_npz_atomic(path, {**(extra or {}), **state_to_arrays(state)})
             except OSError as e:
                 error = ValueError(f"ShardedOptimizer.save_state: cannot write {path!r}: {e}")
         agree(self.comm, error, "ShardedOptimizer.save_state")

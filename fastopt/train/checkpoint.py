@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from ..distributed.sharded import ShardedOptimizer
 from ..state import state_from_arrays, state_to_arrays, write_npz_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
@@ -38,8 +39,9 @@ def save_checkpoint(path, model, optimizer, epoch, history):
     ----------
     path : str or os.PathLike
     model : fastopt.train.MLP
-    optimizer : fastopt.Optimizer
-        Built on ``model.params``.
+    optimizer : fastopt.Optimizer or fastopt.distributed.ShardedOptimizer
+        Built on ``model.params``.  A ``ShardedOptimizer``'s state is
+        gathered and rank 0 writes the file (every rank must call this).
     epoch : int
         Number of epochs completed.
     history : dict of str to list of float
@@ -47,9 +49,11 @@ def save_checkpoint(path, model, optimizer, epoch, history):
     arrays = {"format": np.array(_FORMAT), "epoch": np.array(epoch, dtype=np.int64),
               "history": np.array(json.dumps(history)),
               "model_config": np.array(json.dumps(_architecture(model))),
-              "flat_params": model.flat_params,
-              **state_to_arrays(optimizer.state_dict())}
-    write_npz_atomic(path, arrays)
+              "flat_params": model.flat_params}
+    if isinstance(optimizer, ShardedOptimizer):  # collective: rank 0 writes the whole state
+        optimizer.save_state(path, extra=arrays)
+        return
+    write_npz_atomic(path, {**arrays, **state_to_arrays(optimizer.state_dict())})
 
 
 def load_checkpoint(path, model, optimizer):
