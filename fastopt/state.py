@@ -64,8 +64,13 @@ def save_state(optimizer, path):
 
     The config is stored as a JSON string and each slot as an array; the file
     is written atomically (see :func:`write_npz_atomic`) and read back with
-    ``allow_pickle=False``.
+    ``allow_pickle=False``.  A :class:`fastopt.distributed.ShardedOptimizer`
+    writes its whole state from rank 0 (every rank must call this).
     """
+    from .distributed.sharded import ShardedOptimizer
+    if isinstance(optimizer, ShardedOptimizer):
+        optimizer.save_state(path)
+        return
     write_npz_atomic(path, state_to_arrays(optimizer.state_dict()))
 
 

@@ -25,8 +25,9 @@ Two kinds of gradients:
 Rank 0 prints one line ``MPI_WORKER_RESULTS <json>``:
 ``{scenario: {"ok": bool, "detail": str, "max_diff": float}}``, a scenario
 being ok when it passed on every rank (``max_diff``: the largest
-|sharded - reference| of the parameters over the ranks; 0 is bit for bit).  Checks run after a scenario's collectives, so a failed
-check never leaves a rank waiting.
+|sharded - reference| of the parameters over the ranks; 0 is bit for bit).
+Checks run after a scenario's collectives, so a failed check never leaves a
+rank waiting.
 """
 from __future__ import annotations
 
@@ -156,7 +157,8 @@ def compare_arrays(got, want, bitwise, what):
         if bitwise:
             if not np.array_equal(a, b, equal_nan=True):
                 d = np.max(np.abs(a.astype(float) - b))
-                raise AssertionError(f"{what}[{i}] ({a.dtype}) differs bitwise, max |diff| {d:.3g}")
+                raise AssertionError(f"{what}[{i}] ({a.dtype}) differs bitwise, "
+                                     f"max |diff| {d:.3g}")
         else:
             rtol, atol = TOL[a.dtype.type]
             if not np.allclose(a, b, rtol=rtol, atol=atol):
@@ -255,7 +257,7 @@ def scenario_state(comm):
     # a file written on rank 0 ...
     folder = comm.bcast(tempfile.mkdtemp(prefix="fastopt-mpi-") if rank == 0 else None)
     path = os.path.join(folder, "state.npz")
-    opt.save_state(path)
+    fastopt.save_state(opt, path)  # the same as opt.save_state(path)
     # ... loads into a plain optimizer (here on every rank, each alone)
     q3 = [a.copy() for a in q]
     plain = case.cls(q3, **case.kw)
@@ -292,7 +294,8 @@ def scenario_state_bytes(comm):
     shapes, dtypes = SHAPES, MIXED
     p = initial(shapes, dtypes)
     opt = ShardedOptimizer(fastopt.Adam, p, comm=comm)
-    whole = sum(a.nbytes for a in fastopt.Adam(initial(shapes, dtypes)).state_dict()["slots"].values())
+    plain = fastopt.Adam(initial(shapes, dtypes))
+    whole = sum(a.nbytes for a in plain.state_dict()["slots"].values())
     parts = comm.allgather(opt.state_nbytes)
     if sum(parts) != whole:
         raise AssertionError(f"per-rank state bytes {parts} do not add up to {whole}")

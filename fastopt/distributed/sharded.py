@@ -200,8 +200,7 @@ class ShardedOptimizer:
         self._structure = parsed.structure
         self._groups_of = [(idx, self._names[idx[0]] is not None) for idx, _ in parsed.groups]
         self._n = len(self._params)
-        self._labels = [f"[{i}]" if nm is None else f"[{nm!r}]"
-                        for i, nm in enumerate(self._names)]
+        self._labels = [_label(i, nm) for i, nm in enumerate(self._names)]
         self._shapes = [a.shape for a in self._params]
         self._dtypes = [a.dtype for a in self._params]
         by_dtype = {}
@@ -608,8 +607,7 @@ def _disagreement(signatures):
                     f"({sig['kind']}), rank 0 has {len(ref['tensors'])} ({ref['kind']})")
         for i, (t, t0) in enumerate(zip(sig["tensors"], ref["tensors"])):
             if t != t0:
-                label = f"[{i}]" if t0[0] is None else f"[{t0[0]!r}]"
-                return (f"ranks disagree on params{label}: rank {r} has "
+                return (f"ranks disagree on params{_label(i, t0[0])}: rank {r} has "
                         f"{_describe(t)}, rank 0 has {_describe(t0)}")
         if sig["config"] != ref["config"]:
             keys = [k for k in {**ref["config"], **sig["config"]}
@@ -619,13 +617,16 @@ def _disagreement(signatures):
                     f"{sig['config'].get(k)!r}, rank 0 has {k}={ref['config'].get(k)!r}")
         for i, (h, h0) in enumerate(zip(sig["values"], ref["values"])):
             if h != h0:
-                t0 = ref["tensors"][i]
-                label = f"[{i}]" if t0[0] is None else f"[{t0[0]!r}]"
-                return (f"the values of params{label} differ between rank 0 and rank {r}; "
+                return (f"the values of params{_label(i, ref['tensors'][i][0])} differ "
+                        f"between rank 0 and rank {r}; "
                         "every rank must start from the same parameters (the same seed, "
                         "or broadcast them from rank 0 first, e.g. comm.Bcast(p, root=0) "
                         "for each)")
     return None
+
+
+def _label(i, name):
+    return f"[{i}]" if name is None else f"[{name!r}]"
 
 
 def _describe(t):
