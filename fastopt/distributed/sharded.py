@@ -129,9 +129,10 @@ class ShardedOptimizer:
     optimizer state of its shard only: about ``1/comm.size`` of it.
 
     The result is the unsharded optimizer stepping on the mean of the ranks'
-    gradients: bit for bit in float64 when the sums over ranks do not depend
-    on their order (two ranks, or exactly representable sums), otherwise
-    within the rounding of that sum.
+    gradients, bit for bit (float32 and float64) when the sums involved do
+    not depend on their order (with two ranks the sum over ranks never
+    does), otherwise within their rounding: MPI picks the order of the sum
+    over ranks, and clipping by norm adds the sums of squares shard by shard.
 
     Parameters
     ----------
