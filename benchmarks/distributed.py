@@ -18,6 +18,7 @@ over one float32 tensor and times, after warm-up, ``--repeats`` samples of:
   with one rank).
 
 State bytes are the optimizer state each rank holds (``opt.state_nbytes``).
+The 1-minute load average is recorded before each launch.
 """
 from __future__ import annotations
 
@@ -94,13 +95,16 @@ def driver(args):
         cmd = [mpiexec, "-n", str(n), sys.executable, os.path.abspath(__file__), "--worker",
                "--size", str(args.size), "--repeats", str(args.repeats),
                "--warmup", str(args.warmup)]
+        load = os.getloadavg()[0]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         line = next(x for x in proc.stdout.splitlines() if x.startswith("BENCH "))
-        rows.append(json.loads(line[6:]))
+        rows.append({**json.loads(line[6:]), "load_before": load})
         print(f"ranks {n}: done", file=sys.stderr)
     ms = 1e3
+    loads = ", ".join(f"{r['load_before']:.2f}" for r in rows)
     print(f"Adam, {rows[0]['size']:.0e} float32 parameters, one tensor; "
-          f"{args.threads} thread(s) per rank; medians of {args.repeats} samples (ms)\n")
+          f"{args.threads} thread(s) per rank; medians of {args.repeats} samples (ms); "
+          f"load average before each: {loads}\n")
     print("| ranks | state bytes per rank | step | reduce-scatter | shard update "
           "| allgatherv | allreduce (for comparison) | plain Adam, one process |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
