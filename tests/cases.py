@@ -9,6 +9,10 @@ import numpy as np
 
 import fastopt
 
+# Backends that take host NumPy arrays (the cuda backend takes device arrays
+# and has its own tests, tests/test_cuda.py).
+HOST_BACKENDS = [b for b in fastopt.available_backends() if b != "cuda"]
+
 # (id, class, keyword arguments): every optimizer and every variant.
 OPTIMIZERS = [
     ("sgd", fastopt.SGD, {}),

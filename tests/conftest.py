@@ -2,8 +2,15 @@
 
 Hypothesis runs derandomized with no deadline when CI is set (JIT compiles
 make first calls slow, and CI must be reproducible).
+
+The cuda backend's tests run on Numba's CUDA simulator unless told otherwise:
+``NUMBA_ENABLE_CUDASIM`` must be set before numba is first imported, so it is
+set here, as a default that a GPU machine overrides with
+``NUMBA_ENABLE_CUDASIM=0``.  It changes nothing for the CPU backends.
 """
 import os
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 from hypothesis import settings
 

@@ -16,10 +16,10 @@ import pytest
 import fastopt
 from fastopt import schedules
 
-from cases import gradient
+from cases import HOST_BACKENDS, gradient
 from torch_spec import TORCH_DEFAULTS, TorchSpec
 
-BACKENDS = fastopt.available_backends()
+BACKENDS = HOST_BACKENDS
 SHAPES = [(1,), (7, 3), (1025,)]
 
 TORCH_OPTIMIZERS = [

@@ -214,7 +214,8 @@ HYPER_CASES = [
     (fastopt.Adam, {"amsgrad": "yes"}, TypeError, "amsgrad must be True or False"),
     (fastopt.RMSprop, {"centered": 0}, TypeError, "centered must be True or False"),
     (fastopt.Adam, {"beta_1": True}, TypeError, "beta_1 must be a real number"),
-    (fastopt.Adam, {"backend": "cuda"}, ValueError, "backend must be one of.*'numba'.*'cuda'"),
+    (fastopt.Adam, {"backend": "opencl"}, ValueError,
+     "backend must be one of.*'numba'.*'cuda'.*got 'opencl'"),
     (fastopt.Adam, {"backend": None}, ValueError, "backend must be one of"),
     (fastopt.SGD, {"convention": "pytorch"}, ValueError,
      "convention must be one of.*'keras'.*'torch'.*'pytorch'"),
@@ -232,8 +233,8 @@ def test_bad_hyperparameters_are_rejected(cls, kw, exc, match):
 
 
 def test_unknown_backend_name():
-    with pytest.raises(ValueError, match="unknown backend 'cuda'.*numpy"):
-        fastopt.get_backend("cuda")
+    with pytest.raises(ValueError, match="unknown backend 'opencl'.*numpy"):
+        fastopt.get_backend("opencl")
 
 
 @pytest.mark.parametrize("value,exc,match", [

@@ -28,10 +28,12 @@ import pytest
 
 import fastopt
 
+from cases import HOST_BACKENDS
+
 GOLDEN = Path(__file__).parent / "golden"
 SIDECARS = sorted(GOLDEN.glob("*.json"))
 NAMES = [p.stem for p in SIDECARS]
-BACKENDS = [b for b in fastopt.available_backends() if b != "cuda"]
+BACKENDS = HOST_BACKENDS
 TINY = 1e-300
 
 
@@ -42,15 +44,16 @@ def load(name):
     return meta, arrays
 
 
-def build(meta, arrays, backend):
+def build(meta, arrays, backend, place=np.copy):
     """The fastopt optimizer the sidecar describes, over fresh copies of the
-    initial parameters; returns ``(optimizer, params, to_step)`` where
-    ``to_step(list of gradients)`` shapes the gradients for ``opt.step``."""
+    initial parameters (``place(host array)`` makes each copy); returns
+    ``(optimizer, params, to_step)`` where ``to_step(list of gradients)``
+    shapes the gradients for ``opt.step``."""
     spec = meta["fastopt"]
     kwargs = dict(spec["kwargs"])
     if isinstance(kwargs.get("learning_rate"), dict):
         kwargs["learning_rate"] = fastopt.schedules.deserialize(kwargs["learning_rate"])
-    params = [arrays[f"init_{k}"].copy() for k in range(len(meta["shapes"]))]
+    params = [place(arrays[f"init_{k}"]) for k in range(len(meta["shapes"]))]
     kind = spec["params"]
     if kind == "list":
         structure, to_step = params, list
@@ -88,18 +91,27 @@ def check_close(what, got, want, scale, tolerance):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_trajectory(name, backend):
+    replay(name, backend)
+
+
+def replay(name, backend, place=np.copy, fetch=np.asarray):
+    """Feed recording ``name`` to ``backend`` and check every step, the final
+    slots and (with EMA) the finalized parameters.  ``place(host array)``
+    puts parameters and gradients where the backend takes them; ``fetch``
+    brings a parameter back as a NumPy array."""
     meta, arrays = load(name)
     tol = meta["tolerance"]
-    opt, params, to_step = build(meta, arrays, backend)
+    opt, params, to_step = build(meta, arrays, backend, place)
     n = len(params)
     init = [arrays[f"init_{k}"] for k in range(n)]
     displacement = [0.0] * n
     for t in range(meta["steps"]):
-        opt.step(to_step([np.ascontiguousarray(arrays[f"grads_{k}"][t]) for k in range(n)]))
+        opt.step(to_step([place(np.ascontiguousarray(arrays[f"grads_{k}"][t]))
+                          for k in range(n)]))
         for k in range(n):
             golden = arrays[f"params_{k}"][t]
             displacement[k] = max(displacement[k], float(np.max(np.abs(golden - init[k]))))
-            check_close(f"{name} [{backend}] step {t} tensor {k}", params[k], golden,
+            check_close(f"{name} [{backend}] step {t} tensor {k}", fetch(params[k]), golden,
                          displacement[k], tol)
     slots = opt.state_dict()["slots"]
     for key in meta["state_keys"]:
@@ -113,8 +125,8 @@ def test_trajectory(name, backend):
         opt.finalize_variable_values()
         for k in range(n):
             want = arrays[f"final_{k}"]
-            check_close(f"{name} [{backend}] finalize_variable_values tensor {k}", params[k],
-                        want, float(np.max(np.abs(want - init[k]))), tol)
+            check_close(f"{name} [{backend}] finalize_variable_values tensor {k}",
+                        fetch(params[k]), want, float(np.max(np.abs(want - init[k]))), tol)
 
 
 # ---------------------------------------------------------------------------

@@ -17,10 +17,10 @@ import pytest
 import fastopt
 from fastopt import schedules
 
-from cases import OPTIMIZERS, gradient, lr_for
+from cases import HOST_BACKENDS, OPTIMIZERS, gradient, lr_for
 from spec import KERAS_DEFAULTS, KerasSpec
 
-BACKENDS = fastopt.available_backends()
+BACKENDS = HOST_BACKENDS
 SHAPES = [(1,), (7, 3), (1025,)]
 
 

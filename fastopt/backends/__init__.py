@@ -29,12 +29,16 @@ _MODULES = {
     "numpy": "fastopt.backends.numpy_backend",
     "numba": "fastopt.backends.numba_backend",
     "cython": "fastopt.backends.cython_backend",
+    "cuda": "fastopt.backends.cuda_backend",
 }
 _HOW_TO_GET = {
     "numba": "install it with `pip install numba` (a required dependency of fastopt)",
     "cython": "its extension module is built when fastopt is installed: from a source "
               "checkout run `pip install -e .` (or `python setup.py build_ext --inplace`); "
               "this needs a C compiler, Cython>=3 and NumPy, and no FASTOPT_NO_CYTHON=1",
+    "cuda": "install it with `pip install 'fastopt[cuda]'` (numba-cuda) on a machine with an "
+            "NVIDIA GPU and driver; without a GPU, NUMBA_ENABLE_CUDASIM=1 (set before numba "
+            "is imported) runs it on Numba's slow CUDA simulator, for testing",
 }
 BACKEND_NAMES = tuple(_MODULES)
 
@@ -89,8 +93,12 @@ def get_backend(name):
     return module
 
 
-def resolve_backend(name, dtype, size):
-    """The backend module to use for a group of ``size`` elements of ``dtype``."""
+def resolve_backend(name, dtype, size, device=False):
+    """The backend module to use for a group of ``size`` elements of ``dtype``;
+    ``device=True``: the tensors are CUDA device arrays, which only the
+    ``"cuda"`` backend takes (``"auto"`` then means ``"cuda"``)."""
+    if device:
+        return get_backend("cuda")
     if name != "auto":
         return get_backend(name)
     for max_size, candidate in TUNING["auto"][np.dtype(dtype).name]:

@@ -54,6 +54,23 @@ class Plan:
         raise NotImplementedError
 
 
+def is_device_array(obj):
+    """Whether ``obj`` is a CUDA device array: a Numba device array (or the
+    CUDA simulator's stand-in) or any object exporting
+    ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors).  Imports
+    nothing, so host-only code can ask cheaply."""
+    if isinstance(obj, np.ndarray):
+        return False
+    if getattr(obj, "__cuda_ndarray__", False):
+        return True
+    try:
+        return hasattr(obj, "__cuda_array_interface__")
+    except Exception as exc:  # PyTorch refuses it on tensors that require grad
+        raise TypeError(f"{type(obj).__name__} refused __cuda_array_interface__ ({exc}); "
+                        "pass a detached view that shares its memory "
+                        "(tensor.detach())") from None
+
+
 def _check_kernel_arrays(name, rule, arrays):
     labels = ("param", "grad") + rule.slots
     param = arrays[0]
@@ -73,7 +90,7 @@ def _check_kernel_arrays(name, rule, arrays):
             raise ValueError(f"{name}: {label} is read-only; kernels update it in place")
 
 
-def _make_kernel(plan_cls, rule, module):
+def _make_kernel(plan_cls, rule, module, check):
     nslots = len(rule.slots)
     nargs = 2 + nslots + len(rule.scalars)
 
@@ -82,7 +99,7 @@ def _make_kernel(plan_cls, rule, module):
             raise TypeError(f"{rule.name}() takes {nargs} positional arguments "
                             f"({', '.join(params)}), got {len(args)}")
         arrays = args[:2 + nslots]
-        _check_kernel_arrays(rule.name, rule, arrays)
+        check(rule.name, rule, arrays)
         scalars = tuple(float(x) for x in args[2 + nslots:])
         plan = plan_cls(rule, [arrays[0]], [[s] for s in arrays[2:]])
         pt = np.array([[float(gscale)], [float(keep)], [float(l2)]])
@@ -110,6 +127,11 @@ def _make_kernel(plan_cls, rule, module):
     return kernel
 
 
-def make_kernels(plan_cls, module):
-    """The public kernels of a backend, built from its :class:`Plan`."""
-    return {name: _make_kernel(plan_cls, rule, module) for name, rule in RULES.items()}
+def make_kernels(plan_cls, module, check=_check_kernel_arrays):
+    """The public kernels of a backend, built from its :class:`Plan`.
+
+    ``check(name, rule, arrays)`` validates a call's arrays before anything is
+    touched (default: contiguous 1-D NumPy arrays of one float dtype and
+    length)."""
+    return {name: _make_kernel(plan_cls, rule, module, check)
+            for name, rule in RULES.items()}

@@ -170,6 +170,7 @@ class ShardedOptimizer:
     # the plain optimizer's gradient checks, on the full (unsharded) shapes
     _match_grads = Optimizer._match_grads
     _check_grad = Optimizer._check_grad
+    _device = False  # read by them: host arrays only (see _build)
 
     def __init__(self, optimizer_cls, params, comm=None, **hyperparameters):
         owner = type(self).__name__
@@ -197,6 +198,9 @@ class ShardedOptimizer:
             raise TypeError(f"{owner}: optimizer_cls must be a fastopt optimizer class such "
                             f"as fastopt.Adam, got {optimizer_cls!r}")
         parsed = _parse_params(owner, params)
+        if parsed.device:
+            raise TypeError(f"{owner}: the params are CUDA device arrays; the sharded "
+                            "optimizer exchanges host NumPy arrays over MPI")
         self._kind, self._names, self._params = parsed.kind, parsed.names, parsed.arrays
         self._structure = parsed.structure
         self._groups_of = [(idx, self._names[idx[0]] is not None) for idx, _ in parsed.groups]

@@ -33,8 +33,8 @@ import numpy as np
 from .. import reference, schedules
 from .._rules import RULES
 from .._validation import boolean, real, unknown_keywords
-from ..backends import BACKEND_NAMES, resolve_backend
-from ..backends._contract import FLOAT_DTYPES
+from ..backends import BACKEND_NAMES, get_backend, resolve_backend
+from ..backends._contract import FLOAT_DTYPES, is_device_array
 
 __all__ = ["Optimizer"]
 
@@ -50,12 +50,14 @@ class _Group:
     """Tensors of one parameter group and one dtype: slots in flat buffers,
     per-tensor factors, and the backend's plan."""
 
-    def __init__(self, indices, arrays, rule, slot_init, backend, decays):
+    def __init__(self, indices, arrays, rule, slot_init, backend, decays, device=False):
         self.indices = indices
         self.dtype = arrays[0].dtype
         sizes = [a.size for a in arrays]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        flat_slots = {name: np.full(offsets[-1], slot_init.get(name, 0.0), dtype=self.dtype)
+        self.backend = resolve_backend(backend, self.dtype, offsets[-1], device)
+        full = self.backend.full if device else np.full
+        flat_slots = {name: full(offsets[-1], slot_init.get(name, 0.0), dtype=self.dtype)
                       for name in rule.slots}
         # per tensor, per slot: a view of the flat buffer in the tensor's shape
         self.slot_views = {name: [buf[offsets[k]:offsets[k + 1]].reshape(a.shape)
@@ -63,7 +65,6 @@ class _Group:
                            for name, buf in flat_slots.items()}
         flat = [a.reshape(-1) for a in arrays]
         slots_1d = [[v.reshape(-1) for v in self.slot_views[name]] for name in rule.slots]
-        self.backend = resolve_backend(backend, self.dtype, offsets[-1])
         self.plan = self.backend.Plan(rule, flat, slots_1d)
         # rows: gradient scale, decoupled decay factor, coupled (L2) decay
         self.pt = np.ones((3, len(arrays)))
@@ -84,6 +85,40 @@ class _Group:
             self.pt[1, ~self.decays] = 1.0
             self.pt[2, ~self.decays] = 0.0
         self.last_pt = key
+
+
+class _HostArrays:
+    """What the optimizer does itself with host parameters (moving averages,
+    gradient accumulation, state); ``fastopt.backends.cuda_backend`` has the
+    same functions for device parameters."""
+
+    zeros_like = staticmethod(np.zeros_like)
+
+    @staticmethod
+    def copy(a):
+        return a.copy()
+
+    to_host = copy
+
+    @staticmethod
+    def assign(dst, src):
+        dst[...] = src
+
+    @staticmethod
+    def zero(a):
+        a[...] = 0.0
+
+    @staticmethod
+    def lerp(y, x, a, b):
+        y[...] = a * y + b * x
+
+    @staticmethod
+    def add_scaled(y, x, s):
+        y += x if s == 1.0 else x * s
+
+    @staticmethod
+    def divide(y, k):
+        y /= k
 
 
 class _ParamGroup:
@@ -115,7 +150,12 @@ class Optimizer:
         groups as in PyTorch: ``{"params": <array, list or dict>, **overrides}``
         where the overrides are ``learning_rate``, ``weight_decay``,
         ``maximize`` or any of the optimizer's own hyperparameters; each group
-        still runs one fused kernel call per dtype.
+        still runs one fused kernel call per dtype.  The arrays may instead
+        all be CUDA device arrays (Numba device arrays, or objects with
+        ``__cuda_array_interface__`` such as CuPy arrays and detached PyTorch
+        CUDA tensors, used without copies): then the ``"cuda"`` backend
+        updates them and keeps the state on the device, and the gradients
+        must be device arrays too.
     learning_rate : float or callable, optional
         A float >= 0, or a schedule: a callable of the iteration count (for
         example one of :mod:`fastopt.schedules`).  Assignable between steps.
@@ -154,7 +194,8 @@ class Optimizer:
         number of updates, ``iterations // gradient_accumulation_steps``; the
         EMA is updated on every call.
     backend : str
-        ``"auto"`` (default), ``"cython"``, ``"numba"`` or ``"numpy"``; see
+        ``"auto"`` (default), ``"cython"``, ``"numba"``, ``"numpy"`` or
+        ``"cuda"`` (device arrays only, which ``"auto"`` then picks); see
         :func:`fastopt.available_backends`.
     convention : str
         ``"keras"`` (default): Keras 3 formulas and defaults; ``"torch"``:
@@ -221,6 +262,17 @@ class Optimizer:
         parsed = _parse_params(name, params)
         self._kind, self._structure = parsed.kind, parsed.structure
         self._params, self._names = parsed.arrays, parsed.names
+        self._given = parsed.given
+        # device params: the cuda backend runs the kernels and the array work
+        self._device = parsed.device
+        if self._device and backend not in ("auto", "cuda"):
+            raise ValueError(f"{name}: the params are CUDA device arrays, which backend "
+                             f"{backend!r} cannot update; use backend='cuda' or 'auto'")
+        if backend == "cuda" and not self._device:
+            raise ValueError(f"{name}: backend 'cuda' updates CUDA device arrays, but the "
+                             "params are host NumPy arrays; pass device arrays (a Numba device "
+                             "array, a CuPy array or a PyTorch CUDA tensor)")
+        self._arrays = get_backend("cuda") if self._device else _HostArrays
         self._labels = [f"[{i}]" if n is None else f"[{n!r}]"
                         for i, n in enumerate(self._names)]
         self._shapes = [a.shape for a in self._params]
@@ -274,12 +326,14 @@ class Optimizer:
                 by_dtype.setdefault(self._params[i].dtype, []).append(i)
             pg.groups = [
                 _Group(idx, [self._params[i] for i in idx], pg.rule, self._slot_init(pg.hyper),
-                       self._backend_name, [i not in self._excluded for i in idx])
+                       self._backend_name, [i not in self._excluded for i in idx],
+                       self._device)
                 for idx in by_dtype.values()
             ]
         self._groups = [g for pg in self._param_groups for g in pg.groups]
-        self._ema = ([np.zeros_like(p) for p in self._params] if self.use_ema else None)
-        self._accumulated = ([np.zeros_like(p) for p in self._params]
+        zeros_like = self._arrays.zeros_like
+        self._ema = ([zeros_like(p) for p in self._params] if self.use_ema else None)
+        self._accumulated = ([zeros_like(p) for p in self._params]
                              if self.gradient_accumulation_steps else None)
         self._torch_l2 = self.convention == "torch" and not self._TORCH_DECOUPLED
         self._fast = (len(self._groups) == 1 and self._ema is None
@@ -318,7 +372,7 @@ class Optimizer:
     @property
     def params(self):
         """The parameters, in the structure they were given."""
-        return self._structure(self._params)
+        return self._structure(self._given)
 
     @property
     def backends(self):
@@ -403,18 +457,19 @@ class Optimizer:
                 plans.append((pg, lr, self._scalars(pg.hyper, lr, updates)))
         # Everything is validated; from here on only arithmetic runs.
         inv = 1.0 if self.loss_scale_factor is None else 1.0 / self.loss_scale_factor
+        arrays = self._arrays
         if self._accumulated is not None:
             for a, g in zip(self._accumulated, grads):
-                a += g if inv == 1.0 else g * inv
+                arrays.add_scaled(a, g, inv)
             if applying:
                 for a in self._accumulated:
-                    a /= steps
+                    arrays.divide(a, steps)
                 grads, inv = self._accumulated, 1.0
         if applying:
             self._apply(grads, inv, plans)
             if self._accumulated is not None:
                 for a in self._accumulated:
-                    a[...] = 0.0
+                    arrays.zero(a)
         if self._ema is not None:
             self._update_ema(updates)
         self.iterations += 1
@@ -449,11 +504,11 @@ class Optimizer:
         # update has been counted), then follows every call
         m = self.ema_momentum if updates else 0.0
         for avg, p in zip(self._ema, self._params):
-            avg[...] = m * avg + (1.0 - m) * p
+            self._arrays.lerp(avg, p, m, 1.0 - m)
         freq = self.ema_overwrite_frequency
         if freq and (updates + 1) % freq == 0:
             for avg, p in zip(self._ema, self._params):
-                p[...] = avg
+                self._arrays.assign(p, avg)
 
     def finalize_variable_values(self):
         """With ``use_ema``: copy the moving averages into the parameters
@@ -461,14 +516,15 @@ class Optimizer:
         Without it, does nothing."""
         if self._ema is not None:
             for avg, p in zip(self._ema, self._params):
-                p[...] = avg
+                self._arrays.assign(p, avg)
 
     @property
     def ema_params(self):
-        """The moving averages (copies, in the structure of ``params``), or None."""
+        """The moving averages (copies, in the structure of ``params``; device
+        arrays for device parameters), or None."""
         if self._ema is None:
             return None
-        return self._structure([a.copy() for a in self._ema])
+        return self._structure([self._arrays.copy(a) for a in self._ema])
 
     def _clip_scales(self, grads, inv=1.0):
         """One gradient scale per dtype group: a float, or per-tensor array."""
@@ -500,7 +556,7 @@ class Optimizer:
 
     def _match_grads(self, grads):
         """Grads as a list aligned with the parameters, validated."""
-        ndarray = np.ndarray
+        ndarray = None if self._device else np.ndarray  # device grads: checked in full
         if grads.__class__ is list and self._kind == "list" and len(grads) == self._n:
             # the common case, checked without building anything
             for g, dt, sh in zip(grads, self._dtypes, self._shapes):
@@ -534,17 +590,30 @@ class Optimizer:
 
     def _check_grad(self, i, g):
         name, label = type(self).__name__, self._labels[i]
-        if not isinstance(g, np.ndarray):
-            raise TypeError(f"{name}.step: grads{label} must be a numpy.ndarray or None, "
-                            f"got {type(g).__name__}")
-        if g.dtype != self._dtypes[i]:
-            raise TypeError(f"{name}.step: grads{label} has dtype {g.dtype} but "
+        if self._device:
+            if not is_device_array(g):
+                raise TypeError(f"{name}.step: grads{label} must be a CUDA device array or "
+                                f"None, got {type(g).__name__}; the params are on the GPU, "
+                                "so their gradients must be too")
+            _, shape, dtype, contiguous, _ = self._arrays.describe(g)
+        else:
+            if not isinstance(g, np.ndarray):
+                where = "; the params are host NumPy arrays, so their gradients must be " \
+                    "too" if is_device_array(g) else ""
+                raise TypeError(f"{name}.step: grads{label} must be a numpy.ndarray or None, "
+                                f"got {type(g).__name__}{where}")
+            shape, dtype, contiguous = g.shape, g.dtype, True
+        if dtype != self._dtypes[i]:
+            raise TypeError(f"{name}.step: grads{label} has dtype {dtype} but "
                             f"params{label} has dtype {self._dtypes[i]}; fastopt never casts "
                             "silently, cast the gradient explicitly")
-        if g.shape != self._shapes[i]:
-            raise ValueError(f"{name}.step: grads{label} has shape {g.shape} but "
-                             f"params{label} has shape {self._shapes[i]}")
-        return np.ascontiguousarray(g)
+        if shape != self._shapes[i]:
+            raise ValueError(f"{name}.step: grads{label} has shape {shape} but "
+                             f"params{label} has shape {tuple(self._shapes[i])}")
+        if not contiguous:  # device arrays only: not copied behind the user's back
+            raise ValueError(f"{name}.step: grads{label} with shape {shape} is not "
+                             "C-contiguous; device gradients must be contiguous")
+        return g if self._device else np.ascontiguousarray(g)
 
     # -- configuration and state ------------------------------------------------------
     def get_config(self):
@@ -617,11 +686,12 @@ class Optimizer:
     def state_dict(self):
         """``{"config", "iterations", "slots": {"<slot>/<index or name>": array}}``.
 
-        Slot arrays are copies in their parameter's shape and dtype; they
+        Slot arrays are host NumPy copies (also for device parameters) in
+        their parameter's shape and dtype; they
         include the moving averages (``average/...``) with ``use_ema`` and
         the gradient accumulators (``gradient_accumulator/...``).
         """
-        slots = {key: a.copy() for key, a in self._live_slots().items()}
+        slots = {key: self._arrays.to_host(a) for key, a in self._live_slots().items()}
         return {"config": self.get_config(), "iterations": self.iterations, "slots": slots}
 
     def load_state_dict(self, state):
@@ -679,7 +749,7 @@ class Optimizer:
                     f"expected {dst.shape} and {dst.dtype}")
         # all checked: copy the slots into the twin, then take it over
         for key, dst in live.items():
-            dst[...] = slots[key]
+            twin._arrays.assign(dst, slots[key])
         twin.iterations = int(iterations)
         self.__dict__.update(twin.__dict__)
 
@@ -765,14 +835,17 @@ class _Parsed:
     """Parameters parsed into a flat list, with what is needed to rebuild
     their structure and the parameter groups."""
 
-    def __init__(self, kind, arrays, names, groups, structure):
+    def __init__(self, kind, arrays, names, groups, structure, given, device):
         self.kind, self.arrays, self.names = kind, arrays, names
         self.groups, self.structure = groups, structure
+        # the arrays as given (CuPy, PyTorch...); ``arrays`` are Numba views of
+        # them when they are on the device
+        self.given, self.device = given, device
 
 
 def _one(owner, params, where=""):
     """``(kind, names or None, arrays)`` of a plain (non-group) params value."""
-    if isinstance(params, np.ndarray):
+    if isinstance(params, np.ndarray) or is_device_array(params):
         return "array", None, [params]
     if isinstance(params, Mapping):
         for k in params:
@@ -830,20 +903,42 @@ def _parse_params(owner, params):
         structure = _rebuild(kind, gnames)
     if not arrays:
         raise ValueError(f"{owner}: params is empty")
-    for i, a in enumerate(arrays):
-        label = f"params[{i if names[i] is None else repr(names[i])}]"
-        if not isinstance(a, np.ndarray):
+    labels = [f"params[{i if nm is None else repr(nm)}]" for i, nm in enumerate(names)]
+    on_device = [is_device_array(a) for a in arrays]
+    cuda = None
+    if any(on_device):  # all on the GPU, or none
+        i = on_device.index(True)
+        j = next((k for k, d in enumerate(on_device) if not d), None)
+        if j is not None:
+            raise TypeError(f"{owner}: {labels[i]} is a CUDA device array but {labels[j]} is "
+                            f"a {type(arrays[j]).__name__}; all parameters must be on the "
+                            "GPU, or all host NumPy arrays")
+        cuda = get_backend("cuda")  # ImportError saying how to get it
+    for label, a in zip(labels, arrays):
+        if cuda is not None:
+            _, shape, dtype, contiguous, readonly = cuda.describe(a)
+        elif not isinstance(a, np.ndarray):
             raise TypeError(f"{owner}: {label} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{owner}: {label} has dtype {a.dtype}; fastopt supports float32 "
+        else:
+            shape, dtype = a.shape, a.dtype
+            contiguous, readonly = a.flags.c_contiguous, not a.flags.writeable
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{owner}: {label} has dtype {dtype}; fastopt supports float32 "
                             "and float64 parameters")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{owner}: {label} with shape {a.shape} is not C-contiguous; "
+        if not contiguous:
+            raise ValueError(f"{owner}: {label} with shape {shape} is not C-contiguous; "
                              "parameters are updated in place, so they must be contiguous")
-        if not a.flags.writeable:
+        if readonly:
             raise ValueError(f"{owner}: {label} is read-only; parameters are updated in place")
-    _check_no_overlap(owner, arrays, names)
-    return _Parsed(kind, arrays, names, groups, structure)
+    given = arrays
+    if cuda is not None:
+        arrays = [cuda.as_device(a) for a in arrays]
+    _check_no_overlap(owner, arrays, names, cuda.pointer if cuda else _host_pointer)
+    return _Parsed(kind, arrays, names, groups, structure, given, cuda is not None)
+
+
+def _host_pointer(a):
+    return a.ctypes.data
 
 
 def _flatten_like(name, kind, names, group_sizes, grads):
@@ -859,7 +954,8 @@ def _flatten_like(name, kind, names, group_sizes, grads):
         for g, (entry, size) in enumerate(zip(grads, group_sizes)):
             gnames = names[k:k + size]
             gkind = "dict" if gnames[0] is not None else "list"
-            if gkind == "list" and size == 1 and isinstance(entry, np.ndarray):
+            if gkind == "list" and size == 1 and (isinstance(entry, np.ndarray)
+                                                  or is_device_array(entry)):
                 entry = [entry]
             flat += _flatten_like(f"{name}.step (param group {g})", gkind, gnames, [size],
                                   entry)
@@ -875,7 +971,7 @@ def _flatten_like(name, kind, names, group_sizes, grads):
             raise ValueError(f"{name}.step: grads keys differ from params keys "
                              f"(missing {missing}, unexpected {extra})")
         return [grads[k] for k in names]
-    if isinstance(grads, np.ndarray) and n == 1:
+    if n == 1 and (isinstance(grads, np.ndarray) or is_device_array(grads)):
         return [grads]
     if isinstance(grads, (list, tuple)):
         if len(grads) != n:
@@ -887,8 +983,8 @@ def _flatten_like(name, kind, names, group_sizes, grads):
                     f"arrays, got {type(grads).__name__}")
 
 
-def _check_no_overlap(owner, arrays, names):
-    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes, i)
+def _check_no_overlap(owner, arrays, names, pointer):
+    spans = sorted((pointer(a), pointer(a) + a.nbytes, i)
                    for i, a in enumerate(arrays) if a.nbytes)
     for (_, e0, i), (s1, _, j) in zip(spans, spans[1:]):
         if s1 < e0:

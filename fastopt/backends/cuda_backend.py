@@ -1,0 +1,312 @@
+"""CUDA backend: fused multi-tensor kernels on an NVIDIA GPU, with numba-cuda.
+
+Parameters, gradients and optimizer state stay on the device.  A step of one
+optimizer over a whole group of same-dtype tensors is **one kernel launch**,
+whatever the number of tensors (multi-tensor apply, see
+:mod:`fastopt.backends._cuda_kernels`): the launch reads a device table of the
+tensors' pointers, so the tensors can be separate allocations (PyTorch
+parameters, CuPy arrays, Numba device arrays) and nothing is packed or copied.
+The table of parameter and slot pointers is uploaded once, when the plan is
+built; the gradients' pointers and the per-tensor factors are uploaded only
+when they change (so a training loop that reuses its gradient buffers uploads
+nothing per step), and the per-step constants travel as kernel arguments.
+
+Clipping by norm sums the squares of every gradient on the device (two
+launches: a float64 partial sum per chunk, then per tensor in chunk order);
+only the per-tensor sums, one float64 each, come back to the host, which
+computes the clip factors as on the CPU backends.
+
+Accepted arrays: Numba device arrays and any object with
+``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA tensors -- detached,
+since PyTorch refuses the interface on tensors that require grad), used as
+zero-copy views.  Kernels run on the default stream.
+
+This module imports only if numba-cuda is installed and a CUDA GPU is usable
+here, or Numba's CUDA simulator is switched on (``NUMBA_ENABLE_CUDASIM=1``,
+set before Numba is first imported; slow, for tests).  Otherwise importing it
+raises ``ImportError`` and the backend is absent from
+:func:`fastopt.available_backends`.
+
+Launch geometry is read from the module attributes :data:`THREADS_PER_BLOCK`,
+:data:`CHUNK` and :data:`MAX_BLOCKS` when a plan is built and at each launch;
+tests set them small for the simulator.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:
+    import numba_cuda  # noqa: F401  (numba's own deprecated numba.cuda is not enough)
+except ImportError as exc:
+    raise ImportError("numba-cuda is not installed") from exc
+
+from numba import cuda
+
+from .._rules import RULES, pack
+from . import _contract
+from ._contract import is_device_array
+from . import _cuda_kernels as _k
+from .numba_backend import chunk_table
+
+NAME = "cuda"
+SIMULATOR = _k.SIMULATOR
+
+if not SIMULATOR and not cuda.is_available():
+    raise ImportError("numba-cuda found no usable CUDA GPU (numba.cuda.is_available() is "
+                      "False: no NVIDIA GPU or driver here)")
+
+#: Threads per block of every launch: a power of two, at most 1024.
+THREADS_PER_BLOCK = 256
+#: Elements per chunk, the unit of work of one block in a step.
+CHUNK = 16384
+#: Most blocks per launch; more chunks than this are walked by a grid-stride loop.
+MAX_BLOCKS = 65535
+
+
+def _threads():
+    n = THREADS_PER_BLOCK
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _k.MAX_THREADS \
+            or n & (n - 1):
+        raise ValueError(f"cuda_backend.THREADS_PER_BLOCK must be a power of two from 1 to "
+                         f"{_k.MAX_THREADS}, got {n!r}")
+    return n
+
+
+def _launch(kernel, blocks, *args):
+    """Every kernel launch of this backend goes through here."""
+    if blocks > 0:
+        kernel[min(blocks, MAX_BLOCKS), _threads()](*args)
+
+
+def _launch_elementwise(kernel, y, *args):
+    n = y.shape[0]
+    tpb = _threads()
+    _launch(kernel, (n + tpb - 1) // tpb, y, *args)
+
+
+# ---------------------------------------------------------------------------
+# Device arrays: recognising them, viewing foreign ones, reading their pointer.
+
+def as_device(obj):
+    """A Numba device array viewing ``obj``'s memory (no copy)."""
+    if getattr(obj, "__cuda_ndarray__", False):
+        return obj
+    if not SIMULATOR:
+        return cuda.as_cuda_array(obj, sync=False)
+    return _simulated_view(obj.__cuda_array_interface__)
+
+
+def _simulated_view(cai):
+    # Under the simulator, device memory is host memory: a foreign object's
+    # interface points at host bytes, which the simulator's arrays wrap.
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    dtype = np.dtype(cai["typestr"])
+    shape = tuple(cai["shape"])
+    size = int(np.prod(shape, dtype=np.int64))
+    flat = _k._view(cai["data"][0], size, np.empty(0, dtype)) if size else \
+        np.empty(0, dtype)
+    if cai.get("strides") is not None:
+        arr = np.lib.stride_tricks.as_strided(flat, shape, cai["strides"])
+    else:
+        arr = flat.reshape(shape)
+    return FakeCUDAArray(arr)
+
+
+def describe(obj):
+    """``(pointer, shape, dtype, c_contiguous, readonly)`` of a device array."""
+    if SIMULATOR and getattr(obj, "__cuda_ndarray__", False):
+        a = obj._ary
+        return (a.__array_interface__["data"][0], a.shape, a.dtype, a.flags.c_contiguous,
+                not a.flags.writeable)
+    cai = obj.__cuda_array_interface__
+    shape = tuple(cai["shape"])
+    dtype = np.dtype(cai["typestr"])
+    strides = cai.get("strides")
+    contiguous = strides is None or _c_strides(shape, dtype.itemsize) == tuple(strides)
+    return cai["data"][0], shape, dtype, contiguous, bool(cai["data"][1])
+
+
+def _c_strides(shape, itemsize):
+    out, step = [], itemsize
+    for n in reversed(shape):
+        out.append(step)
+        step *= n
+    return tuple(reversed(out))
+
+
+def pointer(obj):
+    """The device address of ``obj``'s first element (0 for ``None``)."""
+    if obj is None:
+        return 0
+    if SIMULATOR and getattr(obj, "__cuda_ndarray__", False):
+        return obj._ary.__array_interface__["data"][0]
+    return obj.__cuda_array_interface__["data"][0]
+
+
+# ---------------------------------------------------------------------------
+# The plan
+
+class Plan(_contract.Plan):
+    """Prepared multi-tensor step for one group of same-dtype device tensors.
+
+    ``params`` and ``slots`` are 1-D device arrays (Numba device arrays, or
+    objects with ``__cuda_array_interface__``); ``step`` and ``sumsq`` take
+    the gradients as device arrays too (``None`` skips a tensor).
+    """
+
+    def __init__(self, rule, params, slots):
+        params = [as_device(p) for p in params]
+        slots = [[as_device(s) for s in row] for row in slots]
+        super().__init__(rule, params, slots)
+        n = len(params)
+        self._kernel = _k.STEPS[rule.code]
+        sizes = [p.size for p in params]
+        table = chunk_table(sizes, CHUNK)
+        counts = np.bincount(table[0], minlength=n) if table.shape[1] else np.zeros(n, int)
+        first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        ptrs = np.array([[pointer(a) for a in row] for row in [params, *slots]],
+                        dtype=np.int64).reshape(1 + len(slots), n)
+        self._nchunks = table.shape[1]
+        self._ntensors = n
+        self._ptrs = cuda.to_device(ptrs)
+        self._table = cuda.to_device(np.ascontiguousarray(table, dtype=np.int64))
+        self._first = cuda.to_device(first)
+        self._like = cuda.device_array(0, dtype=self.dtype)
+        self._partial = cuda.device_array(max(self._nchunks, 1), dtype=np.float64)
+        self._norms = cuda.device_array(max(n, 1), dtype=np.float64)
+        # what the device holds now; re-uploaded only when it changes
+        self._gptrs_host = np.zeros(n, dtype=np.int64)
+        self._gptrs = cuda.to_device(self._gptrs_host)
+        self._pt_host = np.full((3, n), np.nan)
+        self._pt = cuda.to_device(np.zeros((3, n)))
+
+    def _set_grads(self, grads):
+        if len(grads) != self._ntensors:
+            raise ValueError(f"cuda Plan: expected {self._ntensors} gradients, got {len(grads)}")
+        ptrs = np.fromiter(map(pointer, grads), np.int64, self._ntensors)
+        if not np.array_equal(ptrs, self._gptrs_host):
+            self._gptrs.copy_to_device(ptrs)
+            self._gptrs_host = ptrs
+
+    def step(self, grads, pt, scalars, clipvalue=math.inf):
+        hp = tuple(map(float, pack(self.rule, scalars, clipvalue)))
+        self._set_grads(grads)
+        if not np.array_equal(pt, self._pt_host):
+            host = np.ascontiguousarray(pt, dtype=np.float64)
+            self._pt.copy_to_device(host)
+            self._pt_host = host.copy()
+        _launch(self._kernel, self._nchunks, self._ptrs, self._gptrs, self._table, self._pt,
+                self._like, hp)
+
+    def sumsq(self, grads):
+        self._set_grads(grads)
+        _launch(_k.sumsq_chunks, self._nchunks, self._gptrs, self._table, self._like,
+                self._partial)
+        tpb = _threads()
+        _launch(_k.sumsq_tensors, (self._ntensors + tpb - 1) // tpb, self._first,
+                self._partial, self._norms)
+        return self._norms.copy_to_host()[:self._ntensors]
+
+
+# ---------------------------------------------------------------------------
+# What the optimizer does with device arrays outside its kernels (the host
+# twins of these are NumPy expressions in fastopt.optimizers.base).
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+def full(n, value, dtype):
+    """A new 1-D device array of ``n`` elements equal to ``value``."""
+    out = cuda.device_array(n, dtype=dtype)
+    _launch_elementwise(_k.fill, out, float(value))
+    return out
+
+
+def zeros_like(a):
+    """A new device array of ``a``'s shape and dtype, all zeros."""
+    return full(a.size, 0.0, a.dtype).reshape(a.shape)
+
+
+def copy(a):
+    """A new device array equal to ``a``."""
+    out = cuda.device_array(a.shape, dtype=a.dtype)
+    out.copy_to_device(a)
+    return out
+
+
+def to_host(a):
+    """A host NumPy copy of the device array ``a``."""
+    return a.copy_to_host()
+
+
+def assign(dst, src):
+    """``dst[...] = src`` for a device ``dst`` and a host or device ``src``."""
+    if dst.size == 0:  # nothing to copy (and empty arrays' strides are arbitrary)
+        return
+    dst.copy_to_device(src if is_device_array(src) else np.require(src, requirements="C"))
+
+
+def zero(a):
+    """``a[...] = 0``."""
+    _launch_elementwise(_k.fill, _flat(a), 0.0)
+
+
+def lerp(y, x, a, b):
+    """``y = a*y + b*x``, as NumPy computes ``a * y + b * x``."""
+    _launch_elementwise(_k.lerp, _flat(y), _flat(x), float(a), float(b))
+
+
+def add_scaled(y, x, s):
+    """``y += x*s`` (``y += x`` when ``s == 1``)."""
+    _launch_elementwise(_k.add_scaled, _flat(y), _flat(x), float(s))
+
+
+def divide(y, k):
+    """``y /= k``."""
+    _launch_elementwise(_k.divide, _flat(y), float(k))
+
+
+# ---------------------------------------------------------------------------
+# Public single-tensor kernels
+
+def _check_kernel_arrays(name, rule, arrays):
+    labels = ("param", "grad") + rule.slots
+    info = []
+    for label, a in zip(labels, arrays):
+        if not is_device_array(a):
+            raise TypeError(f"{name}: {label} must be a CUDA device array (a Numba device "
+                            "array, or an object with __cuda_array_interface__ such as a "
+                            f"CuPy array or a PyTorch CUDA tensor), got {type(a).__name__}")
+        info.append((label, describe(a)))
+    _, shape0, dtype0, _, _ = info[0][1]
+    for label, (_, shape, dtype, contiguous, readonly) in info:
+        if dtype not in _contract.FLOAT_DTYPES:
+            raise TypeError(f"{name}: {label} has dtype {dtype}; kernels take float32 or "
+                            "float64")
+        if dtype != dtype0:
+            raise TypeError(f"{name}: {label} has dtype {dtype} but param has {dtype0}")
+        if len(shape) != 1 or not contiguous:
+            raise ValueError(f"{name}: {label} must be a contiguous 1-D array, got shape "
+                             f"{shape} (contiguous={contiguous})")
+        if shape != shape0:
+            raise ValueError(f"{name}: {label} has shape {shape} but param has {shape0}")
+        if label != "grad" and readonly:
+            raise ValueError(f"{name}: {label} is read-only; kernels update it in place")
+
+
+# Public single-tensor kernels (sgd, adam, ...), same signatures on every backend.
+globals().update(_contract.make_kernels(Plan, __name__, check=_check_kernel_arrays))
+__all__ = ["Plan", "THREADS_PER_BLOCK", "CHUNK", "MAX_BLOCKS", "SIMULATOR",
+           "is_device_array", "as_device", *sorted(RULES)]
+
+
+def device_name():
+    """The GPU's name, or ``"CUDA simulator"``."""
+    if SIMULATOR:
+        return "CUDA simulator"
+    name = cuda.get_current_device().name
+    return name.decode() if isinstance(name, bytes) else str(name)
