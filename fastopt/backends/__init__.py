@@ -11,6 +11,8 @@ because of a backend.
 ``[max_size, backend]`` rows, the first row whose ``max_size`` is at least the
 group's size (``null`` = no limit) and whose backend is available wins.  The
 same file holds the measured serial/parallel thresholds of the Numba backend.
+CUDA device arrays are a separate case: only the ``"cuda"`` backend takes
+them, so for them ``"auto"`` is ``"cuda"``.
 """
 from __future__ import annotations
 

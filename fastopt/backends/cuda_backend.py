@@ -33,7 +33,9 @@ tests set them small for the simulator.
 """
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import numpy as np
 
@@ -43,6 +45,7 @@ except ImportError as exc:
     raise ImportError("numba-cuda is not installed") from exc
 
 from numba import cuda
+from numba.cuda.core.errors import NumbaPerformanceWarning
 
 from .._rules import RULES, pack
 from . import _contract
@@ -77,7 +80,24 @@ def _threads():
 def _launch(kernel, blocks, *args):
     """Every kernel launch of this backend goes through here."""
     if blocks > 0:
-        kernel[min(blocks, MAX_BLOCKS), _threads()](*args)
+        _configured(kernel, min(blocks, MAX_BLOCKS), _threads())(*args)
+
+
+@functools.lru_cache(maxsize=1024)
+def _gpu_launcher(kernel, grid, threads):
+    # Small steps launch small grids on purpose; numba-cuda warns about any
+    # grid under 128 blocks when a launch is configured, so configure each
+    # (kernel, grid) once, quietly, and reuse it (which also saves the
+    # configuration's cost on every step).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumbaPerformanceWarning)
+        return kernel[grid, threads]
+
+
+def _configured(kernel, grid, threads):
+    if SIMULATOR:  # the simulator's kernel[...] sets the grid on the kernel itself
+        return kernel[grid, threads]
+    return _gpu_launcher(kernel, grid, threads)
 
 
 def _launch_elementwise(kernel, y, *args):
