@@ -62,9 +62,9 @@ def step_launches(monkeypatch):
     seen = []
     launch = cb._launch
 
-    def counting(kernel, blocks, *args):
+    def counting(kernel, blocks, *args, **kwargs):
         seen.append(kernel)
-        return launch(kernel, blocks, *args)
+        return launch(kernel, blocks, *args, **kwargs)
 
     monkeypatch.setattr(cb, "_launch", counting)
     return seen

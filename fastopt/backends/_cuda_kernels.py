@@ -30,15 +30,12 @@ import math
 
 import numpy as np
 from numba import cuda
+from numba.cuda import types
 
 from .._rules import RULES
 
 #: True when Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) stands in for a GPU.
 SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
-
-#: The most threads per block any kernel here may be launched with (the
-#: sums-of-squares reduction keeps one float64 per thread in shared memory).
-MAX_THREADS = 1024
 
 #: Rows of the packed scalar vector (``fastopt._rules.HP_SIZE``).
 _HP = 8
@@ -57,7 +54,6 @@ if SIMULATOR:
 
     _sqrt = np.sqrt  # a NumPy scalar in, the same dtype out, NaN below zero
 else:
-    from numba.cuda import types
     from numba.cuda.extending import intrinsic, register_jitable as jitable
     from numba.cuda.np.numpy_support import carray
 
@@ -269,10 +265,15 @@ STEPS = tuple(_make_step(el, len(next(r.slots for r in RULES.values() if r.code 
 # then one thread per tensor adds its chunks' partials in chunk order.  The
 # order is fixed, so the result depends on the chunk size and the threads per
 # block, never on the grid size or on timing.
+#
+# The shared buffer is dynamic shared memory (``blockDim.x`` float64, sized at
+# launch): the simulator hands every thread the same dynamic buffer, whereas
+# its lookup of a static ``cuda.shared.array`` has no lock, so two threads can
+# get separate arrays (seen here as wrong norms, now and then).
 
 @cuda.jit
 def sumsq_chunks(gptrs, table, like, partial):
-    buf = cuda.shared.array(MAX_THREADS, np.float64)
+    buf = cuda.shared.array(0, types.float64)
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     for c in range(cuda.blockIdx.x, table.shape[1], cuda.gridDim.x):

@@ -62,6 +62,7 @@ if not SIMULATOR and not cuda.is_available():
 
 #: Threads per block of every launch: a power of two, at most 1024.
 THREADS_PER_BLOCK = 256
+_MAX_THREADS = 1024  # CUDA's limit
 #: Elements per chunk, the unit of work of one block in a step.
 CHUNK = 16384
 #: Most blocks per launch; more chunks than this are walked by a grid-stride loop.
@@ -70,34 +71,36 @@ MAX_BLOCKS = 65535
 
 def _threads():
     n = THREADS_PER_BLOCK
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _k.MAX_THREADS \
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_THREADS \
             or n & (n - 1):
         raise ValueError(f"cuda_backend.THREADS_PER_BLOCK must be a power of two from 1 to "
-                         f"{_k.MAX_THREADS}, got {n!r}")
+                         f"{_MAX_THREADS}, got {n!r}")
     return n
 
 
-def _launch(kernel, blocks, *args):
-    """Every kernel launch of this backend goes through here."""
+def _launch(kernel, blocks, *args, shared=0):
+    """Every kernel launch of this backend goes through here; ``shared``:
+    bytes of dynamic shared memory per thread."""
     if blocks > 0:
-        _configured(kernel, min(blocks, MAX_BLOCKS), _threads())(*args)
+        threads = _threads()
+        _configured(kernel, min(blocks, MAX_BLOCKS), threads, shared * threads)(*args)
 
 
 @functools.lru_cache(maxsize=1024)
-def _gpu_launcher(kernel, grid, threads):
+def _gpu_launcher(kernel, grid, threads, shared):
     # Small steps launch small grids on purpose; numba-cuda warns about any
     # grid under 128 blocks when a launch is configured, so configure each
     # (kernel, grid) once, quietly, and reuse it (which also saves the
     # configuration's cost on every step).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NumbaPerformanceWarning)
-        return kernel[grid, threads]
+        return kernel[grid, threads, 0, shared]
 
 
-def _configured(kernel, grid, threads):
+def _configured(kernel, grid, threads, shared):
     if SIMULATOR:  # the simulator's kernel[...] sets the grid on the kernel itself
-        return kernel[grid, threads]
-    return _gpu_launcher(kernel, grid, threads)
+        return kernel[grid, threads, 0, shared]
+    return _gpu_launcher(kernel, grid, threads, shared)
 
 
 def _launch_elementwise(kernel, y, *args):
@@ -120,19 +123,15 @@ def as_device(obj):
 
 def _simulated_view(cai):
     # Under the simulator, device memory is host memory: a foreign object's
-    # interface points at host bytes, which the simulator's arrays wrap.
+    # interface points at host bytes, which the simulator's arrays wrap.  Only
+    # called on arrays already checked to be C-contiguous.
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
     dtype = np.dtype(cai["typestr"])
     shape = tuple(cai["shape"])
     size = int(np.prod(shape, dtype=np.int64))
-    flat = _k._view(cai["data"][0], size, np.empty(0, dtype)) if size else \
-        np.empty(0, dtype)
-    if cai.get("strides") is not None:
-        arr = np.lib.stride_tricks.as_strided(flat, shape, cai["strides"])
-    else:
-        arr = flat.reshape(shape)
-    return FakeCUDAArray(arr)
+    flat = _k._view(cai["data"][0], size, np.empty(0, dtype)) if size else np.empty(0, dtype)
+    return FakeCUDAArray(flat.reshape(shape))
 
 
 def describe(obj):
@@ -224,7 +223,7 @@ class Plan(_contract.Plan):
     def sumsq(self, grads):
         self._set_grads(grads)
         _launch(_k.sumsq_chunks, self._nchunks, self._gptrs, self._table, self._like,
-                self._partial)
+                self._partial, shared=8)  # one float64 per thread
         tpb = _threads()
         _launch(_k.sumsq_tensors, (self._ntensors + tpb - 1) // tpb, self._first,
                 self._partial, self._norms)
