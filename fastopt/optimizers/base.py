@@ -207,6 +207,10 @@ class Optimizer:
     _TORCH_ONLY: tuple = ()
     #: weight decay is decoupled under the torch convention too (AdamW)
     _TORCH_DECOUPLED = False
+    #: host parameters unless __init__ finds CUDA device arrays (class-level
+    #: defaults, for subclasses that build themselves)
+    _device = False
+    _arrays = _HostArrays
 
     def __init__(self, params, *, hyper, learning_rate=None, weight_decay=None,
                  clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
