@@ -501,6 +501,14 @@ def test_bad_gradients_change_nothing(make_grads, exc, match):
     assert_unchanged(before, snapshot(opt))
 
 
+def test_sharded_optimizer_refuses_device_arrays():
+    pytest.importorskip("mpi4py")
+    from fastopt.distributed import ShardedOptimizer
+    with pytest.raises(TypeError, match="params are CUDA device arrays; the sharded optimizer "
+                                        "exchanges host NumPy arrays"):
+        ShardedOptimizer(fastopt.Adam, [dev(np.ones(3))])
+
+
 def test_device_gradients_for_host_params_are_rejected():
     w = np.ones(3)
     opt = fastopt.SGD([w], learning_rate=0.1)
