@@ -30,6 +30,8 @@ Four layers, each against something independent:
    independence, clear errors.  Convergence on the quadratic and Rosenbrock
    problems is in ``tests/test_convergence.py``.
 """
+import json
+
 import numpy as np
 import pytest
 
@@ -37,8 +39,8 @@ import fastopt
 from fastopt import reference as R
 from fastopt._rules import RULES
 
-from cases import OPTIMIZERS, OPTIMIZER_IDS, gradient, lr_for
-from test_kernels import SCALARS, assert_close, scalars_at, step_inputs
+from cases import OPTIMIZERS, gradient, lr_for
+from test_kernels import SCALARS, assert_close, step_inputs
 
 pytestmark = pytest.mark.skipif("numba" not in fastopt.available_backends(),
                                 reason="bfloat16 state runs on the numba backend")
@@ -112,7 +114,6 @@ NAN_CASES = [  # NaN: sign kept, made quiet, payload's top bits kept
 @pytest.mark.parametrize("rounding", ["reference", "kernel"])
 def test_round_to_nearest_even_exact_cases(rounding):
     bits = np.array([c[0] for c in NEAREST_CASES + NAN_CASES], np.uint32)
-    want = np.array([c[1] for c in NEAREST_CASES + NAN_CASES], np.uint16)
     with np.errstate(invalid="ignore"):
         got = R.bf16_round(f32(bits)) if rounding == "reference" else kernel_round(f32(bits))
     for (b, w, *what), g in zip(NEAREST_CASES + NAN_CASES, got):
@@ -143,7 +144,8 @@ def test_kernel_rounds_every_upper_half_like_the_reference():
     got = kernel_round(x)
     assert np.array_equal(got, want)
     nan = np.isnan(x)
-    assert np.isnan(R.bf16_to_float(got[nan])).all() and not np.isnan(R.bf16_to_float(got[~nan])).any()
+    assert np.isnan(R.bf16_to_float(got[nan])).all()
+    assert not np.isnan(R.bf16_to_float(got[~nan])).any()
 
 
 def test_rounding_agrees_with_torch_bfloat16():
@@ -548,3 +550,41 @@ def test_bad_state_options_are_rejected(kw, exc, match):
     with pytest.raises(exc, match=match):
         cls(params, **kw)
     assert all(np.array_equal(a, b) for a, b in zip(params, before))
+
+
+# ---------------------------------------------------------------------------
+# fastopt compare --state-dtype
+
+def test_compare_with_bfloat16_state(tmp_path, capsys):
+    from fastopt.cli import main
+    argv = ["compare", "--optimizers", "adam,momentum,rmsprop", "--epochs", "2", "--no-plot",
+            "--json", str(tmp_path / "runs.json")]
+    assert main(argv) == 0
+    plain = json.loads((tmp_path / "runs.json").read_text())
+    assert main(argv + ["--state-dtype", "bfloat16", "--state-rounding", "stochastic"]) == 0
+    out = capsys.readouterr().out
+    assert "float32, backend auto, bfloat16 optimizer state (stochastic rounding)" in out
+    report = json.loads((tmp_path / "runs.json").read_text())
+    assert (report["config"]["state_dtype"], report["config"]["state_rounding"]) == \
+        ("bfloat16", "stochastic")
+    assert (plain["config"]["state_dtype"], plain["config"]["state_rounding"]) == (None, None)
+    for a, b in zip(plain["runs"], report["runs"]):
+        la, lb = a["history"]["loss"][-1], b["history"]["loss"][-1]
+        assert la != lb and abs(la - lb) < 0.01 * la, (a["optimizer"], la, lb)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--state-rounding", "stochastic"], "--state-rounding needs --state-dtype bfloat16"),
+    (["--state-dtype", "bfloat16", "--dtype", "float64"], "needs --dtype float32"),
+    (["--state-dtype", "bfloat16", "--backend", "numpy"], "runs on --backend numba"),
+    (["--state-dtype", "float16"], "invalid choice: 'float16'"),
+    (["--state-dtype", "bfloat16", "--optimizers", "rmsprop_centered"],
+     "rmsprop_centered: RMSprop: state_dtype='bfloat16' is not offered"),
+])
+def test_compare_rejects_bad_state_options(argv, message, capsys):
+    from fastopt.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--no-plot", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -166,6 +166,20 @@ class Optimizer:
     backend : str
         ``"auto"`` (default), ``"cython"``, ``"numba"`` or ``"numpy"``; see
         :func:`fastopt.available_backends`.
+    state_dtype : None or "bfloat16", default None
+        None keeps the optimizer state (momentum, velocity, accumulators) in
+        the parameters' dtype.  ``"bfloat16"`` keeps it as bfloat16 bit
+        patterns in uint16 arrays, halving its memory and its traffic (Adam:
+        20 instead of 28 bytes per parameter per step); the arithmetic stays
+        float32.  Needs float32 parameters and the numba backend (``"auto"``
+        picks it); not offered for centred RMSprop.  The EMA and gradient
+        accumulators stay in the parameters' dtype.  See the README,
+        "Reduced-precision optimizer state", for what it does to training.
+    state_rounding : "nearest" or "stochastic", default "nearest"
+        With ``state_dtype="bfloat16"``: round to nearest (ties to even), or
+        stochastically (unbiased; reproducible, the random numbers are a hash
+        of the update count, the tensor and the element; see
+        :func:`fastopt.reference.bf16_random_bits`).
     convention : str
         ``"keras"`` (default): Keras 3 formulas and defaults; ``"torch"``:
         PyTorch 2.13 ``torch.optim`` formulas and defaults.
