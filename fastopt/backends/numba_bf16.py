@@ -138,6 +138,12 @@ def bf16_decode(typingctx, u):
     return types.float32(u), codegen
 
 
+def _hash32(builder, v):
+    for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        v = builder.mul(builder.xor(v, builder.lshr(v, _c32(shift))), _c32(factor))
+    return builder.xor(v, builder.lshr(v, _c32(16)))
+
+
 @intrinsic
 def hash32(typingctx, x):
     """``hash32(integer)`` -> uint32, :func:`fastopt.reference.hash32`: xor-shift
@@ -146,12 +152,23 @@ def hash32(typingctx, x):
         return None
 
     def codegen(context, builder, signature, args):
-        v = _i32(builder, args[0])
-        for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
-            v = builder.mul(builder.xor(v, builder.lshr(v, _c32(shift))), _c32(factor))
-        return builder.xor(v, builder.lshr(v, _c32(16)))
+        return _hash32(builder, _i32(builder, args[0]))
 
     return types.uint32(x), codegen
+
+
+@intrinsic
+def random_bits(typingctx, base, i, shift):
+    """``random_bits(base, i, shift)`` -> uint32: ``hash32(base + i) >> shift``,
+    all in 32-bit arithmetic (so that a loop over ``i`` keeps 32-bit lanes)."""
+    if not all(isinstance(a, types.Integer) for a in (base, i, shift)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        h = _hash32(builder, builder.add(_i32(builder, args[0]), _i32(builder, args[1])))
+        return builder.lshr(h, _i32(builder, args[2]))
+
+    return types.uint32(base, i, shift), codegen
 
 
 # ---------------------------------------------------------------------------
@@ -226,7 +243,7 @@ def _slot_setitem(slot, i, x):
         return None
     if slot.stochastic:
         def store(slot, i, x):
-            slot.bits[i] = bf16_stochastic(np.float32(x), hash32(slot.base + i) >> slot.shift)
+            slot.bits[i] = bf16_stochastic(np.float32(x), random_bits(slot.base, i, slot.shift))
     else:
         def store(slot, i, x):
             slot.bits[i] = bf16_nearest(np.float32(x))
