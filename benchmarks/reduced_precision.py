@@ -5,6 +5,7 @@ Usage::
     python benchmarks/reduced_precision.py speed [--sizes 1e7,3e7] [--rules adam,adam_amsgrad]
     python benchmarks/reduced_precision.py convergence [--seeds 5]
     python benchmarks/reduced_precision.py drift
+    python benchmarks/reduced_precision.py summary results/reduced-precision-speed-*-run*.json
 
 ``speed``: one ``opt.step`` of float32 parameters with float32 state, with
 bfloat16 state rounded to nearest and with bfloat16 state rounded
@@ -25,6 +26,9 @@ optimizer, and its difference to float32 state.
 ``drift``: Adam's ``v`` for a gradient whose size drops tenfold at step 500,
 with float32 state and the two bfloat16 roundings -- the case where
 round-to-nearest loses ``v``'s small steps.
+
+``summary``: several ``speed`` result files (separate runs) as one table:
+each cell the median over the runs, with their range.
 
 Results go to ``benchmarks/results/reduced-precision-<what>-<machine>.json``
 with the machine, the command and the load average.
@@ -108,9 +112,7 @@ def _finish(out, name):
 
 # --- speed -----------------------------------------------------------------------
 
-def speed(sizes, rules, repeats, threads):
-    if threads:
-        fastopt.set_num_threads(threads)
+def speed(sizes, rules, repeats):
     med = lambda ts: float(np.median(ts))  # noqa: E731
     rows = []
     for n in sizes:
@@ -169,6 +171,35 @@ def speed_table(r):
     lines.append(f"\nMachine: {ceiling.machine_line(m)}. Medians of {r['repeats']} interleaved "
                  f"samples after warm-up; load average {m['loadavg_at_start'][0]} at start, "
                  f"{m['loadavg_at_end'][0]} at end.")
+    return "\n".join(lines)
+
+
+def summary_table(paths):
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    lines = ["| size | rule | state | B/param | ns/param | vs float32 state | % of rmw ceiling |",
+             "|---:|---|---|---:|---:|---:|---:|"]
+
+    def cell(xs, key, fmt):
+        values = [x[key] for x in xs]
+        return (f"{fmt.format(np.median(values))} "
+                f"({fmt.format(min(values))}–{fmt.format(max(values))})")
+    for row in runs[0]["rows"]:
+        key = (row["size"], row["rule"], row["state"])
+        xs = [x for r in runs for x in r["rows"] if (x["size"], x["rule"], x["state"]) == key]
+        lines.append(f"| {key[0]:.0e} | {key[1]} | {key[2]} | {row['bytes_per_param']} "
+                     f"| {cell(xs, 'ns_per_param', '{:.3f}')} | {cell(xs, 'speedup', '{:.2f}x')} "
+                     f"| {cell(xs, 'pct_of_rmw', '{:.0f}%')} |")
+    for size in sorted({x["size"] for x in runs[0]["rows"]}):
+        xs = [x for r in runs for x in r["rows"] if x["size"] == size and x["state"] == "float32"]
+        lines.append(f"\n{size:.0e}: rmw ceiling {min(x['rmw_gbps'] for x in xs):.1f} to "
+                     f"{max(x['rmw_gbps'] for x in xs):.1f} GB/s; rmw16 (20 B) "
+                     f"{min(x['rmw16_ns_per_param'] for x in xs):.3f} to "
+                     f"{max(x['rmw16_ns_per_param'] for x in xs):.3f} ns/param")
+    loads = [(r["machine"]["loadavg_at_start"][0], r["machine"]["loadavg_at_end"][0])
+             for r in runs]
+    lines.append(f"\n{len(runs)} runs (each cell: median over the runs of each run's median of "
+                 f"{runs[0]['repeats']} samples, and the range); load average at start/end: "
+                 + ", ".join(f"{a}/{b}" for a, b in loads) + ".")
     return "\n".join(lines)
 
 
@@ -295,16 +326,23 @@ def main(argv=None):
     c.add_argument("--seeds", type=int, default=5)
     c.add_argument("--optimizers", default="momentum,adam,adamw,amsgrad,adagrad,rmsprop")
     sub.add_parser("drift")
+    m = sub.add_parser("summary")
+    m.add_argument("files", nargs="+", help="speed result files of separate runs")
     for p in (s, c, sub.choices["drift"]):
         p.add_argument("--name", default=None, help="results file name (default from the CPU)")
     args = ap.parse_args(argv)
+    if args.what == "summary":
+        print(summary_table(args.files))
+        return
     t0 = time.perf_counter()
+    if getattr(args, "threads", None):
+        fastopt.set_num_threads(args.threads)
     out = _start(args.what, argv)
     if args.what == "speed":
         sizes = [int(float(x)) for x in args.sizes.split(",")]
-        out.update(repeats=args.repeats, threads=fastopt.get_num_threads() if not args.threads
-                   else args.threads, numba_threading_layer=numba.threading_layer(),
-                   rows=speed(sizes, args.rules.split(","), args.repeats, args.threads))
+        out.update(repeats=args.repeats, threads=fastopt.get_num_threads(),
+                   numba_threading_layer=numba.threading_layer(),
+                   rows=speed(sizes, args.rules.split(","), args.repeats))
         render = speed_table
     elif args.what == "convergence":
         out.update(seeds=args.seeds,

@@ -52,9 +52,9 @@ STATE_DTYPE = "bfloat16"
 ROUNDINGS = ("nearest", "stochastic")
 
 #: Element loops (Rule.code) that are not offered with bfloat16 state, and why.
-_REFUSED = {code: "centred RMSprop's denominator v - a^2 cancels: with bfloat16's 8-bit "
-                  "significand, the rounding error of v and a^2 (about 0.4% of v) swamps "
-                  "any variance below that and the step blows up (measured: the "
+_REFUSED = {code: "centred RMSprop's denominator v - a^2 cancels: bfloat16 keeps v and a "
+                  "only to about 0.2% (2^-9), so a variance below a few tenths of a "
+                  "percent of v is lost to rounding and the step blows up (measured: the "
                   "Rosenbrock test diverges to NaN with stochastic rounding)"
             for code in (6, 7)}
 
