@@ -48,7 +48,7 @@ if "numba" in fastopt.available_backends():
     from fastopt.backends import numba_bf16 as bf16
     from fastopt.backends import numba_backend
 
-ROUNDINGS = ["nearest", "stochastic"]
+ROUNDINGS = ["nearest", "stochastic"]  # bf16.ROUNDINGS, also where numba is missing
 BF16_RULES = [name for name, r in RULES.items() if r.slots and r.code not in (6, 7)]
 
 
@@ -530,7 +530,7 @@ def test_a_state_with_float32_arrays_for_bfloat16_slots_is_rejected():
     (dict(state_dtype=np.float32), ValueError, "state_dtype must be None"),
     (dict(state_rounding="stochastic"), ValueError, "state_rounding='stochastic' applies only"),
     (dict(state_dtype="bfloat16", state_rounding="up"), ValueError,
-     "state_rounding must be 'nearest' or 'stochastic'"),
+     r"state_rounding must be one of \('nearest', 'stochastic'\)"),
     (dict(state_dtype="bfloat16", backend="numpy"), ValueError,
      "runs on the 'numba' backend only, not 'numpy'"),
     (dict(state_dtype="bfloat16", backend="cython"), ValueError,

@@ -21,9 +21,10 @@ Rounding (:func:`fastopt.reference.bf16_round` is the specification):
 * ``"nearest"``: round to nearest, ties to even;
 * ``"stochastic"``: round away from zero with probability equal to the
   fraction of a bfloat16 spacing that is cut off, so that the stored value is
-  right on average.  The random numbers are a hash of (update count, slot,
-  tensor, element) -- :func:`fastopt.reference.bf16_random_bits` -- so runs
-  are reproducible, do not depend on threads, and resume bit-identically.
+  right on average.  The random numbers are a hash of (update count,
+  tensor, element), whose low 16 bits round the first slot and high 16 bits
+  the others (:func:`fastopt.reference.bf16_random_bits`), so runs are
+  reproducible, do not depend on threads, and resume bit-identically.
 
 The rules run here are not separate entries of :data:`fastopt._rules.RULES`
 (every other backend mirrors that table); the optimizers reach this module
@@ -45,10 +46,9 @@ from .._rules import pack
 from . import _numba_util, numba_backend as nb
 from ._numba_util import driver, kernel
 
-__all__ = ["Plan", "STATE_DTYPE", "ROUNDINGS", "refusal"]
+__all__ = ["Plan", "ROUNDINGS", "refusal"]
 
-NAME = nb.NAME
-STATE_DTYPE = "bfloat16"
+#: The roundings of ``state_rounding``, the default first.
 ROUNDINGS = ("nearest", "stochastic")
 
 #: Element loops (Rule.code) that are not offered with bfloat16 state, and why.
@@ -389,6 +389,7 @@ class Plan(nb.Plan):
     """
 
     refusal = staticmethod(refusal)
+    ROUNDINGS = ROUNDINGS
 
     def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
         why = refusal(rule)

@@ -758,8 +758,9 @@ def _lr_config(lr):
 
 
 def _state_options(owner, state_dtype, rounding, backend):
-    """Checked ``(state_dtype, state_rounding)``: ``(None, None)`` or a dtype of
-    :data:`fastopt.backends.STATE_DTYPES` and a rounding (default "nearest")."""
+    """Checked ``(state_dtype, state_rounding)``: ``(None, None)``, or a dtype of
+    :data:`fastopt.backends.STATE_DTYPES` and one of its backend's roundings
+    (default: the first, "nearest")."""
     if state_dtype is None:
         if rounding is not None:
             raise ValueError(f"{owner}: state_rounding={rounding!r} applies only with a "
@@ -768,14 +769,13 @@ def _state_options(owner, state_dtype, rounding, backend):
     if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
         raise ValueError(f"{owner}: state_dtype must be None (the parameters' dtype) or one "
                          f"of {STATE_DTYPES}, got {state_dtype!r}")
-    rounding = "nearest" if rounding is None else rounding
-    if not isinstance(rounding, str) or rounding not in ("nearest", "stochastic"):
-        raise ValueError(f"{owner}: state_rounding must be 'nearest' or 'stochastic', "
-                         f"got {rounding!r}")
     try:
-        resolve_state_backend(backend, state_dtype)
+        roundings = resolve_state_backend(backend, state_dtype)[1].ROUNDINGS
     except ValueError as exc:
         raise ValueError(f"{owner}: {exc}") from None
+    rounding = roundings[0] if rounding is None else rounding
+    if not isinstance(rounding, str) or rounding not in roundings:
+        raise ValueError(f"{owner}: state_rounding must be one of {roundings}, got {rounding!r}")
     return state_dtype, rounding
 
 
