@@ -6,6 +6,7 @@ Usage::
     python benchmarks/reduced_precision.py convergence [--seeds 5]
     python benchmarks/reduced_precision.py drift
     python benchmarks/reduced_precision.py summary results/reduced-precision-speed-*-run*.json
+    python benchmarks/reduced_precision.py asm
 
 ``speed``: one ``opt.step`` of float32 parameters with float32 state, with
 bfloat16 state rounded to nearest and with bfloat16 state rounded
@@ -29,6 +30,11 @@ round-to-nearest loses ``v``'s small steps.
 
 ``summary``: several ``speed`` result files (separate runs) as one table:
 each cell the median over the runs, with their range.
+
+``asm``: the instructions per 16 elements (one 512-bit iteration) of Adam's
+vectorised loop with float32 state and with bfloat16 state, both roundings,
+read from the machine code (compiled afresh in a temporary cache, because
+Numba cannot show the assembly of cached code).
 
 Results go to ``benchmarks/results/reduced-precision-<what>-<machine>.json``
 with the machine, the command and the load average.
@@ -203,6 +209,44 @@ def summary_table(paths):
     return "\n".join(lines)
 
 
+def _vector_loops(asm, slot_stores):
+    """Instruction counts of the basic blocks that hold Adam's 512-bit loop body
+    (a zmm square root and ``slot_stores`` narrowing stores)."""
+    import re
+    blocks, block = [], []
+    for line in asm.splitlines():
+        if re.match(r"^\.LBB", line):
+            blocks.append(block)
+            block = []
+        block.append(line)
+    blocks.append(block)
+    return [sum(1 for x in b[1:] if x.startswith("\t") and not x.startswith("\t."))
+            for b in blocks if "vsqrtps\t%zmm" in "\n".join(b)
+            and "\n".join(b).count("vpmovdw") == slot_stores]
+
+
+def asm_counts():
+    if "FASTOPT_ASM_CHILD" not in os.environ:  # compile afresh in a child process
+        import subprocess
+        import tempfile
+        with tempfile.TemporaryDirectory() as cache:
+            env = {**os.environ, "NUMBA_CACHE_DIR": cache, "FASTOPT_ASM_CHILD": "1"}
+            out = subprocess.run([sys.executable, __file__, "asm"], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+        return json.loads(out)
+    from fastopt.backends import numba_backend, numba_bf16
+    n = 40_000
+    for options in STATES.values():
+        w = np.ones(n, np.float32)
+        fastopt.Adam(w, backend="numba", **options).step(np.ones(n, np.float32))
+    counts = {"float32": min(c for asm in numba_backend._loop_adam.inspect_asm().values()
+                             for c in _vector_loops(asm, 0))}
+    for sig, asm in numba_bf16._run_chunk.inspect_asm().items():
+        state = "bf16 nearest" if sig[-2] == numba.types.none else "bf16 stochastic"
+        counts[state] = min(_vector_loops(asm, 2))
+    return counts
+
+
 # --- convergence -------------------------------------------------------------------
 
 def _banknotes():
@@ -326,6 +370,7 @@ def main(argv=None):
     c.add_argument("--seeds", type=int, default=5)
     c.add_argument("--optimizers", default="momentum,adam,adamw,amsgrad,adagrad,rmsprop")
     sub.add_parser("drift")
+    sub.add_parser("asm")
     m = sub.add_parser("summary")
     m.add_argument("files", nargs="+", help="speed result files of separate runs")
     for p in (s, c, sub.choices["drift"]):
@@ -333,6 +378,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.what == "summary":
         print(summary_table(args.files))
+        return
+    if args.what == "asm":
+        counts = asm_counts()
+        if "FASTOPT_ASM_CHILD" in os.environ:
+            print(json.dumps(counts))
+        else:
+            print("Adam's vectorised loop, instructions per 16 elements: "
+                  + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return
     t0 = time.perf_counter()
     if getattr(args, "threads", None):
