@@ -154,9 +154,17 @@ def _compare(args):
     if not args.optimizers:
         fail("--optimizers needs at least one name; valid names: "
              + ", ".join(comparison.OPTIMIZERS))
+    if args.state_rounding is not None and args.state_dtype is None:
+        fail("--state-rounding needs --state-dtype bfloat16")
+    if args.state_dtype is not None and args.dtype != "float32":
+        fail(f"--state-dtype {args.state_dtype} needs --dtype float32")
+    if args.state_dtype is not None and args.backend not in ("auto", "numba"):
+        fail(f"--state-dtype {args.state_dtype} runs on --backend numba (or auto), "
+             f"not {args.backend}")
     try:
         comparison.check_optimizers(args.optimizers, args.learning_rate, args.momentum,
-                                    args.backend, args.convention, args.dtype)
+                                    args.backend, args.convention, args.dtype,
+                                    args.state_dtype, args.state_rounding)
     except ValueError as exc:
         fail(f"--optimizers: {exc}")
     plot_path = args.plot
@@ -182,7 +190,10 @@ def _compare(args):
     print(f"learning rate {args.learning_rate:g}, momentum {args.momentum:g} (momentum and "
           f"nesterov), batch size {args.batch_size}, {_plural(args.epochs, 'epoch')}, "
           f"{_plural(args.seeds, 'seed')}, {args.convention} convention, {args.dtype}, "
-          f"backend {args.backend}")
+          f"backend {args.backend}"
+          + ("" if args.state_dtype is None else
+             f", {args.state_dtype} optimizer state ({args.state_rounding or 'nearest'} "
+             "rounding)"))
 
     def progress(name, seed, history, seconds):
         print(f"  {name:<16} seed {seed}: loss {history['loss'][-1]:.4f}, val_accuracy "
@@ -193,7 +204,8 @@ def _compare(args):
         learning_rate=args.learning_rate, momentum=args.momentum, epochs=args.epochs,
         batch_size=args.batch_size, seeds=args.seeds, model=args.model, hidden=hidden,
         activation=args.activation, backend=args.backend, convention=args.convention,
-        dtype=args.dtype, on_run=progress)
+        dtype=args.dtype, on_run=progress, state_dtype=args.state_dtype,
+        state_rounding=args.state_rounding)
     print()
     print(comparison.format_table(comparison.summarize(runs)))
     print(f"\nmean ± std over {_plural(args.seeds, 'seed')} "
@@ -210,7 +222,10 @@ def _compare(args):
                   "backend": args.backend, "convention": args.convention,
                   "dtype": args.dtype, "data": "builtin" if args.csv is None else args.csv,
                   "target": args.target, "test_size": args.test_size,
-                  "features": names, "n_train": len(X_train), "n_validation": len(X_test)}
+                  "features": names, "n_train": len(X_train), "n_validation": len(X_test),
+                  "state_dtype": args.state_dtype,
+                  "state_rounding": args.state_rounding
+                  or ("nearest" if args.state_dtype else None)}
         try:
             with open(args.json, "w") as f:
                 json.dump(comparison.json_report(config, runs), f, indent=1, allow_nan=False)
@@ -263,6 +278,11 @@ def _add_compare(sub):
                    help="the optimizers' formulas and defaults (default: keras)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="of the model and optimizer (default: float32)")
+    p.add_argument("--state-dtype", choices=("bfloat16",),
+                   help="keep the optimizers' state (Adam's m and v, ...) in bfloat16: "
+                        "float32 parameters, numba backend (default: the parameters' dtype)")
+    p.add_argument("--state-rounding", choices=("nearest", "stochastic"),
+                   help="how bfloat16 state is rounded (default: nearest)")
     p.add_argument("--csv", metavar="PATH",
                    help="data: a CSV file with a header row and numeric columns "
                         "(default: the built-in data set)")

@@ -37,7 +37,8 @@ __all__ = [
     "adam", "adam_amsgrad", "adam_alpha", "sgd_momentum_torch", "sgd_nesterov_torch",
     "adagrad_torch", "rmsprop_torch", "rmsprop_momentum_torch", "rmsprop_centered_torch",
     "rmsprop_centered_momentum_torch", "adam_torch", "adam_amsgrad_torch", "clip_by_norm", "clip_by_global_norm",
-    "clip_by_value", "global_norm", "apply_rule",
+    "clip_by_value", "global_norm", "apply_rule", "bf16_round", "bf16_to_float", "hash32",
+    "bf16_random_bits", "apply_rule_bf16",
 ]
 
 
@@ -424,3 +425,102 @@ def apply_rule(name, param, grad, slots, scalars, *, keep=1.0, gscale=1.0,
         g = g + l2 * _f64(param)
     w = keep * _f64(param)
     return _RULE_FUNCTIONS[name](w, g, *slots, **scalars)
+
+
+# --------------------------------------------------------------------------
+# Optimizer state kept in bfloat16 (``state_dtype="bfloat16"``).  bfloat16 is
+# float32 with the low 16 bits dropped: the same 8-bit exponent (same range,
+# subnormals included) and an 8-bit significand (7 bits stored).  A value is
+# stored as its 16-bit pattern in a uint16 array.
+
+_MASK32 = 0xFFFFFFFF
+
+
+def bf16_to_float(bits):
+    """bfloat16 bit patterns (uint16) -> their values as float32 (exact)."""
+    u = np.asarray(bits, dtype=np.uint16).astype(np.uint32)
+    u <<= 16  # in place: a 0-d input stays an array
+    return u.view(np.float32)
+
+
+def bf16_round(x, rounding="nearest", random_bits=None):
+    """Round values to bfloat16; returns the bit patterns (uint16).
+
+    ``rounding="nearest"``: IEEE round to nearest, ties to even, in one
+    rounding from the exact (float64) value: 8 significant bits, spacing
+    ``2**-133`` below ``2**-126`` (subnormals), a magnitude of
+    ``(2 - 2**-8) * 2**127`` or more becomes infinite, signed zeros and
+    infinities are kept and a NaN stays a (quiet) NaN of the same sign.
+
+    ``rounding="stochastic"``: the value is first rounded to float32 (the
+    kernels hold it in float32); its low 16 bits ``d`` are what bfloat16
+    drops.  With ``r = random_bits & 0xFFFF`` it is rounded away from zero
+    to the next bfloat16 if ``d + r >= 2**16`` and towards zero otherwise:
+    up with probability ``d / 2**16`` for uniform ``r``, so the rounding is
+    unbiased.  A value already in bfloat16 (``d = 0``) is kept.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = _f64(x)
+        x32 = x.astype(np.float32)
+        if rounding == "nearest":
+            frac, exp = np.frexp(np.where(np.isfinite(x), x, 0.0))  # |frac| in [0.5, 1)
+            quantum = np.maximum(exp, -125) - 8                    # 2**-126 = 0.5 * 2**-125
+            near = np.ldexp(np.rint(np.ldexp(x, -quantum)), quantum)  # rint: ties to even
+            x32 = np.where(np.isfinite(x), near, x).astype(np.float32)  # exact, or +-inf
+            out = x32.view(np.uint32) >> 16
+        elif rounding == "stochastic":
+            b = x32.view(np.uint32).astype(np.uint64)
+            r = np.asarray(random_bits, dtype=np.uint64) & 0xFFFF
+            out = (b + r) >> 16
+        else:
+            raise ValueError(f"bf16_round: rounding must be 'nearest' or 'stochastic', "
+                             f"got {rounding!r}")
+    quiet_nan = (x32.view(np.uint32) >> 16) | 0x40
+    return np.where(np.isnan(x32), quiet_nan, out).astype(np.uint16)
+
+
+def hash32(x):
+    """A 32-bit integer hash of the low 32 bits of ``x`` (xor-shift and
+    multiply rounds with the constants of C. Wellons' ``lowbias32``): the
+    random numbers of stochastic rounding.  Returns uint64 values below 2**32."""
+    x = np.asarray(x).astype(np.uint64) & _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def bf16_random_bits(updates, slot, tensor, size):
+    """The random numbers that stochastic rounding draws for one slot of one
+    tensor in one step.
+
+    Element ``i`` of the tensor hashes ``h = hash32(salt + i)`` with
+    ``salt = hash32(hash32(updates + 1) + tensor)`` (mod 2**32); slot 0 (the
+    first in the rule's slot list) uses the low 16 bits of ``h``, the other
+    slots the high 16 bits.  So AMSGrad's ``v`` and ``vhat`` round alike and
+    the stored ``vhat >= v`` holds.  ``updates`` is the optimizer's update
+    count before the step (the one Adam's bias correction sees) and
+    ``tensor`` the parameter's index in the optimizer's flat parameter list:
+    the numbers depend on nothing else -- not on threads, chunking or other
+    tensors -- and a resumed run draws the same ones.
+    """
+    salt = hash32(hash32(int(updates) + 1) + int(tensor))
+    h = hash32(salt + np.arange(size, dtype=np.uint64))
+    return h if slot == 0 else h >> 16
+
+
+def apply_rule_bf16(name, param, grad, slots, scalars, *, keep=1.0, gscale=1.0,
+                    clipvalue=math.inf, l2=0.0, rounding="nearest", random_bits=None):
+    """One kernel step with the slots in bfloat16, in float64.
+
+    ``slots`` are bfloat16 bit patterns (uint16).  They are decoded, the
+    step runs as :func:`apply_rule`, and the new slot values are rounded
+    back with :func:`bf16_round` (``random_bits``: one array per slot, for
+    ``rounding="stochastic"``).  The parameter update uses the new slot
+    values *before* they are rounded.  Returns ``(new_param, *new_slot_bits)``.
+    """
+    new = apply_rule(name, param, grad, [bf16_to_float(s) for s in slots], scalars,
+                     keep=keep, gscale=gscale, clipvalue=clipvalue, l2=l2)
+    bits = random_bits if random_bits is not None else [None] * len(slots)
+    return (new[0], *(bf16_round(s, rounding, b) for s, b in zip(new[1:], bits)))

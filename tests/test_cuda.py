@@ -509,6 +509,13 @@ def test_sharded_optimizer_refuses_device_arrays():
         ShardedOptimizer(fastopt.Adam, [dev(np.ones(3))])
 
 
+def test_bfloat16_state_is_refused_for_device_arrays():
+    d = dev(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="state_dtype='bfloat16' is offered by the numba "
+                                         "backend only.*params are CUDA device arrays"):
+        fastopt.Adam([d], state_dtype="bfloat16")
+
+
 def test_device_gradients_for_host_params_are_rejected():
     w = np.ones(3)
     opt = fastopt.SGD([w], learning_rate=0.1)

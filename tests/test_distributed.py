@@ -210,6 +210,9 @@ def test_one_rank_bad_input_changes_nothing():
         ShardedOptimizer(fastopt.Adam, p, comm=_self(), beta_1=2.0)
     with pytest.raises(ValueError, match="unknown hyperparameter"):
         ShardedOptimizer(fastopt.Adam, p, comm=_self(), lr=0.1)
+    with pytest.raises(ValueError, match="state_dtype='bfloat16' is not supported under "
+                                         "sharding yet"):
+        ShardedOptimizer(fastopt.Adam, p, comm=_self(), state_dtype="bfloat16")
     opt = ShardedOptimizer(fastopt.Adam, p, comm=_self())
     with pytest.raises(TypeError, match=r"grads\[1\] has dtype float64"):
         opt.step([np.ones(4), np.ones((2, 2))])

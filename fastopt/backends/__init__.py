@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = ["available_backends", "get_backend", "resolve_backend", "set_num_threads",
            "get_num_threads", "set_parallel_threshold", "get_parallel_threshold",
-           "BACKEND_NAMES"]
+           "BACKEND_NAMES", "STATE_DTYPES", "resolve_state_backend"]
 
 #: Every backend fastopt knows, in order of preference for error messages.
 _MODULES = {
@@ -107,6 +107,26 @@ def resolve_backend(name, dtype, size, device=False):
         if (max_size is None or size <= max_size) and _load(candidate) is not None:
             return _loaded[candidate]
     return get_backend("numpy")
+
+
+#: Optimizer state kept in a narrower dtype than the parameters
+#: (``state_dtype=...``): the one backend that runs it, and its module.
+_STATE_MODULES = {"bfloat16": ("numba", "fastopt.backends.numba_bf16")}
+STATE_DTYPES = tuple(_STATE_MODULES)
+
+
+def resolve_state_backend(name, state_dtype):
+    """``(backend module, Plan class)`` for slots kept in ``state_dtype``.
+
+    Only the Numba backend keeps bfloat16 state: ``"auto"`` picks it at every
+    size, another backend's name is a ``ValueError``, and an unavailable Numba
+    an ``ImportError`` that says how to get it.
+    """
+    backend, module = _STATE_MODULES[state_dtype]
+    if name not in ("auto", backend):
+        raise ValueError(f"state_dtype={state_dtype!r} runs on the {backend!r} backend only, "
+                         f"not {name!r}; pass backend={backend!r} or 'auto'")
+    return get_backend(backend), importlib.import_module(module).Plan
 
 
 def set_num_threads(n):

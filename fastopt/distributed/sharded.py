@@ -197,6 +197,10 @@ class ShardedOptimizer:
         if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, Optimizer)):
             raise TypeError(f"{owner}: optimizer_cls must be a fastopt optimizer class such "
                             f"as fastopt.Adam, got {optimizer_cls!r}")
+        if hyperparameters.get("state_dtype") is not None:
+            raise ValueError(f"{owner}: state_dtype={hyperparameters['state_dtype']!r} is not "
+                             "supported under sharding yet (the gathered state assumes slots "
+                             "in the parameters' dtype); leave state_dtype=None")
         parsed = _parse_params(owner, params)
         if parsed.device:
             raise TypeError(f"{owner}: the params are CUDA device arrays; the sharded "

@@ -33,7 +33,8 @@ import numpy as np
 from .. import reference, schedules
 from .._rules import RULES
 from .._validation import boolean, real, unknown_keywords
-from ..backends import BACKEND_NAMES, get_backend, resolve_backend
+from ..backends import (BACKEND_NAMES, STATE_DTYPES, get_backend, resolve_backend,
+                        resolve_state_backend)
 from ..backends._contract import FLOAT_DTYPES, is_device_array
 
 __all__ = ["Optimizer"]
@@ -50,14 +51,22 @@ class _Group:
     """Tensors of one parameter group and one dtype: slots in flat buffers,
     per-tensor factors, and the backend's plan."""
 
-    def __init__(self, indices, arrays, rule, slot_init, backend, decays, device=False):
+    def __init__(self, indices, arrays, rule, slot_init, backend, decays, device=False,
+                 state=None):
         self.indices = indices
         self.dtype = arrays[0].dtype
         sizes = [a.size for a in arrays]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        self.backend = resolve_backend(backend, self.dtype, offsets[-1], device)
+        # state = (state_dtype, rounding): slots hold bfloat16 bit patterns (host only)
+        low = state is not None and bool(rule.slots)
+        if low:
+            self.backend, plan = resolve_state_backend(backend, state[0])
+        else:
+            self.backend = resolve_backend(backend, self.dtype, offsets[-1], device)
         full = self.backend.full if device else np.full
-        flat_slots = {name: full(offsets[-1], slot_init.get(name, 0.0), dtype=self.dtype)
+        flat_slots = {name: full(offsets[-1], reference.bf16_round(slot_init.get(name, 0.0))
+                                 if low else slot_init.get(name, 0.0),
+                                 dtype=np.uint16 if low else self.dtype)
                       for name in rule.slots}
         # per tensor, per slot: a view of the flat buffer in the tensor's shape
         self.slot_views = {name: [buf[offsets[k]:offsets[k + 1]].reshape(a.shape)
@@ -65,7 +74,12 @@ class _Group:
                            for name, buf in flat_slots.items()}
         flat = [a.reshape(-1) for a in arrays]
         slots_1d = [[v.reshape(-1) for v in self.slot_views[name]] for name in rule.slots]
-        self.plan = self.backend.Plan(rule, flat, slots_1d)
+        if low:
+            self.plan = plan(rule, flat, slots_1d, rounding=state[1], tensor_ids=indices)
+        else:
+            self.plan = self.backend.Plan(rule, flat, slots_1d)
+        # stochastic rounding draws from the update count, set before each step
+        self.counted = low and state[1] == "stochastic"
         # rows: gradient scale, decoupled decay factor, coupled (L2) decay
         self.pt = np.ones((3, len(arrays)))
         self.pt[2] = 0.0
@@ -197,6 +211,20 @@ class Optimizer:
         ``"auto"`` (default), ``"cython"``, ``"numba"``, ``"numpy"`` or
         ``"cuda"`` (device arrays only, which ``"auto"`` then picks); see
         :func:`fastopt.available_backends`.
+    state_dtype : None or "bfloat16", default None
+        None keeps the optimizer state (momentum, velocity, accumulators) in
+        the parameters' dtype.  ``"bfloat16"`` keeps it as bfloat16 bit
+        patterns in uint16 arrays, halving its memory and its traffic (Adam:
+        20 instead of 28 bytes per parameter per step); the arithmetic stays
+        float32.  Needs float32 parameters and the numba backend (``"auto"``
+        picks it); not offered for centred RMSprop.  The EMA and gradient
+        accumulators stay in the parameters' dtype.  See the README,
+        "Reduced-precision optimizer state", for what it does to training.
+    state_rounding : "nearest" or "stochastic", default "nearest"
+        With ``state_dtype="bfloat16"``: round to nearest (ties to even), or
+        stochastically (unbiased; reproducible, the random numbers are a hash
+        of the update count, the tensor and the element; see
+        :func:`fastopt.reference.bf16_random_bits`).
     convention : str
         ``"keras"`` (default): Keras 3 formulas and defaults; ``"torch"``:
         PyTorch 2.13 ``torch.optim`` formulas and defaults.
@@ -216,10 +244,12 @@ class Optimizer:
                  clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
                  ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
                  gradient_accumulation_steps=None, exclude_from_weight_decay=None,
-                 maximize=False, backend="auto", convention=None, **unknown):
+                 maximize=False, backend="auto", convention=None, state_dtype=None,
+                 state_rounding=None, **unknown):
         name = type(self).__name__
         if unknown:
-            raise unknown_keywords(name, unknown, (*_COMMON, *hyper, "backend", "convention"))
+            raise unknown_keywords(name, unknown, (*_COMMON, *hyper, "backend", "convention",
+                                                   "state_dtype", "state_rounding"))
         convention = "keras" if convention is None else convention
         if convention not in CONVENTIONS:
             raise ValueError(f"{name}: convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -262,6 +292,8 @@ class Optimizer:
         self.gradient_accumulation_steps = _count(name, "gradient_accumulation_steps",
                                                   gradient_accumulation_steps, 2)
         self._backend_name = backend
+        self.state_dtype, self.state_rounding = _state_options(name, state_dtype,
+                                                               state_rounding, backend)
 
         parsed = _parse_params(name, params)
         self._kind, self._structure = parsed.kind, parsed.structure
@@ -276,11 +308,21 @@ class Optimizer:
             raise ValueError(f"{name}: backend 'cuda' updates CUDA device arrays, but the "
                              "params are host NumPy arrays; pass device arrays (a Numba device "
                              "array, a CuPy array or a PyTorch CUDA tensor)")
+        if self._device and self.state_dtype is not None:
+            raise ValueError(f"{name}: state_dtype={self.state_dtype!r} is offered by the numba "
+                             "backend only, for host float32 parameters; the params are CUDA "
+                             "device arrays (leave state_dtype=None)")
         self._arrays = get_backend("cuda") if self._device else _HostArrays
         self._labels = [f"[{i}]" if n is None else f"[{n!r}]"
                         for i, n in enumerate(self._names)]
         self._shapes = [a.shape for a in self._params]
         self._dtypes = [a.dtype for a in self._params]
+        if self.state_dtype is not None:
+            for label, a in zip(self._labels, self._params):
+                if a.dtype != np.float32:
+                    raise ValueError(f"{name}: state_dtype={self.state_dtype!r} needs float32 "
+                                     f"parameters (the kernels compute in float32); "
+                                     f"params{label} is {a.dtype}")
         self._excluded = _excluded(name, exclude_from_weight_decay, self._names,
                                    len(self._params))
         self._param_groups = []
@@ -294,6 +336,8 @@ class Optimizer:
             merged = self._check_group({**self._defaults, **overrides}, f" (param group {g})")
             pg = _ParamGroup(indices, merged, overrides, RULES[self._rule_name(merged)])
             self._param_groups.append(pg)
+        if self.state_dtype is not None:
+            _check_state_rules(name, self._param_groups, backend, self.state_dtype)
         self.iterations = 0
         self._build()
 
@@ -331,7 +375,9 @@ class Optimizer:
             pg.groups = [
                 _Group(idx, [self._params[i] for i in idx], pg.rule, self._slot_init(pg.hyper),
                        self._backend_name, [i not in self._excluded for i in idx],
-                       self._device)
+                       self._device,
+                       None if self.state_dtype is None
+                       else (self.state_dtype, self.state_rounding))
                 for idx in by_dtype.values()
             ]
         self._groups = [g for pg in self._param_groups for g in pg.groups]
@@ -340,7 +386,8 @@ class Optimizer:
         self._accumulated = ([zeros_like(p) for p in self._params]
                              if self.gradient_accumulation_steps else None)
         self._torch_l2 = self.convention == "torch" and not self._TORCH_DECOUPLED
-        self._fast = (len(self._groups) == 1 and self._ema is None
+        self._counted = [g for g in self._groups if g.counted]
+        self._fast = (len(self._groups) == 1 and self._ema is None and not self._counted
                       and self._accumulated is None and self.loss_scale_factor is None)
         self._n = len(self._params)
 
@@ -454,6 +501,8 @@ class Optimizer:
         steps = self.gradient_accumulation_steps
         applying = steps is None or (self.iterations + 1) % steps == 0
         updates = self.iterations if steps is None else self.iterations // steps
+        for group in self._counted:
+            group.plan.updates = updates
         plans = []
         if applying:
             for pg in self._param_groups:
@@ -633,6 +682,7 @@ class Optimizer:
                   "gradient_accumulation_steps": self.gradient_accumulation_steps,
                   "exclude_from_weight_decay": self._exclude_config(),
                   "backend": self._backend_name}
+        config.update(state_dtype=self.state_dtype, state_rounding=self.state_rounding)
         if self._kind == "groups":
             config["param_groups"] = [
                 {k: _lr_config(v) if k == "learning_rate" else v
@@ -691,7 +741,9 @@ class Optimizer:
         """``{"config", "iterations", "slots": {"<slot>/<index or name>": array}}``.
 
         Slot arrays are host NumPy copies (also for device parameters) in
-        their parameter's shape and dtype; they
+        their parameter's shape and dtype (with ``state_dtype="bfloat16"``,
+        the kernels' slots are uint16 arrays of bfloat16 bit patterns, which
+        round-trip exactly); they
         include the moving averages (``average/...``) with ``use_ema`` and
         the gradient accumulators (``gradient_accumulator/...``).
         """
@@ -710,6 +762,11 @@ class Optimizer:
         if config.get("class_name") != name:
             raise ValueError(f"{name}.load_state_dict: the state is for "
                              f"{config.get('class_name')!r}, not {name}")
+        if config.get("state_dtype") != self.state_dtype:
+            raise ValueError(f"{name}.load_state_dict: the state keeps the optimizer state in "
+                             f"state_dtype={config.get('state_dtype')!r}, this optimizer in "
+                             f"state_dtype={self.state_dtype!r}; build the optimizer with the "
+                             "state's state_dtype to load it")
         if config.get("convention", "keras") != self.convention:
             raise ValueError(f"{name}.load_state_dict: the state uses convention "
                              f"{config.get('convention')!r}, this optimizer {self.convention!r}")
@@ -787,6 +844,40 @@ def _lr_config(lr):
     if callable(lr):
         return {"class_name": "callable", "config": {"repr": repr(lr)}}
     return lr
+
+
+def _state_options(owner, state_dtype, rounding, backend):
+    """Checked ``(state_dtype, state_rounding)``: ``(None, None)``, or a dtype of
+    :data:`fastopt.backends.STATE_DTYPES` and one of its backend's roundings
+    (default: the first, "nearest")."""
+    if state_dtype is None:
+        if rounding is not None:
+            raise ValueError(f"{owner}: state_rounding={rounding!r} applies only with a "
+                             f"reduced-precision state_dtype ({', '.join(STATE_DTYPES)})")
+        return None, None
+    if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
+        raise ValueError(f"{owner}: state_dtype must be None (the parameters' dtype) or one "
+                         f"of {STATE_DTYPES}, got {state_dtype!r}")
+    try:
+        roundings = resolve_state_backend(backend, state_dtype)[1].ROUNDINGS
+    except ValueError as exc:
+        raise ValueError(f"{owner}: {exc}") from None
+    rounding = roundings[0] if rounding is None else rounding
+    if not isinstance(rounding, str) or rounding not in roundings:
+        raise ValueError(f"{owner}: state_rounding must be one of {roundings}, got {rounding!r}")
+    return state_dtype, rounding
+
+
+def _check_state_rules(owner, param_groups, backend, state_dtype):
+    """ValueError if a group's kernel cannot keep its state in ``state_dtype``
+    (a kernel without state is fine: the option does nothing to it)."""
+    refusal = resolve_state_backend(backend, state_dtype)[1].refusal
+    for g, pg in enumerate(param_groups):
+        why = pg.rule.slots and refusal(pg.rule)
+        if why:
+            where = f" (param group {g})" if len(param_groups) > 1 else ""
+            raise ValueError(f"{owner}{where}: state_dtype={state_dtype!r} is not offered for "
+                             f"the {pg.rule.name!r} kernel: {why}")
 
 
 def _count(owner, name, value, low):

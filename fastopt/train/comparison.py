@@ -52,12 +52,14 @@ MODELS = ("logistic", "mlp")
 
 
 def make_optimizer(name, params, learning_rate=0.01, momentum=0.3, backend="auto",
-                   convention=None):
+                   convention=None, state_dtype=None, state_rounding=None):
     """The optimizer ``name`` (a key of :data:`OPTIMIZERS`) over ``params``.
 
     ``learning_rate`` is always passed; ``momentum`` only to the names that
     take it (``momentum``, ``nesterov``); everything else keeps the
-    optimizer's defaults under ``convention``.
+    optimizer's defaults under ``convention``.  ``state_dtype`` and
+    ``state_rounding`` (reduced-precision optimizer state) go to every
+    optimizer.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
@@ -66,11 +68,12 @@ def make_optimizer(name, params, learning_rate=0.01, momentum=0.3, backend="auto
     if recipe.takes_momentum:
         options["momentum"] = momentum
     return recipe.cls(params, learning_rate=learning_rate, backend=backend,
-                      convention=convention, **options)
+                      convention=convention, state_dtype=state_dtype,
+                      state_rounding=state_rounding, **options)
 
 
 def check_optimizers(names, learning_rate=0.01, momentum=0.3, backend="auto",
-                     convention=None, dtype="float32"):
+                     convention=None, dtype="float32", state_dtype=None, state_rounding=None):
     """Build each named optimizer on a scratch array, so that a bad name or
     setting fails before any training.  Errors name the optimizer."""
     if isinstance(names, str) or not isinstance(names, Sequence) or not names:
@@ -78,7 +81,8 @@ def check_optimizers(names, learning_rate=0.01, momentum=0.3, backend="auto",
     probe = np.zeros(1, dtype)
     for name in names:
         try:
-            make_optimizer(name, probe, learning_rate, momentum, backend, convention)
+            make_optimizer(name, probe, learning_rate, momentum, backend, convention,
+                           state_dtype, state_rounding)
         except (TypeError, ValueError) as exc:
             raise ValueError(str(exc) if name not in OPTIMIZERS else f"{name}: {exc}") from None
 
@@ -95,7 +99,7 @@ def make_model(kind, n_features, seed, hidden=(16,), activation="relu", dtype="f
 def compare(X, y, validation_data=None, optimizers=DEFAULT_OPTIMIZERS, learning_rate=0.01,
             momentum=0.3, epochs=5, batch_size=16, seeds=1, model="logistic", hidden=(16,),
             activation="relu", backend="auto", convention=None, dtype="float32",
-            on_run=None):
+            on_run=None, state_dtype=None, state_rounding=None):
     """Train one model per optimizer and seed; return the runs.
 
     Seeds are ``0 .. seeds - 1``; the seed fixes both the initial weights and
@@ -109,7 +113,7 @@ def compare(X, y, validation_data=None, optimizers=DEFAULT_OPTIMIZERS, learning_
     validation_data : tuple (X_val, y_val), optional
     optimizers : sequence of str
         Keys of :data:`OPTIMIZERS`.
-    learning_rate, momentum, backend, convention
+    learning_rate, momentum, backend, convention, state_dtype, state_rounding
         Passed to :func:`make_optimizer`.
     epochs, batch_size
         Passed to :func:`fastopt.train.fit`.
@@ -126,14 +130,15 @@ def compare(X, y, validation_data=None, optimizers=DEFAULT_OPTIMIZERS, learning_
         by optimizer, then seed.
     """
     seeds = _checks.integer("compare", "seeds", seeds, low=1)
-    check_optimizers(optimizers, learning_rate, momentum, backend, convention, dtype)
+    check_optimizers(optimizers, learning_rate, momentum, backend, convention, dtype,
+                     state_dtype, state_rounding)
     n_features = np.shape(X)[1]
     runs = []
     for name in optimizers:
         for seed in range(seeds):
             net = make_model(model, n_features, seed, hidden, activation, dtype)
             opt = make_optimizer(name, net.params, learning_rate, momentum, backend,
-                                 convention)
+                                 convention, state_dtype, state_rounding)
             start = time.perf_counter()
             history = fit(net, X, y, opt, epochs=epochs, batch_size=batch_size, seed=seed,
                           validation_data=validation_data, verbose=0)

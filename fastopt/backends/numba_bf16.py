@@ -1,0 +1,427 @@
+"""bfloat16 optimizer state for the Numba backend (``state_dtype="bfloat16"``).
+
+The slots (Adam's ``m`` and ``v``, ...) live in uint16 arrays that hold
+bfloat16 bit patterns; parameters and gradients stay float32 and all the
+arithmetic is float32.  A step reads each slot as 2 bytes and writes it as 2
+bytes, so Adam moves 20 bytes per parameter instead of 28.
+
+How: :class:`BF16Slot` is a Numba type that wraps a uint16 array and behaves
+like a float32 array for ``x = s[i]`` (decode: the bits shifted into a
+float32) and ``s[i] = x`` (round to bfloat16).  The step hands such slots to
+the rule's own element loop from :mod:`fastopt.backends.numba_backend` --
+the very loop the float32-state optimizers run, unchanged -- which Numba
+compiles again for these argument types into one fused, vectorised pass.
+So each formula exists once, and the parameter update uses the new slot
+values before they are rounded (the rounding happens at the store).  The step
+walks the same chunk table as ``numba_backend`` (``prange`` over chunks), so
+results do not depend on the thread count.
+
+Rounding (:func:`fastopt.reference.bf16_round` is the specification):
+
+* ``"nearest"``: round to nearest, ties to even;
+* ``"stochastic"``: round away from zero with probability equal to the
+  fraction of a bfloat16 spacing that is cut off, so that the stored value is
+  right on average.  The random numbers are a hash of (update count,
+  tensor, element), whose low 16 bits round the first slot and high 16 bits
+  the others (:func:`fastopt.reference.bf16_random_bits`), so runs are
+  reproducible, do not depend on threads, and resume bit-identically.
+
+The rules run here are not separate entries of :data:`fastopt._rules.RULES`
+(every other backend mirrors that table); the optimizers reach this module
+through :func:`fastopt.backends.resolve_state_backend`.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, make_attribute_wrapper, models, overload, register_model
+
+from .._rules import pack
+from . import _numba_util, numba_backend as nb
+from ._numba_util import driver, kernel
+
+__all__ = ["Plan", "ROUNDINGS", "refusal"]
+
+#: The roundings of ``state_rounding``, the default first.
+ROUNDINGS = ("nearest", "stochastic")
+
+#: Element loops (Rule.code) that are not offered with bfloat16 state, and why.
+_REFUSED = {code: "centred RMSprop's denominator v - a^2 cancels: bfloat16 keeps v and a "
+                  "only to about 0.2% (2^-9), so a variance below a few tenths of a "
+                  "percent of v is lost to rounding and the step blows up (measured: the "
+                  "Rosenbrock test diverges to NaN with stochastic rounding)"
+            for code in (6, 7)}
+
+
+def refusal(rule):
+    """Why ``rule`` cannot keep its state in bfloat16, or None if it can."""
+    if not rule.slots:
+        return "it has no state"
+    return _REFUSED.get(rule.code)
+
+
+# ---------------------------------------------------------------------------
+# bfloat16 bit patterns.  Written as LLVM IR so that the arithmetic stays in
+# 32-bit integer lanes (Numba widens uint32 arithmetic to 64 bits, which
+# would halve the vector width); each is a few shifts, adds, ands, selects or
+# multiplies, which LLVM vectorises with the float arithmetic around them.
+
+_I32 = ir.IntType(32)
+_SELF_STAMP = "%x-%x" % (os.stat(__file__).st_size, os.stat(__file__).st_mtime_ns)
+
+
+def _i32(builder, value):
+    """The low 32 bits of an integer value (zero-extended if narrower)."""
+    if value.type.width > 32:
+        return builder.trunc(value, _I32)
+    if value.type.width < 32:
+        return builder.zext(value, _I32)
+    return value
+
+
+def _c32(k):
+    return ir.Constant(_I32, k)
+
+
+def _to_bf16(builder, x, add):
+    # (bits + add) >> 16; a NaN keeps its sign and is made quiet instead (the
+    # add could carry its payload into the exponent, or past the sign bit)
+    b = builder.bitcast(x, _I32)
+    rounded = builder.lshr(builder.add(b, add), _c32(16))
+    quiet = builder.or_(builder.lshr(b, _c32(16)), _c32(0x40))
+    nan = builder.fcmp_unordered("uno", x, x)
+    return builder.trunc(builder.select(nan, quiet, rounded), ir.IntType(16))
+
+
+@intrinsic
+def bf16_nearest(typingctx, x):
+    """``bf16_nearest(float32)`` -> uint16: ``x`` rounded to the nearest
+    bfloat16, ties to even (overflow gives inf; NaN stays NaN)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        odd = builder.and_(builder.lshr(builder.bitcast(args[0], _I32), _c32(16)), _c32(1))
+        return _to_bf16(builder, args[0], builder.add(_c32(0x7FFF), odd))
+
+    return types.uint16(x), codegen
+
+
+@intrinsic
+def bf16_stochastic(typingctx, x, bits):
+    """``bf16_stochastic(float32, bits)`` -> uint16: ``x`` rounded away from
+    zero iff (its low 16 bits) + (the low 16 bits of ``bits``) >= 2**16."""
+    if x != types.float32 or not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _to_bf16(builder, args[0], builder.and_(_i32(builder, args[1]), _c32(0xFFFF)))
+
+    return types.uint16(x, bits), codegen
+
+
+@intrinsic
+def bf16_decode(typingctx, u):
+    """``bf16_decode(uint16)`` -> float32: the bfloat16 value, exactly."""
+    if not isinstance(u, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.shl(_i32(builder, args[0]), _c32(16)), ir.FloatType())
+
+    return types.float32(u), codegen
+
+
+def _hash32(builder, v):
+    for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        v = builder.mul(builder.xor(v, builder.lshr(v, _c32(shift))), _c32(factor))
+    return builder.xor(v, builder.lshr(v, _c32(16)))
+
+
+@intrinsic
+def hash32(typingctx, x):
+    """``hash32(integer)`` -> uint32, :func:`fastopt.reference.hash32`: xor-shift
+    and multiply rounds (C. Wellons' ``lowbias32`` constants) on the low 32 bits."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _hash32(builder, _i32(builder, args[0]))
+
+    return types.uint32(x), codegen
+
+
+@intrinsic
+def random_bits(typingctx, base, i, shift):
+    """``random_bits(base, i, shift)`` -> uint32: ``hash32(base + i) >> shift``,
+    all in 32-bit arithmetic (so that a loop over ``i`` keeps 32-bit lanes)."""
+    if not all(isinstance(a, types.Integer) for a in (base, i, shift)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        h = _hash32(builder, builder.add(_i32(builder, args[0]), _i32(builder, args[1])))
+        return builder.lshr(h, _i32(builder, args[2]))
+
+    return types.uint32(base, i, shift), codegen
+
+
+# ---------------------------------------------------------------------------
+# A uint16 array seen as float32: the slot type the element loops get.
+
+class BF16Slot(types.Type):
+    """Numba type: bfloat16 bits in a uint16 array, indexed as float32.
+
+    ``stochastic`` (part of the type, so fixed at compile time) selects the
+    rounding of ``s[i] = x``; a stochastic slot carries ``base`` and
+    ``shift``, which pick its random numbers
+    (:func:`fastopt.reference.bf16_random_bits`).
+
+    numba_backend's element loops are compiled for this type and cached with
+    numba_backend's own files; the type's name carries this file's stamp, so
+    that a change here (say, to the layout) can never meet machine code
+    cached for the old one.
+    """
+
+    def __init__(self, stochastic):
+        self.stochastic = stochastic
+        self.bits_type = types.Array(types.uint16, 1, "C")
+        rounding = "stochastic" if stochastic else "nearest"
+        super().__init__(name=f"BF16Slot({rounding}, {_SELF_STAMP})")
+
+
+@register_model(BF16Slot)
+class _BF16SlotModel(models.StructModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, [("bits", fe_type.bits_type), ("base", types.int64),
+                                        ("shift", types.int64)])
+
+
+make_attribute_wrapper(BF16Slot, "bits", "bits")
+make_attribute_wrapper(BF16Slot, "base", "base")
+make_attribute_wrapper(BF16Slot, "shift", "shift")
+
+
+@intrinsic
+def _bf16_slot(typingctx, bits, base, shift):
+    """``_bf16_slot(uint16 array, base, shift)``: round to nearest if ``base``
+    is None; else stochastically, element ``i`` with the 16 bits of
+    ``hash32(base + i)`` from bit ``shift`` on."""
+    if base is types.none:
+        slot = BF16Slot(False)
+    elif isinstance(base, types.Integer):
+        slot = BF16Slot(True)
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        s = cgutils.create_struct_proxy(slot)(context, builder)
+        s.bits = args[0]
+        zero = context.get_constant(types.int64, 0)
+        s.base = zero if base is types.none else context.cast(builder, args[1], base, types.int64)
+        s.shift = context.cast(builder, args[2], signature.args[2], types.int64)
+        context.nrt.incref(builder, signature.args[0], args[0])
+        return s._getvalue()
+
+    return slot(bits, base, shift), codegen
+
+
+@overload(operator.getitem)
+def _slot_getitem(slot, i):
+    if isinstance(slot, BF16Slot) and isinstance(i, types.Integer):
+        return lambda slot, i: bf16_decode(slot.bits[i])
+
+
+@overload(operator.setitem)
+def _slot_setitem(slot, i, x):
+    if not (isinstance(slot, BF16Slot) and isinstance(i, types.Integer)):
+        return None
+    if slot.stochastic:
+        def store(slot, i, x):
+            slot.bits[i] = bf16_stochastic(np.float32(x), random_bits(slot.base, i, slot.shift))
+    else:
+        def store(slot, i, x):
+            slot.bits[i] = bf16_nearest(np.float32(x))
+    return store
+
+
+def _base(updates, tensor, start):  # pragma: no cover - replaced by the overload
+    raise NotImplementedError
+
+
+@overload(_base)
+def _base_impl(updates, tensor, start):
+    # None (round to nearest) or the hash input of element ``start``, see
+    # fastopt.reference.bf16_random_bits
+    if updates is types.none:
+        return lambda updates, tensor, start: None
+
+    def base(updates, tensor, start):
+        return np.int64(hash32(np.int64(hash32(updates + 1)) + tensor)) + start
+    return base
+
+
+# ---------------------------------------------------------------------------
+# Drivers.  ptrs rows: 0 param, 1 grad (0 = skip this tensor), 2.. slots
+# (uint16); table and pt as in numba_backend.
+#
+# The compiled code below inlines numba_backend's element loops, but Numba's
+# on-disk cache only notices edits to the file a function is defined in.  So
+# these functions are built as closures over the size and time stamp of the
+# files they inline, which Numba hashes into their cache key: editing
+# numba_backend.py recompiles them instead of reusing stale machine code.
+
+def _stamp(*modules):
+    return tuple((os.stat(m.__file__).st_size, os.stat(m.__file__).st_mtime_ns)
+                 for m in modules)
+
+
+def _build(stamp):
+    @kernel
+    def slot(ptrs, k, t, s, e, ulike, updates, tensor):
+        stamp  # noqa: B018 - a closure cell: part of the cache key
+        # slot 0 rounds with the low 16 bits of each element's hash, the
+        # others with the high 16 (so AMSGrad's v and vhat round alike)
+        return _bf16_slot(nb._view(ptrs, 2 + k, t, s, e, ulike), _base(updates, tensor, s),
+                          16 if k else 0)
+
+    @kernel
+    def run_chunk(rule, ptrs, t, s, e, like, ulike, hp, gs, kp, l2, updates, tensor):
+        # one chunk through the rule's float32 element loop, with bfloat16
+        # slots; updates is None (round to nearest) or the update count.
+        # Centred RMSprop (6, 7) is refused, see refusal().
+        stamp  # noqa: B018
+        p = nb._view(ptrs, 0, t, s, e, like)
+        g = nb._view(ptrs, 1, t, s, e, like)
+        if rule == 1:
+            nb._loop_sgd_momentum(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
+                                  hp, gs, kp, l2)
+        elif rule == 2:
+            nb._loop_sgd_nesterov(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
+                                  hp, gs, kp, l2)
+        elif rule == 3:
+            nb._loop_adagrad(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
+                             hp, gs, kp, l2)
+        elif rule == 4:
+            nb._loop_rmsprop(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
+                             hp, gs, kp, l2)
+        elif rule == 5:
+            nb._loop_rmsprop_momentum(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
+                                      _slot(ptrs, 1, t, s, e, ulike, updates, tensor),
+                                      hp, gs, kp, l2)
+        elif rule == 8:
+            nb._loop_adam(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
+                          _slot(ptrs, 1, t, s, e, ulike, updates, tensor), hp, gs, kp, l2)
+        elif rule == 9:
+            nb._loop_adam_amsgrad(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
+                                  _slot(ptrs, 1, t, s, e, ulike, updates, tensor),
+                                  _slot(ptrs, 2, t, s, e, ulike, updates, tensor),
+                                  hp, gs, kp, l2)
+
+    def step(rule, ptrs, ids, offset, none_id, table, pt, hp, like, ulike, stochastic,
+             updates, tensor_ids):
+        stamp  # noqa: B018
+        if offset >= 0:  # resolve the gradients' data pointers (see numba_backend)
+            nb._resolve_pointers(ids, offset, none_id, ptrs[1])
+        for c in prange(table.shape[1]):
+            t = table[0, c]
+            if ptrs[1, t] != 0:
+                s = table[1, c]
+                e = table[2, c]
+                if stochastic:
+                    _run_chunk(rule, ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
+                              pt[2, t], updates, tensor_ids[t])
+                else:
+                    _run_chunk(rule, ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
+                              pt[2, t], None, tensor_ids[t])
+
+    # the closures hold only the stamp (Numba pickles closure cells into the
+    # cache key, so no dispatcher objects): they call each other by their
+    # module-level names
+    return slot, run_chunk, driver(step)
+
+
+_slot, _run_chunk, (_step_parallel, _step_serial) = _build(_stamp(nb, _numba_util))
+
+
+@kernel
+def _encode_nearest(x, out):
+    for i in range(x.shape[0]):
+        out[i] = bf16_nearest(x[i])
+
+
+@kernel
+def _encode_stochastic(x, bits, out):
+    for i in range(x.shape[0]):
+        out[i] = bf16_stochastic(x[i], bits[i])
+
+
+@kernel
+def _decode(u, out):
+    for i in range(u.shape[0]):
+        out[i] = bf16_decode(u[i])
+
+
+class Plan(nb.Plan):
+    """Prepared multi-tensor step for float32 tensors with bfloat16 slots.
+
+    Parameters
+    ----------
+    rule : fastopt._rules.Rule
+        Any rule with at least one slot.
+    params : list of 1-D float32 arrays
+    slots : list (one per slot of the rule) of lists of 1-D uint16 arrays
+        bfloat16 bit patterns, one array per parameter, updated in place.
+    rounding : {"nearest", "stochastic"}
+    tensor_ids : sequence of int, optional
+        Each tensor's index in the optimizer's parameter list (default
+        0, 1, ...): an input of the stochastic-rounding hash, so that
+        tensors of different groups draw different numbers.
+
+    Before each step with stochastic rounding, set :attr:`updates` to the
+    optimizer's update count (the optimizer classes do).  :meth:`refusal`
+    says which rules it does not take.
+    """
+
+    refusal = staticmethod(refusal)
+    ROUNDINGS = ROUNDINGS
+
+    def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
+        why = refusal(rule)
+        if why:
+            raise ValueError(f"rule {rule.name!r} cannot keep its state in bfloat16: {why}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        for p in params:
+            if p.dtype != np.float32:
+                raise TypeError(f"bfloat16 state needs float32 parameters, got {p.dtype}")
+        for name, arrays in zip(rule.slots, slots):
+            for a in arrays:
+                if a.dtype != np.uint16:
+                    raise TypeError(f"slot {name!r} must hold bfloat16 bit patterns in a "
+                                    f"uint16 array, got {a.dtype}")
+        super().__init__(rule, params, slots)
+        self.rounding = rounding
+        self.updates = 0
+        self._stochastic = rounding == "stochastic"
+        self._ulike = np.empty(0, np.uint16)
+        ids = range(len(self.params)) if tensor_ids is None else tensor_ids
+        self._tensor_ids = np.array(list(ids), dtype=np.int64)
+
+    def step(self, grads, pt, scalars, clipvalue=math.inf):
+        self._hp[:] = pack(self.rule, scalars, clipvalue)
+        run = _step_parallel if self.size >= nb.get_parallel_threshold(self.dtype) \
+            else _step_serial
+        if nb._DATA_OFFSET is not None:  # pointers resolved inside the compiled call
+            ids = np.fromiter(map(id, grads), np.intp, len(grads))
+            offset, none_id = nb._DATA_OFFSET, nb._NONE_ID
+        else:  # pragma: no cover - only on an unusual NumPy build
+            self._set_grads(grads)
+            ids, offset, none_id = self._ptrs[1], -1, 0
+        run(self.rule.code, self._ptrs, ids, offset, none_id, self._table, pt, self._hp,
+            self._like, self._ulike, self._stochastic, int(self.updates), self._tensor_ids)
