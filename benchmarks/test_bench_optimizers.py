@@ -80,7 +80,7 @@ def test_ceiling(benchmark, kind, size):
     n = SIZES[size]
     benchmark.group = f"ceiling {size}"
     if kind == "copy":
-        fn, nbytes = ceiling.copy_step(n), ceiling.COPY_BYTES
+        fn, nbytes = ceiling.copy_step(n, "float32", "parallel"), ceiling.COPY_BYTES
     else:
         fn, nbytes = ceiling.rmw_step(n, "float32", kind[4:]), ceiling.RMW_BYTES
     benchmark.extra_info.update(kind=kind, size=n, dtype="float32", bytes_per_param=nbytes)

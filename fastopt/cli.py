@@ -275,7 +275,8 @@ def _bench(args):
         tensors=args.tensors,
         repeats=args.repeats if args.repeats is not None else (5 if quick else 15),
         warmup=args.warmup if args.warmup is not None else (2 if quick else 3),
-        sample_time=5e-4 if quick else 2e-3, convention=args.convention,
+        sample_time=(args.sample_ms if args.sample_ms is not None else 0.5 if quick else 2.0) / 1e3,
+        convention=args.convention,
         naive=not args.no_naive, torch=not args.no_torch, numerics=not args.no_numerics)
     try:
         bench.check(config)
@@ -330,6 +331,10 @@ def _add_bench(sub):
                    help="timed samples per measurement (default: 15; 5 with --quick)")
     p.add_argument("--warmup", type=_number(int, low=1), metavar="N",
                    help="untimed steps first (default: 3; 2 with --quick)")
+    p.add_argument("--sample-ms", type=_number(float, low=0.0, high=10_000.0), metavar="MS",
+                   help="a sample repeats a fast step until it lasts this long, back to back, "
+                        "so a step whose data fits in the cache finds it there (default: 2; "
+                        "0.5 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="fewer and shorter samples: a rough answer fast")
     p.add_argument("--convention", choices=("keras", "torch"), default="keras",

@@ -51,6 +51,7 @@ def test_bench_without_torch_writes_table_and_json(tmp_path, capsys, monkeypatch
                    "vs naive", "vs torch", "max rel err", "rmw GB/s", "copy GB/s"):
         assert header in out
     assert "threading layer" in out and "load average" in out
+    assert "medians of 2 samples (a sample: back-to-back steps for at least 0.5 ms)" in out
     r = json.loads(path.read_text())
     assert set(r) >= {"fastopt", "date", "machine", "config", "torch", "ceiling", "rows",
                       "warnings", "seconds", "command"}
@@ -191,6 +192,7 @@ def test_workqueue_layer_is_warned_about(monkeypatch, capsys):
     (["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
     (["--threads", "4096"], "--threads: must be an integer from 1 to"),
     (["--repeats", "0"], "argument --repeats: expected an integer >= 1"),
+    (["--sample-ms", "-1"], "argument --sample-ms: expected a number in [0.0, 10000.0]"),
     (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
     (["--json", "/no/such/folder/b.json"], "--json '/no/such/folder/b.json': the folder"),
 ])

@@ -172,15 +172,16 @@ def describe_machine(torch=None):
 
 
 def _measure_ceiling(n, config):
-    fns = {f"rmw {f}": _ceiling.rmw_step(n, config.dtype, f) for f in _ceiling.RMW_FORMS}
-    fns["copy"] = _ceiling.copy_step(n, config.dtype)
+    fns = {("rmw", f): _ceiling.rmw_step(n, config.dtype, f) for f in _ceiling.RMW_FORMS}
+    fns.update({("copy", f): _ceiling.copy_step(n, config.dtype, f) for f in _ceiling.COPY_FORMS})
     times = _ceiling.time_calls(fns, config.repeats, config.warmup, config.sample_time)
-    rmw_bytes = _ceiling.bytes_per_param("adam", config.dtype) * n
-    forms = {f: rmw_bytes / float(np.median(times[f"rmw {f}"])) / 1e9 for f in _ceiling.RMW_FORMS}
+    nbytes = {"rmw": _ceiling.bytes_per_param("adam", config.dtype) * n,
+              "copy": 2 * np.dtype(config.dtype).itemsize * n}
+    gbps = {key: nbytes[key[0]] / float(np.median(ts)) / 1e9 for key, ts in times.items()}
+    forms = {f: gbps["rmw", f] for f in _ceiling.RMW_FORMS}
     best = max(forms, key=forms.get)
-    copy_bytes = 2 * np.dtype(config.dtype).itemsize * n
     return {"size": n, "rmw_gbps": forms[best], "rmw_form": best, "rmw_forms_gbps": forms,
-            "copy_gbps": copy_bytes / float(np.median(times["copy"])) / 1e9}
+            "copy_gbps": max(gbps["copy", f] for f in _ceiling.COPY_FORMS)}
 
 
 def _group(name, n, config, rmw_form, torch):
@@ -343,8 +344,9 @@ def format_report(result):
              f"torch: {t['version']} ({t['threads']} threads)" if t["version"]
              else f"torch: n/a, {t['reason']}",
              f"{cfg['dtype']}, {cfg['tensors']} tensor{'s' if cfg['tensors'] != 1 else ''} per "
-             f"step, {cfg['convention']} convention; medians of {cfg['repeats']} samples after "
-             f"{cfg['warmup']} warm-up steps", ""]
+             f"step, {cfg['convention']} convention; medians of {cfg['repeats']} samples (a "
+             f"sample: back-to-back steps for at least {cfg['sample_time'] * 1e3:g} ms) after "
+             f"{cfg['warmup']} warm-up steps, implementations interleaved round by round", ""]
     item = np.dtype(cfg["dtype"]).itemsize
     lines.append(f"ceiling: in-place read-modify-write with Adam's traffic "
                  f"({_ceiling.bytes_per_param('adam', cfg['dtype'])} B/element) and copy "
