@@ -187,7 +187,9 @@ def time_calls(fns, repeats=15, warmup=2, sample_time=0.0):
     ``warmup`` rounds run first and are not timed (JIT compilation, page
     faults, caches).  Then every callable is timed once per round, round
     after round, interleaved, so that the machine's slow moments hit all of
-    them alike.  A callable faster than ``sample_time`` seconds is repeated
+    them alike; each round starts one callable later than the previous one,
+    so that none always runs first or always follows the same other one.
+    A callable faster than ``sample_time`` seconds is repeated
     within a sample until the sample lasts about that long, and the sample is
     the mean over those calls.  Returns ``{key: [seconds per call, ...]}``
     with ``repeats`` samples each.
@@ -201,8 +203,10 @@ def time_calls(fns, repeats=15, warmup=2, sample_time=0.0):
             dt = clock() - t0
         calls[key] = max(1, min(100_000, int(sample_time / max(dt, 1e-8))))
     out = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
+    items = list(fns.items())
+    for r in range(repeats):
+        shift = r % len(items)
+        for key, fn in items[shift:] + items[:shift]:
             k = calls[key]
             t0 = clock()
             for _ in range(k):
