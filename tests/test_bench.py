@@ -296,3 +296,13 @@ def test_torch_twins_exist_for_every_case():
         step()
         assert got == impl and params[0][0] != 1.0     # the numpy array itself moved
     assert torch.get_num_threads() >= 1
+
+
+def test_time_calls_interleaves_and_rotates():
+    order = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    times = bench.ceiling.time_calls(fns, repeats=3, warmup=2)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert order[:6] == list("aabbcc")                      # warm-up, untimed
+    assert order[6:] == list("abc" "bca" "cab")             # each round starts later
+    assert all(t >= 0 for v in times.values() for t in v)
