@@ -36,7 +36,6 @@ import datetime
 import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -44,9 +43,7 @@ import numpy as np
 
 import fastopt
 from fastopt.backends import TUNING
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ceiling  # noqa: E402
+from fastopt.bench.ceiling import machine_info, machine_line
 
 TUNING_PATH = Path(fastopt.__file__).resolve().parent / "backends" / "tuning.json"
 DTYPES = ("float32", "float64")
@@ -203,9 +200,9 @@ def main(argv=None):
     # load every backend before touching thresholds: fastopt.set_parallel_threshold
     # before the numpy backend's first load makes that load fail (see README)
     fastopt.available_backends()
-    info = ceiling.machine_info()
+    info = machine_info()
     info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    print(ceiling.machine_line(info), "| load average", info["loadavg_at_start"])
+    print(machine_line(info), "| load average", info["loadavg_at_start"])
     compiled = [b for b in ("numba", "cython") if b in fastopt.available_backends()]
     modules = {b: fastopt.get_backend(b) for b in compiled}
     if "cython" in modules:

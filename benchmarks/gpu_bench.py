@@ -15,7 +15,7 @@ does in a training loop); the median per step is reported.
 
 * **GB/s** counts each rule's own traffic per element (parameter read and
   written, gradient read, every slot read and written: Adam 28 B, the others
-  20 B; ``benchmarks/ceiling.py``'s ``bytes_per_param``).
+  20 B; ``fastopt.bench.ceiling.bytes_per_param``).
 * **% of copy**: against a device-to-device copy (``copy_to_device`` between
   two device arrays of ``4 * size`` float32, counted as 32 B per element read
   plus written), timed the same way at each size.
@@ -50,7 +50,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import fastopt  # noqa: E402
-from ceiling import bytes_per_param  # noqa: E402
+from fastopt.bench.ceiling import bytes_per_param  # noqa: E402
 
 #: (name in the results, rule for the traffic, optimizer factory)
 OPTIMIZERS = [

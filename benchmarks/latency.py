@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import timeit
@@ -80,17 +79,6 @@ def torch_steppers(sizes):
     return out, torch.__version__, torch.get_num_threads()
 
 
-def machine():
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f
-                          if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=41)
@@ -105,7 +93,8 @@ def main(argv=None):
                           "results": [[k[0], k[1], v] for k, v in res.items()]}))
         return
     import fastopt
-    print(machine(), f"| numpy {np.__version__} | load average {os.getloadavg()}")
+    from fastopt.bench.ceiling import machine_line
+    print(machine_line(), f"| load average {os.getloadavg()}")
     results = _rounds(fastopt_steppers(args.sizes), args.samples)
     torch_cmd = None
     try:

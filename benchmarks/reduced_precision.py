@@ -45,6 +45,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -62,8 +63,7 @@ from fastopt import reference  # noqa: E402
 from fastopt._rules import RULES  # noqa: E402
 from fastopt.backends.numba_bf16 import bf16_decode, bf16_nearest  # noqa: E402
 
-import ceiling  # noqa: E402
-from report import _stable_name  # noqa: E402
+from fastopt.bench import ceiling  # noqa: E402
 
 STATES = {"float32": {}, "bf16 nearest": {"state_dtype": "bfloat16"},
           "bf16 stochastic": {"state_dtype": "bfloat16", "state_rounding": "stochastic"}}
@@ -73,8 +73,15 @@ OPTIMIZER = {"adam": (fastopt.Adam, {}), "adam_amsgrad": (fastopt.Adam, {"amsgra
 
 
 def bytes_per_param(rule, state):
-    slots = len(RULES[rule].slots)
-    return 12 + (8 if state == "float32" else 4) * slots
+    """Bytes per parameter of one step: bfloat16 slots are 2 bytes wide."""
+    return ceiling.bytes_per_param(rule, "float32", None if state == "float32" else np.uint16)
+
+
+def _stable_name(info):
+    """A file-name tag for the machine, e.g. ``epyc-7b13-2core``."""
+    words = [w for w in re.split(r"[^a-z0-9]+", info["cpu"].lower())
+             if w and w not in {"amd", "intel", "r", "tm", "cpu", "processor", "core"}]
+    return "-".join(words[:3] or ["cpu"]) + f"-{info['cores']}core"
 
 
 # --- the 20-byte reference kernel ------------------------------------------------
@@ -122,12 +129,13 @@ def speed(sizes, rules, repeats):
     med = lambda ts: float(np.median(ts))  # noqa: E731
     rows = []
     for n in sizes:
-        (p, g, m, v), (a, b, c) = ceiling._rmw_arrays(n)
-        forms = ceiling.time_calls({k: (lambda f=f: f(p, g, m, v, a, b, c))
-                                    for k, f in ceiling.RMW_FORMS.items()}, repeats=7)
+        forms = ceiling.time_calls({k: ceiling.rmw_step(n, form=k) for k in ceiling.RMW_FORMS},
+                                   repeats=7)
         best = min(forms, key=lambda k: med(forms[k]))
-        rmw = ceiling.RMW_FORMS[best]
-        p16, g16 = p.copy(), g.copy()
+        rmw = ceiling.rmw_step(n, form=best)
+        rng = np.random.default_rng(n)
+        p16, g16 = ((rng.random(n) * 1e-3).astype(np.float32) for _ in range(2))
+        a, b, c = np.float32(0.5), np.float32(0.5), np.float32(-1e-6)
         m16, v16 = np.zeros(n, np.uint16), np.zeros(n, np.uint16)
         for rule in rules:
             cls, kw = OPTIMIZER[rule]
@@ -138,7 +146,7 @@ def speed(sizes, rules, repeats):
                 grad = [rng.standard_normal(n, dtype=np.float32) * np.float32(1e-2)]
                 opt = cls([w], backend="numba", **kw, **options)
                 fns[state] = (lambda o=opt, gl=grad: o.step(gl))
-            fns["rmw"] = lambda: rmw(p, g, m, v, a, b, c)
+            fns["rmw"] = rmw
             fns["rmw16"] = lambda: _rmw16(p16, g16, m16, v16, a, b, c)
             times = ceiling.time_calls(fns, repeats=repeats)
             t_rmw = med(times["rmw"])

@@ -1,4 +1,5 @@
-"""The ``fastopt`` command: ``compare`` (the optimizer experiment) and ``info``.
+"""The ``fastopt`` command: ``compare`` (the optimizer experiment), ``bench``
+(speed and numerics of the optimizer steps) and ``info``.
 
 Bad input (arguments, data files, optimizer settings) ends with one line on
 stderr and exit status 2, never a traceback.
@@ -245,6 +246,133 @@ def _compare(args):
     return 0
 
 
+def _sizes(text):
+    """``"1e3,1e5"`` -> ``[1000, 100000]``: whole numbers >= 1."""
+    out = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 1 or value != int(value):
+            raise argparse.ArgumentTypeError(
+                f"expected whole numbers >= 1 separated by commas, e.g. 1e3,1e5,1e7; "
+                f"got {part.strip()!r}")
+        out.append(int(value))
+    return out
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only on a terminal)."""
+
+    def __init__(self, stream, width=30):
+        self.stream, self.width, self.last = stream, width, 0
+
+    def __call__(self, done, total, label):
+        filled = self.width * done // max(total, 1)
+        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {label}"
+        pad = " " * max(0, self.last - len(line))
+        self.stream.write(f"\r{line}{pad}")
+        self.last = len(line)
+        if done == total:
+            self.stream.write("\r" + " " * self.last + "\r")
+        self.stream.flush()
+
+
+def _bench(args):
+    from fastopt import bench
+
+    fail = args.parser.error
+    quick = args.quick
+    config = bench.Config(
+        optimizers=tuple(args.optimizers), backends=tuple(args.backends),
+        sizes=tuple(args.sizes), dtype=args.dtype, threads=args.threads,
+        tensors=args.tensors,
+        repeats=args.repeats if args.repeats is not None else (5 if quick else 15),
+        warmup=args.warmup if args.warmup is not None else (2 if quick else 3),
+        sample_time=(args.sample_ms if args.sample_ms is not None else 0.5 if quick else 2.0) / 1e3,
+        convention=args.convention,
+        naive=not args.no_naive, torch=not args.no_torch, numerics=not args.no_numerics,
+        optimizer_options=({} if args.state_dtype is None else
+                           {"state_dtype": args.state_dtype,
+                            "state_rounding": args.state_rounding or "nearest"}))
+    if args.state_rounding is not None and args.state_dtype is None:
+        fail("--state-rounding: needs --state-dtype bfloat16")
+    try:
+        bench.check(config)
+    except bench.ConfigError as exc:
+        fail(f"--{exc.field.replace('_', '-')}: {exc.message}")
+    if args.json is not None:
+        _writable(args.json, "--json", fail)
+    show = not args.quiet and sys.stderr.isatty()
+    result = bench.run(config, progress=_Progress(sys.stderr) if show else None)
+    result["command"] = "fastopt bench" + "".join(f" {a}" for a in args.argv)
+    print(bench.format_report(result))
+    if args.json is not None:
+        try:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1, allow_nan=False)
+                f.write("\n")
+        except OSError as exc:
+            fail(f"--json: cannot write {args.json!r}: {exc.strerror or exc}")
+        print(f"json: {args.json}")
+    failed = [r for r in result["rows"] if r["numerics_ok"] is False]
+    if failed:
+        print(f"fastopt bench: {_plural(len(failed), 'row')} failed the numerics check",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_bench(sub):
+    from fastopt import bench
+    from fastopt.backends import BACKEND_NAMES
+
+    p = sub.add_parser(
+        "bench", help="time the optimizer steps against the memory ceiling, NumPy and PyTorch",
+        description="Measure this machine's memory ceiling, then time one step of each "
+                    "optimizer x backend x size (medians after warm-up), compare it with the "
+                    "ceiling, with the naive NumPy step and with torch.optim (when torch can "
+                    "be imported), and check one step against the float64 reference.")
+    p.add_argument("--optimizers", type=_names, default=list(bench.CASES), metavar="NAMES",
+                   help=f"comma-separated, from: {', '.join(bench.CASES)} (default: all)")
+    p.add_argument("--backends", type=_names, default=["auto"], metavar="NAMES",
+                   help=f"comma-separated, from: {', '.join(('auto', *BACKEND_NAMES))} "
+                        "(default: auto)")
+    p.add_argument("--sizes", type=_sizes, default=list(bench.DEFAULT_SIZES), metavar="LIST",
+                   help="parameters per step, comma-separated (default: 1e3,1e5,1e7)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="(default: float32)")
+    p.add_argument("--threads", type=_number(int, low=1), metavar="N",
+                   help="threads for fastopt and torch (default: fastopt's current setting)")
+    p.add_argument("--tensors", type=_number(int, low=1), default=1, metavar="K",
+                   help="split the parameters into K tensors of mixed shapes (default: 1)")
+    p.add_argument("--repeats", type=_number(int, low=1), metavar="N",
+                   help="timed samples per measurement (default: 15; 5 with --quick)")
+    p.add_argument("--warmup", type=_number(int, low=1), metavar="N",
+                   help="untimed steps first (default: 3; 2 with --quick)")
+    p.add_argument("--sample-ms", type=_number(float, low=0.0, high=10_000.0), metavar="MS",
+                   help="a sample repeats a fast step until it lasts this long, back to back, "
+                        "so a step whose data fits in the cache finds it there (default: 2; "
+                        "0.5 with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer and shorter samples: a rough answer fast")
+    p.add_argument("--convention", choices=("keras", "torch"), default="keras",
+                   help="of the fastopt optimizers (default: keras)")
+    p.add_argument("--state-dtype", choices=("bfloat16",),
+                   help="optimizer state as bfloat16 (float32 params, numba backend; see the "
+                        "README, Reduced-precision optimizer state)")
+    p.add_argument("--state-rounding", choices=("nearest", "stochastic"),
+                   help="with --state-dtype: round to nearest (default) or stochastically")
+    p.add_argument("--no-torch", action="store_true", help="do not time torch.optim")
+    p.add_argument("--no-naive", action="store_true", help="do not time the naive NumPy step")
+    p.add_argument("--no-numerics", action="store_true",
+                   help="skip the check against the float64 reference")
+    p.add_argument("--json", metavar="PATH", help="also write every number as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_bench, parser=p)
+
+
 def _add_compare(sub):
     from fastopt.backends import BACKEND_NAMES
     from fastopt.train import comparison
@@ -309,9 +437,12 @@ def main(argv=None):
     parser = _Parser(prog="fastopt", description="Fused optimizer kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_compare(sub)
+    _add_bench(sub)
     p = sub.add_parser("info", help="versions, backends, threading")
     p.set_defaults(func=_info)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv[1:]
     return args.func(args)
 
 

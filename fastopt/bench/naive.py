@@ -7,11 +7,13 @@ parameter updated with ``-=`` / ``+=``.  No ``out=`` arguments, no fusion, no
 buffer reuse.  Everything runs in the parameter's dtype (Python float
 hyperparameters do not upcast float32 arrays under NumPy 2's promotion rules).
 
-These are the "naive" baseline of the benchmarks; they follow the same Keras
-formulas as fastopt (up to rounding: e.g. Adam's bias corrections are applied
-to ``m`` and ``v`` here, folded into one step size by fastopt).
+These are the "naive" baseline of ``fastopt bench`` and of the benchmark
+suite.  They follow the same Keras formulas as fastopt, except Adam's, which
+is the paper's (and PyTorch's): epsilon is added after the bias correction of
+``v`` here, before it in Keras.  Both do the same work.
 
-Use :func:`init_state` for the slots and :data:`NAIVE` to look a rule up::
+Use :func:`stepper` for a ready-to-time step, or :func:`init_state` for the
+slots and :data:`NAIVE` to look a step up::
 
     state = init_state("adam", w)
     NAIVE["adam"](w, g, *state, t=1)
@@ -22,7 +24,7 @@ import numpy as np
 
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-           "adam", "adam_amsgrad", "NAIVE", "SLOTS", "init_state", "run_step", "stepper"]
+           "adam", "adam_amsgrad", "adamw", "NAIVE", "SLOTS", "init_state", "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -96,15 +98,21 @@ def adam_amsgrad(w, g, m, v, vmax, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=
     w -= lr * mhat / (np.sqrt(vhat) + eps)
 
 
-#: rule name -> naive step function (same names as fastopt's rules)
+def adamw(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_decay=0.004):
+    """AdamW: decoupled weight decay ``w <- w - lr * wd * w``, then Adam."""
+    w -= lr * weight_decay * w
+    adam(w, g, m, v, t, lr, beta_1, beta_2, eps)
+
+
+#: name -> naive step function (fastopt's Keras rule names, and adamw)
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
-                                 rmsprop_centered_momentum, adam, adam_amsgrad)}
+                                 rmsprop_centered_momentum, adam, adam_amsgrad, adamw)}
 
-#: rule name -> number of state arrays (slots) the step takes after ``g``
+#: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
-         "adam": 2, "adam_amsgrad": 3}
+         "adam": 2, "adam_amsgrad": 3, "adamw": 2}
 
 
 def init_state(rule, w):
@@ -113,71 +121,17 @@ def init_state(rule, w):
     return [np.full_like(w, fill) for _ in range(SLOTS[rule])]
 
 
-def run_step(rule, w, g, state, t):
-    """One naive step of ``rule`` with default hyperparameters."""
-    NAIVE[rule](w, g, *state, t=t)
-
-
-# --- the cases the benchmarks run (benchmarks' own copy of the table) -----------
-
-def cases():
-    """``[(rule, fastopt class, keyword arguments)]``: every rule once.
-
-    Imported lazily so that the naive functions above need only NumPy.
-    Hyperparameters match the naive functions' defaults.
-    """
-    import fastopt
-    return [
-        ("sgd", fastopt.SGD, {}),
-        ("sgd_momentum", fastopt.SGD, {"momentum": 0.3}),
-        ("sgd_nesterov", fastopt.SGD, {"momentum": 0.3, "nesterov": True}),
-        ("adagrad", fastopt.Adagrad, {}),
-        ("rmsprop", fastopt.RMSprop, {}),
-        ("rmsprop_momentum", fastopt.RMSprop, {"momentum": 0.5}),
-        ("rmsprop_centered", fastopt.RMSprop, {"centered": True}),
-        ("rmsprop_centered_momentum", fastopt.RMSprop, {"centered": True, "momentum": 0.5}),
-        ("adam", fastopt.Adam, {}),
-        ("adam_amsgrad", fastopt.Adam, {"amsgrad": True}),
-    ]
-
-
-RULE_NAMES = list(NAIVE)
-
-
-def stepper(rule, w, g):
-    """A no-argument callable running one naive step of ``rule`` on ``w`` with
-    gradient ``g`` (its own slots, the step count advancing each call)."""
-    state = init_state(rule, w)
-    fn = NAIVE[rule]
+def stepper(name, params, grads):
+    """A no-argument callable running one naive step of ``name`` on every
+    tensor of ``params`` (a list) with the matching gradient of ``grads``:
+    each tensor its own slots and its own NumPy expressions, as a user's loop
+    over the layers does.  The step count advances with each call."""
+    fn = NAIVE[name]
+    pairs = [(w, g, init_state(name, w)) for w, g in zip(params, grads)]
     t = [0]
 
     def step():
         t[0] += 1
-        fn(w, g, *state, t=t[0])
+        for w, g, state in pairs:
+            fn(w, g, *state, t=t[0])
     return step
-
-
-def mixed_shapes(count=200, total=2_000_000, seed=0):
-    """``count`` tensor shapes of a small network, summing to exactly ``total``.
-
-    Alternating weight matrices and bias vectors: matrices of log-uniform size
-    (a few hundred to ~100k elements), biases of their column count; the last
-    matrix is resized so that the total is exact.
-    """
-    rng = np.random.default_rng(seed)
-    shapes = []
-    for _ in range(count // 2):
-        rows = int(rng.integers(8, 512))
-        cols = int(np.exp(rng.uniform(np.log(16), np.log(256))))
-        shapes += [(rows, cols), (cols,)]
-    sizes = np.array([int(np.prod(s)) for s in shapes], dtype=float)
-    # scale the matrices' row counts to reach the total, then fix the last one
-    bias = sizes[1::2].sum()
-    factor = (total - bias) / sizes[0::2].sum()
-    for k in range(0, len(shapes) - 2, 2):
-        rows, cols = shapes[k]
-        shapes[k] = (max(1, round(rows * factor)), cols)
-    rest = total - sum(int(np.prod(s)) for s in shapes[:-2]) - shapes[-1][0]
-    shapes[-2] = (rest,)
-    assert len(shapes) == count and sum(int(np.prod(s)) for s in shapes) == total
-    return shapes
