@@ -57,17 +57,9 @@ else:
     from numba.cuda.extending import intrinsic, register_jitable as jitable
     from numba.cuda.np.numpy_support import carray
 
-    @intrinsic
-    def _as_ptr(typingctx, addr, like):
-        """``_as_ptr(address, like_array)`` -> pointer to ``like_array.dtype``."""
-        if not isinstance(addr, types.Integer) or not isinstance(like, types.Array):
-            return None
-        sig = types.CPointer(like.dtype)(addr, like)
+    from ._numba_util import pointer_intrinsic
 
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-        return sig, codegen
+    _as_ptr = intrinsic(pointer_intrinsic)
 
     @cuda.jit(device=True, inline="always")
     def _view(addr, n, like):

@@ -39,9 +39,12 @@ def driver(fn):
     return parallel, serial
 
 
-@intrinsic
-def as_ptr(typingctx, addr, like):
-    """``as_ptr(address, like_array)`` -> pointer to ``like_array.dtype``."""
+def pointer_intrinsic(typingctx, addr, like):
+    """``as_ptr(address, like_array)`` -> pointer to ``like_array.dtype``.
+
+    The typing and code generation of :func:`as_ptr`, target-neutral: the CPU
+    wraps it with ``numba.extending.intrinsic``, the CUDA kernels with
+    ``numba.cuda.extending.intrinsic``."""
     if not isinstance(addr, types.Integer) or not isinstance(like, types.Array):
         return None
     sig = types.CPointer(like.dtype)(addr, like)
@@ -50,3 +53,6 @@ def as_ptr(typingctx, addr, like):
         return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
 
     return sig, codegen
+
+
+as_ptr = intrinsic(pointer_intrinsic)
