@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["available_backends", "get_backend", "resolve_backend", "set_num_threads",
-           "get_num_threads", "set_parallel_threshold", "get_parallel_threshold",
+           "get_num_threads", "num_threads_set", "set_parallel_threshold", "get_parallel_threshold",
            "BACKEND_NAMES", "STATE_DTYPES", "resolve_state_backend"]
 
 #: Every backend fastopt knows, in order of preference for error messages.
@@ -143,6 +143,12 @@ def set_num_threads(n):
     for module in _loaded.values():
         if hasattr(module, "set_num_threads"):
             module.set_num_threads(_num_threads)
+
+
+def num_threads_set():
+    """Whether :func:`set_num_threads` has been called (adapters such as
+    ``fastopt.torch`` then keep the user's choice instead of their default)."""
+    return _num_threads is not None
 
 
 def get_num_threads():

@@ -770,6 +770,137 @@ cdef void _sumsq_chunks(floating* like, char** ptrs, Py_ssize_t nt, const Py_ssi
         out[chunks[3 * u]] += partial[u]
 
 
+cdef void _dispatch(int typenum, int code, char** ptrs, Py_ssize_t nrows, Py_ssize_t nt,
+                    const Py_ssize_t* sizes, const Py_ssize_t* chunks, Py_ssize_t nchunks,
+                    Py_ssize_t size, const double* ptd, const double* hp) noexcept:
+    """One step over a group: parallel over chunks from the threshold on, else
+    serial (releasing the GIL from one chunk's worth of elements on)."""
+    cdef int nthreads = _num_threads
+    cdef bint parallel = (FASTOPT_OPENMP and nthreads > 1 and nchunks > 1 and
+                          size >= (_threshold_f32 if typenum == cnp.NPY_FLOAT
+                                   else _threshold_f64))
+    if parallel:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT:
+                _step_parallel(<float*>NULL, code, ptrs, nrows, nt, chunks, nchunks, ptd, hp,
+                               nthreads)
+            else:
+                _step_parallel(<double*>NULL, code, ptrs, nrows, nt, chunks, nchunks, ptd, hp,
+                               nthreads)
+    elif size >= _CHUNK:   # worth releasing the GIL for
+        with nogil:
+            if typenum == cnp.NPY_FLOAT:
+                _step_serial(<float*>NULL, code, ptrs, nrows, nt, sizes, ptd, hp)
+            else:
+                _step_serial(<double*>NULL, code, ptrs, nrows, nt, sizes, ptd, hp)
+    elif typenum == cnp.NPY_FLOAT:  # small: keeping the GIL is cheaper
+        _step_serial(<float*>NULL, code, ptrs, nrows, nt, sizes, ptd, hp)
+    else:
+        _step_serial(<double*>NULL, code, ptrs, nrows, nt, sizes, ptd, hp)
+
+
+cdef Py_ssize_t* _chunk_table(const Py_ssize_t* sizes, Py_ssize_t nt,
+                              Py_ssize_t nchunks) except NULL:
+    """(tensor, start, stop) triples covering every tensor in CHUNK pieces."""
+    cdef Py_ssize_t t, k, n, c = 0
+    cdef Py_ssize_t* chunks = <Py_ssize_t*>malloc((3 * nchunks + 1) * sizeof(Py_ssize_t))
+    if chunks == NULL:
+        raise MemoryError()
+    for t in range(nt):
+        n = sizes[t]
+        for k in range(0, n, _CHUNK):
+            chunks[3 * c] = t
+            chunks[3 * c + 1] = k
+            chunks[3 * c + 2] = min(k + _CHUNK, n)
+            c += 1
+    return chunks
+
+
+cdef int _read_scalars(scalars, int nscalars, double* s) except -1:
+    cdef Py_ssize_t k
+    if type(scalars) is not tuple:
+        scalars = tuple(scalars)
+    if len(<tuple>scalars) != nscalars:
+        raise ValueError(f"expected {nscalars} scalars, got {len(scalars)}")
+    for k in range(nscalars):
+        s[k] = (<tuple>scalars)[k]
+    return 0
+
+
+cdef const double* _pt_data(pt, Py_ssize_t nt, list keep) except NULL:
+    """The (3, nt) float64 per-tensor rows, converted if needed (kept alive in keep)."""
+    if not (cnp.PyArray_Check(pt) and cnp.PyArray_TYPE(<cnp.ndarray>pt) == cnp.NPY_DOUBLE
+            and cnp.PyArray_SIZE(<cnp.ndarray>pt) == 3 * nt
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>pt)):
+        pt = cnp.PyArray_FROMANY(pt, cnp.NPY_DOUBLE, 2, 2, cnp.NPY_ARRAY_C_CONTIGUOUS)
+        if cnp.PyArray_SIZE(<cnp.ndarray>pt) != 3 * nt:
+            raise ValueError(f"pt must have shape (3, {nt})")
+    keep.append(pt)
+    return <const double*>cnp.PyArray_DATA(<cnp.ndarray>pt)
+
+
+cdef class AddressedCore:
+    """The prepared step of one group of same-dtype tensors given by address.
+
+    ``AddressedCore(code, packer, nscalars, nslots, sizes, double)``: like
+    :class:`Core`, but the caller owns the memory and hands over a pointer
+    table at every step: ``step(ptrs, pt, scalars, clipvalue)`` where ``ptrs``
+    is a C-contiguous ``(2 + nslots, ntensors)`` intp array (row 0
+    parameters, row 1 gradients -- 0 skips the tensor -- then the slots), each
+    address the start of ``sizes[t]`` contiguous float32 (or float64 when
+    ``double``) elements.  Nothing here can check those addresses:
+    :mod:`fastopt.multi_tensor` is the checked interface.
+    """
+
+    cdef int code, packer, nscalars, typenum
+    cdef Py_ssize_t nt, nrows, nchunks
+    cdef readonly Py_ssize_t size
+    cdef Py_ssize_t* sizes
+    cdef Py_ssize_t* chunks
+
+    def __cinit__(self, int code, int packer, int nscalars, int nslots, sizes, bint double):
+        cdef Py_ssize_t t
+        self.code, self.packer, self.nscalars = code, packer, nscalars
+        self.typenum = cnp.NPY_DOUBLE if double else cnp.NPY_FLOAT
+        self.nt = len(sizes)
+        self.nrows = 2 + nslots
+        if not 0 <= code <= 9 or self.nt == 0 or not 0 <= nslots <= 3 \
+                or not 1 <= nscalars <= 5:
+            raise ValueError("AddressedCore: bad rule or empty group")
+        self.sizes = <Py_ssize_t*>malloc(self.nt * sizeof(Py_ssize_t))
+        if self.sizes == NULL:
+            raise MemoryError()
+        self.nchunks = 0
+        self.size = 0
+        for t in range(self.nt):
+            self.sizes[t] = sizes[t]
+            if self.sizes[t] < 0:
+                raise ValueError("AddressedCore: negative size")
+            self.nchunks += (self.sizes[t] + _CHUNK - 1) // _CHUNK
+            self.size += self.sizes[t]
+        self.chunks = _chunk_table(self.sizes, self.nt, self.nchunks)
+
+    def __dealloc__(self):
+        free(self.sizes)
+        free(self.chunks)
+
+    def step(self, cnp.ndarray ptrs, pt, scalars, double clipvalue=INFINITY):
+        """One step of the rule over the tensors at ``ptrs``."""
+        cdef double s[5]
+        cdef double hp[8]
+        cdef list keep = []
+        if not (cnp.PyArray_TYPE(ptrs) == cnp.NPY_INTP and cnp.PyArray_IS_C_CONTIGUOUS(ptrs)
+                and cnp.PyArray_NDIM(ptrs) == 2 and cnp.PyArray_DIM(ptrs, 0) == self.nrows
+                and cnp.PyArray_DIM(ptrs, 1) == self.nt):
+            raise ValueError(f"ptrs must be a C-contiguous intp array of shape "
+                             f"({self.nrows}, {self.nt})")
+        _read_scalars(scalars, self.nscalars, s)
+        cdef const double* ptd = _pt_data(pt, self.nt, keep)
+        _pack(self.packer, s, clipvalue, hp)
+        _dispatch(self.typenum, self.code, <char**>cnp.PyArray_DATA(ptrs), self.nrows, self.nt,
+                  self.sizes, self.chunks, self.nchunks, self.size, ptd, hp)
+
+
 cdef class Core:
     """The prepared step of one group of same-dtype tensors.
 
@@ -791,7 +922,7 @@ cdef class Core:
     cdef cnp.ndarray norms
 
     def __cinit__(self, int code, int packer, int nscalars, params, slots):
-        cdef Py_ssize_t t, r, c, k, n
+        cdef Py_ssize_t t, r
         cdef cnp.ndarray a
         self.code, self.packer, self.nscalars = code, packer, nscalars
         self.nt = len(params)
@@ -829,18 +960,10 @@ cdef class Core:
                     raise ValueError("Core: arrays must be writeable, contiguous, of the "
                                      "parameters' dtype and sizes")
                 self.ptrs[r * self.nt + t] = <char*>cnp.PyArray_DATA(a)
-        self.chunks = <Py_ssize_t*>malloc((3 * self.nchunks + 1) * sizeof(Py_ssize_t))
+        self.chunks = _chunk_table(self.sizes, self.nt, self.nchunks)
         self.partial = <double*>malloc((self.nchunks + 1) * sizeof(double))
-        if self.chunks == NULL or self.partial == NULL:
+        if self.partial == NULL:
             raise MemoryError()
-        c = 0
-        for t in range(self.nt):
-            n = self.sizes[t]
-            for k in range(0, n, _CHUNK):
-                self.chunks[3 * c] = t
-                self.chunks[3 * c + 1] = k
-                self.chunks[3 * c + 2] = min(k + _CHUNK, n)
-                c += 1
         self.norms = np.zeros(self.nt)
 
     def __dealloc__(self):
@@ -876,50 +999,13 @@ cdef class Core:
         """One step of the rule over the group (see ``_contract.Plan.step``)."""
         cdef double s[5]
         cdef double hp[8]
-        cdef Py_ssize_t k, nt = self.nt
-        cdef int nthreads = _num_threads
-        cdef cnp.ndarray ptarr
-        if type(scalars) is not tuple:
-            scalars = tuple(scalars)
-        if len(<tuple>scalars) != self.nscalars:
-            raise ValueError(f"expected {self.nscalars} scalars, got {len(scalars)}")
-        for k in range(self.nscalars):
-            s[k] = (<tuple>scalars)[k]
-        if not (cnp.PyArray_Check(pt) and cnp.PyArray_TYPE(<cnp.ndarray>pt) == cnp.NPY_DOUBLE
-                and cnp.PyArray_SIZE(<cnp.ndarray>pt) == 3 * nt
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>pt)):
-            pt = cnp.PyArray_FROMANY(pt, cnp.NPY_DOUBLE, 2, 2, cnp.NPY_ARRAY_C_CONTIGUOUS)
-            if cnp.PyArray_SIZE(<cnp.ndarray>pt) != 3 * nt:
-                raise ValueError(f"pt must have shape (3, {nt})")
-        ptarr = <cnp.ndarray>pt
+        cdef list keep = []
+        _read_scalars(scalars, self.nscalars, s)
+        cdef const double* ptd = _pt_data(pt, self.nt, keep)
         self._set_grads(grads)
         _pack(self.packer, s, clipvalue, hp)
-        cdef const double* ptd = <const double*>cnp.PyArray_DATA(ptarr)
-        cdef bint parallel = (FASTOPT_OPENMP and nthreads > 1 and self.nchunks > 1 and
-                              self.size >= (_threshold_f32 if self.typenum == cnp.NPY_FLOAT
-                                            else _threshold_f64))
-        if parallel:
-            with nogil:
-                if self.typenum == cnp.NPY_FLOAT:
-                    _step_parallel(<float*>NULL, self.code, self.ptrs, self.nrows, nt,
-                                   self.chunks, self.nchunks, ptd, hp, nthreads)
-                else:
-                    _step_parallel(<double*>NULL, self.code, self.ptrs, self.nrows, nt,
-                                   self.chunks, self.nchunks, ptd, hp, nthreads)
-        elif self.size >= _CHUNK:   # worth releasing the GIL for
-            with nogil:
-                if self.typenum == cnp.NPY_FLOAT:
-                    _step_serial(<float*>NULL, self.code, self.ptrs, self.nrows, nt,
-                                 self.sizes, ptd, hp)
-                else:
-                    _step_serial(<double*>NULL, self.code, self.ptrs, self.nrows, nt,
-                                 self.sizes, ptd, hp)
-        elif self.typenum == cnp.NPY_FLOAT:  # small: keeping the GIL is cheaper
-            _step_serial(<float*>NULL, self.code, self.ptrs, self.nrows, nt, self.sizes,
-                         ptd, hp)
-        else:
-            _step_serial(<double*>NULL, self.code, self.ptrs, self.nrows, nt, self.sizes,
-                         ptd, hp)
+        _dispatch(self.typenum, self.code, self.ptrs, self.nrows, self.nt, self.sizes,
+                  self.chunks, self.nchunks, self.size, ptd, hp)
 
     def sumsq(self, grads):
         """Per-tensor float64 sums of squares of ``grads`` (0 for None), in chunk order."""

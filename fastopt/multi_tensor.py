@@ -1,0 +1,201 @@
+"""Fused steps over memory the caller owns: the layer under framework adapters.
+
+:class:`fastopt.Optimizer` owns its state and takes NumPy arrays.  A framework
+adapter (``fastopt.torch``) has tensors of its own whose addresses change
+(gradients are new tensors after ``zero_grad(set_to_none=True)``, parameters
+move with ``p.data = ...``), state it must keep in its own format, a step count
+per parameter, and per-group hyperparameters that schedulers rewrite every
+step.  :class:`MultiTensorStep` is what such an adapter needs and nothing
+more: one fused call of a rule of :data:`fastopt._rules.RULES` over a group of
+same-dtype tensors given **by address**, every step, with
+
+* ``steps``: a step count per tensor (PyTorch keeps one per parameter; a
+  parameter that joined late or skipped steps gets the bias correction of its
+  own count): tensors are bucketed by count, one compiled call per distinct
+  count, so the common case (every count equal) is one call;
+* ``pt``: per-tensor gradient scale (clipping, ``maximize``, unscaling a
+  scaled loss), decoupled weight-decay factor and coupled weight decay;
+* ``found_inf``: a true value skips the whole step (mixed-precision training
+  with a gradient scaler), before anything is touched.
+
+The pointer table is read by compiled code as it is: every address must be the
+start of ``sizes[t]`` elements of ``dtype`` laid out densely (any order of
+strides, the same for the parameter, its gradient and its slots), writeable
+except the gradient, alive for the duration of the call.  A zero gradient
+address skips its tensor.  The cheap structural checks are made here; the
+addresses themselves cannot be checked.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ._rules import HP_SIZE, RULES, pack
+from .backends import get_backend, resolve_backend
+from .backends._contract import FLOAT_DTYPES
+
+__all__ = ["MultiTensorStep"]
+
+
+class MultiTensorStep:
+    """One rule's fused step over a fixed list of tensor sizes.
+
+    Parameters
+    ----------
+    rule : str
+        A kernel name of :data:`fastopt._rules.RULES` (``"adam_torch"``,
+        ``"rmsprop_momentum_torch"``, ``"sgd"``...).
+    dtype : numpy dtype
+        float32 or float64: the dtype of every parameter, gradient and slot.
+    sizes : sequence of int
+        Elements per tensor, in pointer-table column order.
+    backend : str, default "auto"
+        ``"cython"`` or ``"numba"`` (``"auto"`` picks by group size, as
+        :class:`fastopt.Optimizer` does).
+
+    Attributes
+    ----------
+    slots : tuple of str
+        The rule's state arrays, in pointer-table row order (rows 2, 3...).
+    scalars : tuple of str
+        The rule's scalars, in the order :meth:`step` takes them.
+    per_tensor_step : bool
+        Whether the rule's last scalar is a step count, which :meth:`step`
+        may instead take per tensor through ``steps``.
+    """
+
+    def __init__(self, rule, dtype, sizes, *, backend="auto"):
+        if not isinstance(rule, str) or rule not in RULES:
+            raise ValueError(f"MultiTensorStep: unknown rule {rule!r}; one of {sorted(RULES)}")
+        dtype = np.dtype(dtype)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"MultiTensorStep: dtype must be float32 or float64, got {dtype}")
+        sizes = list(sizes)
+        if not sizes:
+            raise ValueError("MultiTensorStep: sizes is empty")
+        for n in sizes:
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+                raise ValueError(f"MultiTensorStep: sizes must be integers >= 0, got {n!r}")
+        if backend not in ("auto", "cython", "numba"):
+            raise ValueError("MultiTensorStep: backend must be 'auto', 'cython' or 'numba', "
+                             f"got {backend!r}")
+        self.rule = RULES[rule]
+        self.dtype = dtype
+        self.sizes = tuple(int(n) for n in sizes)
+        self.n = len(sizes)
+        self.size = sum(self.sizes)
+        self.slots = self.rule.slots
+        self.scalars = self.rule.scalars
+        self.per_tensor_step = self.scalars[-1] == "step"
+        self.nrows = 2 + len(self.slots)
+        if backend == "auto":
+            module = resolve_backend("auto", dtype, self.size)
+            backend = module.NAME if module.NAME in ("cython", "numba") else "numba"
+        self.backend = backend
+        self._run = (_cython_runner if backend == "cython" else _numba_runner)(
+            self.rule, dtype, self.sizes, len(self.slots))
+        self._ones = np.ones((3, self.n))
+        self._ones[2] = 0.0
+
+    def empty_pointers(self):
+        """A zeroed ``(2 + len(slots), n)`` intp pointer table to fill in."""
+        return np.zeros((self.nrows, self.n), dtype=np.intp)
+
+    def step(self, ptrs, scalars, *, steps=None, pt=None, clipvalue=math.inf, found_inf=None):
+        """Update every tensor whose gradient address is not 0, in place.
+
+        Parameters
+        ----------
+        ptrs : ndarray of intp, shape (2 + len(slots), n)
+            Row 0 parameter addresses, row 1 gradient addresses (0 skips the
+            tensor), then one row per slot.
+        scalars : sequence of float
+            The rule's scalars (:attr:`scalars`), without the trailing step
+            when ``steps`` is given.
+        steps : array of float, shape (n,), optional
+            Per-tensor step counts (>= 1) for a rule with
+            :attr:`per_tensor_step`.
+        pt : ndarray of float64, shape (3, n), optional
+            Per tensor: gradient scale, decoupled weight-decay factor
+            ``keep``, coupled weight decay ``l2`` (default 1, 1, 0).
+        clipvalue : float, default inf
+            Clamp of the scaled gradient.
+        found_inf : optional
+            When true (a bool, a number or a one-element array), nothing is
+            done and False is returned.
+
+        Returns
+        -------
+        bool
+            True if the step ran.
+        """
+        if found_inf is not None and bool(found_inf):
+            return False
+        if ptrs.__class__ is not np.ndarray or ptrs.dtype != np.intp \
+                or ptrs.shape != (self.nrows, self.n) or not ptrs.flags.c_contiguous:
+            raise ValueError(f"MultiTensorStep.step: ptrs must be a C-contiguous intp array of "
+                             f"shape {(self.nrows, self.n)}")
+        if steps is not None and not self.per_tensor_step:
+            raise ValueError(f"MultiTensorStep.step: {self.rule.name} has no step count; "
+                             "pass steps=None")
+        live = ptrs[1] != 0
+        if not live.any():
+            return True
+        if not (ptrs[:, live] != 0).all():
+            raise ValueError("MultiTensorStep.step: a tensor with a gradient has a zero "
+                             "parameter or slot address")
+        if pt is None:
+            pt = self._ones
+        elif pt.__class__ is not np.ndarray or pt.dtype != np.float64 or pt.shape != (3, self.n):
+            raise ValueError(f"MultiTensorStep.step: pt must be a float64 array of shape "
+                             f"{(3, self.n)}")
+        scalars = tuple(float(x) for x in scalars)
+        want = len(self.scalars) - (steps is not None)
+        if len(scalars) != want:
+            raise ValueError(f"MultiTensorStep.step: {self.rule.name} takes {want} scalars "
+                             f"({', '.join(self.scalars[:want])}), got {len(scalars)}")
+        clipvalue = float(clipvalue)
+        if steps is None:
+            self._run(ptrs, pt, scalars, clipvalue)
+            return True
+        steps = np.asarray(steps, dtype=np.float64)
+        if steps.shape != (self.n,):
+            raise ValueError(f"MultiTensorStep.step: steps must have shape ({self.n},)")
+        counts = steps[live]
+        first = counts[0]
+        if not (counts >= 1).all():
+            raise ValueError("MultiTensorStep.step: step counts must be >= 1")
+        if (counts == first).all():  # the common case: one call
+            self._run(ptrs, pt, scalars + (first,), clipvalue)
+            return True
+        for s in np.unique(counts):  # one call per distinct count
+            masked = ptrs.copy()
+            masked[1, steps != s] = 0
+            self._run(masked, pt, scalars + (float(s),), clipvalue)
+        return True
+
+
+def _numba_runner(rule, dtype, sizes, nslots):
+    nb = get_backend("numba")
+    table = nb.chunk_table(sizes)
+    like = np.empty(0, dtype=dtype)
+    hp = np.zeros(HP_SIZE)
+    size = sum(sizes)
+    code = rule.code
+
+    def run(ptrs, pt, scalars, clipvalue):
+        hp[:] = pack(rule, scalars, clipvalue)
+        drive = nb._step_parallel if size >= nb.get_parallel_threshold(dtype) \
+            else nb._step_serial
+        # offset -1: the gradient row already holds addresses
+        drive(code, ptrs, ptrs[1], -1, 0, table, pt, hp, like)
+    return run
+
+
+def _cython_runner(rule, dtype, sizes, nslots):
+    ext = get_backend("cython")._ext
+    core = ext.AddressedCore(rule.code, ext.PACKERS[rule.name], len(rule.scalars), nslots,
+                             list(sizes), dtype == np.float64)
+    return core.step
