@@ -146,9 +146,8 @@ class MultiTensorStep:
         if not (ptrs[:, live] != 0).all():
             raise ValueError("MultiTensorStep.step: a tensor with a gradient has a zero "
                              "parameter or slot address")
-        if pt is None:
-            pt = self._ones
-        elif pt.__class__ is not np.ndarray or pt.dtype != np.float64 or pt.shape != (3, self.n):
+        if pt is not None and (pt.__class__ is not np.ndarray or pt.dtype != np.float64
+                               or pt.shape != (3, self.n)):
             raise ValueError(f"MultiTensorStep.step: pt must be a float64 array of shape "
                              f"{(3, self.n)}")
         scalars = tuple(float(x) for x in scalars)
@@ -156,25 +155,38 @@ class MultiTensorStep:
         if len(scalars) != want:
             raise ValueError(f"MultiTensorStep.step: {self.rule.name} takes {want} scalars "
                              f"({', '.join(self.scalars[:want])}), got {len(scalars)}")
-        clipvalue = float(clipvalue)
+        if steps is not None:
+            steps = np.asarray(steps, dtype=np.float64)
+            if steps.shape != (self.n,):
+                raise ValueError(f"MultiTensorStep.step: steps must have shape ({self.n},)")
+            if not (steps[live] >= 1).all():
+                raise ValueError("MultiTensorStep.step: step counts must be >= 1")
+            steps = steps.tolist()
+        self.launch(ptrs, scalars, steps, pt, float(clipvalue))
+        return True
+
+    def launch(self, ptrs, scalars, steps=None, pt=None, clipvalue=math.inf):
+        """:meth:`step` without its checks, for adapters that built ``ptrs``
+        from live tensors themselves and checked their arguments once:
+        ``scalars`` a tuple of floats, ``steps`` None or a list of floats
+        (>= 1, one per tensor; tensors with a zero gradient address are
+        ignored), ``pt`` None or a float64 ``(3, n)`` array.  Wrong arguments
+        here are undefined behaviour, not an exception."""
+        if pt is None:
+            pt = self._ones
         if steps is None:
             self._run(ptrs, pt, scalars, clipvalue)
-            return True
-        steps = np.asarray(steps, dtype=np.float64)
-        if steps.shape != (self.n,):
-            raise ValueError(f"MultiTensorStep.step: steps must have shape ({self.n},)")
-        counts = steps[live]
-        first = counts[0]
-        if not (counts >= 1).all():
-            raise ValueError("MultiTensorStep.step: step counts must be >= 1")
-        if (counts == first).all():  # the common case: one call
+            return
+        first = steps[0]
+        if self.n == 1 or all(s == first for s in steps):  # the common case: one call
             self._run(ptrs, pt, scalars + (first,), clipvalue)
-            return True
-        for s in np.unique(counts):  # one call per distinct count
+            return
+        grads = ptrs[1]
+        counts = sorted({s for s, g in zip(steps, grads.tolist()) if g})
+        for s in counts:  # one call per distinct count
             masked = ptrs.copy()
-            masked[1, steps != s] = 0
-            self._run(masked, pt, scalars + (float(s),), clipvalue)
-        return True
+            masked[1] = [g if c == s else 0 for g, c in zip(grads.tolist(), steps)]
+            self._run(masked, pt, scalars + (s,), clipvalue)
 
 
 def _numba_runner(rule, dtype, sizes, nslots):

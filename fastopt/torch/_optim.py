@@ -1,0 +1,540 @@
+"""The machinery behind ``fastopt.torch``'s optimizers.
+
+Each public class subclasses the ``torch.optim`` class of the same name, so
+construction (argument names, order, defaults, validation and its errors),
+``param_groups``, ``add_param_group``, ``zero_grad``, ``state_dict`` and
+``load_state_dict`` are torch's own; only ``step`` is replaced.  A step:
+
+1. reads every group's hyperparameters from ``param_groups`` (a scheduler's
+   change takes effect now) and every parameter's ``.grad`` (gradients and
+   parameters may have moved since the last step: addresses are read every
+   step, ``data_ptr()``, never cached);
+2. checks everything -- sparse or mismatched gradients, devices, dtypes --
+   and raises before anything changes;
+3. creates state for parameters that have their first gradient, in torch's
+   format and key names, in the parameter's dtype and memory layout;
+4. runs one :class:`fastopt.MultiTensorStep` call per group, dtype and
+   distinct step count (the common case: one call per group), with torch's
+   formulas (``convention="torch"``, checked against torch's recordings);
+   float32 and float64 tensors that are dense (contiguous, channels_last,
+   transposed...) are updated in place by address; bfloat16 and float16
+   parameters, and parameters with gaps in memory, are computed in float32
+   (float64 stays float64) on staging copies and written back rounded to
+   nearest, as torch's fused optimizers do;
+5. bumps the parameters' autograd version counters, as torch's in-place
+   updates do.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch.autograd import profiler as _profiler
+from torch.optim import optimizer as _torch_optimizer
+
+from .. import backends as _backends
+from ..multi_tensor import MultiTensorStep
+
+_DIRECT = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_STAGED = (torch.bfloat16, torch.float16)
+_STRIDED = torch.strided
+#: MultiTensorStep objects kept per optimizer (their chunk tables)
+_CACHE_SIZE = 64
+
+
+def _dense(t):
+    """Whether ``t`` covers its memory without gaps or overlaps (any stride order)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _scalar_dtype():
+    # torch.optim keeps ``step`` in float32, float64 under a float64 default dtype
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class _Item:
+    """One parameter in this step: its tensors as the kernel sees them."""
+
+    __slots__ = ("param", "grad", "slots", "step", "work", "staged", "fresh")
+
+    def __init__(self, param, grad, slots, step, work, staged, fresh):
+        self.param, self.grad, self.slots, self.step = param, grad, slots, step
+        self.work, self.staged, self.fresh = work, staged, fresh
+
+
+class FusedOptimizer:
+    """Mixin that replaces ``torch.optim.Optimizer.step`` by fastopt's fused
+    kernels.  Subclasses define :meth:`_rule` (the kernel, its scalars and the
+    per-tensor weight-decay factors of a group) and :meth:`_new_state`."""
+
+    #: torch's GradScaler hands this optimizer ``grad_scale``/``found_inf``
+    #: instead of unscaling the gradients in a pass of its own
+    _step_supports_amp_scaling = True
+    #: state keys, in kernel slot order, per rule (set by subclasses)
+    _SLOT_KEYS: dict = {}
+    #: whether the rule counts ``state["step"]`` (SGD does not)
+    _COUNTS_STEPS = True
+
+    def _fastopt_init(self, capturable=False, differentiable=False):
+        name = type(self).__name__
+        if differentiable:
+            raise ValueError(f"fastopt.torch.{name}: differentiable=True is not supported (the "
+                             "fused kernels do not record the update in the autograd graph); "
+                             f"use torch.optim.{name} for that")
+        if capturable:
+            raise ValueError(f"fastopt.torch.{name}: capturable=True is not supported (CUDA "
+                             f"graph capture); use torch.optim.{name} for that")
+        self._fastopt_steps = OrderedDict()
+        self._fastopt_counters = _Counters()
+        self._fastopt_plans = {}
+        if not _backends.num_threads_set():
+            limit = _backends.get_backend("numba").max_threads()
+            _backends.set_num_threads(max(1, min(torch.get_num_threads(), limit)))
+
+    # -- step ---------------------------------------------------------------------------
+    def step(self, closure=None):
+        """Perform a single optimization step (torch's semantics, fastopt's kernels).
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (run with gradients
+            enabled, before the update).
+        """
+        if (_profiler._is_profiler_enabled or _torch_optimizer._global_optimizer_pre_hooks
+                or _torch_optimizer._global_optimizer_post_hooks
+                or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks):
+            return self._hooked_step(closure)
+        return self._fused_step(closure)
+
+    # torch.optim.Optimizer wraps ``step`` in a profiler-and-hooks wrapper
+    # (15-35 us a call) unless it is marked as hooked: this step runs the
+    # hooks itself, and enters record_function only while a profiler runs.
+    step.hooked = True
+
+    def _hooked_step(self, *args, **kwargs):
+        with torch.autograd.profiler.record_function(
+                f"Optimizer.step#{type(self).__name__}.step"):
+            for pre_hook in (*_torch_optimizer._global_optimizer_pre_hooks.values(),
+                             *self._optimizer_step_pre_hooks.values()):
+                result = pre_hook(self, args, kwargs)
+                if result is not None:
+                    if isinstance(result, tuple) and len(result) == 2:
+                        args, kwargs = result
+                    else:
+                        raise RuntimeError(f"{self.step} must return None or a tuple of "
+                                           f"(new_args, new_kwargs), but got {result}.")
+            out = self._fused_step(*args, **kwargs)
+            self._optimizer_step_code()
+            for post_hook in (*self._optimizer_step_post_hooks.values(),
+                              *_torch_optimizer._global_optimizer_post_hooks.values()):
+                post_hook(self, args, kwargs)
+            return out
+
+    def _fused_step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and bool(found_inf):
+            return loss  # as torch's fused optimizers: no update, no step counted
+        grad_scale = getattr(self, "grad_scale", None)
+        inv_scale = 1.0 if grad_scale is None else 1.0 / float(grad_scale)
+        # 1. gather and check everything; nothing changes until all is checked
+        work = []
+        for group in self.param_groups:
+            rule = self._rule(group)
+            plan = self._fastopt_plans.get(id(group))
+            gptrs = plan.grads(self.state, rule[0]) if plan is not None and \
+                plan.group is group else None
+            if gptrs is not None:
+                work.append((group, rule, plan, gptrs))
+            else:
+                pairs = self._gather(group)
+                if pairs:
+                    work.append((group, rule, None, pairs))
+        # 2. state, step counts, kernels
+        for group, rule, plan, arg in work:
+            if plan is not None:
+                plan.run(self, rule, arg, inv_scale, group["maximize"])
+            else:
+                self._update_group(group, rule, arg, inv_scale)
+                plan = _GroupPlan.build(self, group, rule[0])
+                if plan is not None:
+                    self._fastopt_plans[id(group)] = plan
+        return loss
+
+    def _gather(self, group):
+        """``[(param, grad)]`` of the group's parameters that have a gradient, checked."""
+        pairs = []
+        device = None
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if not (p.is_cpu and g.is_cpu and g.layout is _STRIDED and p.dtype in _DIRECT
+                    and g.dtype is p.dtype):
+                self._refuse(p, g)
+            if device is None:
+                device = p.device
+            pairs.append((p, g))
+        return pairs
+
+    def _refuse(self, p, g):
+        """Raise the error for a pair the fast check did not pass, unless it is
+        fine (bfloat16 and float16 parameters)."""
+        name = type(self).__name__
+        if g.layout is not _STRIDED:
+            raise RuntimeError(f"fastopt.torch.{name} does not support sparse gradients")
+        if not p.is_cpu:
+            raise NotImplementedError(
+                f"fastopt.torch.{name}: parameters on {p.device} are not supported yet; "
+                "fastopt.torch updates CPU tensors (the CUDA route through numba-cuda is "
+                "not done)")
+        if not g.is_cpu:
+            raise ValueError(f"fastopt.torch.{name}: a gradient on {g.device} for a "
+                             f"parameter on {p.device}")
+        if p.dtype not in _DIRECT and p.dtype not in _STAGED:
+            raise TypeError(f"fastopt.torch.{name}: parameters of dtype {p.dtype} are not "
+                            "supported (float32, float64, bfloat16, float16)")
+        if g.dtype != p.dtype:
+            raise TypeError(f"fastopt.torch.{name}: a gradient of dtype {g.dtype} for a "
+                            f"parameter of dtype {p.dtype}")
+
+    def _update_group(self, group, rule, pairs, inv_scale):
+        """The general step of one group: any dtype, layout and state."""
+        rule, scalars, keep, l2 = rule
+        keys = self._SLOT_KEYS[rule]
+        sign = -inv_scale if group["maximize"] else inv_scale
+        state = self.state
+        counts = self._COUNTS_STEPS
+        items = []
+        staged = False
+        for p, g in pairs:
+            st = state.get(p)
+            fresh = not st or any(k not in st for k in keys)
+            if fresh and (keys or counts):
+                st = state[p]
+                self._new_state(group, p, st)
+            if p.dtype in _DIRECT and (p.is_contiguous() or _dense(p)):
+                if g.shape != p.shape:
+                    raise RuntimeError(f"fastopt.torch.{type(self).__name__}: a gradient of "
+                                       f"shape {tuple(g.shape)} for a parameter of shape "
+                                       f"{tuple(p.shape)}")
+                contiguous = p.is_contiguous()
+                stride = None if contiguous else p.stride()
+                if not (g.is_contiguous() if contiguous else g.stride() == stride):
+                    g = _like(p, g)  # same element, same offset: or a copy
+                slots = []
+                for k in keys:
+                    s = st[k]
+                    if s.dtype is not p.dtype or not s.is_cpu or not (
+                            s.is_contiguous() if contiguous else s.stride() == stride) \
+                            or s.shape != p.shape:
+                        s = st[k] = _like(p, s)  # e.g. loaded in another layout or dtype
+                    slots.append(s)
+                items.append(_Item(p, g, slots, st and st.get("step"), p, False, fresh))
+            else:
+                staged = True
+                work = torch.float64 if p.dtype == torch.float64 else torch.float32
+                items.append(_Item(p, g.to(work).contiguous(),
+                                   [st[k].to(work).contiguous() for k in keys],
+                                   st and st.get("step"), p.to(work).contiguous(), True,
+                                   fresh))
+        steps = self._count(items) if counts else [1.0 if it.fresh else 2.0 for it in items]
+        if staged:
+            by_dtype = {}
+            for it, n in zip(items, steps):
+                by_dtype.setdefault(it.work.dtype, ([], []))
+                by_dtype[it.work.dtype][0].append(it)
+                by_dtype[it.work.dtype][1].append(n)
+        else:
+            by_dtype = {items[0].work.dtype: (items, steps)} \
+                if all(it.work.dtype is items[0].work.dtype for it in items) else {}
+            if not by_dtype:
+                for it, n in zip(items, steps):
+                    by_dtype.setdefault(it.work.dtype, ([], []))
+                    by_dtype[it.work.dtype][0].append(it)
+                    by_dtype[it.work.dtype][1].append(n)
+        # one kernel call per working dtype (and per distinct step count)
+        for dtype, (its, counts_) in by_dtype.items():
+            sizes = tuple([it.work.numel() for it in its])
+            fused = self._stepper(rule, _DIRECT[dtype], sizes)
+            ptrs = np.array([[it.work.data_ptr() for it in its],
+                             [it.grad.data_ptr() for it in its],
+                             *([it.slots[k].data_ptr() for it in its]
+                               for k in range(len(keys)))], dtype=np.intp)
+            fused.launch(ptrs, scalars, counts_ if fused.per_tensor_step else None,
+                         self._factors(fused, sign, keep, l2), math.inf)
+        direct = [it.param for it in items if not it.staged]
+        if direct:
+            torch._C._increment_version(direct)
+        if staged:
+            with torch.no_grad():
+                for it in items:
+                    if it.staged:
+                        it.param.copy_(it.work)
+                        st = state.get(it.param, {})
+                        for k, s in zip(keys, it.slots):
+                            st[k].copy_(s)
+
+    @staticmethod
+    def _factors(fused, sign, keep, l2):
+        """The (3, n) per-tensor rows, rewritten only when they change."""
+        key = (sign, keep, l2)
+        pt = getattr(fused, "_torch_pt", None)
+        if pt is None or fused._torch_pt_key != key:
+            pt = fused._torch_pt = np.empty((3, fused.n))
+            pt[0] = sign
+            pt[1] = keep
+            pt[2] = l2
+            fused._torch_pt_key = key
+        return pt
+
+    def _count(self, items):
+        """Advance each parameter's ``state["step"]`` by one; the new counts.
+
+        The counts live in NumPy blocks (:class:`_Counters`) and
+        ``state["step"]`` is a 0-d tensor view of one element, so counting
+        costs no torch operator call (each ~6 us here); a step tensor that
+        is not such a view (loaded from a checkpoint, set by hand) is adopted
+        first: its value is copied into a block and the state gets the view.
+        """
+        return self._fastopt_counters.advance(self.state, items)
+
+    def _stepper(self, rule, dtype, sizes):
+        key = (rule, dtype, sizes)
+        cache = self._fastopt_steps
+        fused = cache.get(key)
+        if fused is None:
+            fused = cache[key] = MultiTensorStep(rule, dtype, sizes)
+            if len(cache) > _CACHE_SIZE:
+                cache.popitem(last=False)
+        return fused
+
+    # -- what subclasses provide ------------------------------------------------------------
+    def _rule(self, group):  # pragma: no cover - every subclass overrides
+        """``(rule name, scalars, keep, l2)`` of a group for this step."""
+        raise NotImplementedError
+
+    def _new_state(self, group, p, st):  # pragma: no cover
+        raise NotImplementedError
+
+    # -- state ------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._fastopt_steps.clear()
+        self._fastopt_counters = _Counters()
+        self._fastopt_plans = {}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("_fastopt_steps", OrderedDict())
+        self.__dict__.setdefault("_fastopt_counters", _Counters())
+        self.__dict__.setdefault("_fastopt_plans", {})
+
+
+class _GroupPlan:
+    """The short way for a group whose every parameter is a contiguous tensor
+    of one float dtype with complete state: addresses of parameters and
+    slots, the pointer table and the step counts prepared once.
+
+    Every step still reads each parameter's ``.grad`` and its address and
+    checks that the parameter has not moved, that its state dict and slot
+    tensors are the same objects and that the gradient is a contiguous tensor
+    of the parameter's dtype; anything else (a new parameter, a moved one, a
+    loaded checkpoint, a sparse or strided gradient, another kernel) takes the
+    general way, which rebuilds the plan.
+    """
+
+    @classmethod
+    def build(cls, opt, group, rule):
+        params = list(group["params"])
+        if not params:
+            return None
+        dtype = params[0].dtype
+        if dtype not in _DIRECT:
+            return None
+        keys = opt._SLOT_KEYS[rule]
+        counts = opt._COUNTS_STEPS
+        states, slots = [], []
+        for p in params:
+            st = opt.state.get(p)
+            if not (p.dtype is dtype and p.is_cpu and p.is_contiguous() and st
+                    and all(k in st for k in keys) and (not counts or "step" in st)):
+                return None
+            sl = tuple(st[k] for k in keys)
+            for s in sl:
+                if not (s.dtype is dtype and s.is_cpu and s.is_contiguous()
+                        and s.shape == p.shape):
+                    return None
+            states.append(st)
+            slots.append(sl)
+        self = cls()
+        self.group, self.rule, self.keys, self.dtype = group, rule, keys, dtype
+        self.params, self.states, self.slots = params, states, slots
+        self.pptrs = [p.data_ptr() for p in params]
+        self.fused = opt._stepper(rule, _DIRECT[dtype], tuple(p.numel() for p in params))
+        self.ptrs = self.fused.empty_pointers()
+        self.ptrs[0] = self.pptrs
+        for k in range(len(keys)):
+            self.ptrs[2 + k] = [sl[k].data_ptr() for sl in slots]
+        self.counts = None
+        if counts:  # one block for the group's counts: advanced in one NumPy store
+            self.counts, views = opt._fastopt_counters.adopt_all(
+                [st["step"] for st in states])
+            for st, v in zip(states, views):
+                st["step"] = v
+            self.views = views
+        return self
+
+    def grads(self, state, rule):
+        """The gradients' addresses (0: no gradient), or None: take the general way."""
+        if rule != self.rule or len(self.group["params"]) != len(self.params):
+            return None
+        dtype = self.dtype
+        out = []
+        try:
+            for p, q, pp, st, sl in zip(self.group["params"], self.params, self.pptrs,
+                                        self.states, self.slots):
+                g = p.grad
+                if g is None:
+                    out.append(0)
+                    continue
+                if p is not q or p.data_ptr() != pp or g.dtype is not dtype \
+                        or not g.is_contiguous() or not g.is_cpu or state.get(p) is not st:
+                    return None
+                for k, s in zip(self.keys, sl):
+                    if st[k] is not s:
+                        return None
+                out.append(g.data_ptr())
+        except (RuntimeError, KeyError):  # e.g. a sparse gradient: the general way says
+            return None
+        if self.counts is not None:
+            for st, v in zip(self.states, self.views):
+                if st["step"] is not v:
+                    return None
+        return out if any(out) else None
+
+    def run(self, opt, rule, gptrs, inv_scale, maximize):
+        _, scalars, keep, l2 = rule
+        ptrs = self.ptrs
+        ptrs[1] = gptrs
+        steps = None
+        if self.counts is not None:
+            counts = self.counts
+            if all(gptrs):
+                counts += 1
+            else:
+                counts[ptrs[1] != 0] += 1
+            steps = counts.tolist()
+        elif self.fused.per_tensor_step:  # SGD's momentum: every buffer exists
+            steps = [2.0] * self.fused.n
+        fused = self.fused
+        sign = -inv_scale if maximize else inv_scale
+        fused.launch(ptrs, scalars, steps if fused.per_tensor_step else None,
+                     FusedOptimizer._factors(fused, sign, keep, l2), math.inf)
+        if all(gptrs):
+            torch._C._increment_version(self.params)
+        else:
+            torch._C._increment_version([p for p, g in zip(self.params, gptrs) if g])
+
+
+class _Counters:
+    """Per-parameter step counts in NumPy blocks, seen by torch as 0-d views.
+
+    ``state["step"]`` of a parameter is ``torch.from_numpy(block)[i]``: torch
+    code reads and writes it as usual (``state_dict``, ``torch.save``, a
+    ``torch.optim`` optimizer that loads the checkpoint), and fastopt
+    advances it with a NumPy store instead of a torch operator call.
+    """
+
+    BLOCK = 1024
+
+    def __init__(self):
+        self.where = {}   # id(view) -> (block, index, view)
+        self.block = None
+        self.used = 0
+
+    def adopt(self, value):
+        dtype = value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point() \
+            else _scalar_dtype()
+        if self.block is None or self.used == self.BLOCK or self.block.dtype != dtype:
+            self.block = torch.zeros(self.BLOCK, dtype=dtype)
+            self.array = self.block.numpy()
+            self.used = 0
+        i = self.used
+        self.used += 1
+        self.array[i] = float(value)
+        view = self.block[i]
+        self.where[id(view)] = (self.array, i, view)
+        return view
+
+    def adopt_all(self, values):
+        """A block of its own for ``values``: ``(array, views)``."""
+        dtype = values[0].dtype if isinstance(values[0], torch.Tensor) \
+            and values[0].is_floating_point() else _scalar_dtype()
+        block = torch.tensor([float(v) for v in values], dtype=dtype)
+        array = block.numpy()
+        views = [block[i] for i in range(len(values))]
+        for i, v in enumerate(views):
+            self.where[id(v)] = (array, i, v)
+        return array, views
+
+    def advance(self, state, items):
+        where = self.where
+        out = []
+        for it in items:
+            t = it.step
+            loc = where.get(id(t))
+            if loc is None or loc[2] is not t:
+                t = state[it.param]["step"] = self.adopt(t)
+                loc = where[id(t)]
+            array, i, _ = loc
+            n = array[i] + 1
+            array[i] = n
+            out.append(float(n))
+        return out
+
+
+def _like(p, t):
+    """A copy of ``t`` in ``p``'s dtype, device and memory layout."""
+    out = torch.empty_like(p)
+    out.copy_(t)
+    return out
+
+
+def _zeros(p):
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def _step_tensor():
+    return torch.tensor(0.0, dtype=_scalar_dtype())
+
+
+def _f(x):
+    """A hyperparameter as a Python float (torch allows 0-d tensors for lr, betas...)."""
+    return float(x)
+
+
+def _decay(group, decoupled):
+    """``(keep, l2)`` for the group's weight decay."""
+    wd = _f(group["weight_decay"])
+    if not wd:
+        return 1.0, 0.0
+    if decoupled:
+        return 1.0 - _f(group["lr"]) * wd, 0.0
+    return 1.0, wd
+
+
+__all__ = ["FusedOptimizer"]
