@@ -723,3 +723,69 @@ def test_warns_nothing_on_the_plain_path():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _train(m, o, 2)
+
+
+# -- optimizer offload (CPU tensors stand in for the device) ------------------------------
+
+def _offload_run(dtype, accumulate=1, steps=5):
+    model = _model(dtype=dtype)
+    off = ft.CPUOffload(model.parameters(), lr=0.01, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    grads = []
+    for _ in range(steps):
+        total = [torch.zeros(p.shape) for p in model.parameters()]
+        for _ in range(accumulate):
+            x = torch.randn(8, 6, generator=g).to(dtype)
+            loss = model(x).square().mean()
+            # what the hooks saw, for the reference: the gradients of this backward
+            gs = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+            total = [t + gi.float() for t, gi in zip(total, gs)]
+            loss.backward()
+        grads.append(total)
+        assert all(p.grad is None for p in model.parameters())  # freed "on the device"
+        off.step()
+        off.zero_grad()
+    return model, off, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_offload_masters_follow_a_float32_adamw_and_the_device_copy_follows(dtype, accumulate):
+    model, off, grads = _offload_run(dtype, accumulate)
+    # reference: torch.optim.AdamW on float32 copies of the initial weights, fed
+    # the host gradients (summed over the accumulated backward passes)
+    ref = [p.detach().float().clone().requires_grad_() for p in _model(dtype=dtype).parameters()]
+    ro = torch.optim.AdamW(ref, lr=0.01, weight_decay=0.1)
+    for gs in grads:
+        for p, gi in zip(ref, gs):
+            p.grad = gi
+        ro.step()
+    for m, r, p in zip(off.masters, ref, model.parameters()):
+        assert m.dtype == torch.float32 and m.device.type == "cpu"
+        assert (m - r.detach()).abs().max().item() <= 1e-6
+        assert p.dtype == dtype and torch.equal(p.detach(), m.to(dtype))  # rounded copy
+    assert float(off.state[off.masters[0]]["step"]) == 5
+
+
+def test_offload_skips_parameters_without_gradient_and_round_trips_state():
+    a = torch.nn.Parameter(torch.ones(3))
+    b = torch.nn.Parameter(torch.ones(2))
+    off = ft.CPUOffload([a, b], lr=0.1)
+    (a * 2).sum().backward()
+    off.step()
+    assert b not in off.state or not off.state.get(off.masters[1])
+    assert torch.equal(b.detach(), torch.ones(2)) and not torch.equal(a.detach(), torch.ones(3))
+    sd = copy.deepcopy(off.state_dict())
+    a2 = torch.nn.Parameter(torch.zeros(3))
+    b2 = torch.nn.Parameter(torch.zeros(2))
+    off2 = ft.CPUOffload([a2, b2], lr=0.1)
+    off2.load_state_dict(sd)
+    assert torch.equal(a2.detach(), a.detach())
+    for o, p in ((off, a), (off2, a2)):
+        (p * 2).sum().backward()
+        o.step()
+    assert torch.equal(a2.detach(), a.detach())
+    with pytest.raises(TypeError):
+        ft.CPUOffload(a)
+    with pytest.raises(ValueError):
+        ft.CPUOffload([a, a])

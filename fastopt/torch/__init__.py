@@ -164,3 +164,6 @@ class AdamW(_AdamRule, FusedOptimizer, _torch.optim.AdamW):
                          foreach=foreach, capturable=capturable,
                          differentiable=differentiable, fused=fused)
         self._fastopt_init(capturable, differentiable)
+
+
+from .offload import CPUOffload  # noqa: E402  (it defaults to AdamW, defined above)
