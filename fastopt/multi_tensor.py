@@ -54,6 +54,16 @@ class MultiTensorStep:
     backend : str, default "auto"
         ``"cython"`` or ``"numba"`` (``"auto"`` picks by group size, as
         :class:`fastopt.Optimizer` does).
+    state_dtype : None or "bfloat16", default None
+        None: slots in ``dtype``.  ``"bfloat16"``: slots hold bfloat16 bit
+        patterns (2 bytes an element) while parameters and gradients are
+        float32 and the arithmetic float32 (the numba backend's
+        :mod:`~fastopt.backends.numba_bf16` kernels; ``dtype`` must be
+        float32).
+    state_rounding : "nearest" or "stochastic", default "nearest"
+        With bfloat16 state.  Stochastic rounding draws from a hash of
+        :attr:`updates` (set it before each step), the tensor's column and the
+        element.
 
     Attributes
     ----------
@@ -66,7 +76,8 @@ class MultiTensorStep:
         may instead take per tensor through ``steps``.
     """
 
-    def __init__(self, rule, dtype, sizes, *, backend="auto"):
+    def __init__(self, rule, dtype, sizes, *, backend="auto", state_dtype=None,
+                 state_rounding="nearest"):
         if not isinstance(rule, str) or rule not in RULES:
             raise ValueError(f"MultiTensorStep: unknown rule {rule!r}; one of {sorted(RULES)}")
         dtype = np.dtype(dtype)
@@ -90,6 +101,13 @@ class MultiTensorStep:
         self.scalars = self.rule.scalars
         self.per_tensor_step = self.scalars[-1] == "step"
         self.nrows = 2 + len(self.slots)
+        self.state_dtype = state_dtype
+        self.updates = 0
+        if state_dtype is not None:
+            self._bf16_setup(dtype, backend, state_dtype, state_rounding)
+            self._ones = np.ones((3, self.n))
+            self._ones[2] = 0.0
+            return
         if backend == "auto":
             module = resolve_backend("auto", dtype, self.size)
             backend = module.NAME if module.NAME in ("cython", "numba") else "numba"
@@ -98,6 +116,43 @@ class MultiTensorStep:
             self.rule, dtype, self.sizes, len(self.slots))
         self._ones = np.ones((3, self.n))
         self._ones[2] = 0.0
+
+    def _bf16_setup(self, dtype, backend, state_dtype, rounding):
+        if state_dtype != "bfloat16":
+            raise ValueError(f"MultiTensorStep: state_dtype must be None or 'bfloat16', got "
+                             f"{state_dtype!r}")
+        if dtype != np.float32:
+            raise TypeError("MultiTensorStep: bfloat16 state needs float32 parameters, got "
+                            f"{dtype}")
+        if backend not in ("auto", "numba"):
+            raise ValueError("MultiTensorStep: bfloat16 state runs on the numba backend only, "
+                             f"not {backend!r}")
+        get_backend("numba")  # an ImportError that says how to get it
+        from .backends import numba_bf16 as bf16
+        why = bf16.refusal(self.rule)
+        if why:
+            raise ValueError(f"MultiTensorStep: rule {self.rule.name!r} cannot keep its state "
+                             f"in bfloat16: {why}")
+        if rounding not in bf16.ROUNDINGS:
+            raise ValueError(f"MultiTensorStep: state_rounding must be one of "
+                             f"{bf16.ROUNDINGS}, got {rounding!r}")
+        self.backend = "numba"
+        self.state_rounding = rounding
+        nb = get_backend("numba")
+        table = nb.chunk_table(self.sizes)
+        like, ulike = np.empty(0, np.float32), np.empty(0, np.uint16)
+        hp = np.zeros(HP_SIZE)
+        stochastic = rounding == "stochastic"
+        ids = np.arange(self.n, dtype=np.int64)
+        rule, size = self.rule, self.size
+
+        def run(ptrs, pt, scalars, clipvalue):
+            hp[:] = pack(rule, scalars, clipvalue)
+            drive = bf16._step_parallel if size >= nb.get_parallel_threshold(dtype) \
+                else bf16._step_serial
+            drive(rule.code, ptrs, ptrs[1], -1, 0, table, pt, hp, like, ulike, stochastic,
+                  int(self.updates), ids)
+        self._run = run
 
     def empty_pointers(self):
         """A zeroed ``(2 + len(slots), n)`` intp pointer table to fill in."""

@@ -210,7 +210,10 @@ def test_is_a_torch_optimizer_with_torch_signature(name):
     assert issubclass(cls, tcls) and issubclass(cls, torch.optim.Optimizer)
     ours = inspect.signature(cls.__init__).parameters
     theirs = inspect.signature(tcls.__init__).parameters
-    assert list(ours) == list(theirs)
+    assert list(ours)[:len(theirs)] == list(theirs)
+    extras = list(ours)[len(theirs):]
+    assert extras == ["state_dtype", "state_rounding"]
+    assert all(ours[k].kind == inspect.Parameter.KEYWORD_ONLY for k in extras)
     for k in theirs:
         assert ours[k].default == theirs[k].default and ours[k].kind == theirs[k].kind, k
 
@@ -789,3 +792,76 @@ def test_offload_skips_parameters_without_gradient_and_round_trips_state():
         ft.CPUOffload(a)
     with pytest.raises(ValueError):
         ft.CPUOffload([a, a])
+
+
+# -- bfloat16 optimizer state --------------------------------------------------------------
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("name", ["AdamW", "SGD", "RMSprop", "Adagrad"])
+def test_bfloat16_state_same_bits_as_fastopt_optimizer(name, rounding):
+    """state_dtype='bfloat16' runs fastopt's bfloat16-state kernels: the same
+    bits as fastopt's NumPy optimizer with convention='torch'."""
+    kw = dict(momentum=0.9) if name in ("SGD", "RMSprop") else {}
+    init = [t.numpy().copy() for t in _tensors(torch.float32)]
+    stream = [[torch.zeros_like(t) if g is None else g for g, t in zip(gs, _tensors(
+        torch.float32))] for gs in _grad_stream(torch.float32, 6)]
+    np_params = [a.copy() for a in init]
+    npo = getattr(fastopt, name)(np_params, learning_rate=0.01, convention="torch",
+                                 state_dtype="bfloat16", state_rounding=rounding, **kw)
+    for gs in stream:
+        npo.step([g.numpy() for g in gs])
+    fast, fo = _run(lambda ps: getattr(ft, name)(ps, lr=0.01, state_dtype="bfloat16",
+                                                 state_rounding=rounding, **kw),
+                    [torch.from_numpy(a.copy()) for a in init], stream)
+    for p, q in zip(np_params, fast):
+        np.testing.assert_array_equal(p, q.detach().numpy())
+    for p in fast:
+        for key, v in fo.state[p].items():
+            if key != "step":
+                assert v.dtype == torch.bfloat16
+
+
+def test_bfloat16_state_dict_round_trips_and_loads_into_torch():
+    def build(cls, **kw):
+        m = _model()
+        return m, cls(m.parameters(), lr=0.01, **kw)
+    m1, o1 = build(ft.AdamW, state_dtype="bfloat16")
+    _train(m1, o1, 4)
+    buf = io.BytesIO()
+    torch.save(o1.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    assert sd["state"][0]["exp_avg"].dtype == torch.bfloat16
+    m2, o2 = build(ft.AdamW, state_dtype="bfloat16")
+    m2.load_state_dict(m1.state_dict())
+    o2.load_state_dict(sd)
+    m3, o3 = build(torch.optim.AdamW)
+    m3.load_state_dict(m1.state_dict())
+    o3.load_state_dict(sd)  # torch casts the state to the parameters' dtype
+    _train(m1, o1, 3, seed=7)
+    _train(m2, o2, 3, seed=7)
+    _train(m3, o3, 3, seed=7)
+    _assert_models_close(m1, m2, 0.0)
+    _assert_models_close(m1, m3, 1e-3)  # float32 state from here on: close, not equal
+
+
+def test_bfloat16_state_refusals():
+    with pytest.raises(ValueError, match="centred RMSprop"):
+        ft.RMSprop([torch.nn.Parameter(torch.zeros(2))], centered=True, state_dtype="bfloat16")
+    with pytest.raises(TypeError, match="float32"):
+        ft.AdamW([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))],
+                 state_dtype="bfloat16")
+    with pytest.raises(ValueError, match="state_dtype"):
+        ft.AdamW([torch.nn.Parameter(torch.zeros(2))], state_dtype="float16")
+    with pytest.raises(ValueError, match="state_rounding"):
+        ft.AdamW([torch.nn.Parameter(torch.zeros(2))], state_rounding="nearest")
+    with pytest.raises(ValueError, match="state_rounding"):
+        ft.AdamW([torch.nn.Parameter(torch.zeros(2))], state_dtype="bfloat16",
+                 state_rounding="up")
+    p = torch.nn.Parameter(torch.zeros(2))
+    o = ft.RMSprop([p], state_dtype="bfloat16")
+    o.param_groups[0]["centered"] = True  # a change between steps: refused at the step
+    p.grad = torch.ones(2)
+    with pytest.raises(ValueError, match="centred RMSprop"):
+        o.step()
+    assert torch.equal(p.detach(), torch.zeros(2)) and not o.state

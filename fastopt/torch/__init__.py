@@ -14,6 +14,11 @@ parameter group and dtype, with torch's formulas.
 >>> model(torch.randn(8, 4)).square().mean().backward()
 >>> opt.step(); opt.zero_grad()
 
+Keyword-only extras: ``state_dtype="bfloat16"`` keeps the optimizer state
+(``exp_avg``, ``square_avg``...) as bfloat16 tensors for float32 parameters,
+with float32 arithmetic (:mod:`fastopt.backends.numba_bf16`), and
+``state_rounding`` ("nearest" or "stochastic") says how it is rounded.
+
 ``foreach`` and ``fused`` are accepted for compatibility and change nothing
 (fastopt always runs its fused kernels); ``capturable=True`` and
 ``differentiable=True`` are refused.  CPU tensors only for now.  The thread
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import torch as _torch
 
-from ._optim import FusedOptimizer, _decay, _f, _step_tensor, _zeros
+from ._optim import FusedOptimizer, _decay, _f, _step_tensor
 
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "FusedOptimizer", "CPUOffload"]
@@ -40,11 +45,11 @@ class SGD(FusedOptimizer, _torch.optim.SGD):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
                  nesterov=False, *, maximize=False, foreach=None, differentiable=False,
-                 fused=None):
+                 fused=None, state_dtype=None, state_rounding=None):
         super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
                          maximize=maximize, foreach=foreach, differentiable=differentiable,
                          fused=fused)
-        self._fastopt_init(differentiable=differentiable)
+        self._fastopt_init(False, differentiable, state_dtype, state_rounding)
 
     def _rule(self, group):
         lr, mu = _f(group["lr"]), _f(group["momentum"])
@@ -56,7 +61,7 @@ class SGD(FusedOptimizer, _torch.optim.SGD):
 
     def _new_state(self, group, p, st):
         if "momentum_buffer" not in st or st["momentum_buffer"] is None:
-            st["momentum_buffer"] = _zeros(p)
+            st["momentum_buffer"] = self._slot_zeros(p)
 
 
 class Adagrad(FusedOptimizer, _torch.optim.Adagrad):
@@ -67,11 +72,11 @@ class Adagrad(FusedOptimizer, _torch.optim.Adagrad):
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
                  initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
-                 differentiable=False, fused=None):
+                 differentiable=False, fused=None, state_dtype=None, state_rounding=None):
         super().__init__(params, lr, lr_decay, weight_decay, initial_accumulator_value, eps,
                          foreach, maximize=maximize, differentiable=differentiable,
                          fused=fused)
-        self._fastopt_init(differentiable=differentiable)
+        self._fastopt_init(False, differentiable, state_dtype, state_rounding)
 
     def _rule(self, group):
         keep, l2 = _decay(group, False)
@@ -82,8 +87,7 @@ class Adagrad(FusedOptimizer, _torch.optim.Adagrad):
         if "step" not in st:
             st["step"] = _step_tensor()
         if "sum" not in st:
-            st["sum"] = _torch.full_like(p, group["initial_accumulator_value"],
-                                         memory_format=_torch.preserve_format)
+            st["sum"] = self._slot_zeros(p).fill_(group["initial_accumulator_value"])
 
 
 class RMSprop(FusedOptimizer, _torch.optim.RMSprop):
@@ -98,10 +102,10 @@ class RMSprop(FusedOptimizer, _torch.optim.RMSprop):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False):
+                 differentiable=False, *, state_dtype=None, state_rounding=None):
         super().__init__(params, lr, alpha, eps, weight_decay, momentum, centered, capturable,
                          foreach, maximize, differentiable)
-        self._fastopt_init(capturable, differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
 
     def _rule(self, group):
         keep, l2 = _decay(group, False)
@@ -118,7 +122,7 @@ class RMSprop(FusedOptimizer, _torch.optim.RMSprop):
             if key not in st and (key == "square_avg"
                                   or (key == "momentum_buffer" and group["momentum"] > 0)
                                   or (key == "grad_avg" and group["centered"])):
-                st[key] = _zeros(p)
+                st[key] = self._slot_zeros(p)
 
 
 class _AdamRule:
@@ -136,7 +140,7 @@ class _AdamRule:
             st["step"] = _step_tensor()
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             if key not in st and (key != "max_exp_avg_sq" or group["amsgrad"]):
-                st[key] = _zeros(p)
+                st[key] = self._slot_zeros(p)
 
 
 class Adam(_AdamRule, FusedOptimizer, _torch.optim.Adam):
@@ -145,12 +149,13 @@ class Adam(_AdamRule, FusedOptimizer, _torch.optim.Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, decoupled_weight_decay=False):
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 state_dtype=None, state_rounding=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=decoupled_weight_decay)
-        self._fastopt_init(capturable, differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
 
 
 class AdamW(_AdamRule, FusedOptimizer, _torch.optim.AdamW):
@@ -159,11 +164,11 @@ class AdamW(_AdamRule, FusedOptimizer, _torch.optim.AdamW):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None):
+                 differentiable=False, fused=None, state_dtype=None, state_rounding=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          foreach=foreach, capturable=capturable,
                          differentiable=differentiable, fused=fused)
-        self._fastopt_init(capturable, differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
 
 
 from .offload import CPUOffload  # noqa: E402  (it defaults to AdamW, defined above)

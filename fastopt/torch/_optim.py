@@ -84,7 +84,8 @@ class FusedOptimizer:
     #: whether the rule counts ``state["step"]`` (SGD does not)
     _COUNTS_STEPS = True
 
-    def _fastopt_init(self, capturable=False, differentiable=False):
+    def _fastopt_init(self, capturable=False, differentiable=False, state_dtype=None,
+                      state_rounding=None):
         name = type(self).__name__
         if differentiable:
             raise ValueError(f"fastopt.torch.{name}: differentiable=True is not supported (the "
@@ -93,12 +94,52 @@ class FusedOptimizer:
         if capturable:
             raise ValueError(f"fastopt.torch.{name}: capturable=True is not supported (CUDA "
                              f"graph capture); use torch.optim.{name} for that")
+        if state_dtype is None:
+            if state_rounding is not None:
+                raise ValueError(f"fastopt.torch.{name}: state_rounding applies only with "
+                                 "state_dtype='bfloat16'")
+        elif state_dtype != "bfloat16" and state_dtype is not torch.bfloat16:
+            raise ValueError(f"fastopt.torch.{name}: state_dtype must be None (the "
+                             f"parameters' dtype) or 'bfloat16', got {state_dtype!r}")
+        else:
+            from ..backends import numba_bf16
+            state_dtype = "bfloat16"
+            state_rounding = "nearest" if state_rounding is None else state_rounding
+            if state_rounding not in numba_bf16.ROUNDINGS:
+                raise ValueError(f"fastopt.torch.{name}: state_rounding must be one of "
+                                 f"{numba_bf16.ROUNDINGS}, got {state_rounding!r}")
+        self.state_dtype, self.state_rounding = state_dtype, state_rounding
+        self._fastopt_slot_dtype = torch.bfloat16 if state_dtype else None
+        self._fastopt_updates = 0
         self._fastopt_steps = OrderedDict()
         self._fastopt_counters = _Counters()
+        for group in self.param_groups:
+            self._check_state_dtype(group, self._rule(group)[0])
         self._fastopt_plans = {}
         if not _backends.num_threads_set():
             limit = _backends.get_backend("numba").max_threads()
             _backends.set_num_threads(max(1, min(torch.get_num_threads(), limit)))
+
+    def _check_state_dtype(self, group, rule):
+        """With bfloat16 state: float32 parameters and a rule that can keep it."""
+        if self.state_dtype is None:
+            return
+        name = type(self).__name__
+        for p in group["params"]:
+            if p.dtype != torch.float32:
+                raise TypeError(f"fastopt.torch.{name}: state_dtype='bfloat16' needs float32 "
+                                f"parameters (the kernels compute in float32), got {p.dtype}")
+        from ..backends import numba_bf16
+        from .._rules import RULES
+        why = numba_bf16.refusal(RULES[rule])
+        if why and RULES[rule].slots:
+            raise ValueError(f"fastopt.torch.{name}: state_dtype='bfloat16' is not offered "
+                             f"for this configuration ({rule}): {why}")
+
+    def _slot_zeros(self, p):
+        """A new state tensor for ``p``: its shape and layout, the state dtype."""
+        return torch.zeros_like(p, dtype=self._fastopt_slot_dtype,
+                                memory_format=torch.preserve_format)
 
     # -- step ---------------------------------------------------------------------------
     def step(self, closure=None):
@@ -162,6 +203,7 @@ class FusedOptimizer:
             else:
                 pairs = self._gather(group)
                 if pairs:
+                    self._check_state_dtype(group, rule[0])
                     work.append((group, rule, None, pairs))
         # 2. state, step counts, kernels
         for group, rule, plan, arg in work:
@@ -172,6 +214,7 @@ class FusedOptimizer:
                 plan = _GroupPlan.build(self, group, rule[0])
                 if plan is not None:
                     self._fastopt_plans[id(group)] = plan
+        self._fastopt_updates += 1  # draws of stochastic rounding: 0 at the first step
         return loss
 
     def _gather(self, group):
@@ -187,7 +230,16 @@ class FusedOptimizer:
                 self._refuse(p, g)
             if device is None:
                 device = p.device
+            elif p.device != device:
+                raise ValueError(f"fastopt.torch.{type(self).__name__}: a parameter group "
+                                 f"mixes devices ({device} and {p.device}); put each "
+                                 "device's parameters in a group of its own")
             pairs.append((p, g))
+        for p, g in pairs:
+            if g.shape != p.shape:
+                raise RuntimeError(f"fastopt.torch.{type(self).__name__}: a gradient of "
+                                   f"shape {tuple(g.shape)} for a parameter of shape "
+                                   f"{tuple(p.shape)}")
         return pairs
 
     def _refuse(self, p, g):
@@ -227,21 +279,18 @@ class FusedOptimizer:
                 st = state[p]
                 self._new_state(group, p, st)
             if p.dtype in _DIRECT and (p.is_contiguous() or _dense(p)):
-                if g.shape != p.shape:
-                    raise RuntimeError(f"fastopt.torch.{type(self).__name__}: a gradient of "
-                                       f"shape {tuple(g.shape)} for a parameter of shape "
-                                       f"{tuple(p.shape)}")
                 contiguous = p.is_contiguous()
                 stride = None if contiguous else p.stride()
                 if not (g.is_contiguous() if contiguous else g.stride() == stride):
                     g = _like(p, g)  # same element, same offset: or a copy
                 slots = []
+                sdt = self._fastopt_slot_dtype or p.dtype
                 for k in keys:
                     s = st[k]
-                    if s.dtype is not p.dtype or not s.is_cpu or not (
+                    if s.dtype is not sdt or not s.is_cpu or not (
                             s.is_contiguous() if contiguous else s.stride() == stride) \
                             or s.shape != p.shape:
-                        s = st[k] = _like(p, s)  # e.g. loaded in another layout or dtype
+                        s = st[k] = _like(p, s, sdt)  # e.g. loaded in another layout or dtype
                     slots.append(s)
                 items.append(_Item(p, g, slots, st and st.get("step"), p, False, fresh))
             else:
@@ -252,28 +301,24 @@ class FusedOptimizer:
                                    st and st.get("step"), p.to(work).contiguous(), True,
                                    fresh))
         steps = self._count(items) if counts else [1.0 if it.fresh else 2.0 for it in items]
-        if staged:
-            by_dtype = {}
-            for it, n in zip(items, steps):
-                by_dtype.setdefault(it.work.dtype, ([], []))
-                by_dtype[it.work.dtype][0].append(it)
-                by_dtype[it.work.dtype][1].append(n)
+        # one kernel call per working dtype, direct or staged (and per distinct step count)
+        first = items[0]
+        if all(it.work.dtype is first.work.dtype and it.staged == first.staged for it in items):
+            by_kind = {(first.work.dtype, first.staged): (items, steps)}
         else:
-            by_dtype = {items[0].work.dtype: (items, steps)} \
-                if all(it.work.dtype is items[0].work.dtype for it in items) else {}
-            if not by_dtype:
-                for it, n in zip(items, steps):
-                    by_dtype.setdefault(it.work.dtype, ([], []))
-                    by_dtype[it.work.dtype][0].append(it)
-                    by_dtype[it.work.dtype][1].append(n)
-        # one kernel call per working dtype (and per distinct step count)
-        for dtype, (its, counts_) in by_dtype.items():
+            by_kind = {}
+            for it, n in zip(items, steps):
+                its, ns = by_kind.setdefault((it.work.dtype, it.staged), ([], []))
+                its.append(it)
+                ns.append(n)
+        for (dtype, is_staged), (its, counts_) in by_kind.items():
             sizes = tuple([it.work.numel() for it in its])
-            fused = self._stepper(rule, _DIRECT[dtype], sizes)
+            fused = self._stepper(rule, _DIRECT[dtype], sizes, is_staged)
             ptrs = np.array([[it.work.data_ptr() for it in its],
                              [it.grad.data_ptr() for it in its],
                              *([it.slots[k].data_ptr() for it in its]
                                for k in range(len(keys)))], dtype=np.intp)
+            fused.updates = self._fastopt_updates
             fused.launch(ptrs, scalars, counts_ if fused.per_tensor_step else None,
                          self._factors(fused, sign, keep, l2), math.inf)
         direct = [it.param for it in items if not it.staged]
@@ -312,12 +357,17 @@ class FusedOptimizer:
         """
         return self._fastopt_counters.advance(self.state, items)
 
-    def _stepper(self, rule, dtype, sizes):
-        key = (rule, dtype, sizes)
+    def _stepper(self, rule, dtype, sizes, staged=None):
+        """The cached MultiTensorStep of a rule over tensors of these sizes
+        (``staged``: float32 working copies, so float32 state)."""
+        state = None if staged else self.state_dtype
+        key = (rule, dtype, sizes, state)
         cache = self._fastopt_steps
         fused = cache.get(key)
         if fused is None:
-            fused = cache[key] = MultiTensorStep(rule, dtype, sizes)
+            fused = cache[key] = MultiTensorStep(rule, dtype, sizes, state_dtype=state,
+                                                 state_rounding=self.state_rounding or
+                                                 "nearest")
             if len(cache) > _CACHE_SIZE:
                 cache.popitem(last=False)
         return fused
@@ -367,6 +417,7 @@ class _GroupPlan:
             return None
         keys = opt._SLOT_KEYS[rule]
         counts = opt._COUNTS_STEPS
+        sdt = opt._fastopt_slot_dtype or dtype
         states, slots = [], []
         for p in params:
             st = opt.state.get(p)
@@ -375,7 +426,7 @@ class _GroupPlan:
                 return None
             sl = tuple(st[k] for k in keys)
             for s in sl:
-                if not (s.dtype is dtype and s.is_cpu and s.is_contiguous()
+                if not (s.dtype is sdt and s.is_cpu and s.is_contiguous()
                         and s.shape == p.shape):
                     return None
             states.append(st)
@@ -441,6 +492,7 @@ class _GroupPlan:
         elif self.fused.per_tensor_step:  # SGD's momentum: every buffer exists
             steps = [2.0] * self.fused.n
         fused = self.fused
+        fused.updates = opt._fastopt_updates
         sign = -inv_scale if maximize else inv_scale
         fused.launch(ptrs, scalars, steps if fused.per_tensor_step else None,
                      FusedOptimizer._factors(fused, sign, keep, l2), math.inf)
@@ -507,9 +559,9 @@ class _Counters:
         return out
 
 
-def _like(p, t):
-    """A copy of ``t`` in ``p``'s dtype, device and memory layout."""
-    out = torch.empty_like(p)
+def _like(p, t, dtype=None):
+    """A copy of ``t`` in ``p``'s memory layout and device, and ``dtype`` (default: ``p``'s)."""
+    out = torch.empty_like(p, dtype=dtype)
     out.copy_(t)
     return out
 
