@@ -440,6 +440,8 @@ class _GroupPlan:
         self.ptrs[0] = self.pptrs
         for k in range(len(keys)):
             self.ptrs[2 + k] = [sl[k].data_ptr() for sl in slots]
+        self.n = len(params)
+        self.twos = [2.0] * self.n
         self.counts = None
         if counts:  # one block for the group's counts: advanced in one NumPy store
             self.counts, views = opt._fastopt_counters.adopt_all(
@@ -462,8 +464,9 @@ class _GroupPlan:
                 if g is None:
                     out.append(0)
                     continue
+                # (torch's .grad setter keeps the gradient on the parameter's device)
                 if p is not q or p.data_ptr() != pp or g.dtype is not dtype \
-                        or not g.is_contiguous() or not g.is_cpu or state.get(p) is not st:
+                        or not g.is_contiguous() or state.get(p) is not st:
                     return None
                 for k, s in zip(self.keys, sl):
                     if st[k] is not s:
@@ -480,26 +483,35 @@ class _GroupPlan:
     def run(self, opt, rule, gptrs, inv_scale, maximize):
         _, scalars, keep, l2 = rule
         ptrs = self.ptrs
-        ptrs[1] = gptrs
+        every = all(gptrs)
+        if self.n == 1:  # element stores: cheaper than NumPy calls on tiny arrays
+            ptrs[1, 0] = gptrs[0]
+        else:
+            ptrs[1] = gptrs
         steps = None
         if self.counts is not None:
             counts = self.counts
-            if all(gptrs):
-                counts += 1
+            if self.n <= 8:
+                steps = []
+                for i, gp in enumerate(gptrs):
+                    n = counts.item(i) + (1 if gp else 0)
+                    counts[i] = n
+                    steps.append(n)
             else:
-                counts[ptrs[1] != 0] += 1
-            steps = counts.tolist()
+                if every:
+                    counts += 1
+                else:
+                    counts[ptrs[1] != 0] += 1
+                steps = counts.tolist()
         elif self.fused.per_tensor_step:  # SGD's momentum: every buffer exists
-            steps = [2.0] * self.fused.n
+            steps = self.twos
         fused = self.fused
         fused.updates = opt._fastopt_updates
         sign = -inv_scale if maximize else inv_scale
         fused.launch(ptrs, scalars, steps if fused.per_tensor_step else None,
                      FusedOptimizer._factors(fused, sign, keep, l2), math.inf)
-        if all(gptrs):
-            torch._C._increment_version(self.params)
-        else:
-            torch._C._increment_version([p for p, g in zip(self.params, gptrs) if g])
+        torch._C._increment_version(self.params if every else
+                                    [p for p, g in zip(self.params, gptrs) if g])
 
 
 class _Counters:
