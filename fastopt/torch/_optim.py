@@ -27,7 +27,7 @@ construction (argument names, order, defaults, validation and its errors),
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 
 import numpy as np
 import torch
@@ -113,6 +113,7 @@ class FusedOptimizer:
         self._fastopt_updates = 0
         self._fastopt_steps = OrderedDict()
         self._fastopt_counters = _Counters()
+        _track(self)
         for group in self.param_groups:
             self._check_state_dtype(group, self._rule(group)[0])
         self._fastopt_plans = {}
@@ -386,12 +387,61 @@ class FusedOptimizer:
         self._fastopt_steps.clear()
         self._fastopt_counters = _Counters()
         self._fastopt_plans = {}
+        _track(self)
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("_fastopt_steps", OrderedDict())
         self.__dict__.setdefault("_fastopt_counters", _Counters())
         self.__dict__.setdefault("_fastopt_plans", {})
+        _track(self)
+
+
+class _TrackedState(defaultdict):
+    """``optimizer.state`` that counts its writes (``state[p] = {...}``, as
+    ``ZeroRedundancyOptimizer.load_state_dict`` does), so that a prepared
+    plan can tell it is stale with one comparison instead of one hash per
+    parameter (torch's ``Tensor.__hash__`` is a Python function)."""
+
+    version = 0
+
+    def __setitem__(self, key, value):
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        self.version += 1
+        return super().pop(*args)
+
+    def popitem(self):
+        self.version += 1
+        return super().popitem()
+
+    def clear(self):
+        self.version += 1
+        super().clear()
+
+    def update(self, *args, **kwargs):
+        self.version += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self.version += 1
+        return super().setdefault(key, default)
+
+    def __reduce__(self):  # pickles as torch's plain defaultdict(dict)
+        return defaultdict, (dict,), None, None, iter(self.items())
+
+
+def _track(opt):
+    if type(opt.state) is not _TrackedState:
+        tracked = _TrackedState(dict)
+        dict.update(tracked, opt.state)
+        opt.state = tracked
 
 
 class _GroupPlan:
@@ -432,6 +482,8 @@ class _GroupPlan:
             states.append(st)
             slots.append(sl)
         self = cls()
+        _track(opt)
+        self.state_obj = opt.state
         self.group, self.rule, self.keys, self.dtype = group, rule, keys, dtype
         self.params, self.states, self.slots = params, states, slots
         self.pptrs = [p.data_ptr() for p in params]
@@ -442,6 +494,7 @@ class _GroupPlan:
             self.ptrs[2 + k] = [sl[k].data_ptr() for sl in slots]
         self.n = len(params)
         self.twos = [2.0] * self.n
+        self.nones = [None] * self.n
         self.counts = None
         if counts:  # one block for the group's counts: advanced in one NumPy store
             self.counts, views = opt._fastopt_counters.adopt_all(
@@ -449,35 +502,37 @@ class _GroupPlan:
             for st, v in zip(states, views):
                 st["step"] = v
             self.views = views
+        self.version = opt.state.version
         return self
 
     def grads(self, state, rule):
         """The gradients' addresses (0: no gradient), or None: take the general way."""
-        if rule != self.rule or len(self.group["params"]) != len(self.params):
+        if rule != self.rule or state is not self.state_obj or \
+                state.version != self.version or \
+                len(self.group["params"]) != len(self.params):
             return None
         dtype = self.dtype
+        keys = self.keys
+        views = self.views if self.counts is not None else self.nones
         out = []
         try:
-            for p, q, pp, st, sl in zip(self.group["params"], self.params, self.pptrs,
-                                        self.states, self.slots):
+            for p, q, pp, st, sl, v in zip(self.group["params"], self.params, self.pptrs,
+                                           self.states, self.slots, views):
+                if p is not q or (v is not None and st["step"] is not v):
+                    return None
+                for k, s in zip(keys, sl):
+                    if st[k] is not s:
+                        return None
                 g = p.grad
                 if g is None:
                     out.append(0)
                     continue
                 # (torch's .grad setter keeps the gradient on the parameter's device)
-                if p is not q or p.data_ptr() != pp or g.dtype is not dtype \
-                        or not g.is_contiguous() or state.get(p) is not st:
+                if p.data_ptr() != pp or g.dtype is not dtype or not g.is_contiguous():
                     return None
-                for k, s in zip(self.keys, sl):
-                    if st[k] is not s:
-                        return None
                 out.append(g.data_ptr())
         except (RuntimeError, KeyError):  # e.g. a sparse gradient: the general way says
             return None
-        if self.counts is not None:
-            for st, v in zip(self.states, self.views):
-                if st["step"] is not v:
-                    return None
         return out if any(out) else None
 
     def run(self, opt, rule, gptrs, inv_scale, maximize):
