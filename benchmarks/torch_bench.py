@@ -89,6 +89,9 @@ def make_params(shapes, seed=0):
     return params
 
 
+versions = {}
+
+
 def candidates(params):
     """name -> (optimizer, rule for the traffic count, state dtype)."""
     out = {
@@ -107,9 +110,11 @@ def candidates(params):
                                    "rmsprop", None),
     }
     try:
+        import deepspeed
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         out["adamw/deepspeed-cpu-adam"] = (DeepSpeedCPUAdam(params, lr=1e-4, adamw_mode=True),
                                            "adamw", None)
+        versions["deepspeed"] = deepspeed.__version__
     except Exception as exc:  # not installed, or its C++ op cannot build here
         print(f"# DeepSpeedCPUAdam not measured: {type(exc).__name__}: {exc}"[:300],
               file=sys.stderr)
@@ -152,7 +157,8 @@ def main(argv=None):
     fastopt.set_num_threads(args.threads)
     info = machine_info()
     info.update(torch=torch.__version__, fastopt=fastopt.__version__,
-                torch_threads=torch.get_num_threads(), fastopt_threads=fastopt.get_num_threads())
+                torch_threads=torch.get_num_threads(), fastopt_threads=fastopt.get_num_threads(),
+                loadavg_at_start=os.getloadavg())
     ceiling = rmw_gbps(n=20_000_000, repeats=9)
     print(f"# {info['cpu']}, {info['cores']} cores; torch {info['torch']}, "
           f"{args.threads} threads each; rmw ceiling {ceiling:.1f} GB/s")
@@ -172,6 +178,8 @@ def main(argv=None):
         if name == "many":
             per = res["rows"]["adamw/fastopt"]["median_s"] / res["tensors"]
             print(f"# fastopt AdamW: {per * 1e6:.2f} us per tensor, kernel and wrapper together")
+    info["loadavg_at_end"] = os.getloadavg()
+    info.update(versions)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=float)

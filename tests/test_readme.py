@@ -15,3 +15,16 @@ def test_quickstart_runs_and_learns():
     X, y, w, b = scope["X"], scope["y"], scope["w"], scope["b"]
     accuracy = np.mean(((X @ w + b) > 0) == (y > 0.5))
     assert accuracy > 0.95
+
+
+def test_pytorch_quickstart_runs_and_learns():
+    torch = __import__("pytest").importorskip("torch")
+    text = README.read_text()
+    code = re.search(r"The same loop in PyTorch.*?```python\n(.*?)```", text, re.S).group(1)
+    assert "fastopt.torch.AdamW" in code
+    scope = {}
+    exec(compile(code, "README PyTorch quickstart", "exec"), scope)
+    model, X, y = scope["model"], scope["X"], scope["y"]
+    with torch.no_grad():
+        accuracy = ((model(X).squeeze(1) > 0).float() == y).float().mean().item()
+    assert accuracy > 0.95

@@ -865,3 +865,18 @@ def test_bfloat16_state_refusals():
     with pytest.raises(ValueError, match="centred RMSprop"):
         o.step()
     assert torch.equal(p.detach(), torch.zeros(2)) and not o.state
+
+
+def test_pickle_and_deepcopy_keep_stepping_like_the_original():
+    import pickle
+    m = _model(dtype=torch.float64)
+    o = ft.AdamW(m.parameters(), lr=0.01, state_dtype=None)
+    _train(m, o, 3)
+    blob = pickle.dumps((m, o))
+    m2, o2 = pickle.loads(blob)
+    m3, o3 = copy.deepcopy((m, o))
+    for model, opt in ((m, o), (m2, o2), (m3, o3)):
+        _train(model, opt, 3, seed=11)
+    _assert_models_close(m, m2, 0.0)
+    _assert_models_close(m, m3, 0.0)
+    assert float(o2.state[m2[0].weight]["step"]) == 6

@@ -389,8 +389,18 @@ class FusedOptimizer:
         self._fastopt_plans = {}
         _track(self)
 
+    def __getstate__(self):
+        out = super().__getstate__()
+        out.update(state_dtype=self.state_dtype, state_rounding=self.state_rounding,
+                   _fastopt_slot_dtype=self._fastopt_slot_dtype,
+                   _fastopt_updates=self._fastopt_updates)
+        return out
+
     def __setstate__(self, state):
         super().__setstate__(state)
+        for key, value in (("state_dtype", None), ("state_rounding", None),
+                           ("_fastopt_slot_dtype", None), ("_fastopt_updates", 0)):
+            self.__dict__.setdefault(key, value)
         self.__dict__.setdefault("_fastopt_steps", OrderedDict())
         self.__dict__.setdefault("_fastopt_counters", _Counters())
         self.__dict__.setdefault("_fastopt_plans", {})
