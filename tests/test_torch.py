@@ -562,6 +562,10 @@ def test_step_hooks_run_and_profiler_sees_the_step():
     m = _model()
     o = ft.SGD(m.parameters(), lr=0.1)
     calls = []
+
+    def check(opt, args, kwargs):  # torch's wrapper passes the optimizer first
+        assert opt is o and args[0] is o and kwargs == {}
+    o.register_step_pre_hook(check)
     h1 = o.register_step_pre_hook(lambda opt, a, k: calls.append("pre"))
     h2 = o.register_step_post_hook(lambda opt, a, k: calls.append("post"))
     from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -880,3 +884,27 @@ def test_pickle_and_deepcopy_keep_stepping_like_the_original():
     _assert_models_close(m, m2, 0.0)
     _assert_models_close(m, m3, 0.0)
     assert float(o2.state[m2[0].weight]["step"]) == 6
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD", "RMSprop"])
+def test_frozen_then_unfrozen_parameters(name):
+    """Parameters that get no gradient for a while (frozen layers) neither
+    get state nor stop the prepared short way; when they get gradients, they
+    start their own step counts -- as in torch."""
+    kw = dict(lr=0.01, momentum=0.9) if name == "RMSprop" else dict(lr=0.01)
+    runs = []
+    for cls in (getattr(ft, name), _torch_cls(name)):
+        m = _model(dtype=torch.float64)
+        m[0].requires_grad_(False)
+        o = cls(m.parameters(), **kw)
+        _train(m, o, 3)
+        if cls is getattr(ft, name):  # white box: the short way was taken
+            assert o._fastopt_plans
+            assert m[0].weight not in o.state
+        m[0].requires_grad_(True)
+        _train(m, o, 3, seed=5)
+        runs.append((m, o))
+    _assert_models_close(runs[0][0], runs[1][0], 1e-10)
+    if name != "SGD":
+        assert float(runs[0][1].state[runs[0][0][0].weight]["step"]) == 3
+        assert float(runs[0][1].state[runs[0][0][2].weight]["step"]) == 6

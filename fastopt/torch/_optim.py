@@ -155,7 +155,9 @@ class FusedOptimizer:
         if (_profiler._is_profiler_enabled or _torch_optimizer._global_optimizer_pre_hooks
                 or _torch_optimizer._global_optimizer_post_hooks
                 or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks):
-            return self._hooked_step(closure)
+            # hooks see (optimizer, args, kwargs) with args = (optimizer, ...) as
+            # under torch's wrapper
+            return self._hooked_step((self,) if closure is None else (self, closure), {})
         return self._fused_step(closure)
 
     # torch.optim.Optimizer wraps ``step`` in a profiler-and-hooks wrapper
@@ -163,7 +165,7 @@ class FusedOptimizer:
     # hooks itself, and enters record_function only while a profiler runs.
     step.hooked = True
 
-    def _hooked_step(self, *args, **kwargs):
+    def _hooked_step(self, args, kwargs):
         with torch.autograd.profiler.record_function(
                 f"Optimizer.step#{type(self).__name__}.step"):
             for pre_hook in (*_torch_optimizer._global_optimizer_pre_hooks.values(),
@@ -175,7 +177,7 @@ class FusedOptimizer:
                     else:
                         raise RuntimeError(f"{self.step} must return None or a tuple of "
                                            f"(new_args, new_kwargs), but got {result}.")
-            out = self._fused_step(*args, **kwargs)
+            out = self._fused_step(*args[1:], **kwargs)
             self._optimizer_step_code()
             for post_hook in (*self._optimizer_step_post_hooks.values(),
                               *_torch_optimizer._global_optimizer_post_hooks.values()):
@@ -456,8 +458,9 @@ def _track(opt):
 
 class _GroupPlan:
     """The short way for a group whose every parameter is a contiguous tensor
-    of one float dtype with complete state: addresses of parameters and
-    slots, the pointer table and the step counts prepared once.
+    of one float dtype with complete state (or none yet, and no gradient):
+    addresses of parameters and slots, the pointer table and the step counts
+    prepared once.
 
     Every step still reads each parameter's ``.grad`` and its address and
     checks that the parameter has not moved, that its state dict and slot
@@ -477,12 +480,21 @@ class _GroupPlan:
             return None
         keys = opt._SLOT_KEYS[rule]
         counts = opt._COUNTS_STEPS
+        stateful = bool(keys) or counts
         sdt = opt._fastopt_slot_dtype or dtype
         states, slots = [], []
         for p in params:
+            if not (p.dtype is dtype and p.is_cpu and p.is_contiguous()):
+                return None
             st = opt.state.get(p)
-            if not (p.dtype is dtype and p.is_cpu and p.is_contiguous() and st
-                    and all(k in st for k in keys) and (not counts or "step" in st)):
+            if stateful and not st and p.grad is None:
+                # no gradient yet, so no state (frozen, or not reached): skipped
+                # until its first gradient, which takes the general way
+                states.append(None)
+                slots.append(())
+                continue
+            if stateful and not (st and all(k in st for k in keys)
+                                 and (not counts or "step" in st)):
                 return None
             sl = tuple(st[k] for k in keys)
             for s in sl:
@@ -491,27 +503,33 @@ class _GroupPlan:
                     return None
             states.append(st)
             slots.append(sl)
+        # plans of groups that are gone (replaced or removed) are dropped
+        live = {id(g) for g in opt.param_groups}
+        for key in [k for k in opt._fastopt_plans if k not in live]:
+            del opt._fastopt_plans[key]
         self = cls()
         _track(opt)
         self.state_obj = opt.state
         self.group, self.rule, self.keys, self.dtype = group, rule, keys, dtype
         self.params, self.states, self.slots = params, states, slots
+        self.stateful = stateful
         self.pptrs = [p.data_ptr() for p in params]
         self.fused = opt._stepper(rule, _DIRECT[dtype], tuple(p.numel() for p in params))
         self.ptrs = self.fused.empty_pointers()
         self.ptrs[0] = self.pptrs
         for k in range(len(keys)):
-            self.ptrs[2 + k] = [sl[k].data_ptr() for sl in slots]
+            self.ptrs[2 + k] = [sl[k].data_ptr() if sl else 0 for sl in slots]
         self.n = len(params)
         self.twos = [2.0] * self.n
         self.nones = [None] * self.n
         self.counts = None
         if counts:  # one block for the group's counts: advanced in one NumPy store
             self.counts, views = opt._fastopt_counters.adopt_all(
-                [st["step"] for st in states])
+                [st["step"] if st else 0.0 for st in states])
             for st, v in zip(states, views):
-                st["step"] = v
-            self.views = views
+                if st:
+                    st["step"] = v
+            self.views = [v if st else None for st, v in zip(states, views)]
         self.version = opt.state.version
         return self
 
@@ -523,17 +541,25 @@ class _GroupPlan:
             return None
         dtype = self.dtype
         keys = self.keys
+        stateful = self.stateful
         views = self.views if self.counts is not None else self.nones
         out = []
         try:
             for p, q, pp, st, sl, v in zip(self.group["params"], self.params, self.pptrs,
                                            self.states, self.slots, views):
-                if p is not q or (v is not None and st["step"] is not v):
+                if p is not q:
+                    return None
+                g = p.grad
+                if stateful and st is None:  # no state yet: a first gradient goes the
+                    if g is not None:        # general way, which creates it
+                        return None
+                    out.append(0)
+                    continue
+                if (v is not None and st["step"] is not v):
                     return None
                 for k, s in zip(keys, sl):
                     if st[k] is not s:
                         return None
-                g = p.grad
                 if g is None:
                     out.append(0)
                     continue
