@@ -47,8 +47,13 @@ class MultiTensorStep:
     rule : str
         A kernel name of :data:`fastopt._rules.RULES` (``"adam_torch"``,
         ``"rmsprop_momentum_torch"``, ``"sgd"``...).
-    dtype : numpy dtype
+    dtype : numpy dtype or "bfloat16"
         float32 or float64: the dtype of every parameter, gradient and slot.
+        ``"bfloat16"``: parameters, gradients and slots are all bfloat16 (2
+        bytes an element, bit patterns as PyTorch stores them), the
+        arithmetic float32, every store rounded to nearest -- what PyTorch's
+        fused optimizers do for bfloat16 parameters (numba backend; not for
+        centred RMSprop, see :func:`fastopt.backends.numba_bf16.refusal`).
     sizes : sequence of int
         Elements per tensor, in pointer-table column order.
     backend : str, default "auto"
@@ -80,8 +85,9 @@ class MultiTensorStep:
                  state_rounding="nearest"):
         if not isinstance(rule, str) or rule not in RULES:
             raise ValueError(f"MultiTensorStep: unknown rule {rule!r}; one of {sorted(RULES)}")
-        dtype = np.dtype(dtype)
-        if dtype not in FLOAT_DTYPES:
+        bf16_params = isinstance(dtype, str) and dtype == "bfloat16"
+        dtype = np.dtype(np.uint16 if bf16_params else dtype)
+        if dtype not in FLOAT_DTYPES and not bf16_params:
             raise TypeError(f"MultiTensorStep: dtype must be float32 or float64, got {dtype}")
         sizes = list(sizes)
         if not sizes:
@@ -103,6 +109,11 @@ class MultiTensorStep:
         self.nrows = 2 + len(self.slots)
         self.state_dtype = state_dtype
         self.updates = 0
+        if bf16_params:
+            self._bf16_params_setup(backend, state_dtype)
+            self._ones = np.ones((3, self.n))
+            self._ones[2] = 0.0
+            return
         if state_dtype is not None:
             self._bf16_setup(dtype, backend, state_dtype, state_rounding)
             self._ones = np.ones((3, self.n))
@@ -152,6 +163,35 @@ class MultiTensorStep:
                 else bf16._step_serial
             drive(rule.code, ptrs, ptrs[1], -1, 0, table, pt, hp, like, ulike, stochastic,
                   int(self.updates), ids)
+        self._run = run
+
+    def _bf16_params_setup(self, backend, state_dtype):
+        if state_dtype is not None:
+            raise ValueError("MultiTensorStep: bfloat16 parameters keep their state in "
+                             "bfloat16 already; leave state_dtype=None")
+        if backend not in ("auto", "numba"):
+            raise ValueError("MultiTensorStep: bfloat16 parameters run on the numba backend "
+                             f"only, not {backend!r}")
+        get_backend("numba")  # an ImportError that says how to get it
+        from .backends import numba_bf16 as bf16
+        why = self.rule.slots and bf16.refusal(self.rule)
+        if why:
+            raise ValueError(f"MultiTensorStep: rule {self.rule.name!r} cannot run on "
+                             f"bfloat16 parameters and state: {why}")
+        self.backend = "numba"
+        self.dtype = "bfloat16"
+        self.state_rounding = "nearest"
+        nb = get_backend("numba")
+        table = nb.chunk_table(self.sizes)
+        ulike = np.empty(0, np.uint16)
+        hp = np.zeros(HP_SIZE)
+        rule, size = self.rule, self.size
+
+        def run(ptrs, pt, scalars, clipvalue):
+            hp[:] = pack(rule, scalars, clipvalue)
+            drive = bf16._bf16_params_parallel if size >= nb.get_parallel_threshold(
+                np.float32) else bf16._bf16_params_serial
+            drive(rule.code, ptrs, table, pt, hp, ulike)
         self._run = run
 
     def empty_pointers(self):

@@ -11,6 +11,7 @@ import pytest
 import fastopt
 from fastopt._rules import RULES
 from fastopt.backends import numpy_backend as ref
+from fastopt.reference import bf16_round, bf16_to_float
 
 from cases import HOST_BACKENDS
 from test_kernels import SCALARS
@@ -147,3 +148,50 @@ def test_all_gradients_skipped_changes_nothing():
     assert fused.step(_pointers(fused, params, grads, slots, skip={0, 1, 2, 3}), (0.1,))
     for p, q in zip(params, before):
         np.testing.assert_array_equal(p, q)
+
+
+BF16_RULES = [r for r in sorted(RULES) if RULES[r].code not in (6, 7)]  # centred: refused
+
+
+def _bits(x):
+    """float32 values -> bfloat16 bit patterns (uint16), rounded to nearest even."""
+    return bf16_round(np.asarray(x, np.float32))
+
+
+def _value(bits):
+    """bfloat16 bit patterns -> their float32 values, exactly."""
+    return np.ascontiguousarray(bf16_to_float(bits), dtype=np.float32)
+
+
+@pytest.mark.parametrize("rule", BF16_RULES)
+def test_bfloat16_parameters_equal_float32_arithmetic_then_rounding(rule):
+    """dtype="bfloat16": parameters, gradients and slots all bfloat16, one
+    pass.  The same bits as the float32 kernel run on the decoded values and
+    rounded to nearest at the end (what a fused bfloat16 step means)."""
+    rng = np.random.default_rng(5)
+    params, grads, slots = _group(rule, np.float32, rng)
+    bits = ([_bits(p) for p in params], [_bits(g) for g in grads],
+            [[_bits(a) for a in s] for s in slots])
+    params = [_value(b) for b in bits[0]]  # the same numbers, as float32
+    grads = [_value(b) for b in bits[1]]
+    slots = [[_value(b) for b in s] for s in bits[2]]
+    fused = fastopt.MultiTensorStep(rule, "bfloat16", SIZES)
+    ref = fastopt.MultiTensorStep(rule, np.float32, SIZES)
+    steps = np.array([1.0, 3.0, 1.0, 7.0]) if fused.per_tensor_step else None
+    pt = np.array([[1.0, -0.5, 2.0, 1.0], [1.0, 0.99, 1.0, 0.9], [0.0, 0.0, 0.1, 0.0]])
+    fused.step(_pointers(fused, *bits), SCALARS[rule], steps=steps, pt=pt)
+    ref.step(_pointers(ref, params, grads, slots), SCALARS[rule], steps=steps, pt=pt)
+    for t in range(len(SIZES)):
+        np.testing.assert_array_equal(bits[0][t], _bits(params[t]))
+        for s, r in zip(bits[2], slots):
+            np.testing.assert_array_equal(s[t], _bits(r[t]))
+    assert fused.dtype == "bfloat16" and fused.backend == "numba"
+
+
+def test_bfloat16_parameters_refusals():
+    with pytest.raises(ValueError, match="cannot run on bfloat16"):
+        fastopt.MultiTensorStep("rmsprop_centered_torch", "bfloat16", [3])
+    with pytest.raises(ValueError, match="numba"):
+        fastopt.MultiTensorStep("adam_torch", "bfloat16", [3], backend="cython")
+    with pytest.raises(ValueError, match="state_dtype"):
+        fastopt.MultiTensorStep("adam_torch", "bfloat16", [3], state_dtype="bfloat16")

@@ -40,7 +40,8 @@ import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, make_attribute_wrapper, models, overload, register_model
+from numba.extending import (intrinsic, make_attribute_wrapper, models, overload,
+                             overload_attribute, register_model)
 
 from .._rules import pack
 from . import _numba_util, numba_backend as nb
@@ -250,6 +251,25 @@ def _slot_setitem(slot, i, x):
     return store
 
 
+@overload_attribute(BF16Slot, "shape")
+def _slot_shape(slot):
+    return lambda slot: slot.bits.shape
+
+
+@intrinsic
+def _float32_dtype(typingctx, slot):
+    # the element loops read ``p.dtype.type`` to cast their scalars: a slot
+    # standing for a parameter computes in float32
+    def codegen(context, builder, signature, args):
+        return context.get_dummy_value()
+    return types.DType(types.float32)(slot), codegen
+
+
+@overload_attribute(BF16Slot, "dtype")
+def _slot_dtype(slot):
+    return lambda slot: _float32_dtype(slot)
+
+
 def _base(updates, tensor, start):  # pragma: no cover - replaced by the overload
     raise NotImplementedError
 
@@ -340,13 +360,50 @@ def _build(stamp):
                     _run_chunk(rule, ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
                               pt[2, t], None, tensor_ids[t])
 
+    @kernel
+    def run_chunk_bf16(rule, ptrs, t, s, e, ulike, hp, gs, kp, l2):
+        # bfloat16 parameters, gradients and slots: every array a BF16Slot
+        # (round to nearest), the same float32 element loops
+        stamp  # noqa: B018
+        p = _bf16_slot(nb._view(ptrs, 0, t, s, e, ulike), None, 0)
+        g = _bf16_slot(nb._view(ptrs, 1, t, s, e, ulike), None, 0)
+        if rule == 0:
+            nb._loop_sgd(p, g, hp, gs, kp, l2)
+        elif rule == 1:
+            nb._loop_sgd_momentum(p, g, _slot(ptrs, 0, t, s, e, ulike, None, 0), hp, gs, kp, l2)
+        elif rule == 2:
+            nb._loop_sgd_nesterov(p, g, _slot(ptrs, 0, t, s, e, ulike, None, 0), hp, gs, kp, l2)
+        elif rule == 3:
+            nb._loop_adagrad(p, g, _slot(ptrs, 0, t, s, e, ulike, None, 0), hp, gs, kp, l2)
+        elif rule == 4:
+            nb._loop_rmsprop(p, g, _slot(ptrs, 0, t, s, e, ulike, None, 0), hp, gs, kp, l2)
+        elif rule == 5:
+            nb._loop_rmsprop_momentum(p, g, _slot(ptrs, 0, t, s, e, ulike, None, 0),
+                                      _slot(ptrs, 1, t, s, e, ulike, None, 0), hp, gs, kp, l2)
+        elif rule == 8:
+            nb._loop_adam(p, g, _slot(ptrs, 0, t, s, e, ulike, None, 0),
+                          _slot(ptrs, 1, t, s, e, ulike, None, 0), hp, gs, kp, l2)
+        elif rule == 9:
+            nb._loop_adam_amsgrad(p, g, _slot(ptrs, 0, t, s, e, ulike, None, 0),
+                                  _slot(ptrs, 1, t, s, e, ulike, None, 0),
+                                  _slot(ptrs, 2, t, s, e, ulike, None, 0), hp, gs, kp, l2)
+
+    def step_bf16(rule, ptrs, table, pt, hp, ulike):
+        stamp  # noqa: B018
+        for c in prange(table.shape[1]):
+            t = table[0, c]
+            if ptrs[1, t] != 0:
+                _run_chunk_bf16(rule, ptrs, t, table[1, c], table[2, c], ulike, hp, pt[0, t],
+                                pt[1, t], pt[2, t])
+
     # the closures hold only the stamp (Numba pickles closure cells into the
     # cache key, so no dispatcher objects): they call each other by their
     # module-level names
-    return slot, run_chunk, driver(step)
+    return slot, run_chunk, driver(step), run_chunk_bf16, driver(step_bf16)
 
 
-_slot, _run_chunk, (_step_parallel, _step_serial) = _build(_stamp(nb, _numba_util))
+(_slot, _run_chunk, (_step_parallel, _step_serial), _run_chunk_bf16,
+ (_bf16_params_parallel, _bf16_params_serial)) = _build(_stamp(nb, _numba_util))
 
 
 @kernel

@@ -37,7 +37,12 @@ from torch.optim import optimizer as _torch_optimizer
 from .. import backends as _backends
 from ..multi_tensor import MultiTensorStep
 
-_DIRECT = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+#: parameter dtypes updated in place by one fused pass, and what MultiTensorStep
+#: calls them (bfloat16: float32 arithmetic on bfloat16 storage, numba_bf16)
+_DIRECT = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+           torch.bfloat16: "bfloat16"}
+#: parameter dtypes computed in float32 on staging copies (float16 always;
+#: bfloat16 for the rules numba_bf16 refuses)
 _STAGED = (torch.bfloat16, torch.float16)
 _STRIDED = torch.strided
 #: MultiTensorStep objects kept per optimizer (their chunk tables)
@@ -275,13 +280,15 @@ class FusedOptimizer:
         counts = self._COUNTS_STEPS
         items = []
         staged = False
+        bf16_ok = _bf16_direct(rule)
         for p, g in pairs:
             st = state.get(p)
             fresh = not st or any(k not in st for k in keys)
             if fresh and (keys or counts):
                 st = state[p]
                 self._new_state(group, p, st)
-            if p.dtype in _DIRECT and (p.is_contiguous() or _dense(p)):
+            if p.dtype in _DIRECT and (p.is_contiguous() or _dense(p)) and (
+                    bf16_ok or p.dtype is not torch.bfloat16):
                 contiguous = p.is_contiguous()
                 stride = None if contiguous else p.stride()
                 if not (g.is_contiguous() if contiguous else g.stride() == stride):
@@ -476,7 +483,7 @@ class _GroupPlan:
         if not params:
             return None
         dtype = params[0].dtype
-        if dtype not in _DIRECT:
+        if dtype not in _DIRECT or (dtype is torch.bfloat16 and not _bf16_direct(rule)):
             return None
         keys = opt._SLOT_KEYS[rule]
         counts = opt._COUNTS_STEPS
@@ -660,6 +667,14 @@ class _Counters:
             array[i] = n
             out.append(float(n))
         return out
+
+
+def _bf16_direct(rule):
+    """Whether bfloat16 parameters (and state) can run ``rule`` in one pass."""
+    from .._rules import RULES
+    from ..backends import numba_bf16
+    r = RULES[rule]
+    return not (r.slots and numba_bf16.refusal(r))
 
 
 def _like(p, t, dtype=None):
