@@ -26,7 +26,10 @@ read-modify-write ceiling (measured in the same run) that the bytes moved per
 step reach.  ``--json PATH`` writes everything.
 
     python benchmarks/torch_bench.py [--cases gpt2,resnet50,many,one]
-        [--rounds 7] [--threads N] [--json out.json]
+        [--rounds 7] [--threads N] [--param-dtype bfloat16] [--json out.json]
+
+``--param-dtype bfloat16`` runs AdamW on bfloat16 parameters, gradients and
+state (fastopt against torch's fused, foreach and for-loop implementations).
 """
 from __future__ import annotations
 
@@ -79,12 +82,12 @@ CASES = {
 }
 
 
-def make_params(shapes, seed=0):
+def make_params(shapes, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     params = []
     for s in shapes:
-        p = torch.nn.Parameter(torch.randn(s, generator=g) * 0.02)
-        p.grad = torch.randn(s, generator=g) * 1e-3
+        p = torch.nn.Parameter((torch.randn(s, generator=g) * 0.02).to(dtype))
+        p.grad = (torch.randn(s, generator=g) * 1e-3).to(dtype)
         params.append(p)
     return params
 
@@ -94,6 +97,16 @@ versions = {}
 
 def candidates(params):
     """name -> (optimizer, rule for the traffic count, state dtype)."""
+    if params[0].dtype == torch.bfloat16:  # bfloat16 parameters: AdamW only
+        return {
+            "adamw/fastopt": (ft.AdamW(params, lr=1e-4), "adamw", None),
+            "adamw/torch-fused": (torch.optim.AdamW(params, lr=1e-4, fused=True), "adamw",
+                                  None),
+            "adamw/torch-foreach": (torch.optim.AdamW(params, lr=1e-4, foreach=True),
+                                    "adamw", None),
+            "adamw/torch-for-loop": (torch.optim.AdamW(params, lr=1e-4, foreach=False),
+                                     "adamw", None),
+        }
     out = {
         "adamw/fastopt": (ft.AdamW(params, lr=1e-4), "adamw", None),
         "adamw/torch-fused": (torch.optim.AdamW(params, lr=1e-4, fused=True), "adamw", None),
@@ -121,9 +134,9 @@ def candidates(params):
     return out
 
 
-def run_case(name, rounds, ceiling):
+def run_case(name, rounds, ceiling, dtype=torch.float32):
     shapes = CASES[name]()
-    params = make_params(shapes)
+    params = make_params(shapes, dtype=dtype)
     n = sum(p.numel() for p in params)
     cands = candidates(params)
     for opt, _, _ in cands.values():  # state allocated and first-touched
@@ -135,9 +148,13 @@ def run_case(name, rounds, ceiling):
     for key, (_, rule, state) in cands.items():
         med = statistics.median(times[key])
         moved = bytes_per_param(rule, "float32", state) * n
+        if dtype == torch.bfloat16:  # every array 2 bytes an element
+            moved //= 2
         rows[key] = {"median_s": med, "samples_s": times[key],
                      "gbps": moved / med / 1e9, "ceiling_fraction": moved / med / 1e9 / ceiling}
     for family in ("adamw", "rmsprop"):
+        if not any(k.startswith(family + "/torch") for k in rows):
+            continue
         torch_best = min(r["median_s"] for k, r in rows.items()
                          if k.startswith(family + "/torch"))
         for k, r in rows.items():
@@ -151,6 +168,8 @@ def main(argv=None):
     ap.add_argument("--cases", default="gpt2,resnet50,many,one")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--param-dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16: parameters, gradients and state in bfloat16 (AdamW only)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -163,9 +182,9 @@ def main(argv=None):
     print(f"# {info['cpu']}, {info['cores']} cores; torch {info['torch']}, "
           f"{args.threads} threads each; rmw ceiling {ceiling:.1f} GB/s")
     results = {"machine": info, "rmw_ceiling_gbps": ceiling, "rounds": args.rounds,
-               "cases": {}}
+               "param_dtype": args.param_dtype, "cases": {}}
     for name in args.cases.split(","):
-        res = run_case(name, args.rounds, ceiling)
+        res = run_case(name, args.rounds, ceiling, getattr(torch, args.param_dtype))
         results["cases"][name] = res
         print(f"\n## {name}: {res['tensors']} tensors, {res['params']:,} parameters")
         print(f"{'candidate':28s} {'median':>11s} {'GB/s':>7s} {'ceiling':>8s} "

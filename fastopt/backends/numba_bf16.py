@@ -26,6 +26,13 @@ Rounding (:func:`fastopt.reference.bf16_round` is the specification):
   the others (:func:`fastopt.reference.bf16_random_bits`), so runs are
   reproducible, do not depend on threads, and resume bit-identically.
 
+bfloat16 *parameters* (``fastopt.MultiTensorStep(rule, "bfloat16", ...)``,
+what ``fastopt.torch`` runs for bfloat16 tensors) use the same type for the
+parameter and the gradient too: :class:`BF16Slot` has the ``shape`` and the
+``dtype`` (float32) the element loops read, so the very same loops compile
+into one pass over bfloat16 parameters, gradients and state, in float32
+arithmetic, every store rounded to nearest (as PyTorch's fused optimizers do).
+
 The rules run here are not separate entries of :data:`fastopt._rules.RULES`
 (every other backend mirrors that table); the optimizers reach this module
 through :func:`fastopt.backends.resolve_state_backend`.
