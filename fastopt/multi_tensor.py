@@ -47,12 +47,12 @@ class MultiTensorStep:
     rule : str
         A kernel name of :data:`fastopt._rules.RULES` (``"adam_torch"``,
         ``"rmsprop_momentum_torch"``, ``"sgd"``...).
-    dtype : numpy dtype or "bfloat16"
+    dtype : numpy dtype, "bfloat16" or "float16"
         float32 or float64: the dtype of every parameter, gradient and slot.
-        ``"bfloat16"``: parameters, gradients and slots are all bfloat16 (2
-        bytes an element, bit patterns as PyTorch stores them), the
+        ``"bfloat16"`` or ``"float16"``: parameters, gradients and slots are
+        all of that 2-byte type (bit patterns as PyTorch stores them), the
         arithmetic float32, every store rounded to nearest -- what PyTorch's
-        fused optimizers do for bfloat16 parameters (numba backend; not for
+        fused optimizers do for such parameters (numba backend; not for
         centred RMSprop, see :func:`fastopt.backends.numba_bf16.refusal`).
     sizes : sequence of int
         Elements per tensor, in pointer-table column order.
@@ -85,9 +85,10 @@ class MultiTensorStep:
                  state_rounding="nearest"):
         if not isinstance(rule, str) or rule not in RULES:
             raise ValueError(f"MultiTensorStep: unknown rule {rule!r}; one of {sorted(RULES)}")
-        bf16_params = isinstance(dtype, str) and dtype == "bfloat16"
-        dtype = np.dtype(np.uint16 if bf16_params else dtype)
-        if dtype not in FLOAT_DTYPES and not bf16_params:
+        narrow = dtype if isinstance(dtype, str) and dtype in ("bfloat16", "float16") \
+            else None
+        dtype = np.dtype(np.uint16 if narrow else dtype)
+        if dtype not in FLOAT_DTYPES and not narrow:
             raise TypeError(f"MultiTensorStep: dtype must be float32 or float64, got {dtype}")
         sizes = list(sizes)
         if not sizes:
@@ -109,8 +110,8 @@ class MultiTensorStep:
         self.nrows = 2 + len(self.slots)
         self.state_dtype = state_dtype
         self.updates = 0
-        if bf16_params:
-            self._bf16_params_setup(backend, state_dtype)
+        if narrow:
+            self._narrow_setup(narrow, backend, state_dtype)
             self._ones = np.ones((3, self.n))
             self._ones[2] = 0.0
             return
@@ -165,21 +166,22 @@ class MultiTensorStep:
                   int(self.updates), ids)
         self._run = run
 
-    def _bf16_params_setup(self, backend, state_dtype):
+    def _narrow_setup(self, narrow, backend, state_dtype):
         if state_dtype is not None:
-            raise ValueError("MultiTensorStep: bfloat16 parameters keep their state in "
-                             "bfloat16 already; leave state_dtype=None")
+            raise ValueError(f"MultiTensorStep: {narrow} parameters keep their state in "
+                             f"{narrow} already; leave state_dtype=None")
         if backend not in ("auto", "numba"):
-            raise ValueError("MultiTensorStep: bfloat16 parameters run on the numba backend "
+            raise ValueError(f"MultiTensorStep: {narrow} parameters run on the numba backend "
                              f"only, not {backend!r}")
         get_backend("numba")  # an ImportError that says how to get it
         from .backends import numba_bf16 as bf16
         why = self.rule.slots and bf16.refusal(self.rule)
         if why:
             raise ValueError(f"MultiTensorStep: rule {self.rule.name!r} cannot run on "
-                             f"bfloat16 parameters and state: {why}")
+                             f"{narrow} parameters and state: {why}")
         self.backend = "numba"
-        self.dtype = "bfloat16"
+        self.dtype = narrow
+        half = None if narrow == "bfloat16" else 1
         self.state_rounding = "nearest"
         nb = get_backend("numba")
         table = nb.chunk_table(self.sizes)
@@ -189,9 +191,9 @@ class MultiTensorStep:
 
         def run(ptrs, pt, scalars, clipvalue):
             hp[:] = pack(rule, scalars, clipvalue)
-            drive = bf16._bf16_params_parallel if size >= nb.get_parallel_threshold(
-                np.float32) else bf16._bf16_params_serial
-            drive(rule.code, ptrs, table, pt, hp, ulike)
+            drive = bf16._narrow_parallel if size >= nb.get_parallel_threshold(
+                np.float32) else bf16._narrow_serial
+            drive(rule.code, ptrs, table, pt, hp, ulike, half)
         self._run = run
 
     def empty_pointers(self):

@@ -153,44 +153,53 @@ def test_all_gradients_skipped_changes_nothing():
 BF16_RULES = [r for r in sorted(RULES) if RULES[r].code not in (6, 7)]  # centred: refused
 
 
-def _bits(x):
-    """float32 values -> bfloat16 bit patterns (uint16), rounded to nearest even."""
+def _bits(x, fmt="bfloat16"):
+    """float32 values -> bfloat16 or IEEE half bit patterns (uint16), rounded to
+    nearest even (fastopt's reference, and NumPy's float16 cast)."""
+    if fmt == "float16":
+        return np.asarray(x, np.float32).astype(np.float16).view(np.uint16)
     return bf16_round(np.asarray(x, np.float32))
 
 
-def _value(bits):
-    """bfloat16 bit patterns -> their float32 values, exactly."""
+def _value(bits, fmt="bfloat16"):
+    """bfloat16 or IEEE half bit patterns -> their float32 values, exactly."""
+    if fmt == "float16":
+        return np.asarray(bits, np.uint16).view(np.float16).astype(np.float32)
     return np.ascontiguousarray(bf16_to_float(bits), dtype=np.float32)
 
 
+@pytest.mark.parametrize("fmt", ["bfloat16", "float16"])
 @pytest.mark.parametrize("rule", BF16_RULES)
-def test_bfloat16_parameters_equal_float32_arithmetic_then_rounding(rule):
-    """dtype="bfloat16": parameters, gradients and slots all bfloat16, one
-    pass.  The same bits as the float32 kernel run on the decoded values and
-    rounded to nearest at the end (what a fused bfloat16 step means)."""
+def test_two_byte_parameters_equal_float32_arithmetic_then_rounding(rule, fmt):
+    """dtype="bfloat16" or "float16": parameters, gradients and slots all of
+    that type, one pass.  The same bits as the float32 kernel run on the
+    decoded values and rounded to nearest at the end (what a fused step on
+    2-byte parameters means)."""
     rng = np.random.default_rng(5)
     params, grads, slots = _group(rule, np.float32, rng)
-    bits = ([_bits(p) for p in params], [_bits(g) for g in grads],
-            [[_bits(a) for a in s] for s in slots])
-    params = [_value(b) for b in bits[0]]  # the same numbers, as float32
-    grads = [_value(b) for b in bits[1]]
-    slots = [[_value(b) for b in s] for s in bits[2]]
-    fused = fastopt.MultiTensorStep(rule, "bfloat16", SIZES)
+    bits = ([_bits(p, fmt) for p in params], [_bits(g, fmt) for g in grads],
+            [[_bits(a, fmt) for a in s] for s in slots])
+    params = [_value(b, fmt) for b in bits[0]]  # the same numbers, as float32
+    grads = [_value(b, fmt) for b in bits[1]]
+    slots = [[_value(b, fmt) for b in s] for s in bits[2]]
+    fused = fastopt.MultiTensorStep(rule, fmt, SIZES)
     ref = fastopt.MultiTensorStep(rule, np.float32, SIZES)
     steps = np.array([1.0, 3.0, 1.0, 7.0]) if fused.per_tensor_step else None
     pt = np.array([[1.0, -0.5, 2.0, 1.0], [1.0, 0.99, 1.0, 0.9], [0.0, 0.0, 0.1, 0.0]])
     fused.step(_pointers(fused, *bits), SCALARS[rule], steps=steps, pt=pt)
     ref.step(_pointers(ref, params, grads, slots), SCALARS[rule], steps=steps, pt=pt)
     for t in range(len(SIZES)):
-        np.testing.assert_array_equal(bits[0][t], _bits(params[t]))
+        np.testing.assert_array_equal(bits[0][t], _bits(params[t], fmt))
         for s, r in zip(bits[2], slots):
-            np.testing.assert_array_equal(s[t], _bits(r[t]))
-    assert fused.dtype == "bfloat16" and fused.backend == "numba"
+            np.testing.assert_array_equal(s[t], _bits(r[t], fmt))
+    assert fused.dtype == fmt and fused.backend == "numba"
 
 
-def test_bfloat16_parameters_refusals():
+def test_two_byte_parameters_refusals():
     with pytest.raises(ValueError, match="cannot run on bfloat16"):
         fastopt.MultiTensorStep("rmsprop_centered_torch", "bfloat16", [3])
+    with pytest.raises(ValueError, match="cannot run on float16"):
+        fastopt.MultiTensorStep("rmsprop_centered", "float16", [3])
     with pytest.raises(ValueError, match="numba"):
         fastopt.MultiTensorStep("adam_torch", "bfloat16", [3], backend="cython")
     with pytest.raises(ValueError, match="state_dtype"):

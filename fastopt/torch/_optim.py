@@ -16,11 +16,11 @@ construction (argument names, order, defaults, validation and its errors),
 4. runs one :class:`fastopt.MultiTensorStep` call per group, dtype and
    distinct step count (the common case: one call per group), with torch's
    formulas (``convention="torch"``, checked against torch's recordings);
-   float32 and float64 tensors that are dense (contiguous, channels_last,
-   transposed...) are updated in place by address; bfloat16 and float16
-   parameters, and parameters with gaps in memory, are computed in float32
-   (float64 stays float64) on staging copies and written back rounded to
-   nearest, as torch's fused optimizers do;
+   dense tensors (contiguous, channels_last, transposed...) are updated in
+   place by address, bfloat16 and float16 ones in float32 arithmetic rounded
+   to nearest on every store, as torch's fused optimizers do; parameters with
+   gaps in memory, and 2-byte ones under centred RMSprop, are computed on
+   float32 (float64 stays float64) staging copies and written back;
 5. bumps the parameters' autograd version counters, as torch's in-place
    updates do.
 """
@@ -38,12 +38,13 @@ from .. import backends as _backends
 from ..multi_tensor import MultiTensorStep
 
 #: parameter dtypes updated in place by one fused pass, and what MultiTensorStep
-#: calls them (bfloat16: float32 arithmetic on bfloat16 storage, numba_bf16)
+#: calls them (bfloat16, float16: float32 arithmetic on 2-byte storage, numba_bf16)
 _DIRECT = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
-           torch.bfloat16: "bfloat16"}
-#: parameter dtypes computed in float32 on staging copies (float16 always;
-#: bfloat16 for the rules numba_bf16 refuses)
-_STAGED = (torch.bfloat16, torch.float16)
+           torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_NARROW = (torch.bfloat16, torch.float16)
+#: 2-byte parameter dtypes computed in float32 on staging copies when the rule
+#: is one that numba_bf16 refuses (centred RMSprop) or the layout has gaps
+_STAGED = _NARROW
 _STRIDED = torch.strided
 #: MultiTensorStep objects kept per optimizer (their chunk tables)
 _CACHE_SIZE = 64
@@ -280,7 +281,7 @@ class FusedOptimizer:
         counts = self._COUNTS_STEPS
         items = []
         staged = False
-        bf16_ok = _bf16_direct(rule)
+        narrow_ok = _narrow_direct(rule)
         for p, g in pairs:
             st = state.get(p)
             fresh = not st or any(k not in st for k in keys)
@@ -288,7 +289,7 @@ class FusedOptimizer:
                 st = state[p]
                 self._new_state(group, p, st)
             if p.dtype in _DIRECT and (p.is_contiguous() or _dense(p)) and (
-                    bf16_ok or p.dtype is not torch.bfloat16):
+                    narrow_ok or p.dtype not in _NARROW):
                 contiguous = p.is_contiguous()
                 stride = None if contiguous else p.stride()
                 if not (g.is_contiguous() if contiguous else g.stride() == stride):
@@ -483,7 +484,7 @@ class _GroupPlan:
         if not params:
             return None
         dtype = params[0].dtype
-        if dtype not in _DIRECT or (dtype is torch.bfloat16 and not _bf16_direct(rule)):
+        if dtype not in _DIRECT or (dtype in _NARROW and not _narrow_direct(rule)):
             return None
         keys = opt._SLOT_KEYS[rule]
         counts = opt._COUNTS_STEPS
@@ -669,8 +670,8 @@ class _Counters:
         return out
 
 
-def _bf16_direct(rule):
-    """Whether bfloat16 parameters (and state) can run ``rule`` in one pass."""
+def _narrow_direct(rule):
+    """Whether bfloat16 or float16 parameters (and state) can run ``rule`` in one pass."""
     from .._rules import RULES
     from ..backends import numba_bf16
     r = RULES[rule]
