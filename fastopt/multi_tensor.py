@@ -110,15 +110,13 @@ class MultiTensorStep:
         self.nrows = 2 + len(self.slots)
         self.state_dtype = state_dtype
         self.updates = 0
+        self._ones = np.ones((3, self.n))  # the default per-tensor rows: 1, 1, 0
+        self._ones[2] = 0.0
         if narrow:
             self._narrow_setup(narrow, backend, state_dtype)
-            self._ones = np.ones((3, self.n))
-            self._ones[2] = 0.0
             return
         if state_dtype is not None:
             self._bf16_setup(dtype, backend, state_dtype, state_rounding)
-            self._ones = np.ones((3, self.n))
-            self._ones[2] = 0.0
             return
         if backend == "auto":
             module = resolve_backend("auto", dtype, self.size)
@@ -126,8 +124,6 @@ class MultiTensorStep:
         self.backend = backend
         self._run = (_cython_runner if backend == "cython" else _numba_runner)(
             self.rule, dtype, self.sizes, len(self.slots))
-        self._ones = np.ones((3, self.n))
-        self._ones[2] = 0.0
 
     def _bf16_setup(self, dtype, backend, state_dtype, rounding):
         if state_dtype != "bfloat16":
