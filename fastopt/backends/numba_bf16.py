@@ -28,15 +28,13 @@ Rounding (:func:`fastopt.reference.bf16_round` is the specification):
 
 bfloat16 and float16 *parameters* (``fastopt.MultiTensorStep(rule,
 "bfloat16" or "float16", ...)``, what ``fastopt.torch`` runs for such tensors)
-keep their gradients and state in the same 2-byte type.  Each chunk is worked
-through in blocks of :data:`_BLOCK` elements: decoded into float32 scratch,
-run through the rule's float32 element loop -- the very loop of float32
-parameters -- and rounded back to nearest, while the block is still in L1.
-So it is one pass over memory, in float32 arithmetic with every store rounded
-to nearest, as PyTorch's fused optimizers do; and each of the three loops
-works on distinct arrays, so each vectorises (a first version that ran the
-element loops on the 2-byte arrays directly compiled to scalar code here, 9x
-slower than float32).
+keep their gradients and state in the same 2-byte type.  Then the parameter
+and the gradient are slots too (:class:`BF16Slot`, or :class:`HalfSlot` for
+IEEE half, which LLVM converts with ``fpext``/``fptrunc``): both types have
+the ``shape`` and the ``dtype`` (float32) that the element loops read, so the
+very same loops compile into one vectorised pass, float32 arithmetic, every
+store rounded to nearest, as PyTorch's fused optimizers do.  The calls are
+unswitched by hand on the coupled weight decay (see ``run_chunk_narrow``).
 
 The rules run here are not separate entries of :data:`fastopt._rules.RULES`
 (every other backend mirrors that table); the optimizers reach this module
@@ -52,7 +50,8 @@ import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, make_attribute_wrapper, models, overload, register_model
+from numba.extending import (intrinsic, make_attribute_wrapper, models, overload,
+                             overload_attribute, register_model)
 
 from .._rules import pack
 from . import _numba_util, numba_backend as nb
@@ -246,6 +245,36 @@ make_attribute_wrapper(BF16Slot, "base", "base")
 make_attribute_wrapper(BF16Slot, "shift", "shift")
 
 
+class HalfSlot(BF16Slot):
+    """Numba type: IEEE half-precision bits in a uint16 array, indexed as
+    float32 (``s[i] = x`` rounds to nearest, ties to even): float16
+    parameters, gradients and state."""
+
+    def __init__(self):
+        super().__init__(False)
+        self.name = f"HalfSlot({_SELF_STAMP})"
+
+
+register_model(HalfSlot)(_BF16SlotModel)
+make_attribute_wrapper(HalfSlot, "bits", "bits")
+
+
+@intrinsic
+def _half_slot(typingctx, bits):
+    """``_half_slot(uint16 array)``: a :class:`HalfSlot` over it."""
+    slot = HalfSlot()
+
+    def codegen(context, builder, signature, args):
+        s = cgutils.create_struct_proxy(slot)(context, builder)
+        s.bits = args[0]
+        s.base = context.get_constant(types.int64, 0)
+        s.shift = context.get_constant(types.int64, 0)
+        context.nrt.incref(builder, signature.args[0], args[0])
+        return s._getvalue()
+
+    return slot(bits), codegen
+
+
 @intrinsic
 def _bf16_slot(typingctx, bits, base, shift):
     """``_bf16_slot(uint16 array, base, shift)``: round to nearest if ``base``
@@ -272,6 +301,8 @@ def _bf16_slot(typingctx, bits, base, shift):
 
 @overload(operator.getitem)
 def _slot_getitem(slot, i):
+    if isinstance(slot, HalfSlot) and isinstance(i, types.Integer):
+        return lambda slot, i: f16_decode(slot.bits[i])
     if isinstance(slot, BF16Slot) and isinstance(i, types.Integer):
         return lambda slot, i: bf16_decode(slot.bits[i])
 
@@ -280,7 +311,10 @@ def _slot_getitem(slot, i):
 def _slot_setitem(slot, i, x):
     if not (isinstance(slot, BF16Slot) and isinstance(i, types.Integer)):
         return None
-    if slot.stochastic:
+    if isinstance(slot, HalfSlot):
+        def store(slot, i, x):
+            slot.bits[i] = f16_nearest(np.float32(x))
+    elif slot.stochastic:
         def store(slot, i, x):
             slot.bits[i] = bf16_stochastic(np.float32(x), random_bits(slot.base, i, slot.shift))
     else:
@@ -289,45 +323,39 @@ def _slot_setitem(slot, i, x):
     return store
 
 
-#: elements of 2-byte parameters decoded to float32 at a time (a few kB per
-#: array: the block stays in L1 between decoding, the update and encoding)
-_BLOCK = 1024
+# A slot standing for a parameter (2-byte parameters) is also indexed by the
+# element loops for its length and dtype: float32, the arithmetic's type.
+
+@overload_attribute(BF16Slot, "shape")
+@overload_attribute(HalfSlot, "shape")
+def _slot_shape(slot):
+    return lambda slot: slot.bits.shape
 
 
-def _decode_into(bits, out, half):  # pragma: no cover - replaced by the overload
+@intrinsic
+def _float32_dtype(typingctx, slot):
+    def codegen(context, builder, signature, args):
+        return context.get_dummy_value()
+    return types.DType(types.float32)(slot), codegen
+
+
+@overload_attribute(BF16Slot, "dtype")
+@overload_attribute(HalfSlot, "dtype")
+def _slot_dtype(slot):
+    return lambda slot: _float32_dtype(slot)
+
+
+def _narrow(bits, half):  # pragma: no cover - replaced by the overload
     raise NotImplementedError
 
 
-@overload(_decode_into)
-def _decode_into_impl(bits, out, half):
-    # bfloat16 (half is None) or IEEE half (an integer) bits -> float32
+@overload(_narrow)
+def _narrow_impl(bits, half):
+    # a 2-byte float array read and written as float32: bfloat16 (half is
+    # None) or IEEE half (an integer), both rounded to nearest
     if half is types.none:
-        def dec(bits, out, half):
-            for i in range(bits.shape[0]):
-                out[i] = bf16_decode(bits[i])
-    else:
-        def dec(bits, out, half):
-            for i in range(bits.shape[0]):
-                out[i] = f16_decode(bits[i])
-    return dec
-
-
-def _encode_from(x, bits, half):  # pragma: no cover - replaced by the overload
-    raise NotImplementedError
-
-
-@overload(_encode_from)
-def _encode_from_impl(x, bits, half):
-    # float32 -> bfloat16 or IEEE half bits, rounded to nearest (ties to even)
-    if half is types.none:
-        def enc(x, bits, half):
-            for i in range(bits.shape[0]):
-                bits[i] = bf16_nearest(x[i])
-    else:
-        def enc(x, bits, half):
-            for i in range(bits.shape[0]):
-                bits[i] = f16_nearest(x[i])
-    return enc
+        return lambda bits, half: _bf16_slot(bits, None, 0)
+    return lambda bits, half: _half_slot(bits)
 
 
 def _base(updates, tensor, start):  # pragma: no cover - replaced by the overload
@@ -421,50 +449,69 @@ def _build(stamp):
                               pt[2, t], None, tensor_ids[t])
 
     @kernel
-    def run_chunk_narrow(rule, ptrs, t, s, e, ulike, hp, gs, kp, l2, half, nrows):
+    def run_chunk_narrow(rule, ptrs, t, s, e, ulike, hp, gs, kp, l2, half):
         # 2-byte parameters, gradients and slots (bfloat16 if half is None,
-        # else IEEE half): each block of _BLOCK elements is decoded into
-        # float32 scratch, run through the rule's float32 element loop and
-        # rounded back (to nearest), while it is still in L1 -- one pass over
-        # memory, and every loop over distinct arrays, so each vectorises
+        # else IEEE half), each seen as a float32 array that rounds to
+        # nearest on store, through the same float32 element loops.
+        # Each call is unswitched by hand on the coupled weight decay: with a
+        # literal 0.0 the loops' ``if l2 != 0`` folds away once inlined; left
+        # to LLVM, the bfloat16 loops are not unswitched and then not
+        # vectorised (measured: 7-10x slower).
         stamp  # noqa: B018
-        work = np.empty((nrows, _BLOCK), dtype=np.float32)
-        for b0 in range(s, e, _BLOCK):
-            b1 = min(b0 + _BLOCK, e)
-            m = b1 - b0
-            for r in range(nrows):
-                _decode_into(nb._view(ptrs, r, t, b0, b1, ulike), work[r], half)
-            p = work[0, :m]
-            g = work[1, :m]
-            if rule == 0:
+        p = _narrow(nb._view(ptrs, 0, t, s, e, ulike), half)
+        g = _narrow(nb._view(ptrs, 1, t, s, e, ulike), half)
+        nrows = ptrs.shape[0]
+        s0 = _narrow(nb._view(ptrs, 2 if nrows > 2 else 0, t, s, e, ulike), half)
+        s1 = _narrow(nb._view(ptrs, 3 if nrows > 3 else 0, t, s, e, ulike), half)
+        s2 = _narrow(nb._view(ptrs, 4 if nrows > 4 else 0, t, s, e, ulike), half)
+        if rule == 0:
+            if l2 == 0.0:
+                nb._loop_sgd(p, g, hp, gs, kp, 0.0)
+            else:
                 nb._loop_sgd(p, g, hp, gs, kp, l2)
-            elif rule == 1:
-                nb._loop_sgd_momentum(p, g, work[2, :m], hp, gs, kp, l2)
-            elif rule == 2:
-                nb._loop_sgd_nesterov(p, g, work[2, :m], hp, gs, kp, l2)
-            elif rule == 3:
-                nb._loop_adagrad(p, g, work[2, :m], hp, gs, kp, l2)
-            elif rule == 4:
-                nb._loop_rmsprop(p, g, work[2, :m], hp, gs, kp, l2)
-            elif rule == 5:
-                nb._loop_rmsprop_momentum(p, g, work[2, :m], work[3, :m], hp, gs, kp, l2)
-            elif rule == 8:
-                nb._loop_adam(p, g, work[2, :m], work[3, :m], hp, gs, kp, l2)
-            elif rule == 9:
-                nb._loop_adam_amsgrad(p, g, work[2, :m], work[3, :m], work[4, :m],
-                                      hp, gs, kp, l2)
-            for r in range(nrows):
-                if r != 1:  # the gradient is only read
-                    _encode_from(work[r], nb._view(ptrs, r, t, b0, b1, ulike), half)
+        elif rule == 1:
+            if l2 == 0.0:
+                nb._loop_sgd_momentum(p, g, s0, hp, gs, kp, 0.0)
+            else:
+                nb._loop_sgd_momentum(p, g, s0, hp, gs, kp, l2)
+        elif rule == 2:
+            if l2 == 0.0:
+                nb._loop_sgd_nesterov(p, g, s0, hp, gs, kp, 0.0)
+            else:
+                nb._loop_sgd_nesterov(p, g, s0, hp, gs, kp, l2)
+        elif rule == 3:
+            if l2 == 0.0:
+                nb._loop_adagrad(p, g, s0, hp, gs, kp, 0.0)
+            else:
+                nb._loop_adagrad(p, g, s0, hp, gs, kp, l2)
+        elif rule == 4:
+            if l2 == 0.0:
+                nb._loop_rmsprop(p, g, s0, hp, gs, kp, 0.0)
+            else:
+                nb._loop_rmsprop(p, g, s0, hp, gs, kp, l2)
+        elif rule == 5:
+            if l2 == 0.0:
+                nb._loop_rmsprop_momentum(p, g, s0, s1, hp, gs, kp, 0.0)
+            else:
+                nb._loop_rmsprop_momentum(p, g, s0, s1, hp, gs, kp, l2)
+        elif rule == 8:
+            if l2 == 0.0:
+                nb._loop_adam(p, g, s0, s1, hp, gs, kp, 0.0)
+            else:
+                nb._loop_adam(p, g, s0, s1, hp, gs, kp, l2)
+        elif rule == 9:
+            if l2 == 0.0:
+                nb._loop_adam_amsgrad(p, g, s0, s1, s2, hp, gs, kp, 0.0)
+            else:
+                nb._loop_adam_amsgrad(p, g, s0, s1, s2, hp, gs, kp, l2)
 
     def step_narrow(rule, ptrs, table, pt, hp, ulike, half):
         stamp  # noqa: B018
-        nrows = ptrs.shape[0]
         for c in prange(table.shape[1]):
             t = table[0, c]
             if ptrs[1, t] != 0:
                 _run_chunk_narrow(rule, ptrs, t, table[1, c], table[2, c], ulike, hp,
-                                  pt[0, t], pt[1, t], pt[2, t], half, nrows)
+                                  pt[0, t], pt[1, t], pt[2, t], half)
 
     # the closures hold only the stamp (Numba pickles closure cells into the
     # cache key, so no dispatcher objects): they call each other by their
