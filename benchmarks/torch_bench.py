@@ -28,8 +28,9 @@ step reach.  ``--json PATH`` writes everything.
     python benchmarks/torch_bench.py [--cases gpt2,resnet50,many,one]
         [--rounds 7] [--threads N] [--param-dtype bfloat16] [--json out.json]
 
-``--param-dtype bfloat16`` runs AdamW on bfloat16 parameters, gradients and
-state (fastopt against torch's fused, foreach and for-loop implementations).
+``--param-dtype bfloat16`` (or ``float16``) runs AdamW on parameters,
+gradients and state of that dtype (fastopt against torch's fused, foreach and
+for-loop implementations).
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ versions = {}
 
 def candidates(params):
     """name -> (optimizer, rule for the traffic count, state dtype)."""
-    if params[0].dtype == torch.bfloat16:  # bfloat16 parameters: AdamW only
+    if params[0].dtype in (torch.bfloat16, torch.float16):  # 2-byte parameters: AdamW only
         return {
             "adamw/fastopt": (ft.AdamW(params, lr=1e-4), "adamw", None),
             "adamw/torch-fused": (torch.optim.AdamW(params, lr=1e-4, fused=True), "adamw",
@@ -148,7 +149,7 @@ def run_case(name, rounds, ceiling, dtype=torch.float32):
     for key, (_, rule, state) in cands.items():
         med = statistics.median(times[key])
         moved = bytes_per_param(rule, "float32", state) * n
-        if dtype == torch.bfloat16:  # every array 2 bytes an element
+        if dtype in (torch.bfloat16, torch.float16):  # every array 2 bytes an element
             moved //= 2
         rows[key] = {"median_s": med, "samples_s": times[key],
                      "gbps": moved / med / 1e9, "ceiling_fraction": moved / med / 1e9 / ceiling}
@@ -168,8 +169,9 @@ def main(argv=None):
     ap.add_argument("--cases", default="gpt2,resnet50,many,one")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--param-dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="bfloat16: parameters, gradients and state in bfloat16 (AdamW only)")
+    ap.add_argument("--param-dtype", choices=["float32", "bfloat16", "float16"],
+                    default="float32", help="bfloat16 or float16: parameters, gradients "
+                    "and state in that dtype (AdamW only)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
