@@ -685,10 +685,6 @@ def _like(p, t, dtype=None):
     return out
 
 
-def _zeros(p):
-    return torch.zeros_like(p, memory_format=torch.preserve_format)
-
-
 def _step_tensor():
     return torch.tensor(0.0, dtype=_scalar_dtype())
 
