@@ -50,7 +50,10 @@ def _g(x, gscale, clip):
 # Each loop reads its scalars once, in the tensor's dtype.  ``l2`` is coupled
 # (PyTorch) weight decay, ``g += l2 * w``; the test on it is loop-invariant, so
 # LLVM hoists it (unswitches the loop) and a zero ``l2`` costs nothing -- and
-# never turns an infinite parameter into a NaN gradient.
+# never turns an infinite parameter into a NaN gradient.  Each loop reads
+# ``p[i]`` once, before that test: the guarded term is then a select on values
+# already loaded, which vectorises even where LLVM does not unswitch (the
+# larger loops over bfloat16 parameters, numba_bf16).
 
 @kernel
 def _loop_sgd(p, g, hp, gs, kp, l2):
@@ -58,9 +61,10 @@ def _loop_sgd(p, g, hp, gs, kp, l2):
     clip, lr, gs, kp, l2 = dt(hp[0]), dt(hp[1]), dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        pi = p[i]
         if l2 != 0:
-            gi += l2 * p[i]
-        p[i] = p[i] * kp - lr * gi
+            gi += l2 * pi
+        p[i] = pi * kp - lr * gi
 
 
 @kernel
@@ -70,11 +74,12 @@ def _loop_sgd_momentum(p, g, m, hp, gs, kp, l2):
     gs, kp, l2 = dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        pi = p[i]
         if l2 != 0:
-            gi += l2 * p[i]
+            gi += l2 * pi
         mi = mu * m[i] + a * gi
         m[i] = mi
-        p[i] = p[i] * kp + b * mi
+        p[i] = pi * kp + b * mi
 
 
 @kernel
@@ -84,11 +89,12 @@ def _loop_sgd_nesterov(p, g, m, hp, gs, kp, l2):
     mu2, gs, kp, l2 = dt(hp[5]), dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        pi = p[i]
         if l2 != 0:
-            gi += l2 * p[i]
+            gi += l2 * pi
         mi = mu * m[i] + a * gi
         m[i] = mi
-        p[i] = p[i] * kp + b * (mu2 * mi + d * gi)
+        p[i] = pi * kp + b * (mu2 * mi + d * gi)
 
 
 @kernel
@@ -98,11 +104,12 @@ def _loop_adagrad(p, g, acc, hp, gs, kp, l2):
     gs, kp, l2 = dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        pi = p[i]
         if l2 != 0:
-            gi += l2 * p[i]
+            gi += l2 * pi
         ai = acc[i] + gi * gi
         acc[i] = ai
-        p[i] = p[i] * kp - lr * gi / (np.sqrt(ai + eps_in) + eps_out)
+        p[i] = pi * kp - lr * gi / (np.sqrt(ai + eps_in) + eps_out)
 
 
 @kernel
@@ -120,11 +127,12 @@ def _loop_rmsprop(p, g, v, hp, gs, kp, l2):
     eps_in, eps_out, gs, kp, l2 = dt(hp[4]), dt(hp[6]), dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        pi = p[i]
         if l2 != 0:
-            gi += l2 * p[i]
+            gi += l2 * pi
         vi = rho * v[i] + crho * (gi * gi)
         v[i] = vi
-        p[i] = p[i] * kp - a * gi / (np.sqrt(vi + eps_in) + eps_out)
+        p[i] = pi * kp - a * gi / (np.sqrt(vi + eps_in) + eps_out)
 
 
 @kernel
@@ -135,13 +143,14 @@ def _loop_rmsprop_momentum(p, g, v, mom, hp, gs, kp, l2):
     gs, kp, l2 = dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        pi = p[i]
         if l2 != 0:
-            gi += l2 * p[i]
+            gi += l2 * pi
         vi = rho * v[i] + crho * (gi * gi)
         v[i] = vi
         mi = mu * mom[i] + a * gi / (np.sqrt(vi + eps_in) + eps_out)
         mom[i] = mi
-        p[i] = p[i] * kp - b * mi
+        p[i] = pi * kp - b * mi
 
 
 @kernel
@@ -152,14 +161,15 @@ def _loop_rmsprop_centered(p, g, v, av, hp, gs, kp, l2):
     zero = dt(0)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        pi = p[i]
         if l2 != 0:
-            gi += l2 * p[i]
+            gi += l2 * pi
         vi = rho * v[i] + crho * (gi * gi)
         ai = rho * av[i] + crho * gi
         v[i] = vi
         av[i] = ai
         den = np.sqrt(_centered_den(vi, ai, zero) + eps_in) + eps_out
-        p[i] = p[i] * kp - a * gi / den
+        p[i] = pi * kp - a * gi / den
 
 
 @kernel
@@ -170,8 +180,9 @@ def _loop_rmsprop_centered_momentum(p, g, v, av, mom, hp, gs, kp, l2):
     gs, kp, l2, zero = dt(gs), dt(kp), dt(l2), dt(0)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        pi = p[i]
         if l2 != 0:
-            gi += l2 * p[i]
+            gi += l2 * pi
         vi = rho * v[i] + crho * (gi * gi)
         ai = rho * av[i] + crho * gi
         v[i] = vi
@@ -179,7 +190,7 @@ def _loop_rmsprop_centered_momentum(p, g, v, av, mom, hp, gs, kp, l2):
         den = np.sqrt(_centered_den(vi, ai, zero) + eps_in) + eps_out
         mi = mu * mom[i] + a * gi / den
         mom[i] = mi
-        p[i] = p[i] * kp - b * mi
+        p[i] = pi * kp - b * mi
 
 
 @kernel
@@ -189,13 +200,14 @@ def _loop_adam(p, g, m, v, hp, gs, kp, l2):
     gs, kp, l2 = dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        pi = p[i]
         if l2 != 0:
-            gi += l2 * p[i]
+            gi += l2 * pi
         mi = m[i] + (gi - m[i]) * c1
         vi = v[i] + (gi * gi - v[i]) * c2
         m[i] = mi
         v[i] = vi
-        p[i] = p[i] * kp - mi * alpha / (np.sqrt(vi) + eps)
+        p[i] = pi * kp - mi * alpha / (np.sqrt(vi) + eps)
 
 
 @kernel
@@ -205,8 +217,9 @@ def _loop_adam_amsgrad(p, g, m, v, vh, hp, gs, kp, l2):
     gs, kp, l2 = dt(gs), dt(kp), dt(l2)
     for i in range(p.shape[0]):
         gi = _g(g[i], gs, clip)
+        pi = p[i]
         if l2 != 0:
-            gi += l2 * p[i]
+            gi += l2 * pi
         mi = m[i] + (gi - m[i]) * c1
         vi = v[i] + (gi * gi - v[i]) * c2
         hi = vh[i]
@@ -215,7 +228,7 @@ def _loop_adam_amsgrad(p, g, m, v, vh, hp, gs, kp, l2):
         m[i] = mi
         v[i] = vi
         vh[i] = hi
-        p[i] = p[i] * kp - mi * alpha / (np.sqrt(hi) + eps)
+        p[i] = pi * kp - mi * alpha / (np.sqrt(hi) + eps)
 
 
 # ---------------------------------------------------------------------------
