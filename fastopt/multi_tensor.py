@@ -110,8 +110,7 @@ class MultiTensorStep:
         self.nrows = 2 + len(self.slots)
         self.state_dtype = state_dtype
         self.updates = 0
-        self._ones = np.ones((3, self.n))  # the default per-tensor rows: 1, 1, 0
-        self._ones[2] = 0.0
+        self._rows = self._rows_key = None
         if narrow:
             self._narrow_setup(narrow, backend, state_dtype)
             return
@@ -122,8 +121,8 @@ class MultiTensorStep:
             module = resolve_backend("auto", dtype, self.size)
             backend = module.NAME if module.NAME in ("cython", "numba") else "numba"
         self.backend = backend
-        self._run = (_cython_runner if backend == "cython" else _numba_runner)(
-            self.rule, dtype, self.sizes, len(self.slots))
+        self._run = _cython_runner(self.rule, dtype, self.sizes, len(self.slots)) \
+            if backend == "cython" else _numba_runner(self.rule, dtype, self.sizes)
 
     def _bf16_setup(self, dtype, backend, state_dtype, rounding):
         if state_dtype != "bfloat16":
@@ -146,21 +145,15 @@ class MultiTensorStep:
                              f"{bf16.ROUNDINGS}, got {rounding!r}")
         self.backend = "numba"
         self.state_rounding = rounding
-        nb = get_backend("numba")
-        table = nb.chunk_table(self.sizes)
         like, ulike = np.empty(0, np.float32), np.empty(0, np.uint16)
-        hp = np.zeros(HP_SIZE)
         stochastic = rounding == "stochastic"
         ids = np.arange(self.n, dtype=np.int64)
-        rule, size = self.rule, self.size
 
-        def run(ptrs, pt, scalars, clipvalue):
-            hp[:] = pack(rule, scalars, clipvalue)
-            drive = bf16._step_parallel if size >= nb.get_parallel_threshold(dtype) \
-                else bf16._step_serial
-            drive(rule.code, ptrs, ptrs[1], -1, 0, table, pt, hp, like, ulike, stochastic,
-                  int(self.updates), ids)
-        self._run = run
+        def drive(driver, code, ptrs, table, pt, hp):
+            driver(code, ptrs, ptrs[1], -1, 0, table, pt, hp, like, ulike, stochastic,
+                   int(self.updates), ids)
+        self._run = _numba_runner(self.rule, dtype, self.sizes,
+                                  (bf16._step_parallel, bf16._step_serial), drive)
 
     def _narrow_setup(self, narrow, backend, state_dtype):
         if state_dtype is not None:
@@ -179,18 +172,23 @@ class MultiTensorStep:
         self.dtype = narrow
         half = None if narrow == "bfloat16" else 1
         self.state_rounding = "nearest"
-        nb = get_backend("numba")
-        table = nb.chunk_table(self.sizes)
         ulike = np.empty(0, np.uint16)
-        hp = np.zeros(HP_SIZE)
-        rule, size = self.rule, self.size
 
-        def run(ptrs, pt, scalars, clipvalue):
-            hp[:] = pack(rule, scalars, clipvalue)
-            drive = bf16._narrow_parallel if size >= nb.get_parallel_threshold(
-                np.float32) else bf16._narrow_serial
-            drive(rule.code, ptrs, table, pt, hp, ulike, half)
-        self._run = run
+        def drive(driver, code, ptrs, table, pt, hp):
+            driver(code, ptrs, table, pt, hp, ulike, half)
+        self._run = _numba_runner(self.rule, np.float32, self.sizes,
+                                  (bf16._narrow_parallel, bf16._narrow_serial), drive)
+
+    def rows(self, scale=1.0, keep=1.0, l2=0.0):
+        """The ``(3, n)`` per-tensor rows with the same scale, keep and l2 for
+        every tensor, as :meth:`step` takes them; rebuilt only when the
+        values change (one array kept per object, so do not write into it)."""
+        key = (scale, keep, l2)
+        if key != self._rows_key:
+            rows = np.empty((3, self.n))
+            rows[0], rows[1], rows[2] = scale, keep, l2
+            self._rows, self._rows_key = rows, key
+        return self._rows
 
     def empty_pointers(self):
         """A zeroed ``(2 + len(slots), n)`` intp pointer table to fill in."""
@@ -266,7 +264,7 @@ class MultiTensorStep:
         ignored), ``pt`` None or a float64 ``(3, n)`` array.  Wrong arguments
         here are undefined behaviour, not an exception."""
         if pt is None:
-            pt = self._ones
+            pt = self.rows()
         if steps is None:
             self._run(ptrs, pt, scalars, clipvalue)
             return
@@ -282,20 +280,28 @@ class MultiTensorStep:
             self._run(masked, pt, scalars + (s,), clipvalue)
 
 
-def _numba_runner(rule, dtype, sizes, nslots):
+def _numba_runner(rule, dtype, sizes, drivers=None, drive=None):
+    """``run(ptrs, pt, scalars, clipvalue)`` over the numba backend's chunk
+    table: packs the scalars, then calls the parallel or the serial driver
+    (by the group's size and ``dtype``'s threshold) through ``drive(driver,
+    code, ptrs, table, pt, hp)``; by default numba_backend's own drivers."""
     nb = get_backend("numba")
     table = nb.chunk_table(sizes)
-    like = np.empty(0, dtype=dtype)
     hp = np.zeros(HP_SIZE)
-    size = sum(sizes)
     code = rule.code
+    if drivers is None:
+        like = np.empty(0, dtype=dtype)
+        drivers = (nb._step_parallel, nb._step_serial)
+
+        def drive(driver, code, ptrs, table, pt, hp):
+            # offset -1: the gradient row already holds addresses
+            driver(code, ptrs, ptrs[1], -1, 0, table, pt, hp, like)
+    size = sum(sizes)
 
     def run(ptrs, pt, scalars, clipvalue):
         hp[:] = pack(rule, scalars, clipvalue)
-        drive = nb._step_parallel if size >= nb.get_parallel_threshold(dtype) \
-            else nb._step_serial
-        # offset -1: the gradient row already holds addresses
-        drive(code, ptrs, ptrs[1], -1, 0, table, pt, hp, like)
+        parallel = size >= nb.get_parallel_threshold(dtype)  # the threshold may change
+        drive(drivers[0] if parallel else drivers[1], code, ptrs, table, pt, hp)
     return run
 
 

@@ -331,7 +331,7 @@ class FusedOptimizer:
                                for k in range(len(keys)))], dtype=np.intp)
             fused.updates = self._fastopt_updates
             fused.launch(ptrs, scalars, counts_ if fused.per_tensor_step else None,
-                         self._factors(fused, sign, keep, l2), math.inf)
+                         fused.rows(sign, keep, l2), math.inf)
         direct = [it.param for it in items if not it.staged]
         if direct:
             torch._C._increment_version(direct)
@@ -343,19 +343,6 @@ class FusedOptimizer:
                         st = state.get(it.param, {})
                         for k, s in zip(keys, it.slots):
                             st[k].copy_(s)
-
-    @staticmethod
-    def _factors(fused, sign, keep, l2):
-        """The (3, n) per-tensor rows, rewritten only when they change."""
-        key = (sign, keep, l2)
-        pt = getattr(fused, "_torch_pt", None)
-        if pt is None or fused._torch_pt_key != key:
-            pt = fused._torch_pt = np.empty((3, fused.n))
-            pt[0] = sign
-            pt[1] = keep
-            pt[2] = l2
-            fused._torch_pt_key = key
-        return pt
 
     def _count(self, items):
         """Advance each parameter's ``state["step"]`` by one; the new counts.
@@ -608,7 +595,7 @@ class _GroupPlan:
         fused.updates = opt._fastopt_updates
         sign = -inv_scale if maximize else inv_scale
         fused.launch(ptrs, scalars, steps if fused.per_tensor_step else None,
-                     FusedOptimizer._factors(fused, sign, keep, l2), math.inf)
+                     fused.rows(sign, keep, l2), math.inf)
         torch._C._increment_version(self.params if every else
                                     [p for p, g in zip(self.params, gptrs) if g])
 
