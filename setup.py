@@ -1,7 +1,10 @@
 """Build script: the Cython backend's extension module and its compiler flags.
 
 All metadata lives in pyproject.toml.  ``pip install .`` (or ``pip install -e
-.``) compiles ``fastopt/backends/_cython_kernels.pyx`` with
+.``) first renders ``fastopt/backends/_cython_kernels.pyx`` and ``.pxd`` from
+their ``.tp`` templates and the rules of ``fastopt/algorithms`` (with
+Cython's Tempita; ``fastopt/_codegen.py`` parses the family modules and never
+imports them, so the build needs no Numba), then compiles the ``.pyx`` with
 
     -O3 -fopenmp -fno-math-errno
 
@@ -73,10 +76,23 @@ class BuildExt(build_ext):
         return flags
 
 
+def _render_cython():
+    """Render the Cython sources from the rules (fastopt/_codegen.py, loaded
+    by path: importing the fastopt package would need its dependencies)."""
+    import importlib.util
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(
+        "_fastopt_codegen", os.path.join(here, "fastopt", "_codegen.py"))
+    codegen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(codegen)
+    codegen.render_cython(os.path.join(here, "fastopt"))
+
+
 def _extensions():
     if _flag("FASTOPT_NO_CYTHON"):
         print("fastopt: FASTOPT_NO_CYTHON is set; not building the Cython backend")
         return []
+    _render_cython()
     import numpy
     from Cython.Build import cythonize
     from setuptools import Extension

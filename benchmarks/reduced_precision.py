@@ -60,7 +60,7 @@ from numba import njit, prange  # noqa: E402
 
 import fastopt  # noqa: E402
 from fastopt import reference  # noqa: E402
-from fastopt._rules import RULES  # noqa: E402
+from fastopt.rule import RULES  # noqa: E402
 from fastopt.backends.numba_bf16 import bf16_decode, bf16_nearest  # noqa: E402
 
 from fastopt.bench import ceiling  # noqa: E402

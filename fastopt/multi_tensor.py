@@ -6,7 +6,7 @@ adapter (``fastopt.torch``) has tensors of its own whose addresses change
 move with ``p.data = ...``), state it must keep in its own format, a step count
 per parameter, and per-group hyperparameters that schedulers rewrite every
 step.  :class:`MultiTensorStep` is what such an adapter needs and nothing
-more: one fused call of a rule of :data:`fastopt._rules.RULES` over a group of
+more: one fused call of a rule of :data:`fastopt.rule.RULES` over a group of
 same-dtype tensors given **by address**, every step, with
 
 * ``steps``: a step count per tensor (PyTorch keeps one per parameter; a
@@ -32,7 +32,7 @@ import numbers
 
 import numpy as np
 
-from ._rules import HP_SIZE, RULES, pack
+from .rule import RULES
 from .backends import get_backend, resolve_backend
 from .backends._contract import FLOAT_DTYPES
 
@@ -45,7 +45,7 @@ class MultiTensorStep:
     Parameters
     ----------
     rule : str
-        A kernel name of :data:`fastopt._rules.RULES` (``"adam_torch"``,
+        A kernel name of :data:`fastopt.rule.RULES` (``"adam_torch"``,
         ``"rmsprop_momentum_torch"``, ``"sgd"``...).
     dtype : numpy dtype, "bfloat16" or "float16"
         float32 or float64: the dtype of every parameter, gradient and slot.
@@ -149,11 +149,12 @@ class MultiTensorStep:
         stochastic = rounding == "stochastic"
         ids = np.arange(self.n, dtype=np.int64)
 
-        def drive(driver, code, ptrs, table, pt, hp):
-            driver(code, ptrs, ptrs[1], -1, 0, table, pt, hp, like, ulike, stochastic,
+        def drive(driver, ptrs, table, pt, hp):
+            driver(ptrs, ptrs[1], -1, 0, table, pt, hp, like, ulike, stochastic,
                    int(self.updates), ids)
+        c = bf16.compiled(self.rule)
         self._run = _numba_runner(self.rule, dtype, self.sizes,
-                                  (bf16._step_parallel, bf16._step_serial), drive)
+                                  (c.step_parallel, c.step_serial), drive)
 
     def _narrow_setup(self, narrow, backend, state_dtype):
         if state_dtype is not None:
@@ -174,10 +175,11 @@ class MultiTensorStep:
         self.state_rounding = "nearest"
         ulike = np.empty(0, np.uint16)
 
-        def drive(driver, code, ptrs, table, pt, hp):
-            driver(code, ptrs, table, pt, hp, ulike, half)
+        def drive(driver, ptrs, table, pt, hp):
+            driver(ptrs, table, pt, hp, ulike, half)
+        c = bf16.compiled(self.rule)
         self._run = _numba_runner(self.rule, np.float32, self.sizes,
-                                  (bf16._narrow_parallel, bf16._narrow_serial), drive)
+                                  (c.narrow_parallel, c.narrow_serial), drive)
 
     def rows(self, scale=1.0, keep=1.0, l2=0.0):
         """The ``(3, n)`` per-tensor rows with the same scale, keep and l2 for
@@ -284,29 +286,29 @@ def _numba_runner(rule, dtype, sizes, drivers=None, drive=None):
     """``run(ptrs, pt, scalars, clipvalue)`` over the numba backend's chunk
     table: packs the scalars, then calls the parallel or the serial driver
     (by the group's size and ``dtype``'s threshold) through ``drive(driver,
-    code, ptrs, table, pt, hp)``; by default numba_backend's own drivers."""
+    ptrs, table, pt, hp)``; by default the rule's numba_backend drivers."""
     nb = get_backend("numba")
     table = nb.chunk_table(sizes)
-    hp = np.zeros(HP_SIZE)
-    code = rule.code
+    hp = np.zeros(1 + len(rule.prepared))
     if drivers is None:
         like = np.empty(0, dtype=dtype)
-        drivers = (nb._step_parallel, nb._step_serial)
+        c = nb.compiled(rule)
+        drivers = (c.step_parallel, c.step_serial)
 
-        def drive(driver, code, ptrs, table, pt, hp):
+        def drive(driver, ptrs, table, pt, hp):
             # offset -1: the gradient row already holds addresses
-            driver(code, ptrs, ptrs[1], -1, 0, table, pt, hp, like)
+            driver(ptrs, ptrs[1], -1, 0, table, pt, hp, like)
     size = sum(sizes)
+    pack = rule.pack
 
     def run(ptrs, pt, scalars, clipvalue):
-        hp[:] = pack(rule, scalars, clipvalue)
+        hp[:] = pack(scalars, clipvalue)
         parallel = size >= nb.get_parallel_threshold(dtype)  # the threshold may change
-        drive(drivers[0] if parallel else drivers[1], code, ptrs, table, pt, hp)
+        drive(drivers[0] if parallel else drivers[1], ptrs, table, pt, hp)
     return run
 
 
 def _cython_runner(rule, dtype, sizes, nslots):
-    ext = get_backend("cython")._ext
-    core = ext.AddressedCore(rule.code, ext.PACKERS[rule.name], len(rule.scalars), nslots,
-                             list(sizes), dtype == np.float64)
+    cb = get_backend("cython")
+    core = cb._ext.AddressedCore(cb.rule_number(rule), nslots, list(sizes), dtype == np.float64)
     return core.step

@@ -53,306 +53,18 @@ def preprocess(grad, gscale=1.0, clipvalue=math.inf):
     return np.where(g > clipvalue, clipvalue, np.where(g < -clipvalue, -clipvalue, g))
 
 
-def sgd(param, grad, *, learning_rate):
-    """Plain SGD: ``w <- w - lr * g``."""
-    return (_f64(param) - learning_rate * _f64(grad),)
+# The rules' own references live in their family modules
+# (fastopt.algorithms.<family>); they are reachable here under their kernel
+# names (fastopt.reference.adam_torch ...), looked up in the registry.
 
-
-def sgd_momentum(param, grad, momentum_buf, *, learning_rate, momentum):
-    """SGD with (Keras) momentum::
-
-        m <- momentum * m - lr * g
-        w <- w + m
-    """
-    m = momentum * _f64(momentum_buf) - learning_rate * _f64(grad)
-    return _f64(param) + m, m
-
-
-def sgd_nesterov(param, grad, momentum_buf, *, learning_rate, momentum):
-    """SGD with (Keras) Nesterov momentum::
-
-        m <- momentum * m - lr * g
-        w <- w + momentum * m - lr * g        (with the new m)
-    """
-    g = _f64(grad)
-    m = momentum * _f64(momentum_buf) - learning_rate * g
-    return _f64(param) + (momentum * m - learning_rate * g), m
-
-
-def adagrad(param, grad, accumulator, *, learning_rate, epsilon):
-    """Adagrad (Keras: epsilon inside the square root)::
-
-        acc <- acc + g^2
-        w   <- w - lr * g / sqrt(acc + eps)
-    """
-    g = _f64(grad)
-    acc = _f64(accumulator) + g * g
-    return _f64(param) - learning_rate * g / np.sqrt(acc + epsilon), acc
-
-
-def _rms_denominator(velocity, average_gradient, epsilon):
-    if average_gradient is None:
-        return velocity + epsilon
-    # v - a^2 >= 0 in exact arithmetic; rounding can push it a hair below zero
-    # (mostly in float32).  fastopt clamps it at zero there, where Keras would
-    # take the square root of a possibly negative number.
-    return np.maximum(velocity - average_gradient * average_gradient, 0.0) + epsilon
-
-
-def _rmsprop(param, grad, velocity, average_gradient, momentum_buf, *,
-             learning_rate, rho, momentum, epsilon):
-    g = _f64(grad)
-    v = rho * _f64(velocity) + (1.0 - rho) * (g * g)
-    a = None
-    if average_gradient is not None:
-        a = rho * _f64(average_gradient) + (1.0 - rho) * g
-    inc = learning_rate * g / np.sqrt(_rms_denominator(v, a, epsilon))
-    out = [None, v]
-    if a is not None:
-        out.append(a)
-    if momentum_buf is not None:
-        mom = momentum * _f64(momentum_buf) + inc
-        out[0] = _f64(param) - mom
-        out.append(mom)
-    else:
-        out[0] = _f64(param) - inc
-    return tuple(out)
-
-
-def rmsprop(param, grad, velocity, *, learning_rate, rho, epsilon):
-    """RMSprop (Keras: epsilon inside the square root)::
-
-        v <- rho * v + (1 - rho) * g^2
-        w <- w - lr * g / sqrt(v + eps)
-    """
-    return _rmsprop(param, grad, velocity, None, None, learning_rate=learning_rate,
-                    rho=rho, momentum=0.0, epsilon=epsilon)
-
-
-def rmsprop_momentum(param, grad, velocity, momentum_buf, *, learning_rate, rho,
-                     momentum, epsilon):
-    """RMSprop with momentum::
-
-        v   <- rho * v + (1 - rho) * g^2
-        mom <- momentum * mom + lr * g / sqrt(v + eps)
-        w   <- w - mom
-    """
-    return _rmsprop(param, grad, velocity, None, momentum_buf,
-                    learning_rate=learning_rate, rho=rho, momentum=momentum,
-                    epsilon=epsilon)
-
-
-def rmsprop_centered(param, grad, velocity, average_gradient, *, learning_rate,
-                     rho, epsilon):
-    """Centred RMSprop::
-
-        v <- rho * v + (1 - rho) * g^2
-        a <- rho * a + (1 - rho) * g
-        w <- w - lr * g / sqrt(max(v - a^2, 0) + eps)
-    """
-    return _rmsprop(param, grad, velocity, average_gradient, None,
-                    learning_rate=learning_rate, rho=rho, momentum=0.0,
-                    epsilon=epsilon)
-
-
-def rmsprop_centered_momentum(param, grad, velocity, average_gradient,
-                              momentum_buf, *, learning_rate, rho, momentum,
-                              epsilon):
-    """Centred RMSprop with momentum::
-
-        v   <- rho * v + (1 - rho) * g^2
-        a   <- rho * a + (1 - rho) * g
-        mom <- momentum * mom + lr * g / sqrt(max(v - a^2, 0) + eps)
-        w   <- w - mom
-    """
-    return _rmsprop(param, grad, velocity, average_gradient, momentum_buf,
-                    learning_rate=learning_rate, rho=rho, momentum=momentum,
-                    epsilon=epsilon)
-
-
-def adam_alpha(learning_rate, beta_1, beta_2, iteration):
-    """Adam's bias-corrected step size for the step after ``iteration`` steps.
-
-    ``t = iteration + 1``; ``alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)``.
-    """
-    t = float(iteration) + 1.0
-    return learning_rate * math.sqrt(1.0 - beta_2 ** t) / (1.0 - beta_1 ** t)
-
-
-def adam(param, grad, m, v, *, alpha, beta_1, beta_2, epsilon):
-    """Adam (Keras form; ``alpha`` from :func:`adam_alpha`)::
-
-        m <- m + (g - m) * (1 - beta_1)
-        v <- v + (g^2 - v) * (1 - beta_2)
-        w <- w - m * alpha / (sqrt(v) + eps)
-    """
-    g = _f64(grad)
-    m = _f64(m) + (g - _f64(m)) * (1.0 - beta_1)
-    v = _f64(v) + (g * g - _f64(v)) * (1.0 - beta_2)
-    return _f64(param) - m * alpha / (np.sqrt(v) + epsilon), m, v
-
-
-def adam_amsgrad(param, grad, m, v, velocity_hat, *, alpha, beta_1, beta_2,
-                 epsilon):
-    """Adam with AMSGrad: as :func:`adam`, with ``vhat <- max(vhat, v)`` used
-    in the denominator in place of ``v``."""
-    g = _f64(grad)
-    m = _f64(m) + (g - _f64(m)) * (1.0 - beta_1)
-    v = _f64(v) + (g * g - _f64(v)) * (1.0 - beta_2)
-    vhat = np.maximum(_f64(velocity_hat), v)
-    return _f64(param) - m * alpha / (np.sqrt(vhat) + epsilon), m, v, vhat
-
-
-# --------------------------------------------------------------------------
-# PyTorch 2.13 ``torch.optim`` formulas (single-tensor, for-loop path), used
-# under ``convention="torch"``.  ``step`` counts updates from 1, as torch's
-# per-parameter ``state["step"]`` does after its increment.
-
-def sgd_momentum_torch(param, grad, momentum_buf, *, learning_rate, momentum,
-                       dampening, step):
-    """PyTorch SGD with momentum::
-
-        b <- g                                   (step 1)
-        b <- momentum * b + (1 - dampening) * g  (later steps)
-        w <- w - lr * b
-    """
-    g = _f64(grad)
-    if step <= 1:
-        b = g.copy()
-    else:
-        b = momentum * _f64(momentum_buf) + (1.0 - dampening) * g
-    return _f64(param) - learning_rate * b, b
-
-
-def sgd_nesterov_torch(param, grad, momentum_buf, *, learning_rate, momentum,
-                       dampening, step):
-    """PyTorch SGD with Nesterov momentum: ``b`` as in
-    :func:`sgd_momentum_torch`, then ``w <- w - lr * (g + momentum * b)``."""
-    g = _f64(grad)
-    _, b = sgd_momentum_torch(param, g, momentum_buf, learning_rate=learning_rate,
-                              momentum=momentum, dampening=dampening, step=step)
-    return _f64(param) - learning_rate * (g + momentum * b), b
-
-
-def adagrad_torch(param, grad, accumulator, *, learning_rate, epsilon, lr_decay,
-                  step):
-    """PyTorch Adagrad (epsilon outside the square root, learning-rate decay)::
-
-        clr <- lr / (1 + (step - 1) * lr_decay)
-        acc <- acc + g^2
-        w   <- w - clr * g / (sqrt(acc) + eps)
-    """
-    g = _f64(grad)
-    clr = learning_rate / (1.0 + (step - 1) * lr_decay)
-    acc = _f64(accumulator) + g * g
-    return _f64(param) - clr * g / (np.sqrt(acc) + epsilon), acc
-
-
-def _rmsprop_torch(param, grad, velocity, average_gradient, momentum_buf, *,
-                   learning_rate, rho, momentum, epsilon):
-    g = _f64(grad)
-    v = rho * _f64(velocity) + (1.0 - rho) * (g * g)
-    out = [None, v]
-    if average_gradient is None:
-        avg = np.sqrt(v) + epsilon
-    else:
-        a = rho * _f64(average_gradient) + (1.0 - rho) * g
-        # clamped at zero as in the Keras form (torch would take sqrt of < 0)
-        avg = np.sqrt(np.maximum(v - a * a, 0.0)) + epsilon
-        out.append(a)
-    if momentum_buf is None:
-        out[0] = _f64(param) - learning_rate * g / avg
-    else:
-        b = momentum * _f64(momentum_buf) + g / avg
-        out[0] = _f64(param) - learning_rate * b
-        out.append(b)
-    return tuple(out)
-
-
-def rmsprop_torch(param, grad, velocity, *, learning_rate, rho, epsilon):
-    """PyTorch RMSprop (``rho`` is torch's ``alpha``; epsilon outside)::
-
-        v <- rho * v + (1 - rho) * g^2
-        w <- w - lr * g / (sqrt(v) + eps)
-    """
-    return _rmsprop_torch(param, grad, velocity, None, None, learning_rate=learning_rate,
-                          rho=rho, momentum=0.0, epsilon=epsilon)
-
-
-def rmsprop_momentum_torch(param, grad, velocity, momentum_buf, *, learning_rate,
-                           rho, momentum, epsilon):
-    """PyTorch RMSprop with momentum (learning rate outside the buffer)::
-
-        v <- rho * v + (1 - rho) * g^2
-        b <- momentum * b + g / (sqrt(v) + eps)
-        w <- w - lr * b
-    """
-    return _rmsprop_torch(param, grad, velocity, None, momentum_buf,
-                          learning_rate=learning_rate, rho=rho, momentum=momentum,
-                          epsilon=epsilon)
-
-
-def rmsprop_centered_torch(param, grad, velocity, average_gradient, *,
-                           learning_rate, rho, epsilon):
-    """PyTorch centred RMSprop::
-
-        v <- rho * v + (1 - rho) * g^2
-        a <- rho * a + (1 - rho) * g
-        w <- w - lr * g / (sqrt(max(v - a^2, 0)) + eps)
-    """
-    return _rmsprop_torch(param, grad, velocity, average_gradient, None,
-                          learning_rate=learning_rate, rho=rho, momentum=0.0,
-                          epsilon=epsilon)
-
-
-def rmsprop_centered_momentum_torch(param, grad, velocity, average_gradient,
-                                    momentum_buf, *, learning_rate, rho, momentum,
-                                    epsilon):
-    """PyTorch centred RMSprop with momentum::
-
-        v <- rho * v + (1 - rho) * g^2
-        a <- rho * a + (1 - rho) * g
-        b <- momentum * b + g / (sqrt(max(v - a^2, 0)) + eps)
-        w <- w - lr * b
-    """
-    return _rmsprop_torch(param, grad, velocity, average_gradient, momentum_buf,
-                          learning_rate=learning_rate, rho=rho, momentum=momentum,
-                          epsilon=epsilon)
-
-
-def _adam_torch(param, grad, m, v, velocity_hat, *, learning_rate, beta_1, beta_2,
-                epsilon, step):
-    g = _f64(grad)
-    m = _f64(m) + (1.0 - beta_1) * (g - _f64(m))
-    v = beta_2 * _f64(v) + (1.0 - beta_2) * (g * g)
-    step_size = learning_rate / (1.0 - beta_1 ** step)
-    root_bc2 = math.sqrt(1.0 - beta_2 ** step)
-    out = [None, m, v]
-    d = v
-    if velocity_hat is not None:
-        d = np.maximum(_f64(velocity_hat), v)
-        out.append(d)
-    out[0] = _f64(param) - step_size * m / (np.sqrt(d) / root_bc2 + epsilon)
-    return tuple(out)
-
-
-def adam_torch(param, grad, m, v, *, learning_rate, beta_1, beta_2, epsilon, step):
-    """PyTorch Adam (epsilon added after the bias correction of ``v``)::
-
-        m <- m + (1 - beta_1) * (g - m)
-        v <- beta_2 * v + (1 - beta_2) * g^2
-        w <- w - lr / (1 - beta_1^step) * m / (sqrt(v) / sqrt(1 - beta_2^step) + eps)
-    """
-    return _adam_torch(param, grad, m, v, None, learning_rate=learning_rate,
-                       beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step)
-
-
-def adam_amsgrad_torch(param, grad, m, v, velocity_hat, *, learning_rate, beta_1,
-                       beta_2, epsilon, step):
-    """PyTorch Adam with AMSGrad: as :func:`adam_torch` with
-    ``vhat <- max(vhat, v)`` (of the raw ``v``) in the denominator."""
-    return _adam_torch(param, grad, m, v, velocity_hat, learning_rate=learning_rate,
-                       beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step)
+def __getattr__(name):
+    from .rule import RULES
+    if name in RULES:
+        return RULES[name].reference
+    if name == "adam_alpha":
+        from .algorithms.adam import adam_alpha
+        return adam_alpha
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------
@@ -396,27 +108,12 @@ def clip_by_value(grad, clipvalue):
     return preprocess(grad, 1.0, clipvalue)
 
 
-_RULE_FUNCTIONS = {
-    "sgd": sgd, "sgd_momentum": sgd_momentum, "sgd_nesterov": sgd_nesterov,
-    "adagrad": adagrad, "rmsprop": rmsprop, "rmsprop_momentum": rmsprop_momentum,
-    "rmsprop_centered": rmsprop_centered,
-    "rmsprop_centered_momentum": rmsprop_centered_momentum,
-    "adam": adam, "adam_amsgrad": adam_amsgrad,
-    "sgd_momentum_torch": sgd_momentum_torch, "sgd_nesterov_torch": sgd_nesterov_torch,
-    "adagrad_torch": adagrad_torch, "rmsprop_torch": rmsprop_torch,
-    "rmsprop_momentum_torch": rmsprop_momentum_torch,
-    "rmsprop_centered_torch": rmsprop_centered_torch,
-    "rmsprop_centered_momentum_torch": rmsprop_centered_momentum_torch,
-    "adam_torch": adam_torch, "adam_amsgrad_torch": adam_amsgrad_torch,
-}
-
-
 def apply_rule(name, param, grad, slots, scalars, *, keep=1.0, gscale=1.0,
                clipvalue=math.inf, l2=0.0):
     """One whole kernel step in float64: preprocess, decay, update.
 
     ``scalars`` is a dict of the rule's scalar arguments (see
-    :data:`fastopt._rules.RULES`).  ``l2`` is coupled weight decay (PyTorch's
+    :data:`fastopt.rule.RULES`).  ``l2`` is coupled weight decay (PyTorch's
     ``weight_decay``: ``g <- g + l2 * w``), ``keep`` decoupled weight decay
     (``w <- keep * w``).  Returns ``(new_param, *new_slots)``.
     """
@@ -424,7 +121,8 @@ def apply_rule(name, param, grad, slots, scalars, *, keep=1.0, gscale=1.0,
     if l2:
         g = g + l2 * _f64(param)
     w = keep * _f64(param)
-    return _RULE_FUNCTIONS[name](w, g, *slots, **scalars)
+    from .rule import RULES
+    return RULES[name].reference(w, g, *slots, **scalars)
 
 
 # --------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_auto_follows_the_committed_tuning_table():
 
 
 def test_every_backend_exposes_the_same_kernels():
-    from fastopt._rules import RULES
+    from fastopt.rule import RULES
     import inspect
     sigs = {}
     for name in fastopt.available_backends():

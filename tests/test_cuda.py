@@ -11,9 +11,13 @@ chunks share a block (the grid-stride loops run).
 
 What is compared, and how closely:
 
-* **kernels**: every rule x float32/float64 against the float64 reference,
-  step by step, with the bound of ``tests/test_kernels.py`` (``assert_close``),
-  and a 40-step float64 trajectory within ``1e-12`` of it;
+* **kernels**: every rule of ``fastopt.rule.RULES`` x float32/float64
+  against its float64 reference, step by step, with the bound of
+  ``tests/test_kernels.py`` (``assert_close``), and a 40-step float64
+  trajectory within ``1e-12`` of it; the step kernels are generated from the
+  rules' element functions, so a rule that uses every call of the element
+  language (``test_cuda_ptx.EVERY_CALL``) is also run against the Numba CPU
+  loop generated from it, NaN, infinities and zeros included;
 * **optimizers**: every optimizer and variant under both conventions, with
   clipping, weight decay, parameter groups, ``None`` gradients, EMA,
   accumulation and loss scaling, over tensors of mixed shapes (including 0-d
@@ -39,18 +43,51 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt._rules import RULES
+from fastopt.optimizers import Adamax
+from fastopt.rule import RULES
 
-from cases import OPTIMIZERS, gradient, lr_for
+from cases import LEARNING_RATES, OPTIMIZERS, gradient
 from cuda_helpers import SIMULATOR, Foreign, cb, cuda, dev, host, needs_cuda, step_launches
+from test_cuda_ptx import EVERY_CALL
 from test_golden import NAMES as GOLDEN_NAMES, replay
-from test_kernels import SCALARS, assert_close, initial_state, kappa, scalars_at, step_inputs
+from test_kernels import SCALARS as KERNEL_SCALARS, assert_close, initial_state, kappa
 
 pytestmark = needs_cuda
 
 DTYPES = [np.float32, np.float64]
 SHAPES = [(3, 4), (130,), (), (2, 1, 3), (0,), (5,)]
 ROOT = Path(__file__).resolve().parent.parent
+
+# The scalars of every rule (tests/test_kernels.py's table, and those of the
+# rules it does not list yet), and every optimizer variant (tests/cases.py's
+# list, and those it does not list yet).
+SCALARS = {"adamax": (0.01, 0.9, 0.999, 1e-7), "adamax_torch": (0.01, 0.9, 0.999, 1e-8),
+           **KERNEL_SCALARS}
+CUDA_OPTIMIZERS = OPTIMIZERS + [o for o in [("adamax", Adamax, {})]
+                                if o[0] not in {x[0] for x in OPTIMIZERS}]
+
+
+def lr_for(opt_id):
+    return {"adamax": 0.01, **LEARNING_RATES}[opt_id.split("_")[0]]
+
+
+def scalars_at(rule, step):
+    """The rule's scalars for the step after ``step`` steps (torch counts from 1)."""
+    return SCALARS[rule.name] + ((step + 1,) if "step" in rule.scalars else ())
+
+
+def step_inputs(rng, rule, size, dtype, step):
+    """As tests/test_kernels.py's: odd steps add decoupled decay, a gradient
+    scale and a clip value, every third step L2."""
+    extras = dict(keep=0.999, gscale=0.7, clipvalue=2.0) if step % 2 else {}
+    if step % 3 == 2:
+        extras["l2"] = 0.01
+    return scalars_at(rule, step), gradient(rng, (size,), dtype, step), extras
+
+
+def test_every_rule_has_scalars_here():
+    assert set(SCALARS) >= set(RULES)
+    assert {"adamax", "adamax_torch"} <= set(RULES)
 
 
 @pytest.fixture(autouse=True)
@@ -115,6 +152,61 @@ def test_float64_trajectory_matches_reference(rule_name):
     displacement = np.max(np.abs(param - p0))
     assert displacement > 1e-3
     np.testing.assert_allclose(host(d_param), param, rtol=1e-12, atol=1e-12 * displacement)
+
+
+SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.5, -3e-3, 1e30]
+
+
+def test_helpers_follow_numpy_nan_semantics():
+    """The element language's max/min are np.maximum/np.minimum (a NaN wins,
+    a tie gives the first argument); sign is -1, 1, or the argument itself
+    (zeros and NaN), as Numba's np.sign."""
+    k = cb._k
+    for dt in (np.float32, np.float64):
+        for a in map(dt, SPECIAL):
+            for b in map(dt, SPECIAL):
+                for got, want in ((k._fmax(a, b), np.maximum(a, b)),
+                                  (k._fmin(a, b), np.minimum(a, b))):
+                    assert np.array_equal(got, want, equal_nan=True), (a, b, got, want)
+                    if a == b:  # a tie (0 and -0 too): the first argument
+                        assert np.signbit(got) == np.signbit(a), (a, b)
+            s = k._sign(a)
+            assert np.array_equal(s, a if a == 0 or a != a else np.sign(a), equal_nan=True)
+            assert a != 0 or np.signbit(s) == np.signbit(a)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator's NumPy scalars warn
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_every_call_of_the_element_language_matches_the_numba_loop(dtype):
+    """A rule that uses every call, literal and branch of the element language
+    (test_cuda_ptx.EVERY_CALL), generated for both backends: the CUDA kernel
+    gives the Numba CPU loop's results, for every pair of special gradient and
+    state values (NaN, infinities, signed zeros ...), with and without the
+    gradient transform and weight decay."""
+    from fastopt.backends import numba_backend
+    loop = numba_backend.compiled(EVERY_CALL).loop
+    g = np.array([a for a in SPECIAL for _ in SPECIAL], dtype)
+    state = np.array([b for _ in SPECIAL for b in SPECIAL], dtype)
+    param = np.random.default_rng(3).standard_normal(g.size).astype(dtype) * 2
+    cpu = [param.copy(), state.copy()]
+    d_param, d_state = dev(param), dev(state)
+    plan = cb.Plan(EVERY_CALL, [d_param], [[d_state]])
+    for scalars, clipvalue, pt in [((0.1, 1.5), math.inf, (1.0, 1.0, 0.0)),
+                                   ((0.3, 0.5), 2.0, (0.7, 0.999, 0.01))]:
+        hp = np.array(EVERY_CALL.pack(scalars, clipvalue))
+        loop(cpu[0], g, cpu[1], hp, *pt)
+        plan.step([dev(g)], np.array(pt, dtype=np.float64).reshape(3, 1), scalars, clipvalue)
+        for name, got, want in (("param", host(d_param), cpu[0]),
+                                ("state", host(d_state), cpu[1])):
+            assert np.array_equal(np.isnan(got), np.isnan(want)), name
+            if SIMULATOR:  # the same NumPy operations: the same bits
+                assert np.array_equal(got, want, equal_nan=True), (name, got, want)
+                ok = np.isnan(want) | (np.signbit(got) == np.signbit(want))
+                assert ok.all(), (name, got[~ok], want[~ok])
+            else:
+                np.testing.assert_allclose(got, want, rtol=64 * np.finfo(dtype).eps)
+    # the specials reach the end, and most elements stay finite
+    assert np.isnan(cpu[1]).any() and np.isfinite(cpu[0]).mean() > 0.25
 
 
 def test_kernels_take_foreign_device_arrays_without_copies():
@@ -229,7 +321,8 @@ def assert_twins(opt_cpu, opt_gpu, cpu, gpu, p0, exact):
 
 @pytest.mark.parametrize("dtype", DTYPES + [None], ids=["f32", "f64", "mixed"])
 @pytest.mark.parametrize("convention", ["keras", "torch"])
-@pytest.mark.parametrize("opt_id,cls,kwargs", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+@pytest.mark.parametrize("opt_id,cls,kwargs", CUDA_OPTIMIZERS,
+                         ids=[o[0] for o in CUDA_OPTIMIZERS])
 def test_optimizer_matches_numba_backend(opt_id, cls, kwargs, convention, dtype):
     kwargs = {"learning_rate": lr_for(opt_id), **kwargs, "convention": convention}
     twins = run_twins(cls, kwargs, dtype)
@@ -344,7 +437,7 @@ def test_one_launch_per_step_for_any_number_of_tensors(monkeypatch, clip):
     two more for the sums of squares), for 1 or 50 tensors; with the same
     gradient buffers, nothing is uploaded after the first step."""
     launches = step_launches(monkeypatch)
-    expected = [cb._k.STEPS[RULES["adam"].code]]
+    expected = [cb._k.step_kernel(RULES["adam"])]
     if clip:
         expected = [cb._k.sumsq_chunks, cb._k.sumsq_tensors] + expected
     for n in (1, 50):

@@ -5,7 +5,12 @@ CUDA compiler would reject.  This test compiles every kernel of
 ``fastopt/backends/_cuda_kernels.py`` -- the step kernel of every rule, the two
 sums-of-squares reduction kernels and the element-wise helpers, for float32
 and float64 -- with ``numba.cuda.compile_ptx`` for compute capability 7.5,
-the oldest that CUDA 13 supports (PTX runs on every newer GPU).
+the oldest that CUDA 13 supports (PTX runs on every newer GPU).  The step
+kernels are generated from the rules (``_cuda_kernels.render``), so the check
+also compiles :data:`EVERY_CALL`, a rule that uses every call and every
+statement of the element language, whatever the registry's rules use today;
+and no float32 kernel may do float64 arithmetic (a literal or a helper that
+promotes would).
 
 It needs NVIDIA's NVVM compiler and NVRTC libraries, about 310 MB on top of
 numba-cuda, so they are not in the ``test`` extra but in their own ``ptx``
@@ -16,6 +21,7 @@ extra, which CI installs too (see ``.ci/run``)::
 Without the libraries the test is skipped, except where
 ``FASTOPT_REQUIRE_PTX=1`` (set by CI), where that is a failure.
 """
+import ast
 import json
 import os
 import subprocess
@@ -25,11 +31,40 @@ from pathlib import Path
 
 import pytest
 
+from fastopt.rule import RULES, Rule
+
 ROOT = Path(__file__).resolve().parent.parent
 NO_COMPILER = 3  # the subprocess's exit status when NVVM/NVRTC cannot be loaded
 
+
+# A rule for the code generator's sake, never registered: every call of the
+# element language (fastopt._codegen.CALLS), literals, augmented assignment
+# and branches.  tests/test_cuda.py runs it against the Numba CPU loop.
+
+def prepare_every_call(rate, power):
+    return {"rate": rate, "power": power, "half": 0.5 * rate}
+
+
+def element_every_call(g, w, state, rate, power, half):
+    high = max(state, g)
+    low = min(g, state)
+    state = high - rate * low
+    w = w - rate * sign(g) * sqrt(abs(state))  # noqa: F821 - the element language
+    w += copysign(pow(abs(g), power), -g) * half  # noqa: F821
+    if w > 1.0 and not (g < 0.0):
+        w = w * 0.5
+    elif w != w or g == 0.0:
+        state = -state
+    else:
+        w = w - 2 ** -3 * w
+    return w, state
+
+
+EVERY_CALL = Rule("every_call", slots=("state",), scalars=("rate", "power"),
+                  prepare=prepare_every_call, element=element_every_call)
+
 COMPILE = textwrap.dedent("""
-    import json, sys, types
+    import json, re, sys, types
     try:
         import numba_cuda  # noqa: F401
         from numba.cuda.cudadrv import nvrtc
@@ -45,14 +80,31 @@ COMPILE = textwrap.dedent("""
     CC = (7, 5)
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=CC)
     from numba import cuda
+    from numba.cuda import types as nt
     from fastopt.backends import _cuda_kernels as kernels
     assert not kernels.SIMULATOR
-    for name, fn, sig in kernels.ptx_signatures():
+    sys.path.insert(0, "tests")
+    from test_cuda_ptx import EVERY_CALL
+    extra = [(f"step_every_call[{dt}]", kernels.step_function(EVERY_CALL),
+              (nt.int64[:, ::1], nt.int64[::1], nt.int64[:, ::1], nt.float64[:, ::1],
+               dt[::1], nt.UniTuple(nt.float64, 1 + len(EVERY_CALL.prepared))))
+             for dt in (nt.float32, nt.float64)]
+    # float64 arithmetic, comparisons and conversions to float64 (PTX writes
+    # cvt.<rounding>.<to>.<from>: reading the float64 scalars, cvt.rn.f32.f64,
+    # is expected)
+    F64 = re.compile(r"\\b(?:(?:add|sub|mul|div|fma|sqrt|max|min|abs|neg|setp|copysign|"
+                     r"ex2|lg2|rcp|rsqrt)[.a-z0-9]*\\.f64|cvt[.a-z]*\\.f64\\.[a-z0-9]+)\\b")
+    for name, fn, sig in kernels.ptx_signatures() + extra:
         ptx, _ = cuda.compile_ptx(fn, sig, cc=CC)
         print(json.dumps({"name": name, "target": ".target sm_75" in ptx,
                           "entry": ".entry" in ptx, "sqrt": "sqrt.rn." in ptx,
-                          "bytes": len(ptx)}))
+                          "f64_ops": sorted(set(F64.findall(ptx))), "bytes": len(ptx)}))
 """ % NO_COMPILER)
+
+
+def uses_sqrt(rule):
+    return any(isinstance(n, ast.Call) and "sqrt" in ast.unparse(n.func)
+               for n in ast.walk(rule.element_ast))
 
 
 @pytest.mark.ptx
@@ -67,13 +119,37 @@ def test_every_kernel_compiles_to_ptx():
         pytest.skip(reason)
     assert out.returncode == 0, out.stderr[-3000:]
     compiled = {r["name"]: r for r in map(json.loads, out.stdout.splitlines())}
-    from fastopt._rules import RULES
-    steps = {f"step_{name}" for name, r in RULES.items() if r.convention == "keras"}
+    rules = {f"step_{name}": rule for name, rule in RULES.items()}
+    rules["step_every_call"] = EVERY_CALL
     expected = {f"{k}[{dt}]" for dt in ("float32", "float64")
-                for k in steps | {"sumsq_chunks", "lerp", "add_scaled", "divide", "fill"}}
+                for k in set(rules) | {"sumsq_chunks", "lerp", "add_scaled", "divide", "fill"}}
     expected.add("sumsq_tensors")
     assert set(compiled) == expected
     for name, r in compiled.items():
         assert r["target"] and r["entry"], name
-        uses_sqrt = any(k in name for k in ("adagrad", "rmsprop", "adam"))
-        assert r["sqrt"] == uses_sqrt, name  # IEEE square roots where the rule has one
+        rule = rules.get(name.split("[")[0])
+        if rule is not None:  # IEEE square roots where the rule has one
+            assert r["sqrt"] == uses_sqrt(rule), name
+            if name.endswith("[float32]"):  # float32 arithmetic only
+                assert r["f64_ops"] == [], (name, r["f64_ops"])
+
+
+def test_ptx_signatures_cover_every_rule():
+    """Without the compiler: the list the check compiles names every rule's
+    step kernel, with its packed scalar tuple (clipvalue, then ``prepared``)."""
+    code = textwrap.dedent("""
+        import json
+        from fastopt.backends import _cuda_kernels as kernels
+        print(json.dumps([(name, [str(sig[-1].dtype), sig[-1].count])
+                          for name, fn, sig in kernels.ptx_signatures()
+                          if name.startswith("step_")]))
+    """)
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = dict(json.loads(out.stdout))
+    want = {f"step_{name}[{dt}]": ["float64", 1 + len(rule.prepared)]
+            for name, rule in RULES.items() for dt in ("float32", "float64")}
+    assert got == want
+    assert {"step_adamax[float32]", "step_adamax_torch[float64]"} <= set(got)

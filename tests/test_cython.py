@@ -1,6 +1,6 @@
 """The Cython backend's own tests (the shared tables run it like every backend).
 
-* its C scalar packing gives the same bits as ``fastopt._rules.pack``;
+* its rendered C ``prepare()`` gives the same bits as ``Rule.pack``;
 * results are bit-identical for any thread count and either driver;
 * the plan rejects gradients that would make it read out of bounds;
 * without the extension ``import fastopt`` works and asking for the backend
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt._rules import RULES, pack
+from fastopt.rule import RULES
 from fastopt.backends import numpy_backend as ref_backend
 
 from cases import OPTIMIZERS, OPTIMIZER_IDS, gradient, lr_for
@@ -31,7 +31,7 @@ needs_cython = pytest.mark.skipif(not HAVE_CYTHON, reason="the Cython extension 
 @needs_cython
 @pytest.mark.parametrize("rule_name", list(RULES))
 def test_c_packing_equals_rules_pack_bit_for_bit(rule_name):
-    from fastopt.backends import _cython_kernels as ext
+    cb = fastopt.get_backend("cython")
     rule = RULES[rule_name]
     rng = np.random.default_rng(len(rule_name))
     for trial in range(200):
@@ -39,8 +39,8 @@ def test_c_packing_equals_rules_pack_bit_for_bit(rule_name):
         if "step" in rule.scalars:
             scalars[-1] = int(rng.integers(1, 30))      # step 1 takes its own branch
         clip = math.inf if trial % 2 else float(rng.random())
-        expected = tuple(float(x) for x in pack(rule, scalars, clip))
-        got = ext.pack(rule_name, scalars, clip)
+        expected = tuple(float(x) for x in rule.pack(scalars, clip))
+        got = cb._ext.pack(cb.rule_number(rule), scalars, clip)
         assert got == expected, (rule_name, scalars, got, expected)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt._rules import RULES
+from fastopt.rule import RULES
 from fastopt.backends import numpy_backend as ref_backend
 
 from cases import HOST_BACKENDS, gradient

@@ -37,7 +37,7 @@ import pytest
 
 import fastopt
 from fastopt import reference as R
-from fastopt._rules import RULES
+from fastopt.rule import RULES
 
 from cases import OPTIMIZERS, gradient, lr_for
 from test_kernels import SCALARS, assert_close, step_inputs
@@ -49,7 +49,7 @@ if "numba" in fastopt.available_backends():
     from fastopt.backends import numba_backend
 
 ROUNDINGS = ["nearest", "stochastic"]  # bf16.ROUNDINGS, also where numba is missing
-BF16_RULES = [name for name, r in RULES.items() if r.slots and r.code not in (6, 7)]
+BF16_RULES = [name for name, r in RULES.items() if r.slots and not r.bf16_refusal]
 
 
 def f32(bits):

@@ -2,7 +2,7 @@
 
 Two levels, the same on every backend:
 
-1. **Public single-tensor kernels**, one per rule of :data:`fastopt._rules.RULES`,
+1. **Public single-tensor kernels**, one per rule of :data:`fastopt.rule.RULES`,
    for users who keep their own state::
 
        adam(param, grad, m, v, alpha, beta_1, beta_2, epsilon,
@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from .. import reference
-from .._rules import RULES
+from ..rule import RULES
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -115,7 +115,7 @@ def _make_kernel(plan_cls, rule, module, check):
     kernel.__signature__ = inspect.Signature(sig)
     kernel.__name__ = kernel.__qualname__ = rule.name
     kernel.__module__ = module
-    formula = inspect.getdoc(getattr(reference, rule.name)) or ""
+    formula = rule.formula
     kernel.__doc__ = (
         f"Fused in-place ``{rule.name}`` step on one tensor.\n\n"
         f"{formula}\n\n"

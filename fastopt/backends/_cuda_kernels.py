@@ -16,12 +16,20 @@ blockDim.x`` (coalesced).  A pointer becomes an array view on the device
 (:func:`_view`); under the CUDA simulator, where "device" memory is host memory,
 the same address becomes a NumPy view instead.
 
-The element functions below compute, element by element, exactly the formulas
-of the Numba CPU loops (``numba_backend._loop_*``), in the tensor's dtype,
-with the per-step constants packed on the host by :func:`fastopt._rules.pack`
-and rounded to the dtype once per thread.  (NVVM may contract a multiply and an
-add into one fused multiply-add, as nvcc does by default; that removes a
-rounding, within the tolerances the tests state.)
+No update rule is written here.  Each rule's step kernel is generated from its
+declaration in :mod:`fastopt.algorithms` (:func:`render`, :func:`step_kernel`):
+the rule's ``element`` function, rendered by
+:func:`fastopt._codegen.python_lines`, is the body of the kernel's element
+loop, exactly as in the Numba CPU loops (``numba_backend.LOOP_TEMPLATE``), in
+the tensor's dtype, with the per-step scalars packed on the host by
+:meth:`fastopt.rule.Rule.pack` and rounded to the dtype once per thread.  The
+element language's calls are the helpers below (``_sqrt``, ``_fmax`` ...), with
+the Numba CPU backend's semantics (a NaN wins ``_fmax``/``_fmin``).  Under the
+simulator they are NumPy functions of NumPy scalars, so the simulated kernels
+do the same IEEE operations in the same order as the Numba loops.  (On a GPU,
+NVVM may contract a multiply and an add into one fused multiply-add, as nvcc
+does by default; that removes a rounding, within the tolerances the tests
+state.)
 """
 from __future__ import annotations
 
@@ -32,17 +40,22 @@ import numpy as np
 from numba import cuda
 from numba.cuda import types
 
-from .._rules import RULES
+from .. import _codegen
+from ..rule import RULES
 
 #: True when Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) stands in for a GPU.
 SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
 
-#: Rows of the packed scalar vector (``fastopt._rules.HP_SIZE``).
-_HP = 8
+
+def _sign(x):
+    """-1 or 1, and ``x`` itself for a zero or a NaN: ``np.sign`` as Numba
+    compiles it in the CPU loops (a zero keeps its sign; NumPy's gives +0)."""
+    return x if x == 0 else np.sign(x)
+
 
 if SIMULATOR:
     def jitable(fn):
-        """Element functions run as plain Python inside simulated kernels."""
+        """Device helpers run as plain Python inside simulated kernels."""
         return fn
 
     def _view(addr, n, like):
@@ -52,10 +65,14 @@ if SIMULATOR:
         buf = (ctypes.c_byte * (int(n) * dtype.itemsize)).from_address(int(addr))
         return np.frombuffer(buf, dtype)
 
-    _sqrt = np.sqrt  # a NumPy scalar in, the same dtype out, NaN below zero
+    # The element language's calls on NumPy scalars: the dtype in, the same
+    # dtype out, as in the Numba CPU loops (NaN below zero for _sqrt).
+    _sqrt = np.sqrt
+    _copysign = np.copysign
+    _pow = np.power
 else:
-    from numba.cuda.extending import intrinsic, register_jitable as jitable
-    from numba.cuda.np.numpy_support import carray
+    from numba.cuda.extending import intrinsic, overload, register_jitable as jitable
+    from numba.cuda.np.numpy_support import as_dtype, carray
 
     from ._numba_util import pointer_intrinsic
 
@@ -65,14 +82,47 @@ else:
     def _view(addr, n, like):
         return carray(_as_ptr(addr, like), n)
 
+    # numba-cuda types these for float32 (float32 in, float32 out) and float64
     _sqrt = math.sqrt
+    _copysign = math.copysign
+    _pow = math.pow
+
+    @overload(_sign)
+    def _sign_device(x):
+        # numba-cuda has no np.sign; the constants take x's type (a float
+        # literal would be float64 and promote float32 code)
+        real = as_dtype(x).type
+
+        def impl(x):
+            if x > 0:
+                return real(1.0)
+            if x < 0:
+                return real(-1.0)
+            return x
+
+        return impl
 
 
 # ---------------------------------------------------------------------------
-# Element functions: one element ``i`` of one rule.  Arguments: parameter,
-# gradient and three slot views (unused ones are any array, never touched),
-# the index, the packed scalars ``h`` in the tensor's dtype, and the tensor's
-# gradient scale, decoupled weight-decay factor and coupled (L2) weight decay.
+# The rest of the element language's calls (fastopt._codegen.PY_CALLS), and
+# the gradient transform, as device functions (plain Python on the simulator).
+
+@jitable
+def _abs(x):
+    return abs(x)
+
+
+@jitable
+def _fmax(a, b):
+    # np.maximum: a NaN wins, a tie returns the first argument
+    return b if (b > a or b != b) else a
+
+
+@jitable
+def _fmin(a, b):
+    # np.minimum: a NaN wins, a tie returns the first argument
+    return b if (b < a or b != b) else a
+
 
 @jitable
 def _grad(g, pi, gs, clip, l2):
@@ -87,167 +137,83 @@ def _grad(g, pi, gs, clip, l2):
     return x
 
 
-@jitable
-def _centered_den(vi, ai, zero):
-    d = vi - ai * ai
-    if d < zero:  # rounding only; see fastopt.reference.rmsprop_centered
-        d = zero
-    return d
+# ---------------------------------------------------------------------------
+# Generated step kernels.  ``kernel(ptrs, gptrs, table, pt, like, hp)``:
+# ``ptrs`` (int64, rows: parameter, then each slot; one column per tensor),
+# ``gptrs`` (int64, the gradients' pointers, 0 = skip the tensor),
+# ``table`` (int64, rows tensor, start, stop; one column per chunk),
+# ``pt`` (float64, rows gradient scale, keep, l2; one column per tensor),
+# ``like`` (an empty array of the tensors' dtype) and ``hp`` (the float64
+# tuple ``rule.pack(scalars, clipvalue)``: clipvalue, then the prepared
+# scalars in ``rule.prepared`` order).  Every name of the element function is
+# prefixed ``e_``, so it cannot clash with the template's own locals.
+
+STEP_TEMPLATE = """\
+def step_{name}(ptrs, gptrs, table, pt, like, hp):
+    dt = like.dtype.type
+    clip = dt(hp[0])
+{scalars}
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    for c in range(cuda.blockIdx.x, table.shape[1], cuda.gridDim.x):
+        t = table[0, c]
+        if gptrs[t] != 0:
+            e = table[2, c]
+            p = _view(ptrs[0, t], e, like)
+            g = _view(gptrs[t], e, like)
+{views}
+            gs = dt(pt[0, t])
+            kp = dt(pt[1, t])
+            l2 = dt(pt[2, t])
+            for i in range(table[1, c] + tid, e, nt):
+                pi = p[i]
+                e_g = _grad(g[i], pi, gs, clip, l2)
+                e_w = pi * kp
+{loads}
+{body}
+{stores}
+                p[i] = e_w
+"""
 
 
-@jitable
-def _sgd(p, g, s0, s1, s2, i, h, gs, kp, l2):
-    pi = p[i]
-    gi = _grad(g[i], pi, gs, h[0], l2)
-    p[i] = pi * kp - h[1] * gi
+def render(rule):
+    """The Python source of ``rule``'s step kernel (before ``cuda.jit``)."""
+    fn = rule.element_ast
+    names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
+    rename = {n: "e_" + n for n in names}
+    src = STEP_TEMPLATE.format(
+        name=rule.name,
+        scalars="\n".join(f"    e_{n} = dt(hp[{j + 1}])" for j, n in enumerate(rule.prepared)),
+        views="\n".join(f"            s{j} = _view(ptrs[{1 + j}, t], e, like)"
+                        for j in range(len(rule.slots))),
+        loads="\n".join(f"                e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)),
+        body="\n".join(_codegen.python_lines(fn, rename, 4)),
+        stores="\n".join(f"                s{j}[i] = e_{n}" for j, n in enumerate(rule.slots)))
+    return "".join(line + "\n" for line in src.splitlines() if line.strip())
 
 
-@jitable
-def _sgd_momentum(p, g, m, s1, s2, i, h, gs, kp, l2):
-    pi = p[i]
-    gi = _grad(g[i], pi, gs, h[0], l2)
-    mi = h[2] * m[i] + h[1] * gi
-    m[i] = mi
-    p[i] = pi * kp + h[3] * mi
+def step_function(rule):
+    """``rule``'s step kernel as a Python function (what ``cuda.jit`` compiles),
+    executed as if written in this file, with this module's helpers as its
+    globals."""
+    source = render(rule)
+    ns = dict(globals())
+    exec(compile(source, __file__, "exec"), ns)  # noqa: S102 - our own rendered rules
+    fn = ns["step_" + rule.name]
+    fn.source = source
+    return fn
 
 
-@jitable
-def _sgd_nesterov(p, g, m, s1, s2, i, h, gs, kp, l2):
-    pi = p[i]
-    gi = _grad(g[i], pi, gs, h[0], l2)
-    mi = h[2] * m[i] + h[1] * gi
-    m[i] = mi
-    p[i] = pi * kp + h[3] * (h[5] * mi + h[4] * gi)
+_STEPS = {}
 
 
-@jitable
-def _adagrad(p, g, acc, s1, s2, i, h, gs, kp, l2):
-    pi = p[i]
-    gi = _grad(g[i], pi, gs, h[0], l2)
-    ai = acc[i] + gi * gi
-    acc[i] = ai
-    p[i] = pi * kp - h[1] * gi / (_sqrt(ai + h[2]) + h[3])
-
-
-@jitable
-def _rmsprop(p, g, v, s1, s2, i, h, gs, kp, l2):
-    pi = p[i]
-    gi = _grad(g[i], pi, gs, h[0], l2)
-    vi = h[2] * v[i] + h[3] * (gi * gi)
-    v[i] = vi
-    p[i] = pi * kp - h[1] * gi / (_sqrt(vi + h[4]) + h[6])
-
-
-@jitable
-def _rmsprop_momentum(p, g, v, mom, s2, i, h, gs, kp, l2):
-    pi = p[i]
-    gi = _grad(g[i], pi, gs, h[0], l2)
-    vi = h[2] * v[i] + h[3] * (gi * gi)
-    v[i] = vi
-    mi = h[5] * mom[i] + h[1] * gi / (_sqrt(vi + h[4]) + h[6])
-    mom[i] = mi
-    p[i] = pi * kp - h[7] * mi
-
-
-@jitable
-def _rmsprop_centered(p, g, v, av, s2, i, h, gs, kp, l2):
-    pi = p[i]
-    gi = _grad(g[i], pi, gs, h[0], l2)
-    vi = h[2] * v[i] + h[3] * (gi * gi)
-    ai = h[2] * av[i] + h[3] * gi
-    v[i] = vi
-    av[i] = ai
-    den = _sqrt(_centered_den(vi, ai, p.dtype.type(0)) + h[4]) + h[6]
-    p[i] = pi * kp - h[1] * gi / den
-
-
-@jitable
-def _rmsprop_centered_momentum(p, g, v, av, mom, i, h, gs, kp, l2):
-    pi = p[i]
-    gi = _grad(g[i], pi, gs, h[0], l2)
-    vi = h[2] * v[i] + h[3] * (gi * gi)
-    ai = h[2] * av[i] + h[3] * gi
-    v[i] = vi
-    av[i] = ai
-    den = _sqrt(_centered_den(vi, ai, p.dtype.type(0)) + h[4]) + h[6]
-    mi = h[5] * mom[i] + h[1] * gi / den
-    mom[i] = mi
-    p[i] = pi * kp - h[7] * mi
-
-
-@jitable
-def _adam(p, g, m, v, s2, i, h, gs, kp, l2):
-    pi = p[i]
-    gi = _grad(g[i], pi, gs, h[0], l2)
-    mi = m[i] + (gi - m[i]) * h[2]
-    vi = v[i] + (gi * gi - v[i]) * h[3]
-    m[i] = mi
-    v[i] = vi
-    p[i] = pi * kp - mi * h[1] / (_sqrt(vi) + h[4])
-
-
-@jitable
-def _adam_amsgrad(p, g, m, v, vh, i, h, gs, kp, l2):
-    pi = p[i]
-    gi = _grad(g[i], pi, gs, h[0], l2)
-    mi = m[i] + (gi - m[i]) * h[2]
-    vi = v[i] + (gi * gi - v[i]) * h[3]
-    hi = vh[i]
-    if vi > hi:
-        hi = vi
-    m[i] = mi
-    v[i] = vi
-    vh[i] = hi
-    p[i] = pi * kp - mi * h[1] / (_sqrt(hi) + h[4])
-
-
-#: Element function of each loop code (``Rule.code``).
-ELEMENTS = (_sgd, _sgd_momentum, _sgd_nesterov, _adagrad, _rmsprop, _rmsprop_momentum,
-            _rmsprop_centered, _rmsprop_centered_momentum, _adam, _adam_amsgrad)
-
-
-def _make_step(element, nslots):
-    """The step kernel of one loop code: ``kernel(ptrs, gptrs, table, pt, like, hp)``.
-
-    ``ptrs`` (int64, rows: parameter, then each slot; one column per tensor),
-    ``gptrs`` (int64, the gradients' pointers, 0 = skip the tensor),
-    ``table`` (int64, rows tensor, start, stop; one column per chunk),
-    ``pt`` (float64, rows gradient scale, keep, l2; one column per tensor),
-    ``like`` (an empty array of the tensors' dtype) and ``hp`` (a tuple of
-    :data:`_HP` float64 constants from ``fastopt._rules.pack``).
-    """
-    # rows of ptrs the three slot views read; a rule with fewer slots reads its
-    # last row again (row 0, the parameter, for plain SGD) and never touches it
-    r0, r1, r2 = (min(k, nslots) for k in (1, 2, 3))
-
-    def step(ptrs, gptrs, table, pt, like, hp):
-        dt = like.dtype.type
-        h = (dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4]), dt(hp[5]), dt(hp[6]),
-             dt(hp[7]))
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
-        for c in range(cuda.blockIdx.x, table.shape[1], cuda.gridDim.x):
-            t = table[0, c]
-            if gptrs[t] != 0:
-                e = table[2, c]
-                p = _view(ptrs[0, t], e, like)
-                g = _view(gptrs[t], e, like)
-                s0 = _view(ptrs[r0, t], e, like)
-                s1 = _view(ptrs[r1, t], e, like)
-                s2 = _view(ptrs[r2, t], e, like)
-                gs = dt(pt[0, t])
-                kp = dt(pt[1, t])
-                l2 = dt(pt[2, t])
-                for i in range(table[1, c] + tid, e, nt):
-                    element(p, g, s0, s1, s2, i, h, gs, kp, l2)
-
-    step.__name__ = step.__qualname__ = "step" + element.__name__
-    return cuda.jit(step)
-
-
-#: The step kernel of each loop code (``Rule.code``).
-STEPS = tuple(_make_step(el, len(next(r.slots for r in RULES.values() if r.code == code)))
-              for code, el in enumerate(ELEMENTS))
+def step_kernel(rule):
+    """The step kernel of ``rule`` (generated and wrapped on first use, once
+    per rule per process; compiled by numba-cuda at its first launch)."""
+    kernel = _STEPS.get(rule.name)
+    if kernel is None:
+        kernel = _STEPS[rule.name] = cuda.jit(step_function(rule))
+    return kernel
 
 
 # ---------------------------------------------------------------------------
@@ -342,16 +308,17 @@ def fill(y, value):
 
 def ptx_signatures():
     """``(name, python function, argument types)`` of every kernel above, for
-    float32 and float64: what the PTX check compiles."""
+    float32 and float64 -- the step kernel of every rule of
+    :data:`fastopt.rule.RULES` and the helpers: what the PTX check compiles."""
     from numba.cuda import types as nt
 
     out = []
     for dt in (nt.float32, nt.float64):
         arr, i64, f64 = dt[::1], nt.int64[::1], nt.float64[::1]
         i64_2d, f64_2d = nt.int64[:, ::1], nt.float64[:, ::1]
-        hp = nt.UniTuple(nt.float64, _HP)
-        for code, kernel in enumerate(STEPS):
-            out.append((f"{kernel.py_func.__name__}[{dt}]", kernel.py_func,
+        for rule in RULES.values():
+            hp = nt.UniTuple(nt.float64, 1 + len(rule.prepared))
+            out.append((f"step_{rule.name}[{dt}]", step_kernel(rule).py_func,
                         (i64_2d, i64, i64_2d, f64_2d, arr, hp)))
         out += [
             (f"sumsq_chunks[{dt}]", sumsq_chunks.py_func, (i64, i64_2d, arr, f64)),

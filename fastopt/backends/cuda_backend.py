@@ -47,7 +47,7 @@ except ImportError as exc:
 from numba import cuda
 from numba.cuda.core.errors import NumbaPerformanceWarning
 
-from .._rules import RULES, pack
+from ..rule import RULES
 from . import _contract
 from ._contract import is_device_array
 from . import _cuda_kernels as _k
@@ -181,7 +181,7 @@ class Plan(_contract.Plan):
         slots = [[as_device(s) for s in row] for row in slots]
         super().__init__(rule, params, slots)
         n = len(params)
-        self._kernel = _k.STEPS[rule.code]
+        self._kernel = _k.step_kernel(rule)
         sizes = [p.size for p in params]
         table = chunk_table(sizes, CHUNK)
         counts = np.bincount(table[0], minlength=n) if table.shape[1] else np.zeros(n, int)
@@ -211,7 +211,7 @@ class Plan(_contract.Plan):
             self._gptrs_host = ptrs
 
     def step(self, grads, pt, scalars, clipvalue=math.inf):
-        hp = tuple(map(float, pack(self.rule, scalars, clipvalue)))
+        hp = tuple(map(float, self.rule.pack(scalars, clipvalue)))
         self._set_grads(grads)
         if not np.array_equal(pt, self._pt_host):
             host = np.ascontiguousarray(pt, dtype=np.float64)

@@ -4,8 +4,8 @@ The same kernel contract as the Numba backend (:mod:`fastopt.backends._contract`
 with no JIT warm-up and the lowest per-call overhead, for small and medium
 steps.  The arithmetic lives in the extension module ``_cython_kernels``
 (built from ``_cython_kernels.pyx`` by ``setup.py`` when fastopt is
-installed): the ten element loops shared by a Keras rule and its PyTorch twin,
-float32 and float64 from one source, ``nogil``, chunked exactly like the Numba
+installed; rendered from the rules of :mod:`fastopt.algorithms`): one element
+loop per rule for float32 and one for float64, ``nogil``, chunked exactly like the Numba
 backend (:data:`CHUNK` elements) and spread over ``fastopt.set_num_threads``
 OpenMP threads from the measured parallel threshold on.  Results, including
 the sums of squares of gradient clipping, are bit-identical whatever the
@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from .._rules import RULES
+from ..rule import RULES
 from . import _contract
 from . import _cython_kernels as _ext
 
@@ -36,6 +36,32 @@ CHUNK = _ext.CHUNK
 OPENMP = _ext.OPENMP
 
 
+def _check_build():
+    """The extension holds the rules as they were when it was built; refuse
+    it (the backend is then absent) if the family modules changed since."""
+    from types import SimpleNamespace
+
+    from .._codegen import fingerprint
+    now = tuple((r.name, fingerprint(SimpleNamespace(
+        name=r.name, slots=r.slots, scalars=r.scalars, prepare=r.prepare_ast,
+        element=r.element_ast))) for r in RULES.values())
+    if now != tuple(_ext.RULES):
+        stale = sorted({n for n, _ in now} ^ {n for n, _ in _ext.RULES}
+                       | {n for (n, f) in now if (n, f) not in set(_ext.RULES)})
+        raise ImportError("the Cython extension was built from other rules than "
+                          f"fastopt/algorithms holds now ({', '.join(stale)}); rebuild it: "
+                          "pip install -e . (or python setup.py build_ext --inplace)")
+
+
+_check_build()
+_NUMBERS = {name: k for k, (name, _) in enumerate(_ext.RULES)}
+
+
+def rule_number(rule):
+    """The rule's index in the extension's tables (registry order)."""
+    return _NUMBERS[rule.name]
+
+
 class Plan(_contract.Plan):
     """Prepared multi-tensor step for one group of same-dtype tensors.
 
@@ -46,8 +72,7 @@ class Plan(_contract.Plan):
 
     def __init__(self, rule, params, slots):
         super().__init__(rule, params, slots)
-        self._core = _ext.Core(rule.code, _ext.PACKERS[rule.name], len(rule.scalars),
-                               self.params, self.slots)
+        self._core = _ext.Core(rule_number(rule), self.params, self.slots)
         self.step = self._core.step
         self.sumsq = self._core.sumsq
 

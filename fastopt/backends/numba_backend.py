@@ -21,7 +21,7 @@ import numba
 import numpy as np
 from numba import carray, prange
 
-from .._rules import HP_SIZE, RULES, pack
+from ..rule import RULES
 from . import _contract
 from ._numba_util import as_ptr, driver, kernel
 
@@ -32,9 +32,44 @@ CHUNK = 16384
 
 
 # ---------------------------------------------------------------------------
-# Element loops, one per rule.  Arguments: parameter and gradient views, slot
-# views, packed scalars ``hp`` (see fastopt._rules.pack), the tensor's gradient
-# scale and weight-decay factor.
+# The element language's calls (fastopt._codegen.PY_CALLS), in the tensor's
+# dtype.  ``_fmax``/``_fmin`` follow np.maximum/np.minimum: a NaN wins, and a
+# tie returns the first argument; written as selects, so loops vectorise.
+
+@kernel
+def _sqrt(x):
+    return np.sqrt(x)
+
+
+@kernel
+def _abs(x):
+    return abs(x)
+
+
+@kernel
+def _fmax(a, b):
+    return b if (b > a or b != b) else a
+
+
+@kernel
+def _fmin(a, b):
+    return b if (b < a or b != b) else a
+
+
+@kernel
+def _copysign(a, b):
+    return np.copysign(a, b)
+
+
+@kernel
+def _sign(x):
+    return np.sign(x)
+
+
+@kernel
+def _pow(a, b):
+    return np.power(a, b)
+
 
 @kernel
 def _g(x, gscale, clip):
@@ -47,245 +82,129 @@ def _g(x, gscale, clip):
     return x
 
 
-# Each loop reads its scalars once, in the tensor's dtype.  ``l2`` is coupled
-# (PyTorch) weight decay, ``g += l2 * w``; the test on it is loop-invariant, so
-# LLVM hoists it (unswitches the loop) and a zero ``l2`` costs nothing -- and
-# never turns an infinite parameter into a NaN gradient.  Each loop reads
-# ``p[i]`` once, before that test: the guarded term is then a select on values
-# already loaded, which vectorises even where LLVM does not unswitch (the
-# larger loops over bfloat16 parameters, numba_bf16).
-
-@kernel
-def _loop_sgd(p, g, hp, gs, kp, l2):
-    dt = p.dtype.type
-    clip, lr, gs, kp, l2 = dt(hp[0]), dt(hp[1]), dt(gs), dt(kp), dt(l2)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        pi = p[i]
-        if l2 != 0:
-            gi += l2 * pi
-        p[i] = pi * kp - lr * gi
-
-
-@kernel
-def _loop_sgd_momentum(p, g, m, hp, gs, kp, l2):
-    dt = p.dtype.type
-    clip, a, mu, b = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
-    gs, kp, l2 = dt(gs), dt(kp), dt(l2)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        pi = p[i]
-        if l2 != 0:
-            gi += l2 * pi
-        mi = mu * m[i] + a * gi
-        m[i] = mi
-        p[i] = pi * kp + b * mi
-
-
-@kernel
-def _loop_sgd_nesterov(p, g, m, hp, gs, kp, l2):
-    dt = p.dtype.type
-    clip, a, mu, b, d = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4])
-    mu2, gs, kp, l2 = dt(hp[5]), dt(gs), dt(kp), dt(l2)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        pi = p[i]
-        if l2 != 0:
-            gi += l2 * pi
-        mi = mu * m[i] + a * gi
-        m[i] = mi
-        p[i] = pi * kp + b * (mu2 * mi + d * gi)
-
-
-@kernel
-def _loop_adagrad(p, g, acc, hp, gs, kp, l2):
-    dt = p.dtype.type
-    clip, lr, eps_in, eps_out = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
-    gs, kp, l2 = dt(gs), dt(kp), dt(l2)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        pi = p[i]
-        if l2 != 0:
-            gi += l2 * pi
-        ai = acc[i] + gi * gi
-        acc[i] = ai
-        p[i] = pi * kp - lr * gi / (np.sqrt(ai + eps_in) + eps_out)
-
-
-@kernel
-def _centered_den(vi, ai, zero):
-    d = vi - ai * ai
-    if d < zero:  # rounding only; see fastopt.reference.rmsprop_centered
-        d = zero
-    return d
-
-
-@kernel
-def _loop_rmsprop(p, g, v, hp, gs, kp, l2):
-    dt = p.dtype.type
-    clip, a, rho, crho = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
-    eps_in, eps_out, gs, kp, l2 = dt(hp[4]), dt(hp[6]), dt(gs), dt(kp), dt(l2)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        pi = p[i]
-        if l2 != 0:
-            gi += l2 * pi
-        vi = rho * v[i] + crho * (gi * gi)
-        v[i] = vi
-        p[i] = pi * kp - a * gi / (np.sqrt(vi + eps_in) + eps_out)
-
-
-@kernel
-def _loop_rmsprop_momentum(p, g, v, mom, hp, gs, kp, l2):
-    dt = p.dtype.type
-    clip, a, rho, crho = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
-    eps_in, mu, eps_out, b = dt(hp[4]), dt(hp[5]), dt(hp[6]), dt(hp[7])
-    gs, kp, l2 = dt(gs), dt(kp), dt(l2)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        pi = p[i]
-        if l2 != 0:
-            gi += l2 * pi
-        vi = rho * v[i] + crho * (gi * gi)
-        v[i] = vi
-        mi = mu * mom[i] + a * gi / (np.sqrt(vi + eps_in) + eps_out)
-        mom[i] = mi
-        p[i] = pi * kp - b * mi
-
-
-@kernel
-def _loop_rmsprop_centered(p, g, v, av, hp, gs, kp, l2):
-    dt = p.dtype.type
-    clip, a, rho, crho = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
-    eps_in, eps_out, gs, kp, l2 = dt(hp[4]), dt(hp[6]), dt(gs), dt(kp), dt(l2)
-    zero = dt(0)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        pi = p[i]
-        if l2 != 0:
-            gi += l2 * pi
-        vi = rho * v[i] + crho * (gi * gi)
-        ai = rho * av[i] + crho * gi
-        v[i] = vi
-        av[i] = ai
-        den = np.sqrt(_centered_den(vi, ai, zero) + eps_in) + eps_out
-        p[i] = pi * kp - a * gi / den
-
-
-@kernel
-def _loop_rmsprop_centered_momentum(p, g, v, av, mom, hp, gs, kp, l2):
-    dt = p.dtype.type
-    clip, a, rho, crho = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3])
-    eps_in, mu, eps_out, b = dt(hp[4]), dt(hp[5]), dt(hp[6]), dt(hp[7])
-    gs, kp, l2, zero = dt(gs), dt(kp), dt(l2), dt(0)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        pi = p[i]
-        if l2 != 0:
-            gi += l2 * pi
-        vi = rho * v[i] + crho * (gi * gi)
-        ai = rho * av[i] + crho * gi
-        v[i] = vi
-        av[i] = ai
-        den = np.sqrt(_centered_den(vi, ai, zero) + eps_in) + eps_out
-        mi = mu * mom[i] + a * gi / den
-        mom[i] = mi
-        p[i] = pi * kp - b * mi
-
-
-@kernel
-def _loop_adam(p, g, m, v, hp, gs, kp, l2):
-    dt = p.dtype.type
-    clip, alpha, c1, c2, eps = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4])
-    gs, kp, l2 = dt(gs), dt(kp), dt(l2)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        pi = p[i]
-        if l2 != 0:
-            gi += l2 * pi
-        mi = m[i] + (gi - m[i]) * c1
-        vi = v[i] + (gi * gi - v[i]) * c2
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi * kp - mi * alpha / (np.sqrt(vi) + eps)
-
-
-@kernel
-def _loop_adam_amsgrad(p, g, m, v, vh, hp, gs, kp, l2):
-    dt = p.dtype.type
-    clip, alpha, c1, c2, eps = dt(hp[0]), dt(hp[1]), dt(hp[2]), dt(hp[3]), dt(hp[4])
-    gs, kp, l2 = dt(gs), dt(kp), dt(l2)
-    for i in range(p.shape[0]):
-        gi = _g(g[i], gs, clip)
-        pi = p[i]
-        if l2 != 0:
-            gi += l2 * pi
-        mi = m[i] + (gi - m[i]) * c1
-        vi = v[i] + (gi * gi - v[i]) * c2
-        hi = vh[i]
-        if vi > hi:
-            hi = vi
-        m[i] = mi
-        v[i] = vi
-        vh[i] = hi
-        p[i] = pi * kp - mi * alpha / (np.sqrt(hi) + eps)
-
-
-# ---------------------------------------------------------------------------
-# Drivers: walk the chunk table.  ptrs rows: 0 param, 1 grad (0 = skip this
-# tensor), 2.. slots.  table rows: tensor, start, stop.  pt rows: gradient
-# scale, decoupled weight-decay factor, coupled (L2) weight decay (per tensor).
-
 @kernel
 def _view(ptrs, row, t, start, stop, like):
     return carray(as_ptr(ptrs[row, t], like), stop)[start:]
 
 
-def _step_impl(rule, ptrs, ids, offset, none_id, table, pt, hp, like):
-    if offset >= 0:  # resolve the gradients' data pointers (see data_pointers)
-        for t in range(ids.shape[0]):
-            ptrs[1, t] = 0 if ids[t] == none_id else carray(as_ptr(ids[t] + offset, ids), 1)[0]
-    for c in prange(table.shape[1]):
-        t = table[0, c]
-        if ptrs[1, t] != 0:
-            s = table[1, c]
-            e = table[2, c]
-            p = _view(ptrs, 0, t, s, e, like)
-            g = _view(ptrs, 1, t, s, e, like)
-            gs = pt[0, t]
-            kp = pt[1, t]
-            l2 = pt[2, t]
-            if rule == 0:
-                _loop_sgd(p, g, hp, gs, kp, l2)
-            elif rule == 1:
-                _loop_sgd_momentum(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp, l2)
-            elif rule == 2:
-                _loop_sgd_nesterov(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp, l2)
-            elif rule == 3:
-                _loop_adagrad(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp, l2)
-            elif rule == 4:
-                _loop_rmsprop(p, g, _view(ptrs, 2, t, s, e, like), hp, gs, kp, l2)
-            elif rule == 5:
-                _loop_rmsprop_momentum(p, g, _view(ptrs, 2, t, s, e, like),
-                                       _view(ptrs, 3, t, s, e, like), hp, gs, kp, l2)
-            elif rule == 6:
-                _loop_rmsprop_centered(p, g, _view(ptrs, 2, t, s, e, like),
-                                       _view(ptrs, 3, t, s, e, like), hp, gs, kp, l2)
-            elif rule == 7:
-                _loop_rmsprop_centered_momentum(
-                    p, g, _view(ptrs, 2, t, s, e, like), _view(ptrs, 3, t, s, e, like),
-                    _view(ptrs, 4, t, s, e, like), hp, gs, kp, l2)
-            elif rule == 8:
-                _loop_adam(p, g, _view(ptrs, 2, t, s, e, like),
-                           _view(ptrs, 3, t, s, e, like), hp, gs, kp, l2)
-            elif rule == 9:
-                _loop_adam_amsgrad(p, g, _view(ptrs, 2, t, s, e, like),
-                                   _view(ptrs, 3, t, s, e, like),
-                                   _view(ptrs, 4, t, s, e, like), hp, gs, kp, l2)
+# ---------------------------------------------------------------------------
+# Generated code.  Each rule's element function (fastopt.algorithms) is
+# rendered into the element loop below, and the loop into a driver that
+# walks the chunk table: ptrs rows 0 param, 1 grad (0 = skip this tensor),
+# 2.. slots; table rows tensor, start, stop; pt rows gradient scale,
+# decoupled weight-decay factor, coupled (L2) weight decay, per tensor.
+#
+# The loop reads its scalars once, in the tensor's dtype.  It reads ``p[i]``
+# once, before the test on ``l2``: that test is loop-invariant, so LLVM
+# unswitches the loop and a zero ``l2`` costs nothing (and never turns an
+# infinite parameter into a NaN gradient); where LLVM does not unswitch (the
+# larger loops over bfloat16 parameters, numba_bf16) the guarded term is a
+# select on values already loaded, which still vectorises.
+#
+# The functions are closures over ``__key`` (a hash of the generated source),
+# which Numba's on-disk cache hashes into its key, and are compiled as if
+# defined in this file (whose size and time stamp are in the key too).
+
+LOOP_TEMPLATE = """\
+def _make(__key):
+    def _loop(p, g, {slot_args}hp, gs, kp, l2):
+        __key  # noqa: B018 - a closure cell: part of the cache key
+        dt = p.dtype.type
+        clip = dt(hp[0])
+{scalars}
+        gs = dt(gs)
+        kp = dt(kp)
+        l2 = dt(l2)
+        for i in range(p.shape[0]):
+            e_g = _g(g[i], gs, clip)
+            pi = p[i]
+            if l2 != 0:
+                e_g += l2 * pi
+            e_w = pi * kp
+{loads}
+{body}
+{stores}
+            p[i] = e_w
+
+    def _step(ptrs, ids, offset, none_id, table, pt, hp, like):
+        __key  # noqa: B018
+        if offset >= 0:  # resolve the gradients' data pointers (see data_pointers)
+            _resolve_pointers(ids, offset, none_id, ptrs[1])
+        for c in prange(table.shape[1]):
+            t = table[0, c]
+            if ptrs[1, t] != 0:
+                s = table[1, c]
+                e = table[2, c]
+                loop_{name}(_view(ptrs, 0, t, s, e, like), _view(ptrs, 1, t, s, e, like),
+                            {slot_views}hp, pt[0, t], pt[1, t], pt[2, t])
+
+    return _loop, _step
+"""
 
 
-_step_parallel, _step_serial = driver(_step_impl)
+def render(rule):
+    """The Python source of ``rule``'s element loop and driver."""
+    from .. import _codegen
+    fn = rule.element_ast
+    names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
+    rename = {n: "e_" + n for n in names}
+    k = len(rule.slots)
+    return LOOP_TEMPLATE.format(
+        name=rule.name,
+        slot_args="".join(f"s{j}, " for j in range(k)),
+        scalars="\n".join(f"        e_{n} = dt(hp[{j + 1}])"
+                          for j, n in enumerate(rule.prepared)),
+        loads="\n".join(f"            e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)),
+        body="\n".join(_codegen.python_lines(fn, rename, 3)),
+        stores="\n".join(f"            s{j}[i] = e_{n}" for j, n in enumerate(rule.slots)),
+        slot_views="".join(f"_view(ptrs, {2 + j}, t, s, e, like), " for j in range(k)))
 
+
+def source_key(*sources):
+    """A hash of generated sources: the cache key cell of their closures."""
+    import hashlib
+    return hashlib.sha256("\0".join(sources).encode()).hexdigest()
+
+
+def generate(source, key, filename, namespace, names):
+    """Execute generated ``source`` (defining ``_make(__key)``) as if written
+    in ``filename``, in a copy of ``namespace``; return that namespace and the
+    Python functions ``_make(key)`` returns, named (``__qualname__``, which
+    names Numba's cache files) ``names``.  The functions call each other by
+    global names of the namespace, never through closure cells."""
+    ns = dict(namespace)
+    exec(compile(source, filename, "exec"), ns)  # noqa: S102 - our own rendered rules
+    fns = ns["_make"](key)
+    for fn, name in zip(fns, names):
+        fn.__name__ = fn.__qualname__ = name
+    return ns, dict(zip(names, fns))
+
+
+class Compiled:
+    """A rule's compiled element loop and its two drivers (built on first use)."""
+
+    def __init__(self, rule):
+        self.source = render(rule)
+        loop, step = "loop_" + rule.name, "step_" + rule.name
+        ns, fns = generate(self.source, source_key(self.source), __file__, globals(),
+                           (loop, step))
+        self.loop = ns[loop] = kernel(fns[loop])
+        self.step_parallel, self.step_serial = driver(fns[step])
+
+
+_COMPILED = {}
+
+
+def compiled(rule):
+    """:class:`Compiled` of ``rule`` (one per rule per process)."""
+    c = _COMPILED.get(rule.name)
+    if c is None:
+        c = _COMPILED[rule.name] = Compiled(rule)
+    return c
+
+
+# ---------------------------------------------------------------------------
+# Sums of squares (clipping by norm): deterministic, per tensor.
 
 @kernel
 def _chunk_sumsq(g):
@@ -403,23 +322,24 @@ class Plan(_contract.Plan):
         self._table = chunk_table([p.size for p in params])
         self._like = np.empty(0, dtype=params[0].dtype)
         self._norms = np.zeros(n)
-        self._hp = np.zeros(HP_SIZE)
+        self._hp = np.zeros(1 + len(rule.prepared))
+        self._compiled = compiled(rule)
         self._partial = np.zeros(self._table.shape[1])
 
     def _set_grads(self, grads):
         data_pointers(grads, self._ptrs[1])
 
     def step(self, grads, pt, scalars, clipvalue=math.inf):
-        self._hp[:] = pack(self.rule, scalars, clipvalue)
-        run = _step_parallel if self.size >= _THRESHOLD[self.dtype] else _step_serial
+        self._hp[:] = self.rule.pack(scalars, clipvalue)
+        c = self._compiled
+        run = c.step_parallel if self.size >= _THRESHOLD[self.dtype] else c.step_serial
         if _DATA_OFFSET is not None:  # pointers resolved inside the compiled call
             ids = np.fromiter(map(id, grads), np.intp, len(grads))
-            run(self.rule.code, self._ptrs, ids, _DATA_OFFSET, _NONE_ID, self._table, pt,
-                self._hp, self._like)
+            run(self._ptrs, ids, _DATA_OFFSET, _NONE_ID, self._table, pt, self._hp,
+                self._like)
         else:  # pragma: no cover - only on an unusual NumPy build
             self._set_grads(grads)
-            run(self.rule.code, self._ptrs, self._ptrs[1], -1, 0, self._table, pt, self._hp,
-                self._like)
+            run(self._ptrs, self._ptrs[1], -1, 0, self._table, pt, self._hp, self._like)
 
     def sumsq(self, grads):
         self._set_grads(grads)

@@ -36,7 +36,7 @@ very same loops compile into one vectorised pass, float32 arithmetic, every
 store rounded to nearest, as PyTorch's fused optimizers do.  The calls are
 unswitched by hand on the coupled weight decay (see ``run_chunk_narrow``).
 
-The rules run here are not separate entries of :data:`fastopt._rules.RULES`
+The rules run here are not separate entries of :data:`fastopt.rule.RULES`
 (every other backend mirrors that table); the optimizers reach this module
 through :func:`fastopt.backends.resolve_state_backend`.
 """
@@ -53,7 +53,6 @@ from numba.core import cgutils
 from numba.extending import (intrinsic, make_attribute_wrapper, models, overload,
                              overload_attribute, register_model)
 
-from .._rules import pack
 from . import _numba_util, numba_backend as nb
 from ._numba_util import driver, kernel
 
@@ -62,19 +61,12 @@ __all__ = ["Plan", "ROUNDINGS", "refusal"]
 #: The roundings of ``state_rounding``, the default first.
 ROUNDINGS = ("nearest", "stochastic")
 
-#: Element loops (Rule.code) that are not offered with bfloat16 state, and why.
-_REFUSED = {code: "centred RMSprop's denominator v - a^2 cancels: bfloat16 keeps v and a "
-                  "only to about 0.2% (2^-9), so a variance below a few tenths of a "
-                  "percent of v is lost to rounding and the step blows up (measured: the "
-                  "Rosenbrock test diverges to NaN with stochastic rounding)"
-            for code in (6, 7)}
-
-
 def refusal(rule):
-    """Why ``rule`` cannot keep its state in bfloat16, or None if it can."""
+    """Why ``rule`` cannot keep its state in bfloat16, or None if it can
+    (its family module says: ``Rule.bf16_refusal``)."""
     if not rule.slots:
         return "it has no state"
-    return _REFUSED.get(rule.code)
+    return rule.bf16_refusal
 
 
 # ---------------------------------------------------------------------------
@@ -397,43 +389,36 @@ def _build(stamp):
         # others with the high 16 (so AMSGrad's v and vhat round alike)
         return _bf16_slot(nb._view(ptrs, 2 + k, t, s, e, ulike), _base(updates, tensor, s),
                           16 if k else 0)
+    return slot
 
-    @kernel
-    def run_chunk(rule, ptrs, t, s, e, like, ulike, hp, gs, kp, l2, updates, tensor):
-        # one chunk through the rule's float32 element loop, with bfloat16
-        # slots; updates is None (round to nearest) or the update count.
-        # Centred RMSprop (6, 7) is refused, see refusal().
-        stamp  # noqa: B018
-        p = nb._view(ptrs, 0, t, s, e, like)
-        g = nb._view(ptrs, 1, t, s, e, like)
-        if rule == 1:
-            nb._loop_sgd_momentum(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
-                                  hp, gs, kp, l2)
-        elif rule == 2:
-            nb._loop_sgd_nesterov(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
-                                  hp, gs, kp, l2)
-        elif rule == 3:
-            nb._loop_adagrad(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
-                             hp, gs, kp, l2)
-        elif rule == 4:
-            nb._loop_rmsprop(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
-                             hp, gs, kp, l2)
-        elif rule == 5:
-            nb._loop_rmsprop_momentum(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
-                                      _slot(ptrs, 1, t, s, e, ulike, updates, tensor),
-                                      hp, gs, kp, l2)
-        elif rule == 8:
-            nb._loop_adam(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
-                          _slot(ptrs, 1, t, s, e, ulike, updates, tensor), hp, gs, kp, l2)
-        elif rule == 9:
-            nb._loop_adam_amsgrad(p, g, _slot(ptrs, 0, t, s, e, ulike, updates, tensor),
-                                  _slot(ptrs, 1, t, s, e, ulike, updates, tensor),
-                                  _slot(ptrs, 2, t, s, e, ulike, updates, tensor),
-                                  hp, gs, kp, l2)
 
-    def step(rule, ptrs, ids, offset, none_id, table, pt, hp, like, ulike, stochastic,
-             updates, tensor_ids):
-        stamp  # noqa: B018
+_STAMP = _stamp(nb, _numba_util)
+_slot = _build(_STAMP)
+
+
+# The drivers of one rule, rendered around numba_backend's generated element
+# loop ``loop_<rule>`` (see numba_backend.LOOP_TEMPLATE), which Numba compiles
+# again for these argument types.
+#
+# * ``step``: float32 parameters and gradients, bfloat16 slots; ``updates``
+#   is None (round to nearest) or the update count (stochastic rounding).
+# * ``step_narrow``: 2-byte parameters, gradients and slots (bfloat16 if
+#   ``half`` is None, else IEEE half), each seen as a float32 array that
+#   rounds to nearest on store.  Each call is unswitched by hand on the
+#   coupled weight decay: with a literal 0.0 the loop's ``if l2 != 0`` folds
+#   away once inlined; left to LLVM, the bfloat16 loops are not unswitched and
+#   then not vectorised (measured: 7-10x slower).
+
+DRIVER_TEMPLATE = """\
+def _make(__key):
+    def _run_chunk(ptrs, t, s, e, like, ulike, hp, gs, kp, l2, updates, tensor):
+        __key  # noqa: B018 - a closure cell: part of the cache key
+        loop_{name}(nb._view(ptrs, 0, t, s, e, like), nb._view(ptrs, 1, t, s, e, like),
+                    {bf16_slots}hp, gs, kp, l2)
+
+    def _step(ptrs, ids, offset, none_id, table, pt, hp, like, ulike, stochastic, updates,
+              tensor_ids):
+        __key  # noqa: B018
         if offset >= 0:  # resolve the gradients' data pointers (see numba_backend)
             nb._resolve_pointers(ids, offset, none_id, ptrs[1])
         for c in prange(table.shape[1]):
@@ -442,85 +427,66 @@ def _build(stamp):
                 s = table[1, c]
                 e = table[2, c]
                 if stochastic:
-                    _run_chunk(rule, ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
-                              pt[2, t], updates, tensor_ids[t])
+                    run_chunk_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
+                                     pt[2, t], updates, tensor_ids[t])
                 else:
-                    _run_chunk(rule, ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
-                              pt[2, t], None, tensor_ids[t])
+                    run_chunk_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
+                                     pt[2, t], None, tensor_ids[t])
 
-    @kernel
-    def run_chunk_narrow(rule, ptrs, t, s, e, ulike, hp, gs, kp, l2, half):
-        # 2-byte parameters, gradients and slots (bfloat16 if half is None,
-        # else IEEE half), each seen as a float32 array that rounds to
-        # nearest on store, through the same float32 element loops.
-        # Each call is unswitched by hand on the coupled weight decay: with a
-        # literal 0.0 the loops' ``if l2 != 0`` folds away once inlined; left
-        # to LLVM, the bfloat16 loops are not unswitched and then not
-        # vectorised (measured: 7-10x slower).
-        stamp  # noqa: B018
+    def _run_narrow(ptrs, t, s, e, ulike, hp, gs, kp, l2, half):
+        __key  # noqa: B018
         p = _narrow(nb._view(ptrs, 0, t, s, e, ulike), half)
         g = _narrow(nb._view(ptrs, 1, t, s, e, ulike), half)
-        nrows = ptrs.shape[0]
-        s0 = _narrow(nb._view(ptrs, 2 if nrows > 2 else 0, t, s, e, ulike), half)
-        s1 = _narrow(nb._view(ptrs, 3 if nrows > 3 else 0, t, s, e, ulike), half)
-        s2 = _narrow(nb._view(ptrs, 4 if nrows > 4 else 0, t, s, e, ulike), half)
-        if rule == 0:
-            if l2 == 0.0:
-                nb._loop_sgd(p, g, hp, gs, kp, 0.0)
-            else:
-                nb._loop_sgd(p, g, hp, gs, kp, l2)
-        elif rule == 1:
-            if l2 == 0.0:
-                nb._loop_sgd_momentum(p, g, s0, hp, gs, kp, 0.0)
-            else:
-                nb._loop_sgd_momentum(p, g, s0, hp, gs, kp, l2)
-        elif rule == 2:
-            if l2 == 0.0:
-                nb._loop_sgd_nesterov(p, g, s0, hp, gs, kp, 0.0)
-            else:
-                nb._loop_sgd_nesterov(p, g, s0, hp, gs, kp, l2)
-        elif rule == 3:
-            if l2 == 0.0:
-                nb._loop_adagrad(p, g, s0, hp, gs, kp, 0.0)
-            else:
-                nb._loop_adagrad(p, g, s0, hp, gs, kp, l2)
-        elif rule == 4:
-            if l2 == 0.0:
-                nb._loop_rmsprop(p, g, s0, hp, gs, kp, 0.0)
-            else:
-                nb._loop_rmsprop(p, g, s0, hp, gs, kp, l2)
-        elif rule == 5:
-            if l2 == 0.0:
-                nb._loop_rmsprop_momentum(p, g, s0, s1, hp, gs, kp, 0.0)
-            else:
-                nb._loop_rmsprop_momentum(p, g, s0, s1, hp, gs, kp, l2)
-        elif rule == 8:
-            if l2 == 0.0:
-                nb._loop_adam(p, g, s0, s1, hp, gs, kp, 0.0)
-            else:
-                nb._loop_adam(p, g, s0, s1, hp, gs, kp, l2)
-        elif rule == 9:
-            if l2 == 0.0:
-                nb._loop_adam_amsgrad(p, g, s0, s1, s2, hp, gs, kp, 0.0)
-            else:
-                nb._loop_adam_amsgrad(p, g, s0, s1, s2, hp, gs, kp, l2)
+{narrow_slots}
+        if l2 == 0.0:
+            loop_{name}(p, g, {slot_names}hp, gs, kp, 0.0)
+        else:
+            loop_{name}(p, g, {slot_names}hp, gs, kp, l2)
 
-    def step_narrow(rule, ptrs, table, pt, hp, ulike, half):
-        stamp  # noqa: B018
+    def _step_narrow(ptrs, table, pt, hp, ulike, half):
+        __key  # noqa: B018
         for c in prange(table.shape[1]):
             t = table[0, c]
             if ptrs[1, t] != 0:
-                _run_chunk_narrow(rule, ptrs, t, table[1, c], table[2, c], ulike, hp,
-                                  pt[0, t], pt[1, t], pt[2, t], half)
+                run_narrow_{name}(ptrs, t, table[1, c], table[2, c], ulike, hp, pt[0, t],
+                                  pt[1, t], pt[2, t], half)
 
-    # the closures hold only the stamp (Numba pickles closure cells into the
-    # cache key, so no dispatcher objects): they call each other by their
-    # module-level names
-    return slot, run_chunk, driver(step), run_chunk_narrow, driver(step_narrow)
+    return _run_chunk, _step, _run_narrow, _step_narrow
+"""
 
 
-(_slot, _run_chunk, (_step_parallel, _step_serial), _run_chunk_narrow,
- (_narrow_parallel, _narrow_serial)) = _build(_stamp(nb, _numba_util))
+class Compiled:
+    """A rule's bfloat16-state and 2-byte-parameter drivers (built on first use)."""
+
+    def __init__(self, rule):
+        k = len(rule.slots)
+        loop = nb.compiled(rule)
+        self.source = DRIVER_TEMPLATE.format(
+            name=rule.name,
+            bf16_slots="".join(f"_slot(ptrs, {j}, t, s, e, ulike, updates, tensor), "
+                               for j in range(k)),
+            narrow_slots="\n".join(f"        s{j} = _narrow(nb._view(ptrs, {2 + j}, t, s, e, "
+                                   "ulike), half)" for j in range(k)),
+            slot_names="".join(f"s{j}, " for j in range(k)))
+        names = [f"{n}_{rule.name}" for n in ("run_chunk", "step", "run_narrow", "step_narrow")]
+        key = nb.source_key(self.source, loop.source, repr(_STAMP))
+        ns, fns = nb.generate(self.source, key, __file__,
+                              {**globals(), "loop_" + rule.name: loop.loop}, names)
+        ns[names[0]] = kernel(fns[names[0]])
+        ns[names[2]] = kernel(fns[names[2]])
+        self.step_parallel, self.step_serial = driver(fns[names[1]])
+        self.narrow_parallel, self.narrow_serial = driver(fns[names[3]])
+
+
+_COMPILED = {}
+
+
+def compiled(rule):
+    """:class:`Compiled` of ``rule`` (one per rule per process)."""
+    c = _COMPILED.get(rule.name)
+    if c is None:
+        c = _COMPILED[rule.name] = Compiled(rule)
+    return c
 
 
 @kernel
@@ -546,7 +512,7 @@ class Plan(nb.Plan):
 
     Parameters
     ----------
-    rule : fastopt._rules.Rule
+    rule : fastopt.rule.Rule
         Any rule with at least one slot.
     params : list of 1-D float32 arrays
     slots : list (one per slot of the rule) of lists of 1-D uint16 arrays
@@ -588,14 +554,15 @@ class Plan(nb.Plan):
         self._tensor_ids = np.array(list(ids), dtype=np.int64)
 
     def step(self, grads, pt, scalars, clipvalue=math.inf):
-        self._hp[:] = pack(self.rule, scalars, clipvalue)
-        run = _step_parallel if self.size >= nb.get_parallel_threshold(self.dtype) \
-            else _step_serial
+        self._hp[:] = self.rule.pack(scalars, clipvalue)
+        c = compiled(self.rule)
+        run = c.step_parallel if self.size >= nb.get_parallel_threshold(self.dtype) \
+            else c.step_serial
         if nb._DATA_OFFSET is not None:  # pointers resolved inside the compiled call
             ids = np.fromiter(map(id, grads), np.intp, len(grads))
             offset, none_id = nb._DATA_OFFSET, nb._NONE_ID
         else:  # pragma: no cover - only on an unusual NumPy build
             self._set_grads(grads)
             ids, offset, none_id = self._ptrs[1], -1, 0
-        run(self.rule.code, self._ptrs, ids, offset, none_id, self._table, pt, self._hp,
+        run(self._ptrs, ids, offset, none_id, self._table, pt, self._hp,
             self._like, self._ulike, self._stochastic, int(self.updates), self._tensor_ids)

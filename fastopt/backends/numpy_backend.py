@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .. import reference
-from .._rules import RULES
+from ..rule import RULES
 from . import _contract
 
 NAME = "numpy"

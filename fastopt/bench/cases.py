@@ -9,7 +9,7 @@ the Keras defaults of fastopt and of the naive steps, and the same values
 are given to torch, so all three run the same amount of arithmetic.
 
 The benchmark names are the names of fastopt's Keras rules
-(:data:`fastopt._rules.RULES`) plus ``adamw``.
+(:data:`fastopt.rule.RULES`) plus ``adamw``.
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .._rules import RULES
+from ..rule import RULES
 from ..backends._numba_util import _FLAGS
 
 __all__ = ["bytes_per_param", "machine_info", "machine_line", "time_calls", "rmw_step",
@@ -49,7 +49,7 @@ __all__ = ["bytes_per_param", "machine_info", "machine_line", "time_calls", "rmw
 
 def bytes_per_param(rule, dtype="float32", state_dtype=None):
     """Bytes moved per parameter by one step of ``rule`` (a name of
-    :data:`fastopt._rules.RULES`, or ``"adamw"``).
+    :data:`fastopt.rule.RULES`, or ``"adamw"``).
 
     ``itemsize * 3 + state_itemsize * 2 * slots``: the parameter read and
     written, the gradient read, each slot read and written.  Adam in float32

@@ -1,8 +1,10 @@
-"""Optimizer classes: one module per family, on one base class."""
-from .adagrad import Adagrad
-from .adam import Adam, AdamW
+"""The optimizer classes (each defined in its family module of
+:mod:`fastopt.algorithms`), on one base class."""
+from ..algorithms.adagrad import Adagrad
+from ..algorithms.adam import Adam, AdamW
+from ..algorithms.adamax import Adamax
+from ..algorithms.rmsprop import RMSprop
+from ..algorithms.sgd import SGD
 from .base import Optimizer
-from .rmsprop import RMSprop
-from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax"]

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import reference, schedules
-from .._rules import RULES
+from ..rule import RULES
 from .._validation import boolean, real, unknown_keywords
 from ..backends import (BACKEND_NAMES, STATE_DTYPES, get_backend, resolve_backend,
                         resolve_state_backend)

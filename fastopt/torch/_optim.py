@@ -137,7 +137,7 @@ class FusedOptimizer:
                 raise TypeError(f"fastopt.torch.{name}: state_dtype='bfloat16' needs float32 "
                                 f"parameters (the kernels compute in float32), got {p.dtype}")
         from ..backends import numba_bf16
-        from .._rules import RULES
+        from ..rule import RULES
         why = numba_bf16.refusal(RULES[rule])
         if why and RULES[rule].slots:
             raise ValueError(f"fastopt.torch.{name}: state_dtype='bfloat16' is not offered "
@@ -659,7 +659,7 @@ class _Counters:
 
 def _narrow_direct(rule):
     """Whether bfloat16 or float16 parameters (and state) can run ``rule`` in one pass."""
-    from .._rules import RULES
+    from ..rule import RULES
     from ..backends import numba_bf16
     r = RULES[rule]
     return not (r.slots and numba_bf16.refusal(r))

@@ -1,8 +1,12 @@
-"""Adagrad."""
+"""Adagrad: the :class:`Adagrad` class, its Keras and PyTorch rules, their
+``prepare`` and ``element`` functions and the float64 references."""
 from __future__ import annotations
 
+import numpy as np
+
 from .._validation import real
-from .base import Optimizer
+from ..optimizers.base import Optimizer
+from ..rule import Rule
 
 
 class Adagrad(Optimizer):
@@ -58,3 +62,64 @@ class Adagrad(Optimizer):
         if self.convention == "torch":
             return (lr, h["epsilon"], h["lr_decay"], updates + 1)
         return (lr, h["epsilon"])
+
+
+# ---------------------------------------------------------------------------
+# One element for both conventions: Keras puts epsilon inside the square root,
+# PyTorch outside it (and decays the learning rate with the step count).
+
+def prepare_adagrad(learning_rate, epsilon):
+    return {"lr": learning_rate, "eps_in": epsilon, "eps_out": 0.0}
+
+
+def prepare_adagrad_torch(learning_rate, epsilon, lr_decay, step):
+    return {"lr": learning_rate / (1.0 + (step - 1.0) * lr_decay), "eps_in": 0.0,
+            "eps_out": epsilon}
+
+
+def element_adagrad(g, w, accumulator, lr, eps_in, eps_out):
+    accumulator = accumulator + g * g
+    w = w - lr * g / (sqrt(accumulator + eps_in) + eps_out)
+    return w, accumulator
+
+
+# ---------------------------------------------------------------------------
+# The float64 references: the specification.
+
+def _f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+def adagrad(param, grad, accumulator, *, learning_rate, epsilon):
+    """Adagrad (Keras: epsilon inside the square root)::
+
+        acc <- acc + g^2
+        w   <- w - lr * g / sqrt(acc + eps)
+    """
+    g = _f64(grad)
+    acc = _f64(accumulator) + g * g
+    return _f64(param) - learning_rate * g / np.sqrt(acc + epsilon), acc
+
+
+def adagrad_torch(param, grad, accumulator, *, learning_rate, epsilon, lr_decay,
+                  step):
+    """PyTorch Adagrad (epsilon outside the square root, learning-rate decay)::
+
+        clr <- lr / (1 + (step - 1) * lr_decay)
+        acc <- acc + g^2
+        w   <- w - clr * g / (sqrt(acc) + eps)
+    """
+    g = _f64(grad)
+    clr = learning_rate / (1.0 + (step - 1) * lr_decay)
+    acc = _f64(accumulator) + g * g
+    return _f64(param) - clr * g / (np.sqrt(acc) + epsilon), acc
+
+
+RULES = (
+    Rule("adagrad", slots=("accumulator",), scalars=("learning_rate", "epsilon"),
+         prepare=prepare_adagrad, element=element_adagrad, reference=adagrad),
+    Rule("adagrad_torch", slots=("accumulator",),
+         scalars=("learning_rate", "epsilon", "lr_decay", "step"), convention="torch",
+         prepare=prepare_adagrad_torch, element=element_adagrad, reference=adagrad_torch,
+         torch_state=("sum",)),
+)

@@ -1,0 +1,153 @@
+"""The :class:`Rule` type and the registry of every rule, :data:`RULES`.
+
+A *rule* is one fused kernel: one optimizer variant under one convention
+(Keras SGD with Nesterov momentum, PyTorch centred RMSprop with momentum, ...).
+Rules are declared in the family modules of :mod:`fastopt.algorithms`, each
+with its ``prepare`` and ``element`` functions written in the element
+language (:mod:`fastopt._codegen`) and an independently written float64
+reference; every backend's kernels are generated from those declarations.
+
+Every backend implements every rule with the same public signature::
+
+    kernel(param, grad, *slots, *scalars, keep=1.0, gscale=1.0, l2=0.0,
+           clipvalue=inf)
+
+and inside the fused multi-tensor step reads the *packed* scalars
+``(clipvalue, *prepare(*scalars).values())`` (:meth:`Rule.pack`), computed
+once per step in float64 and rounded to the tensors' dtype once per chunk.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
+
+from . import _codegen
+
+__all__ = ["Rule", "RULES", "KINDS"]
+
+#: Rule kinds.  ``elementwise``: the update of an element depends on that
+#: element only (every rule today).  ``two_phase``: per-tensor reductions
+#: computed in the fused pass, a decision per tensor on the host, then an
+#: elementwise apply (clipping by norm is expressed this way in
+#: :mod:`fastopt.pipeline`; Lamb's trust ratio is the next user).
+#: ``per_tensor`` (specified in the contributor guide, not implemented yet):
+#: state that is not parameter-shaped and host work per tensor.
+KINDS = ("elementwise", "two_phase", "per_tensor")
+
+
+@dataclass(frozen=True, eq=False)
+class Rule:
+    """One update rule: what the backends compile and the tests check.
+
+    Parameters
+    ----------
+    name : str
+        The kernel name (``"adam_torch"``), unique across the registry.
+    slots : tuple of str
+        The optimizer state arrays, Keras's slot names, in kernel order.
+    scalars : tuple of str
+        The public scalar arguments of the kernels, in order.
+    convention : {"keras", "torch"}
+    prepare : callable
+        ``prepare(*scalars) -> dict`` of named per-step scalars (float64),
+        in the element language.
+    element : callable
+        ``element(g, w, *slots, *prepared) -> (w, *slots)`` for one element,
+        in the element language.
+    reference : callable
+        The float64 whole-array specification,
+        ``reference(param, grad, *slots, **scalars) -> (param, *slots)``.
+    torch_state : tuple of str
+        PyTorch's ``state_dict`` keys of the slots, in order (torch rules).
+    bf16_refusal : str or None
+        Why the rule cannot keep its state in bfloat16, or None if it can.
+    kind : str
+        One of :data:`KINDS`.
+    """
+
+    name: str
+    slots: tuple = ()
+    scalars: tuple = ()
+    convention: str = "keras"
+    prepare: Callable = None
+    element: Callable = None
+    reference: Callable = None
+    torch_state: tuple = ()
+    bf16_refusal: str | None = None
+    kind: str = "elementwise"
+    family: str = field(default="", compare=False)
+
+    @cached_property
+    def prepared(self):
+        """The names of the per-step scalars ``prepare`` returns, in order."""
+        return _codegen.check_prepare(self.prepare_ast)
+
+    @cached_property
+    def prepare_ast(self):
+        return _codegen.parse_function(inspect.getsource(self.prepare))
+
+    @cached_property
+    def element_ast(self):
+        fn = _codegen.parse_function(inspect.getsource(self.element))
+        _codegen.check_element(fn, self.slots, self.prepared)
+        return fn
+
+    @property
+    def formula(self):
+        """The rule's formula: its reference's docstring."""
+        return inspect.getdoc(self.reference) or ""
+
+    @property
+    def bytes_per_param(self):
+        """Bytes one step moves per float32 parameter: read the parameter,
+        gradient and slots, write the parameter and slots."""
+        return 4 * (3 + 2 * len(self.slots))
+
+    def pack(self, scalars, clipvalue=math.inf):
+        """``(clipvalue, *prepare(*scalars).values())``: what the kernels read."""
+        return (clipvalue, *self.prepare(*scalars).values())
+
+    def __repr__(self):
+        return f"Rule({self.name!r}, family={self.family!r})"
+
+
+class _Registry(Mapping):
+    """name -> :class:`Rule`, filled from the family modules on first use."""
+
+    def __init__(self):
+        self._rules = None
+
+    def _load(self):
+        if self._rules is None:
+            from .algorithms import FAMILIES
+            rules = {}
+            for fam in FAMILIES:
+                module = importlib.import_module(f"fastopt.algorithms.{fam}")
+                for rule in module.RULES:
+                    if rule.name in rules:
+                        raise RuntimeError(f"rule {rule.name!r} declared twice")
+                    object.__setattr__(rule, "family", fam)
+                    rules[rule.name] = rule
+            self._rules = rules
+        return self._rules
+
+    def __getitem__(self, name):
+        return self._load()[name]
+
+    def __iter__(self):
+        return iter(self._load())
+
+    def __len__(self):
+        return len(self._load())
+
+    def __repr__(self):
+        return f"RULES({list(self)})"
+
+
+#: Every rule, by kernel name, in registry order.
+RULES = _Registry()
