@@ -1,7 +1,7 @@
 """Optimizer classes: one module per family, on one base class."""
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
-from .base import Optimizer
+from ..optimizer import Optimizer
 from .rmsprop import RMSprop
 from .sgd import SGD
 
