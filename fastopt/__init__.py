@@ -4,8 +4,14 @@
 >>> w = np.zeros((4, 1), np.float32); b = np.zeros(1, np.float32)
 >>> opt = fastopt.Adam([w, b], learning_rate=1e-3)
 >>> opt.step([np.ones_like(w), np.ones_like(b)])   # w and b updated in place
+
+The heavier subpackages (``fastopt.train``, ``fastopt.distributed``,
+``fastopt.torch``, ``fastopt.bench``) are imported when first used, as
+attributes (``fastopt.train.fit``) or by name (``import fastopt.train``).
 """
-from . import reference, schedules, train
+import importlib
+
+from . import reference, schedules
 from .backends import (available_backends, get_backend, get_num_threads,
                        get_parallel_threshold, set_num_threads, set_parallel_threshold)
 from .multi_tensor import MultiTensorStep
@@ -20,3 +26,16 @@ __all__ = [
     "set_parallel_threshold", "get_parallel_threshold",
     "save_state", "load_state", "schedules", "reference", "train", "__version__",
 ]
+
+#: subpackages imported on first access
+_LAZY_SUBPACKAGES = ("train", "distributed", "torch", "bench")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY_SUBPACKAGES})

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .._validation import boolean, real
-from ..optimizers.base import Optimizer
+from ..optimizer import Optimizer
 from ..rule import Rule
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import real
-from ..optimizers.base import Optimizer
+from ..optimizer import Optimizer
 from ..rule import Rule
 
 

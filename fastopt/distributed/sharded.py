@@ -26,93 +26,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..optimizers.base import Optimizer, _parse_params
+from ..params import ParamTree
+from ..protocol import missing_members
 from ..state import state_from_arrays, state_to_arrays, write_npz_atomic
-from ._mpi import agree, communicator, mpi, mpi_type
+from ._mpi import agree, communicator, mpi
+from .layout import ShardLayout
+from .signature import comparable_config, disagreement
 
 __all__ = ["ShardedOptimizer"]
-
-
-class _Layout:
-    """The tensors of one dtype end to end in a flat index space, cut into
-    one contiguous shard per rank, with the buffers of the collectives."""
-
-    def __init__(self, dtype, indices, arrays, rank, size):
-        self.dtype, self.indices = dtype, indices
-        self.starts = [0]
-        for a in arrays:
-            self.starts.append(self.starts[-1] + a.size)
-        self.total = self.starts[-1]
-        base, extra = divmod(self.total, size)
-        self.counts = [base + (r < extra) for r in range(size)]
-        self.displs = [sum(self.counts[:r]) for r in range(size)]
-        self.lo = self.displs[rank]
-        self.hi = self.lo + self.counts[rank]
-        self.mpi_type = mpi_type(dtype)
-        self.gshard = np.zeros(self.hi - self.lo, dtype)  # this rank's mean gradient
-        block = _block(arrays)
-        self.param_block = block if block is not None and block.flags.writeable else None
-        self._scratch = None
-        self.grad_key = self.grad_block = None
-
-    @property
-    def scratch(self):
-        """A full-size buffer, allocated on first use and kept."""
-        if self._scratch is None:
-            self._scratch = np.zeros(self.total, self.dtype)
-        return self._scratch
-
-    def piece(self, k):
-        """``(start, stop)`` of tensor ``k``'s part of this rank's shard, in
-        the tensor's own flat index (``(0, 0)`` when it has none)."""
-        s, e = self.starts[k], self.starts[k + 1]
-        a, b = max(s, self.lo), min(e, self.hi)
-        return (a - s, b - s) if a < b else (0, 0)
-
-    def shard_of(self, pieces):
-        """This rank's shard, assembled from per-tensor pieces (None: zeros)."""
-        out = np.zeros(self.hi - self.lo, self.dtype)
-        for k, p in enumerate(pieces):
-            a, b = self.piece(k)
-            if p is not None and b > a:
-                out[self.starts[k] + a - self.lo:self.starts[k] + b - self.lo] = p
-        return out
-
-
-def _block(arrays):
-    """The contiguous 1-D array that ``arrays`` (C-contiguous, one dtype) tile
-    end to end in their order, as a view of their memory, or None."""
-    first = arrays[0]
-    if len(arrays) == 1:
-        return first.reshape(-1)
-    root = first
-    while isinstance(root.base, np.ndarray):
-        root = root.base
-    if root.dtype != first.dtype or not root.flags.c_contiguous:
-        return None
-    start = end = first.ctypes.data
-    for a in arrays:
-        if a.size and a.ctypes.data != end:
-            return None
-        end += a.nbytes
-    offset, rem = divmod(start - root.ctypes.data, root.itemsize)
-    total = (end - start) // root.itemsize
-    if rem or offset < 0 or offset + total > root.size:
-        return None
-    return root.reshape(-1)[offset:offset + total]
-
-
-def _comparable(config):
-    """A config with custom callables reduced to their kind (their reprs
-    hold addresses, which differ between processes)."""
-    def lr(v):
-        return "callable" if isinstance(v, Mapping) and v.get("class_name") == "callable" else v
-    out = {**config, "learning_rate": lr(config.get("learning_rate"))}
-    if "param_groups" in out:
-        out["param_groups"] = [{**g, **({"learning_rate": lr(g["learning_rate"])}
-                                        if "learning_rate" in g else {})}
-                               for g in out["param_groups"]]
-    return out
 
 
 class ShardedOptimizer:
@@ -167,10 +88,11 @@ class ShardedOptimizer:
     :meth:`finalize_variable_values`.  :meth:`state_dict` is per rank.
     """
 
-    # the plain optimizer's gradient checks, on the full (unsharded) shapes
-    _match_grads = Optimizer._match_grads
-    _check_grad = Optimizer._check_grad
-    _device = False  # read by them: host arrays only (see _build)
+    #: what the wrapped class must offer (see :mod:`fastopt.protocol`): the
+    #: protocol, less what only exists once built, plus the per-tensor
+    #: reductions hook and the live state arrays
+    _WRAPPABLE = ("step", "get_config", "state_dict", "load_state_dict", "state_arrays",
+                  "reduce_tensor_sums", "finalize_variable_values")
 
     def __init__(self, optimizer_cls, params, comm=None, **hyperparameters):
         owner = type(self).__name__
@@ -183,39 +105,37 @@ class ShardedOptimizer:
             error = e
         signatures = comm.allgather((error is not None, signature))
         agree(comm, error, owner, failed=any(f for f, _ in signatures))
-        message = _disagreement([s for _, s in signatures])
+        message = disagreement([s for _, s in signatures])
         if message:
             raise ValueError(f"{owner}: {message}")
-        n = self._n
-        self._flags = np.zeros(3 + 2 * n, dtype=np.int64)
-        self._sumsq = np.zeros(n)
-        self._inner._total_sumsq = self._total_sumsq
+        self._flags = np.zeros(3 + 2 * self._n, dtype=np.int64)
+        self._tensor_sums = np.zeros(self._n)  # the buffer of reduce_tensor_sums
+        # the protocol's per-tensor reductions hook: sums over the ranks' shards
+        self._inner.reduce_tensor_sums = self._sum_over_ranks
 
     def _build(self, owner, optimizer_cls, params, hyperparameters):
         """Everything local: parse, lay out, build the shard's optimizer.
         Returns this rank's signature for the collective comparison."""
-        if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, Optimizer)):
+        if not isinstance(optimizer_cls, type) or missing_members(optimizer_cls,
+                                                                  self._WRAPPABLE):
             raise TypeError(f"{owner}: optimizer_cls must be a fastopt optimizer class such "
                             f"as fastopt.Adam, got {optimizer_cls!r}")
         if hyperparameters.get("state_dtype") is not None:
             raise ValueError(f"{owner}: state_dtype={hyperparameters['state_dtype']!r} is not "
                              "supported under sharding yet (the gathered state assumes slots "
                              "in the parameters' dtype); leave state_dtype=None")
-        parsed = _parse_params(owner, params)
-        if parsed.device:
+        self._tree = tree = ParamTree(owner, params)
+        if tree.device:
             raise TypeError(f"{owner}: the params are CUDA device arrays; the sharded "
                             "optimizer exchanges host NumPy arrays over MPI")
-        self._kind, self._names, self._params = parsed.kind, parsed.names, parsed.arrays
-        self._structure = parsed.structure
-        self._groups_of = [(idx, self._names[idx[0]] is not None) for idx, _ in parsed.groups]
-        self._n = len(self._params)
-        self._labels = [_label(i, nm) for i, nm in enumerate(self._names)]
-        self._shapes = [a.shape for a in self._params]
-        self._dtypes = [a.dtype for a in self._params]
+        self._kind, self._names, self._params = tree.kind, tree.names, tree.arrays
+        self._groups_of = [(idx, self._names[idx[0]] is not None) for idx, _ in tree.groups]
+        self._n = tree.n
+        self._labels, self._shapes, self._dtypes = tree.labels, tree.shapes, tree.dtypes
         by_dtype = {}
         for i, a in enumerate(self._params):
             by_dtype.setdefault(a.dtype, []).append(i)
-        self._layouts = [_Layout(dt, idx, [self._params[i] for i in idx], self.rank, self.size)
+        self._layouts = [ShardLayout(dt, idx, [self._params[i] for i in idx], self.rank, self.size)
                          for dt, idx in by_dtype.items()]
         self._place = {}  # tensor index -> (layout, position in it)
         pieces, piece_grads, self._bounds = [None] * self._n, [None] * self._n, [None] * self._n
@@ -228,44 +148,17 @@ class ShardedOptimizer:
                 g0 = L.starts[k] + a - L.lo if b > a else 0
                 piece_grads[i] = L.gshard[g0:g0 + b - a]
         self._piece_grads = piece_grads
-        self._inner = optimizer_cls(self._structure(pieces), **hyperparameters)
+        self._inner = optimizer_cls(tree.rebuild(pieces), **hyperparameters)
         self._label_index = {(str(i) if nm is None else nm): i
                              for i, nm in enumerate(self._names)}
-        self._copies = self._copy_plan()
+        self._copies = [L.copy_plan([self._params[i] for i in L.indices],
+                                    [self._bounds[i] for i in L.indices])
+                        for L in self._layouts]
         return {"class": optimizer_cls.__qualname__, "kind": self._kind,
                 "tensors": [(nm, a.shape, a.dtype.name) for nm, a in
                             zip(self._names, self._params)],
-                "config": _comparable(self._inner.get_config()),
+                "config": comparable_config(self._inner.get_config()),
                 "values": [zlib.crc32(a) for a in self._params]}
-
-    @property
-    def _accumulated(self):  # read by _match_grads: None gradients are refused with it
-        return self._inner._accumulated
-
-    def _group_sizes(self):  # read by _match_grads
-        return [len(idx) for idx, _ in self._groups_of]
-
-    def _copy_plan(self):
-        """Per layout without a parameter block: ``(own, others)``, pairs of
-        views (scratch part, parameter part) for this rank's pieces and for
-        everything else, so the all-gather copies without allocating."""
-        plan = []
-        for L in self._layouts:
-            own, others = [], []
-            if L.param_block is None:
-                buf = L.scratch
-                for k, i in enumerate(L.indices):
-                    s, e = L.starts[k], L.starts[k + 1]
-                    flat = self._params[i].reshape(-1)
-                    a, b = self._bounds[i]
-                    if b > a:
-                        own.append((buf[s + a:s + b], flat[a:b]))
-                    outside = ((0, a), (b, e - s)) if b > a else ((0, e - s),)
-                    for x, y in outside:
-                        if y > x:
-                            others.append((buf[s + x:s + y], flat[x:y]))
-            plan.append((own, others))
-        return plan
 
     # -- the step ---------------------------------------------------------------------
     def step(self, local_grads):
@@ -289,7 +182,8 @@ class ShardedOptimizer:
         comm, n, flags = self.comm, self._n, self._flags
         error = grads = None
         try:
-            grads = self._match_grads(local_grads)
+            grads = self._tree.match_grads(
+                local_grads, self._inner.gradient_accumulation_steps is not None)
         except (TypeError, ValueError) as e:
             error = e
         it = self._inner.iterations
@@ -319,7 +213,7 @@ class ShardedOptimizer:
         if flags[3 + n:].any():
             pieces = [None if g is None else p for g, p in zip(grads, pieces)]
         for L in self._layouts:
-            send = self._send_buffer(L, [grads[i] for i in L.indices])
+            send = L.send_buffer([grads[i] for i in L.indices])
             comm.Reduce_scatter([send, L.mpi_type], [L.gshard, L.mpi_type], L.counts,
                                 op=MPI.SUM)
             np.divide(L.gshard, self.size, out=L.gshard)
@@ -336,25 +230,6 @@ class ShardedOptimizer:
         inner.step(self._nest(pieces))
         if changes:
             self._gather_params()
-
-    def _send_buffer(self, L, grads):
-        """The local gradients of layout ``L`` as one flat array: the
-        gradients' own memory when they tile one block, else the scratch."""
-        if len(grads) == 1 and grads[0] is not None:
-            return grads[0].reshape(-1)
-        key = L.grad_key
-        if key is not None and all(g is k for g, k in zip(grads, key)):
-            return L.grad_block
-        if all(g is not None for g in grads):
-            block = _block(grads)
-            if block is not None:
-                L.grad_key, L.grad_block = grads, block
-                return block
-        buf = L.scratch
-        for k, g in enumerate(grads):
-            if g is not None:
-                buf[L.starts[k]:L.starts[k + 1]] = g.reshape(-1)
-        return buf
 
     def _nest(self, flat):
         """A flat per-tensor list in the structure the wrapped optimizer's
@@ -379,24 +254,29 @@ class ShardedOptimizer:
             for src, dst in others:
                 dst[...] = src
 
-    def _total_sumsq(self, sumsq):
-        """Clipping's per-tensor sums of squares, added up over the ranks
-        (installed into the wrapped optimizer: one small Allreduce)."""
+    def _sum_over_ranks(self, partial_sums):
+        """The wrapped optimizer's ``reduce_tensor_sums`` (:mod:`fastopt.protocol`):
+        its per-tensor partial sums (float64 arrays of any shape), added up
+        over the ranks with one small Allreduce."""
         MPI = mpi()
-        buf, k, views = self._sumsq, 0, []
-        for s in sumsq:
-            buf[k:k + len(s)] = s
-            views.append(buf[k:k + len(s)])
-            k += len(s)
+        total = sum(s.size for s in partial_sums)
+        if total > self._tensor_sums.size:
+            self._tensor_sums = np.zeros(total)
+        buf, k, views = self._tensor_sums, 0, []
+        for s in partial_sums:
+            view = buf[k:k + s.size]
+            view[...] = s.reshape(-1)
+            views.append(view.reshape(s.shape))
+            k += s.size
         if self.size > 1:
-            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+            self.comm.Allreduce(MPI.IN_PLACE, buf[:k], op=MPI.SUM)
         return views
 
     # -- attributes ------------------------------------------------------------------
     @property
     def params(self):
         """The full parameters, in the structure they were given."""
-        return self._structure(self._params)
+        return self._tree.rebuild(self._params)
 
     @property
     def shard_optimizer(self):
@@ -433,13 +313,13 @@ class ShardedOptimizer:
     def state_nbytes(self):
         """Bytes of optimizer state this rank holds (its shard's slots,
         moving averages and gradient accumulators)."""
-        return int(sum(a.nbytes for a in self._inner._live_slots().values()))
+        return int(sum(a.nbytes for a in self._inner.state_arrays().values()))
 
     @property
     def buffer_nbytes(self):
         """Bytes of the buffers this rank keeps for the collectives."""
         return int(sum(L.gshard.nbytes + (L._scratch.nbytes if L._scratch is not None else 0)
-                       for L in self._layouts) + self._sumsq.nbytes + self._flags.nbytes)
+                       for L in self._layouts) + self._tensor_sums.nbytes + self._flags.nbytes)
 
     def get_config(self):
         """The wrapped optimizer's configuration (the same as unsharded)."""
@@ -453,9 +333,12 @@ class ShardedOptimizer:
     def ema_params(self):
         """With ``use_ema``: the full moving averages (new arrays, in the
         structure of ``params``) on every rank; None without (collective)."""
-        ema = self._inner._ema
-        if ema is None:
+        if not self._inner.use_ema:
             return None
+        ema = [None] * self._n
+        for key, average in self._inner.state_arrays().items():
+            if key.startswith("average/"):
+                ema[self._tensor_of(key)] = average
         out = [None] * self._n
         for L in self._layouts:
             full = np.empty(L.total, L.dtype)
@@ -463,12 +346,12 @@ class ShardedOptimizer:
                                  [full, L.counts, L.displs, L.mpi_type])
             for k, i in enumerate(L.indices):
                 out[i] = full[L.starts[k]:L.starts[k + 1]].reshape(self._shapes[i])
-        return self._structure(out)
+        return self._tree.rebuild(out)
 
     def finalize_variable_values(self):
         """With ``use_ema``: copy the moving averages into the parameters on
         every rank (collective); without, does nothing."""
-        if self._inner._ema is not None:
+        if self._inner.use_ema:
             self._inner.finalize_variable_values()
             self._gather_params()
 
@@ -499,7 +382,7 @@ class ShardedOptimizer:
                 or not 0 <= root < self.size:
             raise ValueError(f"ShardedOptimizer.consolidated_state_dict: root must be a "
                              f"rank in [0, {self.size}), got {root!r}")
-        live = self._inner._live_slots()
+        live = self._inner.state_arrays()
         batches = {}  # (slot name, layout) -> keys, in the order they first appear
         for key in live:
             L, _ = self._place[self._tensor_of(key)]
@@ -558,7 +441,7 @@ class ShardedOptimizer:
                                  f"{self.rank} of {self.size}; to change ranks, save a "
                                  "consolidated state (consolidated_state_dict, save_state)")
             return {**base, "slots": state["slots"]}
-        slots, live = state["slots"], self._inner._live_slots()
+        slots, live = state["slots"], self._inner.state_arrays()
         if not isinstance(slots, Mapping) or set(slots) != set(live):
             given = set(slots) if isinstance(slots, Mapping) else set()
             raise ValueError(f"{name}: slots differ; missing {sorted(set(live) - given)}, "
@@ -603,41 +486,3 @@ class ShardedOptimizer:
                 ValueError(f"ShardedOptimizer.load_state: cannot read {str(path)!r}: {e}")
         agree(self.comm, error, "ShardedOptimizer.load_state")
         self.load_state_dict(state)
-
-
-def _disagreement(signatures):
-    """The first way the ranks' signatures differ from rank 0's, or None."""
-    ref = signatures[0]
-    for r, sig in enumerate(signatures[1:], 1):
-        if sig["class"] != ref["class"]:
-            return f"rank {r} wraps {sig['class']}, rank 0 {ref['class']}"
-        if sig["kind"] != ref["kind"] or len(sig["tensors"]) != len(ref["tensors"]):
-            return (f"ranks disagree on the parameters: rank {r} has {len(sig['tensors'])} "
-                    f"({sig['kind']}), rank 0 has {len(ref['tensors'])} ({ref['kind']})")
-        for i, (t, t0) in enumerate(zip(sig["tensors"], ref["tensors"])):
-            if t != t0:
-                return (f"ranks disagree on params{_label(i, t0[0])}: rank {r} has "
-                        f"{_describe(t)}, rank 0 has {_describe(t0)}")
-        if sig["config"] != ref["config"]:
-            keys = [k for k in {**ref["config"], **sig["config"]}
-                    if sig["config"].get(k) != ref["config"].get(k)]
-            k = keys[0]
-            return (f"ranks disagree on the hyperparameters: rank {r} has {k}="
-                    f"{sig['config'].get(k)!r}, rank 0 has {k}={ref['config'].get(k)!r}")
-        for i, (h, h0) in enumerate(zip(sig["values"], ref["values"])):
-            if h != h0:
-                return (f"the values of params{_label(i, ref['tensors'][i][0])} differ "
-                        f"between rank 0 and rank {r}; "
-                        "every rank must start from the same parameters (the same seed, "
-                        "or broadcast them from rank 0 first, e.g. comm.Bcast(p, root=0) "
-                        "for each)")
-    return None
-
-
-def _label(i, name):
-    return f"[{i}]" if name is None else f"[{name!r}]"
-
-
-def _describe(t):
-    name, shape, dtype = t
-    return f"{'' if name is None else f'name {name!r}, '}shape {tuple(shape)} and dtype {dtype}"

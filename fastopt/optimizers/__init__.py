@@ -5,6 +5,6 @@ from ..algorithms.adam import Adam, AdamW
 from ..algorithms.adamax import Adamax
 from ..algorithms.rmsprop import RMSprop
 from ..algorithms.sgd import SGD
-from .base import Optimizer
+from ..optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax"]

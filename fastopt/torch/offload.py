@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from . import AdamW
+from .optimizers import AdamW
 
 __all__ = ["CPUOffload"]
 

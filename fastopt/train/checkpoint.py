@@ -16,8 +16,7 @@ import os
 
 import numpy as np
 
-from ..distributed.sharded import ShardedOptimizer
-from ..state import state_from_arrays, state_to_arrays, write_npz_atomic
+from ..state import state_from_arrays
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -50,10 +49,8 @@ def save_checkpoint(path, model, optimizer, epoch, history):
               "history": np.array(json.dumps(history)),
               "model_config": np.array(json.dumps(_architecture(model))),
               "flat_params": model.flat_params}
-    if isinstance(optimizer, ShardedOptimizer):  # collective: rank 0 writes the whole state
-        optimizer.save_state(path, extra=arrays)
-        return
-    write_npz_atomic(path, {**arrays, **state_to_arrays(optimizer.state_dict())})
+    # the optimizer writes itself (a sharded one collectively, from rank 0)
+    optimizer.save_state(path, extra=arrays)
 
 
 def load_checkpoint(path, model, optimizer):

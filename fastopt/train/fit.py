@@ -16,8 +16,7 @@ import os
 
 import numpy as np
 
-from ..optimizers import Optimizer
-from ..distributed.sharded import ShardedOptimizer
+from ..protocol import missing_members
 from . import _checks, activations
 from .callbacks import Callback, ProgressBar
 from .checkpoint import load_checkpoint
@@ -160,7 +159,7 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
     if not isinstance(model, MLP):
         raise TypeError(f"{owner}: model must be a fastopt.train model (MLP or "
                         f"LogisticRegression), got {type(model).__name__}")
-    if not isinstance(optimizer, (Optimizer, ShardedOptimizer)):
+    if missing_members(optimizer):  # the optimizer protocol, whatever the class
         raise TypeError(f"{owner}: optimizer must be a fastopt optimizer, "
                         f"got {type(optimizer).__name__}")
     epochs = _checks.integer(owner, "epochs", epochs, low=1)

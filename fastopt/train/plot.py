@@ -1,8 +1,9 @@
-"""Loss curves of a comparison as a PNG (matplotlib, the optional ``plot`` extra).
+"""Loss curves of a comparison as a PNG (matplotlib, a core dependency).
 
 matplotlib is imported only here, inside the functions, so ``import fastopt``
-never pays for it, and through ``matplotlib.figure.Figure`` rather than
-pyplot, so no GUI backend is involved: it works headless.
+never pays for it and a broken matplotlib install fails only the plot; and
+through ``matplotlib.figure.Figure`` rather than pyplot, so no GUI backend is
+involved: it works headless.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ INSTALL_HINT = "install it with: pip install -e '.[plot]' (or: pip install matpl
 
 
 def matplotlib_missing():
-    """None if matplotlib can be imported, else a one-line reason with the
-    install hint."""
+    """None if matplotlib can be imported (it is a dependency of fastopt, so
+    only a broken or partial install lacks it), else a one-line reason with
+    the install hint."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:

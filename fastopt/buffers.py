@@ -1,0 +1,165 @@
+"""The buffers the kernels run on.
+
+The parameters of an optimizer fall into parameter groups (their own
+hyperparameters, one kernel rule each: :class:`ParamGroup`), and each
+parameter group into one :class:`TensorGroup` per dtype.  A tensor group keeps
+its tensors' optimizer state (the rule's slots) in one flat buffer per slot,
+with per-tensor views of it, and holds the backend's plan: the object whose
+``step`` runs the one fused kernel call over all of the group's tensors.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference
+from .backends import resolve_backend, resolve_state_backend
+
+__all__ = ["ParamGroup", "TensorGroup", "HostArrays"]
+
+
+class ParamGroup:
+    """One parameter group.
+
+    Attributes
+    ----------
+    indices : list of int
+        Its parameters' indices in the optimizer's flat parameter list.
+    hyperparams : dict
+        The effective (checked) hyperparameters: the optimizer's own, the
+        learning rate, weight decay and maximize.
+    overrides : dict
+        What the group dict set itself (kept for ``get_config``).
+    rule : fastopt.rule.Rule
+        The kernel rule its hyperparameters select.
+    tensor_groups : list of TensorGroup
+        One per dtype.
+    """
+
+    def __init__(self, indices, hyperparams, overrides, rule):
+        self.indices = indices
+        self.hyperparams = hyperparams
+        self.overrides = overrides
+        self.rule = rule
+        self.tensor_groups = []
+
+
+class TensorGroup:
+    """The tensors of one parameter group and one dtype: their slots in flat
+    buffers, their per-tensor factors, and the backend's plan.
+
+    Parameters
+    ----------
+    indices : list of int
+        The tensors' indices in the optimizer's flat parameter list.
+    arrays : list of arrays
+        The tensors (one dtype).
+    rule : fastopt.rule.Rule
+    slot_init : dict of str to float
+        Initial value of the slots that do not start at zero.
+    backend : str
+        The backend asked for (``"auto"`` or a name).
+    decays : list of bool
+        Per tensor: False when it is excluded from weight decay.
+    device : bool
+        The tensors are CUDA device arrays.
+    reduced_state : None or (str, str)
+        ``(state_dtype, rounding)`` when the slots hold bfloat16 bit
+        patterns (host only).
+
+    Attributes
+    ----------
+    plan
+        The backend's plan; ``plan.step(grads, factors, scalars, clipvalue)``
+        runs the kernel.
+    factors : ndarray, shape (3, n_tensors)
+        The per-tensor rows the kernel reads: gradient scale, decoupled
+        decay factor (``keep``), coupled (L2) decay coefficient.
+    slot_views : dict of str to list of arrays
+        Per slot, per tensor: a view of the flat buffer in the tensor's shape.
+    counted : bool
+        The plan rounds stochastically and reads the update count
+        (``plan.updates``), which must be set before each step.
+    """
+
+    def __init__(self, indices, arrays, rule, slot_init, backend, decays, device=False,
+                 reduced_state=None):
+        self.indices = indices
+        self.dtype = arrays[0].dtype
+        sizes = [a.size for a in arrays]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        reduced = reduced_state is not None and bool(rule.slots)
+        if reduced:
+            self.backend, make_plan = resolve_state_backend(backend, reduced_state[0])
+        else:
+            self.backend = resolve_backend(backend, self.dtype, offsets[-1], device)
+        full = self.backend.full if device else np.full
+        flat_slots = {name: full(offsets[-1], reference.bf16_round(slot_init.get(name, 0.0))
+                                 if reduced else slot_init.get(name, 0.0),
+                                 dtype=np.uint16 if reduced else self.dtype)
+                      for name in rule.slots}
+        self.slot_views = {name: [buf[offsets[k]:offsets[k + 1]].reshape(a.shape)
+                                  for k, a in enumerate(arrays)]
+                           for name, buf in flat_slots.items()}
+        flat = [a.reshape(-1) for a in arrays]
+        slots_1d = [[v.reshape(-1) for v in self.slot_views[name]] for name in rule.slots]
+        if reduced:
+            self.plan = make_plan(rule, flat, slots_1d, rounding=reduced_state[1],
+                                  tensor_ids=indices)
+        else:
+            self.plan = self.backend.Plan(rule, flat, slots_1d)
+        # stochastic rounding draws from the update count, set before each step
+        self.counted = reduced and reduced_state[1] == "stochastic"
+        self.factors = np.ones((3, len(arrays)))
+        self.factors[2] = 0.0
+        self.decays = np.asarray(decays, dtype=bool)
+        self.all_decay = bool(self.decays.all())
+        self._written = (1.0, 1.0, 0.0)  # what the rows hold, when uniform
+
+    def set_factors(self, scale, keep, l2):
+        """Write the per-tensor rows (only when they change).  ``scale`` is a
+        float, or an array with one entry per tensor."""
+        key = (scale, keep, l2) if isinstance(scale, float) else None
+        if key is not None and key == self._written:
+            return
+        factors = self.factors
+        factors[0] = scale
+        factors[1] = keep
+        factors[2] = l2
+        if not self.all_decay:
+            factors[1, ~self.decays] = 1.0
+            factors[2, ~self.decays] = 0.0
+        self._written = key
+
+
+class HostArrays:
+    """The array work the optimizer does itself on host parameters (moving
+    averages, gradient accumulation, state); ``fastopt.backends.cuda_backend``
+    has the same functions for device parameters."""
+
+    zeros_like = staticmethod(np.zeros_like)
+
+    @staticmethod
+    def copy(a):
+        return a.copy()
+
+    to_host = copy
+
+    @staticmethod
+    def assign(dst, src):
+        dst[...] = src
+
+    @staticmethod
+    def zero(a):
+        a[...] = 0.0
+
+    @staticmethod
+    def lerp(y, x, a, b):
+        y[...] = a * y + b * x
+
+    @staticmethod
+    def add_scaled(y, x, s):
+        y += x if s == 1.0 else x * s
+
+    @staticmethod
+    def divide(y, k):
+        y /= k

@@ -1,0 +1,481 @@
+"""The optimizer: build once, then step.
+
+An :class:`Optimizer` owns the state (slots) of its parameters and, each
+:meth:`~Optimizer.step`, computes the per-step scalars on the host in float64
+(scheduled learning rate, bias corrections, clip factors, weight-decay
+factors) and hands every same-dtype group of tensors to one fused kernel call
+of its backend.  Kernels only do arithmetic; everything that can go wrong is
+checked before any array is touched.
+
+The pieces it is built from:
+
+* :mod:`fastopt.params` -- the parameter tree, and matching gradients to it;
+* :mod:`fastopt.hyperparams` -- hyperparameter checks and config round trips;
+* :mod:`fastopt.buffers` -- parameter groups, and per-dtype tensor groups
+  holding the slots and the backend's plan;
+* :mod:`fastopt.pipeline` -- loss scale, accumulation, clipping, weight decay
+  and EMA around the kernel (and the order of operations of one step);
+* :mod:`fastopt.state` -- state dict checks and files;
+* :mod:`fastopt.protocol` -- what it offers to ``train``, ``state`` and
+  ``distributed``.
+"""
+from __future__ import annotations
+
+import math
+
+from . import hyperparams
+from .rule import RULES
+from ._validation import boolean, real
+from .backends import get_backend
+from .buffers import HostArrays, ParamGroup, TensorGroup
+from .hyperparams import checked_lr, lr_config, scheduled_lr
+from .params import ParamTree
+from .pipeline import (accumulate, clip_scales, copy_averages, decay_factors, update_counts,
+                       update_ema)
+from .protocol import local_tensor_sums
+from .state import check_slots, check_state_header, state_to_arrays, write_npz_atomic
+
+__all__ = ["Optimizer"]
+
+
+class Optimizer:
+    """Base class of fastopt's optimizers.
+
+    Subclasses declare their Keras and PyTorch defaults in ``_DEFAULTS`` and
+    ``_TORCH_DEFAULTS``, their PyTorch-only options in ``_TORCH_ONLY``, check
+    their hyperparameters in ``_check``, pick a kernel in ``_rule_name`` and
+    compute the kernel's per-step scalars in ``_scalars``.
+
+    Parameters
+    ----------
+    params : ndarray, list or tuple of ndarray, dict of str to ndarray, or list of dict
+        Parameters, updated in place.  float32 and float64 may be mixed; each
+        must be C-contiguous and writeable.  A list of dicts gives parameter
+        groups as in PyTorch: ``{"params": <array, list or dict>, **overrides}``
+        where the overrides are ``learning_rate``, ``weight_decay``,
+        ``maximize`` or any of the optimizer's own hyperparameters; each group
+        still runs one fused kernel call per dtype.  The arrays may instead
+        all be CUDA device arrays (Numba device arrays, or objects with
+        ``__cuda_array_interface__`` such as CuPy arrays and detached PyTorch
+        CUDA tensors, used without copies): then the ``"cuda"`` backend
+        updates them and keeps the state on the device, and the gradients
+        must be device arrays too.
+    learning_rate : float or callable, optional
+        A float >= 0, or a schedule: a callable of the iteration count (for
+        example one of :mod:`fastopt.schedules`).  Assignable between steps.
+    weight_decay : float, optional
+        Keras convention, and AdamW under both: decoupled,
+        ``w <- w * (1 - weight_decay * lr)`` before each update.  PyTorch
+        convention (except AdamW): L2, ``g <- g + weight_decay * w``.
+    exclude_from_weight_decay : list of int or str, optional
+        Parameters (by index, or by name when params is a dict) that get no
+        weight decay.
+    clipnorm, clipvalue, global_clipnorm : float, optional
+        Gradient clipping, at most one: per-tensor norm, elementwise value, or
+        the norm of all gradients together.  Keras semantics; under
+        ``convention="torch"`` ``global_clipnorm`` is
+        ``torch.nn.utils.clip_grad_norm_`` (factor ``max_norm/(norm + 1e-6)``
+        clamped to 1) and ``clipvalue`` is ``clip_grad_value_``.
+    maximize : bool, default False
+        Ascend instead of descend (the gradient is negated after clipping).
+    use_ema : bool, default False
+        Keep an exponential moving average of the parameters (Keras):
+        ``ema <- ema_momentum * ema + (1 - ema_momentum) * w`` after each
+        update (``ema = w`` after the first).  See
+        :meth:`finalize_variable_values`.
+    ema_momentum : float in [0, 1], default 0.99
+    ema_overwrite_frequency : int >= 1, optional
+        With ``use_ema``: copy the average into the parameters every this
+        many iterations.
+    loss_scale_factor : float > 0, optional
+        Gradients arrive multiplied by this (a scaled loss); they are divided
+        by it first.
+    gradient_accumulation_steps : int >= 2, optional
+        Accumulate gradients and update only on every this-many-th call, with
+        their mean.  As in Keras, ``iterations`` counts every call and
+        learning-rate schedules see that count, while Adam's bias correction,
+        PyTorch's step count, the EMA and its overwrite frequency see the
+        number of updates, ``iterations // gradient_accumulation_steps``; the
+        EMA is updated on every call.
+    backend : str
+        ``"auto"`` (default), ``"cython"``, ``"numba"``, ``"numpy"`` or
+        ``"cuda"`` (device arrays only, which ``"auto"`` then picks); see
+        :func:`fastopt.available_backends`.
+    state_dtype : None or "bfloat16", default None
+        None keeps the optimizer state (momentum, velocity, accumulators) in
+        the parameters' dtype.  ``"bfloat16"`` keeps it as bfloat16 bit
+        patterns in uint16 arrays, halving its memory and its traffic (Adam:
+        20 instead of 28 bytes per parameter per step); the arithmetic stays
+        float32.  Needs float32 parameters and the numba backend (``"auto"``
+        picks it); not offered for centred RMSprop.  The EMA and gradient
+        accumulators stay in the parameters' dtype.  See the README,
+        "Reduced-precision optimizer state", for what it does to training.
+    state_rounding : "nearest" or "stochastic", default "nearest"
+        With ``state_dtype="bfloat16"``: round to nearest (ties to even), or
+        stochastically (unbiased; reproducible, the random numbers are a hash
+        of the update count, the tensor and the element; see
+        :func:`fastopt.reference.bf16_random_bits`).
+    convention : str
+        ``"keras"`` (default): Keras 3 formulas and defaults; ``"torch"``:
+        PyTorch 2.13 ``torch.optim`` formulas and defaults.
+    """
+
+    _DEFAULTS: dict = {}
+    _TORCH_DEFAULTS: dict = {}
+    _TORCH_ONLY: tuple = ()
+    #: weight decay is decoupled under the torch convention too (AdamW)
+    _TORCH_DECOUPLED = False
+    #: host parameters unless __init__ finds CUDA device arrays (class-level
+    #: defaults, for subclasses that build themselves)
+    _device = False
+    _arrays = HostArrays
+    #: the per-tensor reductions hook of :mod:`fastopt.protocol`; a wrapper
+    #: that gives this optimizer a shard of each tensor replaces it
+    reduce_tensor_sums = staticmethod(local_tensor_sums)
+
+    def __init__(self, params, *, hyper, learning_rate=None, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
+                 ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
+                 gradient_accumulation_steps=None, exclude_from_weight_decay=None,
+                 maximize=False, backend="auto", convention=None, state_dtype=None,
+                 state_rounding=None, **unknown):
+        name = type(self).__name__
+        self.convention = hyperparams.check_arguments(name, unknown, hyper, self._TORCH_ONLY,
+                                                      convention, backend)
+        defaults = self._TORCH_DEFAULTS if self.convention == "torch" else self._DEFAULTS
+        top = {k: defaults.get(k) if v is None else v for k, v in hyper.items()}
+        top["learning_rate"] = defaults["learning_rate"] if learning_rate is None \
+            else learning_rate
+        top["weight_decay"] = defaults.get("weight_decay") if weight_decay is None \
+            else weight_decay
+        top["maximize"] = maximize
+        self._defaults = self._check_group(top, "")
+        self._hyper_names = tuple(hyper)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = hyperparams.check_clipping(
+            name, clipnorm, clipvalue, global_clipnorm)
+        self.use_ema = boolean(name, "use_ema", use_ema)
+        self.ema_momentum = real(name, "ema_momentum", ema_momentum, low=0.0, high=1.0)
+        self.ema_overwrite_frequency = hyperparams.count(name, "ema_overwrite_frequency",
+                                                         ema_overwrite_frequency, 1)
+        self.loss_scale_factor = real(name, "loss_scale_factor", loss_scale_factor, low=0.0,
+                                      low_open=True, allow_none=True)
+        self.gradient_accumulation_steps = hyperparams.count(
+            name, "gradient_accumulation_steps", gradient_accumulation_steps, 2)
+        self._backend_name = backend
+        self.state_dtype, self.state_rounding = hyperparams.state_options(
+            name, state_dtype, state_rounding, backend)
+
+        self._tree = tree = ParamTree(name, params)
+        self._params = tree.arrays
+        self._device = tree.device  # device params: the cuda backend does the array work
+        hyperparams.check_placement(name, backend, tree, self.state_dtype)
+        self._arrays = get_backend("cuda") if self._device else HostArrays
+        self._excluded = tree.indices_of(exclude_from_weight_decay)
+        self._param_groups = []
+        for g, (indices, overrides) in enumerate(tree.groups):
+            hyperparams.check_group_keys(name, g, overrides, hyper)
+            merged = self._check_group({**self._defaults, **overrides}, f" (param group {g})")
+            self._param_groups.append(ParamGroup(indices, merged, overrides,
+                                                 RULES[self._rule_name(merged)]))
+        if self.state_dtype is not None:
+            hyperparams.check_state_rules(name, self._param_groups, backend, self.state_dtype)
+        self.iterations = 0
+        self._build()
+
+    # -- hooks for subclasses ---------------------------------------------------
+    def _check(self, hyper):  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    def _rule_name(self, hyper):  # pragma: no cover
+        raise NotImplementedError
+
+    def _scalars(self, hyper, lr, iteration):  # pragma: no cover
+        raise NotImplementedError
+
+    def _slot_init(self, hyper):
+        """Initial value of each slot that does not start at zero."""
+        return {}
+
+    def _check_group(self, values, where):
+        """A parameter group's hyperparameters, checked (``where`` names the group)."""
+        return hyperparams.check_group_hyperparams(type(self).__name__ + where, self._check,
+                                                   values)
+
+    # -- construction -------------------------------------------------------------
+    def _build(self):
+        reduced_state = None if self.state_dtype is None \
+            else (self.state_dtype, self.state_rounding)
+        for pg in self._param_groups:
+            by_dtype = {}
+            for i in pg.indices:
+                by_dtype.setdefault(self._params[i].dtype, []).append(i)
+            pg.tensor_groups = [
+                TensorGroup(idx, [self._params[i] for i in idx], pg.rule,
+                            self._slot_init(pg.hyperparams), self._backend_name,
+                            [i not in self._excluded for i in idx], self._device, reduced_state)
+                for idx in by_dtype.values()]
+        self._tensor_groups = [g for pg in self._param_groups for g in pg.tensor_groups]
+        zeros_like = self._arrays.zeros_like
+        self._ema = [zeros_like(p) for p in self._params] if self.use_ema else None
+        self._accumulated = ([zeros_like(p) for p in self._params]
+                             if self.gradient_accumulation_steps else None)
+        self._coupled_decay = self.convention == "torch" and not self._TORCH_DECOUPLED
+        self._counted = [g for g in self._tensor_groups if g.counted]
+        self._one_tensor_group = len(self._tensor_groups) == 1
+        self._no_clip_scales = [1.0] * len(self._tensor_groups)
+
+    @property
+    def _groups(self):
+        """Every tensor group, in order (the name tools and tests know)."""
+        return self._tensor_groups
+
+    # -- public attributes ------------------------------------------------------
+    @property
+    def learning_rate(self):
+        """The learning rate: a float, or a schedule of the iteration count.
+
+        With parameter groups this is the default, used by the groups that
+        do not set their own; assigning it changes those groups."""
+        return self._defaults["learning_rate"]
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        value = checked_lr(type(self).__name__, value)
+        self._defaults["learning_rate"] = value
+        for pg in self._param_groups:
+            if "learning_rate" not in pg.overrides:
+                pg.hyperparams["learning_rate"] = value
+
+    @property
+    def weight_decay(self):
+        return self._defaults["weight_decay"]
+
+    @property
+    def maximize(self):
+        return self._defaults["maximize"]
+
+    @property
+    def _hyper(self):
+        return {k: self._defaults[k] for k in self._hyper_names}
+
+    @property
+    def params(self):
+        """The parameters, in the structure they were given."""
+        return self._tree.rebuild(self._tree.given)
+
+    @property
+    def backends(self):
+        """Backend name used for each dtype group, e.g. ``{"float32": "numba"}``."""
+        return {g.dtype.name: g.backend.NAME for g in self._tensor_groups}
+
+    @property
+    def rule(self):
+        """Name of the fused kernel this optimizer runs (e.g. ``"adam_amsgrad"``);
+        a tuple of names, one per group, when parameter groups differ."""
+        names = tuple(pg.rule.name for pg in self._param_groups)
+        return names[0] if len(set(names)) == 1 else names
+
+    @property
+    def param_groups(self):
+        """Per group: the parameter indices and the effective hyperparameters."""
+        return [{"indices": list(pg.indices), **pg.hyperparams} for pg in self._param_groups]
+
+    def current_learning_rate(self, group=0):
+        """The learning rate the next step will use (schedules evaluated)."""
+        return self._lr_at(self._param_groups[group].hyperparams["learning_rate"])
+
+    def _lr_at(self, lr):
+        return scheduled_lr(type(self).__name__, lr, self.iterations)
+
+    # -- the step -------------------------------------------------------------------
+    def step(self, grads):
+        """Apply one update to every parameter, in place.
+
+        The order of operations is :mod:`fastopt.pipeline`'s.
+
+        Parameters
+        ----------
+        grads
+            Same structure as ``params`` (array, list/tuple, dict with the
+            same keys, or one entry per parameter group), each gradient of its
+            parameter's shape and dtype.  A ``None`` gradient skips its
+            parameter (its slots are untouched); not allowed with gradient
+            accumulation.  Non-contiguous gradients are copied; nothing is
+            ever cast.
+
+        Raises
+        ------
+        TypeError, ValueError
+            On any bad gradient or learning rate; then nothing has changed.
+        """
+        accumulated = self._accumulated
+        grads = self._tree.match_grads(grads, accumulated is not None)
+        steps = self.gradient_accumulation_steps
+        if steps is None:  # the update count is the call count
+            applying, updates = True, self.iterations
+        else:
+            applying, updates = update_counts(self.iterations, steps)
+        for group in self._counted:
+            group.plan.updates = updates
+        runs = []  # per parameter group: (group, learning rate, the kernel's scalars)
+        if applying:
+            for pg in self._param_groups:
+                hyper = pg.hyperparams
+                lr = hyper["learning_rate"]
+                if lr.__class__ is not float:
+                    lr = self._lr_at(lr)
+                runs.append((pg, lr, self._scalars(hyper, lr, updates)))
+        # Everything is validated; from here on only arithmetic runs.
+        inv = 1.0 if self.loss_scale_factor is None else 1.0 / self.loss_scale_factor
+        if accumulated is not None:
+            grads, inv = accumulate(self._arrays, accumulated, grads, inv, applying, steps)
+        if applying:
+            self._apply(grads, inv, runs)
+            if accumulated is not None:
+                for acc in accumulated:
+                    self._arrays.zero(acc)
+        if self._ema is not None:
+            update_ema(self._arrays, self._ema, self._params, updates, self.ema_momentum,
+                       self.ema_overwrite_frequency)
+        self.iterations += 1
+
+    def _apply(self, grads, inv, runs):
+        """The kernel calls: one per tensor group."""
+        if self.clipnorm is None and self.global_clipnorm is None:
+            scales = self._no_clip_scales if inv == 1.0 else [inv] * len(self._tensor_groups)
+        else:
+            scales = clip_scales(self._tensor_groups, grads, inv, self.clipnorm,
+                                 self.global_clipnorm, self.convention == "torch",
+                                 self.reduce_tensor_sums)
+        clipvalue = math.inf if self.clipvalue is None else self.clipvalue
+        whole = self._one_tensor_group  # then grads are the group's, as they are
+        k = 0
+        for pg, lr, scalars in runs:
+            keep, l2 = decay_factors(pg.hyperparams["weight_decay"], lr, self._coupled_decay)
+            negate = pg.hyperparams["maximize"]
+            for group in pg.tensor_groups:
+                scale = -scales[k] if negate else scales[k]
+                k += 1
+                group_grads = grads if whole else [grads[i] for i in group.indices]
+                if not whole and len(group_grads) > 1 and all(g is None for g in group_grads):
+                    continue
+                group.set_factors(scale, keep, l2)
+                group.plan.step(group_grads, group.factors, scalars, clipvalue)
+
+    # -- moving averages --------------------------------------------------------------
+    def finalize_variable_values(self):
+        """With ``use_ema``: copy the moving averages into the parameters
+        (Keras's ``finalize_variable_values``, called at the end of training).
+        Without it, does nothing."""
+        if self._ema is not None:
+            copy_averages(self._arrays, self._ema, self._params)
+
+    @property
+    def ema_params(self):
+        """The moving averages (copies, in the structure of ``params``; device
+        arrays for device parameters), or None."""
+        if self._ema is None:
+            return None
+        return self._tree.rebuild([self._arrays.copy(a) for a in self._ema])
+
+    # -- configuration and state ------------------------------------------------------
+    def get_config(self):
+        """JSON-able configuration: class name, convention and hyperparameters."""
+        config = {"class_name": type(self).__name__, "convention": self.convention,
+                  "learning_rate": lr_config(self._defaults["learning_rate"]),
+                  **self._hyper, "weight_decay": self.weight_decay,
+                  "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                  "global_clipnorm": self.global_clipnorm, "maximize": self.maximize,
+                  "use_ema": self.use_ema, "ema_momentum": self.ema_momentum,
+                  "ema_overwrite_frequency": self.ema_overwrite_frequency,
+                  "loss_scale_factor": self.loss_scale_factor,
+                  "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                  "exclude_from_weight_decay": self._exclude_config(),
+                  "backend": self._backend_name}
+        config.update(state_dtype=self.state_dtype, state_rounding=self.state_rounding)
+        if self._tree.kind == "groups":
+            config["param_groups"] = [
+                {k: lr_config(v) if k == "learning_rate" else v
+                 for k, v in pg.overrides.items()} for pg in self._param_groups]
+        return config
+
+    def _exclude_config(self):
+        if not self._excluded:
+            return None
+        names = self._tree.names
+        return sorted(names[i] if names[i] is not None else i for i in self._excluded)
+
+    @classmethod
+    def from_config(cls, params, config):
+        """A new optimizer over ``params`` from :meth:`get_config`'s output.
+
+        With parameter groups, ``params`` is the list of group dicts; the
+        config's per-group overrides replace those given there."""
+        params, keywords = hyperparams.config_arguments(cls.__name__, params, config)
+        return cls(params, **keywords)
+
+    def state_arrays(self):
+        """Every per-parameter state array (live, not a copy), by state-dict
+        key ``"<slot>/<index or name>"``: the kernels' slots (views of the
+        flat buffers), the moving averages and the gradient accumulators."""
+        names = self._tree.names
+        live = {}
+
+        def add(slot, i, array):
+            live[f"{slot}/{i if names[i] is None else names[i]}"] = array
+        for group in self._tensor_groups:
+            for slot, views in group.slot_views.items():
+                for i, view in zip(group.indices, views):
+                    add(slot, i, view)
+        for slot, arrays in (("average", self._ema),
+                             ("gradient_accumulator", self._accumulated)):
+            for i, a in enumerate(arrays or ()):
+                add(slot, i, a)
+        return live
+
+    def state_dict(self):
+        """``{"config", "iterations", "slots": {"<slot>/<index or name>": array}}``.
+
+        Slot arrays are host NumPy copies (also for device parameters) in
+        their parameter's shape and dtype (with ``state_dtype="bfloat16"``,
+        the kernels' slots are uint16 arrays of bfloat16 bit patterns, which
+        round-trip exactly); they
+        include the moving averages (``average/...``) with ``use_ema`` and
+        the gradient accumulators (``gradient_accumulator/...``).
+        """
+        slots = {key: self._arrays.to_host(a) for key, a in self.state_arrays().items()}
+        return {"config": self.get_config(), "iterations": self.iterations, "slots": slots}
+
+    def load_state_dict(self, state):
+        """Restore hyperparameters, iteration count and slots from
+        :meth:`state_dict`'s output.  Checked whole first: on error nothing
+        changes."""
+        name = type(self).__name__
+        iterations = check_state_header(name, state, self.state_dtype, self.convention)
+        # the hyperparameters, checked by building a twin on the same params
+        config = hyperparams.with_current_callables(
+            name, state["config"], self._defaults["learning_rate"],
+            [pg.hyperparams["learning_rate"] for pg in self._param_groups]
+            if self._tree.kind == "groups" else None)
+        twin = type(self).from_config(self.params, {**config, "backend": self._backend_name})
+        if twin.rule != self.rule:
+            raise ValueError(f"{name}.load_state_dict: the state is for kernel "
+                             f"{twin.rule!r} (other hyperparameters) but this "
+                             f"optimizer runs {self.rule!r}")
+        live = twin.state_arrays()
+        check_slots(name, state["slots"], live)
+        # all checked: copy the slots into the twin, then take it over
+        for key, dst in live.items():
+            twin._arrays.assign(dst, state["slots"][key])
+        twin.iterations = iterations
+        self.__dict__.update(twin.__dict__)
+
+    def save_state(self, path, extra=None):
+        """Write :meth:`state_dict`, and the named arrays ``extra``, to the
+        ``.npz`` file ``path``, atomically (see :func:`fastopt.save_state`)."""
+        write_npz_atomic(path, {**(extra or {}), **state_to_arrays(self.state_dict())})
+
+    def __repr__(self):
+        hyper = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
+                          if k != "class_name" and v is not None and v is not False)
+        return f"{type(self).__name__}({hyper})"

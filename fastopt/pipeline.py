@@ -1,0 +1,111 @@
+"""The step pipeline around the kernel: what an optimizer does to the
+gradients and parameters before and after its fused kernel call.
+
+Order of operations in one :meth:`fastopt.Optimizer.step` (Keras 3's, under
+both conventions)::
+
+    g <- g / loss_scale_factor
+    with gradient accumulation: acc <- acc + g and stop, except on every
+        gradient_accumulation_steps-th call, where g <- (g + acc) / steps
+    g <- clip(g)                         (clipnorm, global_clipnorm, clipvalue)
+    g <- -g                              (maximize)
+    g <- g + wd * w                      (torch convention, except AdamW)
+    w <- (1 - wd * lr) * w               (keras convention, and torch AdamW)
+    the optimizer's update
+    ema <- m * ema + (1 - m) * w         (use_ema, every call; m = 0 until the
+                                          first update has been counted)
+    iterations <- iterations + 1
+
+The gradient scale (loss scale, clip factor, sign), the decoupled decay
+factor and the coupled decay coefficient reach the kernel as the per-tensor
+rows of :attr:`fastopt.buffers.TensorGroup.factors`; ``clipvalue`` as a
+scalar.  ``arrays`` below is :class:`fastopt.buffers.HostArrays` or the CUDA
+backend: the same array operations on host or device arrays.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import reference
+
+__all__ = ["update_counts", "accumulate", "clip_scales", "decay_factors", "update_ema",
+           "copy_averages"]
+
+#: torch.nn.utils.clip_grad_norm_'s guard against division by zero
+TORCH_CLIP_EPS = 1e-6
+
+
+def update_counts(iterations, accumulation_steps):
+    """``(applying, updates)``: whether this call updates the parameters, and
+    how many updates came before it (the count bias corrections see)."""
+    if accumulation_steps is None:
+        return True, iterations
+    return (iterations + 1) % accumulation_steps == 0, iterations // accumulation_steps
+
+
+def accumulate(arrays, accumulators, grads, inv, applying, steps):
+    """Add ``grads * inv`` to the accumulators; when ``applying``, turn them
+    into the mean gradient.  Returns the gradients and scale to apply."""
+    for acc, g in zip(accumulators, grads):
+        arrays.add_scaled(acc, g, inv)
+    if applying:
+        for acc in accumulators:
+            arrays.divide(acc, steps)
+    return accumulators, 1.0
+
+
+def clip_scales(tensor_groups, grads, inv, clipnorm, global_clipnorm, torch_convention,
+                reduce_tensor_sums):
+    """One gradient scale per tensor group: a float, or an array with one
+    entry per tensor (``clipnorm``); ``inv`` (the loss-scale divisor) included.
+
+    ``reduce_tensor_sums`` adds the per-tensor sums of squares up over every
+    shard of the tensors (see :mod:`fastopt.protocol`)."""
+    n = len(tensor_groups)
+    if clipnorm is None and global_clipnorm is None:
+        return [inv] * n
+    if n == 1:
+        sumsq = [tensor_groups[0].plan.sumsq(grads)]
+    else:
+        sumsq = [g.plan.sumsq([grads[i] for i in g.indices]) for g in tensor_groups]
+    sumsq = reduce_tensor_sums(sumsq)
+    if global_clipnorm is not None:
+        norm = math.sqrt(sum(float(np.sum(s)) for s in sumsq)) * inv
+        if torch_convention:  # min() keeps a NaN first argument
+            scale = min(global_clipnorm / (norm + TORCH_CLIP_EPS), 1.0)
+        else:
+            scale = reference.global_clip_scale(norm, global_clipnorm)
+        return [scale * inv] * n
+    with np.errstate(invalid="ignore"):
+        return [clipnorm / np.maximum(np.sqrt(s) * inv, clipnorm) * inv for s in sumsq]
+
+
+def decay_factors(weight_decay, lr, coupled):
+    """``(keep, l2)``: the decoupled decay factor and the coupled (L2)
+    coefficient of weight decay; ``coupled`` under the torch convention
+    (except AdamW)."""
+    if not weight_decay:
+        return 1.0, 0.0
+    if coupled:
+        return 1.0, weight_decay
+    return 1.0 - weight_decay * lr, 0.0
+
+
+def update_ema(arrays, averages, params, updates, momentum, overwrite_frequency):
+    """Move the averages towards the parameters; every ``overwrite_frequency``
+    updates, copy them into the parameters.  As in Keras, the average starts
+    as a copy (momentum 0 until the first update has been counted), then
+    follows every call."""
+    m = momentum if updates else 0.0
+    for avg, p in zip(averages, params):
+        arrays.lerp(avg, p, m, 1.0 - m)
+    if overwrite_frequency and (updates + 1) % overwrite_frequency == 0:
+        copy_averages(arrays, averages, params)
+
+
+def copy_averages(arrays, averages, params):
+    """Copy the moving averages into the parameters."""
+    for avg, p in zip(averages, params):
+        arrays.assign(p, avg)

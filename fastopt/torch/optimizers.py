@@ -1,0 +1,145 @@
+"""The ``torch.optim`` drop-in classes of :mod:`fastopt.torch`, one per
+fastopt optimizer, on the :class:`~fastopt.torch._optim.FusedOptimizer` mixin."""
+from __future__ import annotations
+
+import torch as _torch
+
+from ._optim import FusedOptimizer, _decay, _f, _step_tensor
+
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+
+
+class SGD(FusedOptimizer, _torch.optim.SGD):
+    """``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay,
+    maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`."""
+
+    _COUNTS_STEPS = False
+    _SLOT_KEYS = {"sgd": (), "sgd_momentum_torch": ("momentum_buffer",),
+                  "sgd_nesterov_torch": ("momentum_buffer",)}
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None, state_dtype=None, state_rounding=None):
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
+                         maximize=maximize, foreach=foreach, differentiable=differentiable,
+                         fused=fused)
+        self._fastopt_init(False, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        lr, mu = _f(group["lr"]), _f(group["momentum"])
+        keep, l2 = _decay(group, False)
+        if mu == 0:
+            return "sgd", (lr,), keep, l2
+        rule = "sgd_nesterov_torch" if group["nesterov"] else "sgd_momentum_torch"
+        return rule, (lr, mu, _f(group["dampening"])), keep, l2
+
+    def _new_state(self, group, p, st):
+        if "momentum_buffer" not in st or st["momentum_buffer"] is None:
+            st["momentum_buffer"] = self._slot_zeros(p)
+
+
+class Adagrad(FusedOptimizer, _torch.optim.Adagrad):
+    """``torch.optim.Adagrad`` (lr_decay, initial_accumulator_value, weight
+    decay, maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`."""
+
+    _SLOT_KEYS = {"adagrad_torch": ("sum",)}
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
+                 initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
+                 differentiable=False, fused=None, state_dtype=None, state_rounding=None):
+        super().__init__(params, lr, lr_decay, weight_decay, initial_accumulator_value, eps,
+                         foreach, maximize=maximize, differentiable=differentiable,
+                         fused=fused)
+        self._fastopt_init(False, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        keep, l2 = _decay(group, False)
+        return ("adagrad_torch", (_f(group["lr"]), _f(group["eps"]), _f(group["lr_decay"])),
+                keep, l2)
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        if "sum" not in st:
+            st["sum"] = self._slot_zeros(p).fill_(group["initial_accumulator_value"])
+
+
+class RMSprop(FusedOptimizer, _torch.optim.RMSprop):
+    """``torch.optim.RMSprop`` (``alpha``, centred, momentum, weight decay,
+    maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`."""
+
+    _SLOT_KEYS = {"rmsprop_torch": ("square_avg",),
+                  "rmsprop_momentum_torch": ("square_avg", "momentum_buffer"),
+                  "rmsprop_centered_torch": ("square_avg", "grad_avg"),
+                  "rmsprop_centered_momentum_torch": ("square_avg", "grad_avg",
+                                                      "momentum_buffer")}
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False, *, state_dtype=None, state_rounding=None):
+        super().__init__(params, lr, alpha, eps, weight_decay, momentum, centered, capturable,
+                         foreach, maximize, differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        keep, l2 = _decay(group, False)
+        lr, rho, mu, eps = (_f(group[k]) for k in ("lr", "alpha", "momentum", "eps"))
+        rule = "rmsprop" + ("_centered" if group["centered"] else "") + \
+            ("_momentum" if mu > 0 else "") + "_torch"
+        scalars = (lr, rho, mu, eps) if mu > 0 else (lr, rho, eps)
+        return rule, scalars, keep, l2
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        for key in ("square_avg", "momentum_buffer", "grad_avg"):
+            if key not in st and (key == "square_avg"
+                                  or (key == "momentum_buffer" and group["momentum"] > 0)
+                                  or (key == "grad_avg" and group["centered"])):
+                st[key] = self._slot_zeros(p)
+
+
+class _AdamRule:
+    _SLOT_KEYS = {"adam_torch": ("exp_avg", "exp_avg_sq"),
+                  "adam_amsgrad_torch": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+
+    def _rule(self, group):
+        b1, b2 = group["betas"]
+        keep, l2 = _decay(group, group.get("decoupled_weight_decay", False))
+        rule = "adam_amsgrad_torch" if group["amsgrad"] else "adam_torch"
+        return rule, (_f(group["lr"]), _f(b1), _f(b2), _f(group["eps"])), keep, l2
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key not in st and (key != "max_exp_avg_sq" or group["amsgrad"]):
+                st[key] = self._slot_zeros(p)
+
+
+class Adam(_AdamRule, FusedOptimizer, _torch.optim.Adam):
+    """``torch.optim.Adam`` (AMSGrad, L2 or decoupled weight decay, maximize)
+    on fastopt's fused kernels; see :mod:`fastopt.torch`."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 state_dtype=None, state_rounding=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=decoupled_weight_decay)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+
+class AdamW(_AdamRule, FusedOptimizer, _torch.optim.AdamW):
+    """``torch.optim.AdamW`` (decoupled weight decay, AMSGrad, maximize) on
+    fastopt's fused kernels; see :mod:`fastopt.torch`."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, state_dtype=None, state_rounding=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         foreach=foreach, capturable=capturable,
+                         differentiable=differentiable, fused=fused)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
