@@ -31,7 +31,7 @@ class Adagrad(Optimizer):
     epsilon : float >= 0, default 1e-7 (keras), 1e-10 (torch)
     lr_decay : float >= 0, default 0 (torch convention only)
     **kwargs
-        See :class:`fastopt.optimizers.base.Optimizer`.
+        See :class:`fastopt.Optimizer`.
     """
 
     _DEFAULTS = {"learning_rate": 0.001, "initial_accumulator_value": 0.1, "epsilon": 1e-7}

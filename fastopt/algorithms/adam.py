@@ -37,7 +37,7 @@ class Adam(Optimizer):
     epsilon : float >= 0, default 1e-7 (keras), 1e-8 (torch)
     amsgrad : bool, default False
     **kwargs
-        See :class:`fastopt.optimizers.base.Optimizer`.  ``weight_decay`` is
+        See :class:`fastopt.Optimizer`.  ``weight_decay`` is
         decoupled under the Keras convention and L2 under the torch one (use
         :class:`AdamW` for PyTorch's decoupled form).
     """
@@ -85,7 +85,7 @@ class AdamW(Adam):
     epsilon : float >= 0, default 1e-7 (keras), 1e-8 (torch)
     amsgrad : bool, default False
     **kwargs
-        See :class:`fastopt.optimizers.base.Optimizer`.
+        See :class:`fastopt.Optimizer`.
     """
 
     _DEFAULTS = {**Adam._DEFAULTS, "weight_decay": 0.004}

@@ -42,7 +42,7 @@ class Adamax(Optimizer):
     epsilon : float >= 0, default 1e-7 (keras), 1e-8 (torch)
         PyTorch's ``eps``.
     **kwargs
-        See :class:`fastopt.optimizers.base.Optimizer`.  ``weight_decay`` is
+        See :class:`fastopt.Optimizer`.  ``weight_decay`` is
         decoupled under the Keras convention and L2 under the torch one, as
         in the frameworks.
     """

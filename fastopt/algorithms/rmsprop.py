@@ -42,7 +42,7 @@ class RMSprop(Optimizer):
     epsilon : float >= 0, default 1e-7 (keras), 1e-8 (torch)
     centered : bool, default False
     **kwargs
-        See :class:`fastopt.optimizers.base.Optimizer`.
+        See :class:`fastopt.Optimizer`.
     """
 
     _DEFAULTS = {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7,

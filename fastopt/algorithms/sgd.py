@@ -48,7 +48,7 @@ class SGD(Optimizer):
     dampening : float in [0, 1], default 0 (torch convention only)
     **kwargs
         ``weight_decay``, clipping, EMA, ..., ``backend``, ``convention``:
-        see :class:`fastopt.optimizers.base.Optimizer`.
+        see :class:`fastopt.Optimizer`.
     """
 
     _DEFAULTS = {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False}

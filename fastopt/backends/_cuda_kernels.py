@@ -269,7 +269,7 @@ def sumsq_tensors(first, partial, out):
 # ---------------------------------------------------------------------------
 # Element-wise helpers for what the optimizer does outside its kernels with
 # device parameters (moving averages, gradient accumulation): the same
-# operations as the NumPy expressions in fastopt.optimizers.base, in the
+# operations as the NumPy expressions in fastopt.buffers.HostArrays, in the
 # array's dtype, one tensor per launch.
 
 @cuda.jit

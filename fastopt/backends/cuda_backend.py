@@ -232,7 +232,7 @@ class Plan(_contract.Plan):
 
 # ---------------------------------------------------------------------------
 # What the optimizer does with device arrays outside its kernels (the host
-# twins of these are NumPy expressions in fastopt.optimizers.base).
+# twins of these are NumPy expressions in fastopt.buffers.HostArrays).
 
 def _flat(a):
     return a.reshape(a.size)
