@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import math
 
-from . import hyperparams
+from . import hyperparams, two_phase
 from .rule import RULES
 from ._validation import boolean, real
 from .backends import get_backend
 from .buffers import HostArrays, ParamGroup, TensorGroup
 from .hyperparams import checked_lr, lr_config, scheduled_lr
 from .params import ParamTree
-from .pipeline import (accumulate, clip_scales, copy_averages, decay_factors, update_counts,
+from .pipeline import (accumulate, copy_averages, decay_factors, update_counts,
                        update_ema)
 from .protocol import local_tensor_sums
 from .state import check_slots, check_state_header, state_to_arrays, write_npz_atomic
@@ -343,10 +343,11 @@ class Optimizer:
         """The kernel calls: one per tensor group."""
         if self.clipnorm is None and self.global_clipnorm is None:
             scales = self._no_clip_scales if inv == 1.0 else [inv] * len(self._tensor_groups)
-        else:
-            scales = clip_scales(self._tensor_groups, grads, inv, self.clipnorm,
-                                 self.global_clipnorm, self.convention == "torch",
-                                 self.reduce_tensor_sums)
+        else:  # a two-phase step: per-tensor norms, a scale per tensor, the apply
+            clip = two_phase.clipping(self.clipnorm, self.global_clipnorm,
+                                      self.convention == "torch")
+            scales = two_phase.decide(clip, self._tensor_groups, grads, inv,
+                                      self.reduce_tensor_sums)
         clipvalue = math.inf if self.clipvalue is None else self.clipvalue
         whole = self._one_tensor_group  # then grads are the group's, as they are
         k = 0

@@ -7,7 +7,8 @@ both conventions)::
     g <- g / loss_scale_factor
     with gradient accumulation: acc <- acc + g and stop, except on every
         gradient_accumulation_steps-th call, where g <- (g + acc) / steps
-    g <- clip(g)                         (clipnorm, global_clipnorm, clipvalue)
+    g <- clip(g)                         (clipnorm, global_clipnorm: a two-phase
+                                          step, fastopt.two_phase; clipvalue)
     g <- -g                              (maximize)
     g <- g + wd * w                      (torch convention, except AdamW)
     w <- (1 - wd * lr) * w               (keras convention, and torch AdamW)
@@ -24,17 +25,7 @@ backend: the same array operations on host or device arrays.
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
-from . import reference
-
-__all__ = ["update_counts", "accumulate", "clip_scales", "decay_factors", "update_ema",
-           "copy_averages"]
-
-#: torch.nn.utils.clip_grad_norm_'s guard against division by zero
-TORCH_CLIP_EPS = 1e-6
+__all__ = ["update_counts", "accumulate", "decay_factors", "update_ema", "copy_averages"]
 
 
 def update_counts(iterations, accumulation_steps):
@@ -54,32 +45,6 @@ def accumulate(arrays, accumulators, grads, inv, applying, steps):
         for acc in accumulators:
             arrays.divide(acc, steps)
     return accumulators, 1.0
-
-
-def clip_scales(tensor_groups, grads, inv, clipnorm, global_clipnorm, torch_convention,
-                reduce_tensor_sums):
-    """One gradient scale per tensor group: a float, or an array with one
-    entry per tensor (``clipnorm``); ``inv`` (the loss-scale divisor) included.
-
-    ``reduce_tensor_sums`` adds the per-tensor sums of squares up over every
-    shard of the tensors (see :mod:`fastopt.protocol`)."""
-    n = len(tensor_groups)
-    if clipnorm is None and global_clipnorm is None:
-        return [inv] * n
-    if n == 1:
-        sumsq = [tensor_groups[0].plan.sumsq(grads)]
-    else:
-        sumsq = [g.plan.sumsq([grads[i] for i in g.indices]) for g in tensor_groups]
-    sumsq = reduce_tensor_sums(sumsq)
-    if global_clipnorm is not None:
-        norm = math.sqrt(sum(float(np.sum(s)) for s in sumsq)) * inv
-        if torch_convention:  # min() keeps a NaN first argument
-            scale = min(global_clipnorm / (norm + TORCH_CLIP_EPS), 1.0)
-        else:
-            scale = reference.global_clip_scale(norm, global_clipnorm)
-        return [scale * inv] * n
-    with np.errstate(invalid="ignore"):
-        return [clipnorm / np.maximum(np.sqrt(s) * inv, clipnorm) * inv for s in sumsq]
 
 
 def decay_factors(weight_decay, lr, coupled):

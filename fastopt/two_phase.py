@@ -1,0 +1,108 @@
+"""Two-phase steps: per-tensor reductions, a decision per tensor, then the apply.
+
+Some steps need a number per tensor before any element can be updated:
+clipping by norm (the norm of each gradient, or of all of them), Lamb's trust
+ratio (the norms of the weights and of the update).  A *two-phase* step is
+
+1. **reduce** -- one fused, deterministic pass computes per-tensor sums over
+   the data (:data:`REDUCTIONS`; bit-identical at any thread count: fixed
+   chunks, a fixed order of summation), then the optimizer's
+   ``reduce_tensor_sums`` hook (:mod:`fastopt.protocol`) adds them up over
+   every shard of the tensors, so that the decision is the same on every
+   rank;
+2. **decide** -- on the host, in float64, a function of those sums gives one
+   factor per tensor;
+3. **apply** -- the elementwise rule runs with the factors in its per-tensor
+   rows (today the gradient scale; see the contributor guide for the update
+   scale Lamb adds).
+
+:class:`TwoPhase` describes steps 1 and 2; :func:`decide` runs them for an
+optimizer's tensor groups.  ``clipnorm`` and ``global_clipnorm`` are the two
+instances the optimizers use (:func:`clipping`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import reference
+
+__all__ = ["REDUCTIONS", "TwoPhase", "clipping", "decide"]
+
+#: The reductions the fused first pass offers (name -> what the plan method
+#: returns: one float64 per tensor).
+REDUCTIONS = {"grad_sumsq": "sum of the squared gradient elements (Plan.sumsq)"}
+
+#: torch.nn.utils.clip_grad_norm_'s guard against division by zero
+TORCH_CLIP_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class TwoPhase:
+    """The first two phases of a two-phase step.
+
+    Parameters
+    ----------
+    reductions : tuple of str
+        Names from :data:`REDUCTIONS`, computed in one pass per tensor group.
+    decide : callable
+        ``decide(sums, inv)`` -> one gradient scale per tensor group (a float
+        for all its tensors, or an array with one entry per tensor).  ``sums``
+        maps each reduction name to a list (one entry per tensor group) of
+        float64 arrays, one entry per tensor, already summed over every shard;
+        ``inv`` is the loss-scale divisor, part of every scale.
+    """
+
+    reductions: tuple
+    decide: Callable
+
+    def __post_init__(self):
+        unknown = set(self.reductions) - set(REDUCTIONS)
+        if unknown:
+            raise ValueError(f"unknown reductions {sorted(unknown)}; the fused pass offers "
+                             f"{sorted(REDUCTIONS)}")
+
+
+def decide(two_phase, tensor_groups, grads, inv, reduce_tensor_sums):
+    """Run the reductions over ``tensor_groups`` (each with a ``plan`` and its
+    ``indices`` into ``grads``), sum them over shards with
+    ``reduce_tensor_sums``, and return ``two_phase.decide``'s factors."""
+    sums = {}
+    for name in two_phase.reductions:  # only "grad_sumsq" today
+        if len(tensor_groups) == 1:
+            partial = [tensor_groups[0].plan.sumsq(grads)]
+        else:
+            partial = [g.plan.sumsq([grads[i] for i in g.indices]) for g in tensor_groups]
+        sums[name] = reduce_tensor_sums(partial)
+    return two_phase.decide(sums, inv)
+
+
+def clipping(clipnorm=None, global_clipnorm=None, torch_convention=False):
+    """The :class:`TwoPhase` of gradient clipping by norm, or None without it.
+
+    ``clipnorm``: each tensor scaled by ``clipnorm / max(||g||, clipnorm)``
+    (Keras).  ``global_clipnorm``: every tensor by one factor from the norm of
+    all of them -- Keras's :func:`fastopt.reference.global_clip_scale`, or
+    under the torch convention ``torch.nn.utils.clip_grad_norm_``'s
+    ``min(c / (norm + 1e-6), 1)``.
+    """
+    if global_clipnorm is not None:
+        def by_global_norm(sums, inv):
+            sumsq = sums["grad_sumsq"]
+            norm = math.sqrt(sum(float(np.sum(s)) for s in sumsq)) * inv
+            if torch_convention:  # min() keeps a NaN first argument
+                scale = min(global_clipnorm / (norm + TORCH_CLIP_EPS), 1.0)
+            else:
+                scale = reference.global_clip_scale(norm, global_clipnorm)
+            return [scale * inv] * len(sumsq)
+        return TwoPhase(("grad_sumsq",), by_global_norm)
+    if clipnorm is not None:
+        def by_norm(sums, inv):
+            with np.errstate(invalid="ignore"):
+                return [clipnorm / np.maximum(np.sqrt(s) * inv, clipnorm) * inv
+                        for s in sums["grad_sumsq"]]
+        return TwoPhase(("grad_sumsq",), by_norm)
+    return None
