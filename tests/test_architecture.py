@@ -203,3 +203,94 @@ def test_sharded_optimizer_follows_the_protocol_and_sums_any_shape():
         np.testing.assert_array_equal(t, p)  # one rank: the sum is the part
     with pytest.raises(TypeError, match="optimizer_cls must be a fastopt optimizer class"):
         ShardedOptimizer(ShardedOptimizer, [np.zeros(3)], comm=MPI.COMM_SELF)
+
+
+# ---------------------------------------------------------------------------
+# One place per optimizer: the rules, the element language, the generated code.
+
+from fastopt import _codegen  # noqa: E402
+from fastopt.rule import RULES  # noqa: E402
+
+PACKAGE = Path(fastopt.__file__).parent
+
+
+def test_every_rule_is_written_in_the_element_language():
+    for rule in RULES.values():
+        prepared = _codegen.check_prepare(rule.prepare_ast)
+        _codegen.check_element(rule.element_ast, rule.slots, prepared)
+        assert rule.kind in fastopt.rule.KINDS
+        assert rule.family and rule.reference.__module__ == f"fastopt.algorithms.{rule.family}"
+
+
+def test_the_build_reads_the_same_rules_as_the_registry():
+    # setup.py parses the family modules without importing them; it must see
+    # exactly the rules (and the code) the registry holds at run time
+    from types import SimpleNamespace
+    parsed = _codegen.read_families(str(PACKAGE))
+    assert [r.name for r in parsed] == list(RULES)
+    for p in parsed:
+        r = RULES[p.name]
+        assert (p.slots, p.scalars, p.convention, p.prepared) == \
+            (r.slots, r.scalars, r.convention, r.prepared)
+        assert p.bf16 == (r.bf16_refusal is None)
+        live = SimpleNamespace(name=r.name, slots=r.slots, scalars=r.scalars,
+                               prepare=r.prepare_ast, element=r.element_ast)
+        assert _codegen.fingerprint(p) == _codegen.fingerprint(live)
+
+
+def test_the_cython_build_holds_the_current_rules():
+    if "cython" not in fastopt.available_backends():
+        pytest.skip("the Cython extension is not built")
+    cb = fastopt.get_backend("cython")
+    assert [name for name, _ in cb._ext.RULES] == list(RULES)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def e(g, w, m, a):\n    for i in range(3):\n        m = m + a\n    return w, m",
+     "For statements"),
+    ("def e(g, w, m, a):\n    m = np.exp(a)\n    return w, m", "call of 'np.exp'"),
+    ("def e(g, w, m, a):\n    m = b * a\n    return w, m", "'b' is read before"),
+    ("def e(g, w, m, a):\n    m = a\n    return m, w", "must return w, m"),
+    ("def e(g, w, m, a):\n    m = a\n", "last statement must return"),
+    ("def e(w, g, m, a):\n    return w, m", "arguments"),
+    ("def e(g, w, m, a):\n    m = max(a)\n    return w, m", r"max\(\) takes 2"),
+    ("def e(g, w, m, a):\n    m = 'x'\n    return w, m", "constant 'x'"),
+    ("def e(g, w, m, a):\n    m = a if g > 0 else w\n    return w, m", "IfExp"),
+    ("def e(g, w, m, a):\n    if g > 0:\n        q = a\n    m = q\n    return w, m",
+     "'q' is read before"),
+])
+def test_the_element_language_refuses_what_it_cannot_render(source, message):
+    fn = _codegen.parse_function(source)
+    with pytest.raises(_codegen.LanguageError, match=message):
+        _codegen.check_element(fn, ("m",), ("a",))
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def p(lr, step):\n    if step <= 1:\n        return {'a': lr}\n    return {'b': lr}",
+     "returns keys"),
+    ("def p(lr):\n    return lr", "dict literal"),
+    ("def p(lr):\n    x = lr\n", "every path must return"),
+])
+def test_prepare_must_return_the_same_named_scalars_on_every_path(source, message):
+    with pytest.raises(_codegen.LanguageError, match=message):
+        _codegen.check_prepare(_codegen.parse_function(source))
+
+
+@pytest.mark.parametrize("backend", [b for b in fastopt.available_backends()
+                                     if b != "cuda"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_lets_a_nan_win_on_every_backend(backend, dtype):
+    # AMSGrad's vhat = max(vhat, v): a NaN in v (or in vhat) wins, as
+    # np.maximum does; otherwise the larger value, the first one on a tie
+    be = fastopt.get_backend(backend)
+    vh = np.array([np.nan, 1.0, 2.0, 5.0, np.nan, 0.5], dtype)
+    v = np.array([1.0, np.nan, 2.0, 3.0, np.nan, 0.7], dtype)
+    p = np.zeros(6, dtype)
+    g = np.zeros(6, dtype)
+    m = np.zeros(6, dtype)
+    # with g = 0 and beta_2 = 0, v becomes 0 * ... except where it is NaN;
+    # so use beta_2 = 1 (1 - beta_2 = 0): v stays as it is
+    be.adam_amsgrad(p, g, m, v, vh, 1e-3, 0.9, 1.0, 1e-7)
+    expected = np.maximum(np.array([np.nan, 1.0, 2.0, 5.0, np.nan, 0.5]),
+                          np.array([1.0, np.nan, 2.0, 3.0, np.nan, 0.7]))
+    np.testing.assert_array_equal(vh, expected.astype(dtype))
