@@ -20,9 +20,10 @@ float literals and names; ``+ - * /`` and ``**``; unary ``-``; comparisons
 (one operator each) and ``and``/``or``/``not`` in conditions; ``if``/``elif``/
 ``else``; the calls ``sqrt`` (``math.sqrt``), ``abs``, ``min``, ``max``,
 ``copysign`` (``math.copysign``), ``sign`` and ``pow``.  ``min`` and ``max``
-follow NumPy's ``np.minimum``/``np.maximum``: a NaN argument wins (and on a
-tie the first argument is returned), identically on every backend.
-``sign(x)`` is -1, 0 or 1 (NaN for NaN), like ``np.sign``.
+follow NumPy's ``np.minimum``/``np.maximum`` for NaN: a NaN argument wins;
+on a tie they return the first argument (NumPy returns the second, which
+differs for +0 and -0 only), identically on every backend.  ``sign(x)`` is
+-1 or 1, and ``x`` itself for 0, -0 and NaN (``np.sign(-0.0)`` is +0).
 
 This module depends on the standard library only: ``setup.py`` loads it by
 path in the build environment (setuptools, Cython, NumPy; no Numba, no
@@ -281,6 +282,23 @@ def _lines(body, expr, indent, on_return, out):
         elif isinstance(node, ast.Return):
             on_return(node, pad, out)
     return out
+
+
+# The calls whose Python form is the same for Numba CPU and CUDA (each backend
+# compiles these with its own decorator): np.maximum / np.minimum semantics,
+# a NaN wins and a tie returns the first argument, written as selects so that
+# loops vectorise.
+
+def fmax(a, b):
+    return b if (b > a or b != b) else a
+
+
+def fmin(a, b):
+    return b if (b < a or b != b) else a
+
+
+def fabs(x):
+    return abs(x)
 
 
 #: Python spellings of the calls (Numba CPU and CUDA): helpers the backends define.

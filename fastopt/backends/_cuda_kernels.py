@@ -107,21 +107,9 @@ else:
 # The rest of the element language's calls (fastopt._codegen.PY_CALLS), and
 # the gradient transform, as device functions (plain Python on the simulator).
 
-@jitable
-def _abs(x):
-    return abs(x)
-
-
-@jitable
-def _fmax(a, b):
-    # np.maximum: a NaN wins, a tie returns the first argument
-    return b if (b > a or b != b) else a
-
-
-@jitable
-def _fmin(a, b):
-    # np.minimum: a NaN wins, a tie returns the first argument
-    return b if (b < a or b != b) else a
+_abs = jitable(_codegen.fabs)
+_fmax = jitable(_codegen.fmax)  # np.maximum: a NaN wins, a tie returns the first
+_fmin = jitable(_codegen.fmin)
 
 
 @jitable

@@ -21,6 +21,7 @@ import numba
 import numpy as np
 from numba import carray, prange
 
+from .. import _codegen
 from ..rule import RULES
 from . import _contract
 from ._numba_util import as_ptr, driver, kernel
@@ -41,19 +42,9 @@ def _sqrt(x):
     return np.sqrt(x)
 
 
-@kernel
-def _abs(x):
-    return abs(x)
-
-
-@kernel
-def _fmax(a, b):
-    return b if (b > a or b != b) else a
-
-
-@kernel
-def _fmin(a, b):
-    return b if (b < a or b != b) else a
+_abs = kernel(_codegen.fabs)
+_fmax = kernel(_codegen.fmax)
+_fmin = kernel(_codegen.fmin)
 
 
 @kernel
@@ -144,7 +135,6 @@ def _make(__key):
 
 def render(rule):
     """The Python source of ``rule``'s element loop and driver."""
-    from .. import _codegen
     fn = rule.element_ast
     names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
     rename = {n: "e_" + n for n in names}
@@ -192,15 +182,20 @@ class Compiled:
         self.step_parallel, self.step_serial = driver(fns[step])
 
 
-_COMPILED = {}
+def per_rule(build):
+    """``get(rule)``: ``build(rule)``, made once per rule per process."""
+    made = {}
+
+    def get(rule):
+        c = made.get(rule.name)
+        if c is None:
+            c = made[rule.name] = build(rule)
+        return c
+    return get
 
 
-def compiled(rule):
-    """:class:`Compiled` of ``rule`` (one per rule per process)."""
-    c = _COMPILED.get(rule.name)
-    if c is None:
-        c = _COMPILED[rule.name] = Compiled(rule)
-    return c
+#: ``compiled(rule)``: the rule's :class:`Compiled`.
+compiled = per_rule(Compiled)
 
 
 # ---------------------------------------------------------------------------

@@ -478,15 +478,8 @@ class Compiled:
         self.narrow_parallel, self.narrow_serial = driver(fns[names[3]])
 
 
-_COMPILED = {}
-
-
-def compiled(rule):
-    """:class:`Compiled` of ``rule`` (one per rule per process)."""
-    c = _COMPILED.get(rule.name)
-    if c is None:
-        c = _COMPILED[rule.name] = Compiled(rule)
-    return c
+#: ``compiled(rule)``: the rule's :class:`Compiled`.
+compiled = nb.per_rule(Compiled)
 
 
 @kernel
