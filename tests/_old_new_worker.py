@@ -19,7 +19,7 @@ from fastopt.backends import numba_bf16  # noqa: E402
 try:
     from fastopt.rule import RULES
 except ImportError:  # the old layout
-    from fastopt.rule import RULES
+    from fastopt._rules import RULES
 
 OLD_RULES = [
     "sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop", "rmsprop_momentum",
