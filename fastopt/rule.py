@@ -102,11 +102,14 @@ class Rule:
         """The rule's formula: its reference's docstring."""
         return inspect.getdoc(self.reference) or ""
 
-    @property
-    def bytes_per_param(self):
-        """Bytes one step moves per float32 parameter: read the parameter,
-        gradient and slots, write the parameter and slots."""
-        return 4 * (3 + 2 * len(self.slots))
+    def bytes_per_param(self, dtype="float32", state_dtype=None):
+        """Bytes one step moves per parameter: the parameter read and written,
+        the gradient read, each slot read and written (``state_dtype``: the
+        slots' dtype when it differs from the parameters')."""
+        import numpy as np
+        item = np.dtype(dtype).itemsize
+        state_item = item if state_dtype is None else np.dtype(state_dtype).itemsize
+        return 3 * item + 2 * len(self.slots) * state_item
 
     def pack(self, scalars, clipvalue=math.inf):
         """``(clipvalue, *prepare(*scalars).values())``: what the kernels read."""

@@ -4,7 +4,7 @@
 the naive NumPy step it is compared with (:mod:`fastopt.bench.naive`, same
 name) and the ``torch.optim`` optimizer of the same update:
 ``fused=True`` where PyTorch has a fused CPU implementation (Adam, AdamW,
-SGD, Adagrad), ``foreach=True`` otherwise (RMSprop).  Hyperparameters are
+SGD, Adagrad), ``foreach=True`` otherwise (RMSprop, Adamax).  Hyperparameters are
 the Keras defaults of fastopt and of the naive steps, and the same values
 are given to torch, so all three run the same amount of arithmetic.
 
@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
+from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RMSprop
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -58,6 +58,8 @@ CASES = {
     "adam_amsgrad": Case(Adam, {"amsgrad": True}, "adam_amsgrad",
                          ("Adam", {**_ADAM_T, "amsgrad": True}, "fused")),
     "adamw": Case(AdamW, {}, "adam", ("AdamW", {**_ADAM_T, "weight_decay": 0.004}, "fused")),
+    # torch 2.13 has no fused Adamax: its multi-tensor (foreach) path
+    "adamax": Case(Adamax, {}, "adamax", ("Adamax", _ADAM_T, "foreach")),
 }
 
 

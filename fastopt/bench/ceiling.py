@@ -58,9 +58,7 @@ def bytes_per_param(rule, dtype="float32", state_dtype=None):
     (its weight decay is a factor inside the same pass).
     """
     rule = {"adamw": "adam", "adamw_amsgrad": "adam_amsgrad"}.get(rule, rule)
-    item = np.dtype(dtype).itemsize
-    state_item = item if state_dtype is None else np.dtype(state_dtype).itemsize
-    return 3 * item + 2 * len(RULES[rule].slots) * state_item
+    return RULES[rule].bytes_per_param(dtype, state_dtype)
 
 
 #: bytes per element of the rmw kernel and of the copy, float32

@@ -1,6 +1,6 @@
 """The plain NumPy optimizer steps a user would write without fastopt.
 
-Each function is the textbook update for one of fastopt's ten rules, written
+Each function is the textbook update for one of fastopt's Keras rules, written
 the way a competent NumPy user writes it: whole-array expressions (each one
 allocating its temporaries), state updated in place by slice assignment, the
 parameter updated with ``-=`` / ``+=``.  No ``out=`` arguments, no fusion, no
@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-           "adam", "adam_amsgrad", "adamw", "NAIVE", "SLOTS", "init_state", "stepper"]
+           "adam", "adam_amsgrad", "adamax", "adamw", "NAIVE", "SLOTS", "init_state", "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -98,6 +98,13 @@ def adam_amsgrad(w, g, m, v, vmax, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=
     w -= lr * mhat / (np.sqrt(vhat) + eps)
 
 
+def adamax(w, g, m, u, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7):
+    """Adamax: ``u`` the decayed infinity norm of the gradients."""
+    m[:] = beta_1 * m + (1 - beta_1) * g
+    u[:] = np.maximum(beta_2 * u, np.abs(g))
+    w -= lr / (1 - beta_1 ** t) * m / (u + eps)
+
+
 def adamw(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_decay=0.004):
     """AdamW: decoupled weight decay ``w <- w - lr * wd * w``, then Adam."""
     w -= lr * weight_decay * w
@@ -107,12 +114,13 @@ def adamw(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_
 #: name -> naive step function (fastopt's Keras rule names, and adamw)
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
-                                 rmsprop_centered_momentum, adam, adam_amsgrad, adamw)}
+                                 rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
+                                 adamw)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
-         "adam": 2, "adam_amsgrad": 3, "adamw": 2}
+         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2}
 
 
 def init_state(rule, w):
