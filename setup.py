@@ -3,7 +3,7 @@
 All metadata lives in pyproject.toml.  ``pip install .`` (or ``pip install -e
 .``) first renders ``fastopt/backends/_cython_kernels.pyx`` and ``.pxd`` from
 their ``.tp`` templates and the rules of ``fastopt/algorithms`` (with
-Cython's Tempita; ``fastopt/_codegen.py`` parses the family modules and never
+Cython's Tempita; ``fastopt/_codegen`` parses the family modules and never
 imports them, so the build needs no Numba), then compiles the ``.pyx`` with
 
     -O3 -fopenmp -fno-math-errno
@@ -77,13 +77,17 @@ class BuildExt(build_ext):
 
 
 def _render_cython():
-    """Render the Cython sources from the rules (fastopt/_codegen.py, loaded
-    by path: importing the fastopt package would need its dependencies)."""
+    """Render the Cython sources from the rules (the package fastopt/_codegen,
+    loaded by path: importing fastopt would need its run-time dependencies)."""
     import importlib.util
+    import sys
     here = os.path.dirname(os.path.abspath(__file__))
+    folder = os.path.join(here, "fastopt", "_codegen")
     spec = importlib.util.spec_from_file_location(
-        "_fastopt_codegen", os.path.join(here, "fastopt", "_codegen.py"))
+        "_fastopt_codegen", os.path.join(folder, "__init__.py"),
+        submodule_search_locations=[folder])
     codegen = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = codegen
     spec.loader.exec_module(codegen)
     codegen.render_cython(os.path.join(here, "fastopt"))
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from ._optim import FusedOptimizer
 from .offload import CPUOffload
-from .optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
+from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RMSprop
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "FusedOptimizer", "CPUOffload"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "FusedOptimizer",
+           "CPUOffload"]

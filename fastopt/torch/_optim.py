@@ -357,8 +357,10 @@ class FusedOptimizer:
 
     def _stepper(self, rule, dtype, sizes, staged=None):
         """The cached MultiTensorStep of a rule over tensors of these sizes
-        (``staged``: float32 working copies, so float32 state)."""
-        state = None if staged else self.state_dtype
+        (``staged``: float32 working copies, so float32 state; a rule without
+        state, such as plain SGD, has no state to keep in bfloat16)."""
+        from ..rule import RULES
+        state = None if staged or not RULES[rule].slots else self.state_dtype
         key = (rule, dtype, sizes, state)
         cache = self._fastopt_steps
         fused = cache.get(key)

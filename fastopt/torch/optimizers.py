@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import torch as _torch
 
+from ..rule import RULES
 from ._optim import FusedOptimizer, _decay, _f, _step_tensor
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax"]
+
+
+def _slot_keys(*rules):
+    """``_SLOT_KEYS`` of a class: each rule's torch ``state`` keys, in kernel
+    slot order, as its family module declares them (``Rule.torch_state``)."""
+    keys = {name: RULES[name].torch_state for name in rules}
+    for name, k in keys.items():
+        if len(k) != len(RULES[name].slots):  # pragma: no cover - a registry error
+            raise RuntimeError(f"rule {name!r} declares no torch state key for every slot")
+    return keys
 
 
 class SGD(FusedOptimizer, _torch.optim.SGD):
@@ -14,8 +25,7 @@ class SGD(FusedOptimizer, _torch.optim.SGD):
     maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`."""
 
     _COUNTS_STEPS = False
-    _SLOT_KEYS = {"sgd": (), "sgd_momentum_torch": ("momentum_buffer",),
-                  "sgd_nesterov_torch": ("momentum_buffer",)}
+    _SLOT_KEYS = _slot_keys("sgd", "sgd_momentum_torch", "sgd_nesterov_torch")
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
                  nesterov=False, *, maximize=False, foreach=None, differentiable=False,
@@ -42,7 +52,7 @@ class Adagrad(FusedOptimizer, _torch.optim.Adagrad):
     """``torch.optim.Adagrad`` (lr_decay, initial_accumulator_value, weight
     decay, maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`."""
 
-    _SLOT_KEYS = {"adagrad_torch": ("sum",)}
+    _SLOT_KEYS = _slot_keys("adagrad_torch")
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
                  initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
@@ -68,11 +78,8 @@ class RMSprop(FusedOptimizer, _torch.optim.RMSprop):
     """``torch.optim.RMSprop`` (``alpha``, centred, momentum, weight decay,
     maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`."""
 
-    _SLOT_KEYS = {"rmsprop_torch": ("square_avg",),
-                  "rmsprop_momentum_torch": ("square_avg", "momentum_buffer"),
-                  "rmsprop_centered_torch": ("square_avg", "grad_avg"),
-                  "rmsprop_centered_momentum_torch": ("square_avg", "grad_avg",
-                                                      "momentum_buffer")}
+    _SLOT_KEYS = _slot_keys("rmsprop_torch", "rmsprop_momentum_torch", "rmsprop_centered_torch",
+                            "rmsprop_centered_momentum_torch")
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
@@ -100,8 +107,7 @@ class RMSprop(FusedOptimizer, _torch.optim.RMSprop):
 
 
 class _AdamRule:
-    _SLOT_KEYS = {"adam_torch": ("exp_avg", "exp_avg_sq"),
-                  "adam_amsgrad_torch": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+    _SLOT_KEYS = _slot_keys("adam_torch", "adam_amsgrad_torch")
 
     def _rule(self, group):
         b1, b2 = group["betas"]
@@ -143,3 +149,29 @@ class AdamW(_AdamRule, FusedOptimizer, _torch.optim.AdamW):
                          foreach=foreach, capturable=capturable,
                          differentiable=differentiable, fused=fused)
         self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+
+class Adamax(FusedOptimizer, _torch.optim.Adamax):
+    """``torch.optim.Adamax`` (L2 weight decay, maximize) on fastopt's fused
+    kernels; see :mod:`fastopt.torch`."""
+
+    _SLOT_KEYS = _slot_keys("adamax_torch")
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 foreach=None, *, maximize=False, differentiable=False, capturable=False,
+                 state_dtype=None, state_rounding=None):
+        super().__init__(params, lr, betas, eps, weight_decay, foreach, maximize=maximize,
+                         differentiable=differentiable, capturable=capturable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        b1, b2 = group["betas"]
+        keep, l2 = _decay(group, False)
+        return "adamax_torch", (_f(group["lr"]), _f(b1), _f(b2), _f(group["eps"])), keep, l2
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        for key in self._SLOT_KEYS["adamax_torch"]:
+            if key not in st:
+                st[key] = self._slot_zeros(p)
