@@ -1,0 +1,370 @@
+# The drivers, the prepared steps (Core, AddressedCore) and the thread
+# settings of the Cython backend: hand-written, included at the end of the
+# rendered _cython_kernels.pyx, where the per-rule tables (_LOOPS_F32,
+# _LOOPS_F64, _PREPARE, _NSCALARS, _NSLOTS) are defined.  Fixed sizes of the
+# per-step buffers come from the rendered file: MAX_SCALARS, HP_SIZE,
+# MAX_ROWS and NRULES (compile-time enum constants).
+
+# ---------------------------------------------------------------------------
+# Drivers over a group.  ptrs: (2 + nslots) rows of ntensors data pointers
+# (row 0 parameters, row 1 gradients -- NULL skips the tensor -- then slots);
+# chunks: (tensor, start, stop) triples; pt: the (3, ntensors) float64 rows
+# gradient scale, decoupled keep factor, coupled l2.
+
+cdef inline floating* _at(char** ptrs, Py_ssize_t row, Py_ssize_t nrows, Py_ssize_t nt,
+                          Py_ssize_t t, Py_ssize_t start, floating* like) noexcept nogil:
+    if row >= nrows:
+        return NULL
+    return (<floating*>ptrs[row * nt + t]) + start
+
+
+cdef void _chunk_step(floating* like, int rule, char** ptrs, Py_ssize_t nrows,
+                      Py_ssize_t nt, Py_ssize_t t, Py_ssize_t s, Py_ssize_t e,
+                      const double* pt, const double* hp) noexcept nogil:
+    cdef floating* a[MAX_ROWS]
+    cdef Py_ssize_t r
+    for r in range(nrows):
+        a[r] = (<floating*>ptrs[r * nt + t]) + s
+    if floating is float:
+        _LOOPS_F32[rule](<float**>a, e - s, hp, pt[t], pt[nt + t], pt[2 * nt + t])
+    else:
+        _LOOPS_F64[rule](<double**>a, e - s, hp, pt[t], pt[nt + t], pt[2 * nt + t])
+
+
+cdef void _step_serial(floating* like, int rule, char** ptrs, Py_ssize_t nrows,
+                       Py_ssize_t nt, const Py_ssize_t* sizes, const double* pt,
+                       const double* hp) noexcept nogil:
+    # whole tensors: the loops are elementwise, so chunking changes no result
+    cdef Py_ssize_t t
+    for t in range(nt):
+        if ptrs[nt + t] != NULL:
+            _chunk_step(like, rule, ptrs, nrows, nt, t, 0, sizes[t], pt, hp)
+
+
+cdef void _step_parallel(floating* like, int rule, char** ptrs, Py_ssize_t nrows,
+                         Py_ssize_t nt, const Py_ssize_t* chunks, Py_ssize_t nchunks,
+                         const double* pt, const double* hp, int nthreads) noexcept nogil:
+    cdef Py_ssize_t c, t
+    for c in prange(nchunks, schedule="static", num_threads=nthreads):
+        t = chunks[3 * c]
+        if ptrs[nt + t] != NULL:
+            _chunk_step(like, rule, ptrs, nrows, nt, t, chunks[3 * c + 1], chunks[3 * c + 2],
+                        pt, hp)
+
+
+cdef inline double _chunk_sumsq(floating* like, char** ptrs, Py_ssize_t nt,
+                                const Py_ssize_t* chunks, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t t = chunks[3 * c], s = chunks[3 * c + 1]
+    if ptrs[nt + t] == NULL:
+        return 0.0
+    return sumsq(<const floating*>_at(ptrs, 1, 2, nt, t, s, like), chunks[3 * c + 2] - s)
+
+
+cdef void _sumsq_chunks(floating* like, char** ptrs, Py_ssize_t nt, const Py_ssize_t* chunks,
+                        Py_ssize_t nchunks, double* partial, double* out,
+                        int nthreads) noexcept nogil:
+    cdef Py_ssize_t c, u
+    if nthreads > 1:
+        for c in prange(nchunks, schedule="static", num_threads=nthreads):
+            partial[c] = _chunk_sumsq(like, ptrs, nt, chunks, c)
+    else:
+        for c in range(nchunks):
+            partial[c] = _chunk_sumsq(like, ptrs, nt, chunks, c)
+    for u in range(nt):
+        out[u] = 0.0
+    for u in range(nchunks):  # in chunk order: a fixed summation order
+        out[chunks[3 * u]] += partial[u]
+
+
+cdef void _dispatch(int typenum, int rule, char** ptrs, Py_ssize_t nrows, Py_ssize_t nt,
+                    const Py_ssize_t* sizes, const Py_ssize_t* chunks, Py_ssize_t nchunks,
+                    Py_ssize_t size, const double* ptd, const double* hp) noexcept:
+    """One step over a group: parallel over chunks from the threshold on, else
+    serial (releasing the GIL from one chunk's worth of elements on)."""
+    cdef int nthreads = _num_threads
+    cdef bint parallel = (FASTOPT_OPENMP and nthreads > 1 and nchunks > 1 and
+                          size >= (_threshold_f32 if typenum == cnp.NPY_FLOAT
+                                   else _threshold_f64))
+    if parallel:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT:
+                _step_parallel(<float*>NULL, rule, ptrs, nrows, nt, chunks, nchunks, ptd, hp,
+                               nthreads)
+            else:
+                _step_parallel(<double*>NULL, rule, ptrs, nrows, nt, chunks, nchunks, ptd, hp,
+                               nthreads)
+    elif size >= _CHUNK:   # worth releasing the GIL for
+        with nogil:
+            if typenum == cnp.NPY_FLOAT:
+                _step_serial(<float*>NULL, rule, ptrs, nrows, nt, sizes, ptd, hp)
+            else:
+                _step_serial(<double*>NULL, rule, ptrs, nrows, nt, sizes, ptd, hp)
+    elif typenum == cnp.NPY_FLOAT:  # small: keeping the GIL is cheaper
+        _step_serial(<float*>NULL, rule, ptrs, nrows, nt, sizes, ptd, hp)
+    else:
+        _step_serial(<double*>NULL, rule, ptrs, nrows, nt, sizes, ptd, hp)
+
+
+cdef Py_ssize_t* _chunk_table(const Py_ssize_t* sizes, Py_ssize_t nt,
+                              Py_ssize_t nchunks) except NULL:
+    """(tensor, start, stop) triples covering every tensor in CHUNK pieces."""
+    cdef Py_ssize_t t, k, n, c = 0
+    cdef Py_ssize_t* chunks = <Py_ssize_t*>malloc((3 * nchunks + 1) * sizeof(Py_ssize_t))
+    if chunks == NULL:
+        raise MemoryError()
+    for t in range(nt):
+        n = sizes[t]
+        for k in range(0, n, _CHUNK):
+            chunks[3 * c] = t
+            chunks[3 * c + 1] = k
+            chunks[3 * c + 2] = min(k + _CHUNK, n)
+            c += 1
+    return chunks
+
+
+cdef int _read_scalars(scalars, int nscalars, double* s) except -1:
+    cdef Py_ssize_t k
+    if type(scalars) is not tuple:
+        scalars = tuple(scalars)
+    if len(<tuple>scalars) != nscalars:
+        raise ValueError(f"expected {nscalars} scalars, got {len(scalars)}")
+    for k in range(nscalars):
+        s[k] = (<tuple>scalars)[k]
+    return 0
+
+
+cdef const double* _pt_data(pt, Py_ssize_t nt, list keep) except NULL:
+    """The (3, nt) float64 per-tensor rows, converted if needed (kept alive in keep)."""
+    if not (cnp.PyArray_Check(pt) and cnp.PyArray_TYPE(<cnp.ndarray>pt) == cnp.NPY_DOUBLE
+            and cnp.PyArray_SIZE(<cnp.ndarray>pt) == 3 * nt
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>pt)):
+        pt = cnp.PyArray_FROMANY(pt, cnp.NPY_DOUBLE, 2, 2, cnp.NPY_ARRAY_C_CONTIGUOUS)
+        if cnp.PyArray_SIZE(<cnp.ndarray>pt) != 3 * nt:
+            raise ValueError(f"pt must have shape (3, {nt})")
+    keep.append(pt)
+    return <const double*>cnp.PyArray_DATA(<cnp.ndarray>pt)
+
+
+cdef class AddressedCore:
+    """The prepared step of one group of same-dtype tensors given by address.
+
+    ``AddressedCore(rule, nslots, sizes, double)``: like
+    :class:`Core`, but the caller owns the memory and hands over a pointer
+    table at every step: ``step(ptrs, pt, scalars, clipvalue)`` where ``ptrs``
+    is a C-contiguous ``(2 + nslots, ntensors)`` intp array (row 0
+    parameters, row 1 gradients -- 0 skips the tensor -- then the slots), each
+    address the start of ``sizes[t]`` contiguous float32 (or float64 when
+    ``double``) elements.  Nothing here can check those addresses:
+    :mod:`fastopt.multi_tensor` is the checked interface.
+    """
+
+    cdef int rule, typenum
+    cdef Py_ssize_t nt, nrows, nchunks
+    cdef readonly Py_ssize_t size
+    cdef Py_ssize_t* sizes
+    cdef Py_ssize_t* chunks
+
+    def __cinit__(self, int rule, int nslots, sizes, bint double):
+        cdef Py_ssize_t t
+        if not 0 <= rule < NRULES or nslots != _NSLOTS[rule] or len(sizes) == 0:
+            raise ValueError("AddressedCore: bad rule, slot count or empty group")
+        self.rule = rule
+        self.typenum = cnp.NPY_DOUBLE if double else cnp.NPY_FLOAT
+        self.nt = len(sizes)
+        self.nrows = 2 + nslots
+        self.sizes = <Py_ssize_t*>malloc(self.nt * sizeof(Py_ssize_t))
+        if self.sizes == NULL:
+            raise MemoryError()
+        self.nchunks = 0
+        self.size = 0
+        for t in range(self.nt):
+            self.sizes[t] = sizes[t]
+            if self.sizes[t] < 0:
+                raise ValueError("AddressedCore: negative size")
+            self.nchunks += (self.sizes[t] + _CHUNK - 1) // _CHUNK
+            self.size += self.sizes[t]
+        self.chunks = _chunk_table(self.sizes, self.nt, self.nchunks)
+
+    def __dealloc__(self):
+        free(self.sizes)
+        free(self.chunks)
+
+    def step(self, cnp.ndarray ptrs, pt, scalars, double clipvalue=INFINITY):
+        """One step of the rule over the tensors at ``ptrs``."""
+        cdef double s[MAX_SCALARS]
+        cdef double hp[HP_SIZE]
+        cdef list keep = []
+        if not (cnp.PyArray_TYPE(ptrs) == cnp.NPY_INTP and cnp.PyArray_IS_C_CONTIGUOUS(ptrs)
+                and cnp.PyArray_NDIM(ptrs) == 2 and cnp.PyArray_DIM(ptrs, 0) == self.nrows
+                and cnp.PyArray_DIM(ptrs, 1) == self.nt):
+            raise ValueError(f"ptrs must be a C-contiguous intp array of shape "
+                             f"({self.nrows}, {self.nt})")
+        _read_scalars(scalars, _NSCALARS[self.rule], s)
+        cdef const double* ptd = _pt_data(pt, self.nt, keep)
+        _pack(self.rule, s, clipvalue, hp)
+        _dispatch(self.typenum, self.rule, <char**>cnp.PyArray_DATA(ptrs), self.nrows, self.nt,
+                  self.sizes, self.chunks, self.nchunks, self.size, ptd, hp)
+
+
+cdef class Core:
+    """The prepared step of one group of same-dtype tensors.
+
+    ``Core(rule, params, slots)``: ``rule`` is the rule's number (its index
+    in :data:`RULES`, the registry's order), ``params`` the
+    1-D parameter arrays and ``slots`` one list of 1-D arrays per slot.  Every
+    array is checked once here and kept alive by the core.  ``step`` and
+    ``sumsq`` are the plan methods of the kernel contract.
+    """
+
+    cdef int rule, typenum
+    cdef Py_ssize_t nt, nrows, nchunks
+    cdef readonly Py_ssize_t size
+    cdef char** ptrs
+    cdef Py_ssize_t* sizes
+    cdef Py_ssize_t* chunks
+    cdef double* partial
+    cdef object arrays   # keeps the parameters and slots alive
+    cdef cnp.ndarray norms
+
+    def __cinit__(self, int rule, params, slots):
+        cdef Py_ssize_t t, r
+        cdef cnp.ndarray a
+        if not 0 <= rule < NRULES or len(slots) != _NSLOTS[rule] or len(params) == 0:
+            raise ValueError("Core: bad rule, slot count or empty group")
+        self.rule = rule
+        self.nt = len(params)
+        self.nrows = 2 + len(slots)
+        rows = [list(params), [None] * self.nt] + [list(s) for s in slots]
+        first = rows[0][0]
+        if not isinstance(first, cnp.ndarray) or cnp.PyArray_TYPE(first) not in (
+                cnp.NPY_FLOAT, cnp.NPY_DOUBLE):
+            raise TypeError("Core: parameters must be float32 or float64 arrays")
+        self.typenum = cnp.PyArray_TYPE(first)
+        self.arrays = rows
+        self.ptrs = <char**>malloc(self.nrows * self.nt * sizeof(char*))
+        self.sizes = <Py_ssize_t*>malloc(self.nt * sizeof(Py_ssize_t))
+        if self.ptrs == NULL or self.sizes == NULL:
+            raise MemoryError()
+        self.nchunks = 0
+        self.size = 0
+        for t in range(self.nt):
+            self.sizes[t] = cnp.PyArray_SIZE(<cnp.ndarray?>rows[0][t])
+            self.nchunks += (self.sizes[t] + _CHUNK - 1) // _CHUNK
+            self.size += self.sizes[t]
+        for r in range(self.nrows):
+            if len(rows[r]) != self.nt:
+                raise ValueError("Core: every slot needs one array per parameter")
+            for t in range(self.nt):
+                if r == 1:
+                    self.ptrs[self.nt + t] = NULL
+                    continue
+                a = rows[r][t]
+                if (cnp.PyArray_TYPE(a) != self.typenum or cnp.PyArray_SIZE(a) != self.sizes[t]
+                        or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+                        or not cnp.PyArray_ISWRITEABLE(a)):
+                    raise ValueError("Core: arrays must be writeable, contiguous, of the "
+                                     "parameters' dtype and sizes")
+                self.ptrs[r * self.nt + t] = <char*>cnp.PyArray_DATA(a)
+        self.chunks = _chunk_table(self.sizes, self.nt, self.nchunks)
+        self.partial = <double*>malloc((self.nchunks + 1) * sizeof(double))
+        if self.partial == NULL:
+            raise MemoryError()
+        self.norms = np.zeros(self.nt)
+
+    def __dealloc__(self):
+        free(self.ptrs)
+        free(self.sizes)
+        free(self.chunks)
+        free(self.partial)
+
+    cdef int _set_grads(self, grads) except -1:
+        cdef Py_ssize_t t
+        cdef object g
+        cdef cnp.ndarray a
+        if type(grads) is not list:
+            grads = list(grads)
+        if len(<list>grads) != self.nt:
+            raise ValueError(f"expected {self.nt} gradients, got {len(grads)}")
+        for t in range(self.nt):
+            g = (<list>grads)[t]
+            if g is None:
+                self.ptrs[self.nt + t] = NULL
+                continue
+            if not cnp.PyArray_Check(g):
+                raise TypeError(f"gradient {t} is a {type(g).__name__}, not an array")
+            a = <cnp.ndarray>g
+            if (cnp.PyArray_TYPE(a) != self.typenum or cnp.PyArray_SIZE(a) != self.sizes[t]
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(a)):
+                raise ValueError(f"gradient {t} must be contiguous, of its parameter's "
+                                 "dtype and size")
+            self.ptrs[self.nt + t] = <char*>cnp.PyArray_DATA(a)
+        return 0
+
+    def step(self, grads, pt, scalars, double clipvalue=INFINITY):
+        """One step of the rule over the group (see ``_contract.Plan.step``)."""
+        cdef double s[MAX_SCALARS]
+        cdef double hp[HP_SIZE]
+        cdef list keep = []
+        _read_scalars(scalars, _NSCALARS[self.rule], s)
+        cdef const double* ptd = _pt_data(pt, self.nt, keep)
+        self._set_grads(grads)
+        _pack(self.rule, s, clipvalue, hp)
+        _dispatch(self.typenum, self.rule, self.ptrs, self.nrows, self.nt, self.sizes,
+                  self.chunks, self.nchunks, self.size, ptd, hp)
+
+    def sumsq(self, grads):
+        """Per-tensor float64 sums of squares of ``grads`` (0 for None), in chunk order."""
+        cdef int nthreads = _num_threads
+        self._set_grads(grads)
+        cdef double* out = <double*>cnp.PyArray_DATA(self.norms)
+        if not (FASTOPT_OPENMP and self.nchunks > 1 and self.size >= (
+                _threshold_f32 if self.typenum == cnp.NPY_FLOAT else _threshold_f64)):
+            nthreads = 1
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                _sumsq_chunks(<float*>NULL, self.ptrs, self.nt, self.chunks, self.nchunks,
+                              self.partial, out, nthreads)
+            else:
+                _sumsq_chunks(<double*>NULL, self.ptrs, self.nt, self.chunks, self.nchunks,
+                              self.partial, out, nthreads)
+        return self.norms
+
+
+# ---------------------------------------------------------------------------
+# Threads and the parallel threshold (called through fastopt.backends).
+
+def set_num_threads(int n):
+    global _num_threads
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _num_threads = n
+
+
+def get_num_threads():
+    return _num_threads
+
+
+def default_threads():
+    """OpenMP's default thread count here (1 without OpenMP)."""
+    return _default_threads
+
+
+def set_parallel_threshold(Py_ssize_t n, dtype):
+    global _threshold_f32, _threshold_f64
+    if n < 0:
+        raise ValueError(f"set_parallel_threshold: n must be >= 0, got {n}")
+    if dtype == "float32":
+        _threshold_f32 = n
+    elif dtype == "float64":
+        _threshold_f64 = n
+    else:
+        raise ValueError("set_parallel_threshold: dtype must be float32 or float64, "
+                         f"got {dtype!r}")
+
+
+def get_parallel_threshold(dtype):
+    if dtype == "float32":
+        return _threshold_f32
+    if dtype == "float64":
+        return _threshold_f64
+    raise ValueError(f"get_parallel_threshold: dtype must be float32 or float64, got {dtype!r}")
