@@ -29,16 +29,16 @@ def boolean(owner, name, value):
     return value
 
 
-#: PyTorch-style spellings users bring along, mapped to fastopt's Keras names.
-TORCH_SPELLINGS = {
-    "lr": "learning_rate", "eps": "epsilon", "betas": "beta_1 and beta_2",
-    "alpha": "rho", "initial_accumulator": "initial_accumulator_value",
-}
+#: PyTorch-style spellings users bring along that no optimizer's own table
+#: (``Optimizer._TORCH_NAMES``) lists, mapped to fastopt's Keras names.
+TORCH_SPELLINGS = {"initial_accumulator": "initial_accumulator_value"}
 
 
-def unknown_keywords(owner, unknown, valid):
-    """The ValueError for hyperparameters the optimizer does not have."""
-    hints = [f"{k!r} (did you mean {TORCH_SPELLINGS[k]}?)" if k in TORCH_SPELLINGS else repr(k)
+def unknown_keywords(owner, unknown, valid, spellings=None):
+    """The ValueError for hyperparameters the optimizer does not have;
+    ``spellings`` maps PyTorch's names to the optimizer's (hints)."""
+    spellings = {**TORCH_SPELLINGS, **(spellings or {})}
+    hints = [f"{k!r} (did you mean {spellings[k]}?)" if k in spellings else repr(k)
              for k in sorted(unknown)]
     return ValueError(f"{owner}: unknown hyperparameter(s) {', '.join(hints)}; "
                       f"valid: {', '.join(sorted(valid))}")

@@ -30,14 +30,17 @@ COMMON_OPTIONS = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "glo
 _GROUP_COMMON = ("learning_rate", "weight_decay", "maximize")
 
 
-def check_arguments(owner, unknown, hyper, torch_only, convention, backend):
+def check_arguments(owner, unknown, hyper, torch_only, convention, backend, torch_names=None):
     """Check what decides how the rest is read; return the convention.
 
-    Raises for unknown keywords, an unknown convention or backend, and a
-    PyTorch-only option given under the Keras convention."""
+    Raises for unknown keywords (with a hint where ``torch_names``, PyTorch's
+    argument names mapped to fastopt's, knows the spelling), an unknown
+    convention or backend, and a PyTorch-only option given under the Keras
+    convention."""
     if unknown:
         raise unknown_keywords(owner, unknown, (*COMMON_OPTIONS, *hyper, "backend",
-                                                "convention", "state_dtype", "state_rounding"))
+                                                "convention", "state_dtype", "state_rounding"),
+                               torch_names)
     convention = "keras" if convention is None else convention
     if convention not in CONVENTIONS:
         raise ValueError(f"{owner}: convention must be one of {CONVENTIONS}, got {convention!r}")

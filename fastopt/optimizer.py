@@ -123,6 +123,9 @@ class Optimizer:
     _DEFAULTS: dict = {}
     _TORCH_DEFAULTS: dict = {}
     _TORCH_ONLY: tuple = ()
+    #: PyTorch's argument names that differ from fastopt's (Keras's), mapped to
+    #: them: the hint of an unknown keyword, and the documented name table
+    _TORCH_NAMES: dict = {"lr": "learning_rate"}
     #: weight decay is decoupled under the torch convention too (AdamW)
     _TORCH_DECOUPLED = False
     #: host parameters unless __init__ finds CUDA device arrays (class-level
@@ -141,7 +144,7 @@ class Optimizer:
                  state_rounding=None, **unknown):
         name = type(self).__name__
         self.convention = hyperparams.check_arguments(name, unknown, hyper, self._TORCH_ONLY,
-                                                      convention, backend)
+                                                      convention, backend, self._TORCH_NAMES)
         defaults = self._TORCH_DEFAULTS if self.convention == "torch" else self._DEFAULTS
         top = {k: defaults.get(k) if v is None else v for k, v in hyper.items()}
         top["learning_rate"] = defaults["learning_rate"] if learning_rate is None \

@@ -38,6 +38,7 @@ class Adagrad(Optimizer):
     _TORCH_DEFAULTS = {"learning_rate": 0.01, "initial_accumulator_value": 0.0,
                        "epsilon": 1e-10, "lr_decay": 0.0}
     _TORCH_ONLY = ("lr_decay",)
+    _TORCH_NAMES = {**Optimizer._TORCH_NAMES, "eps": "epsilon"}
 
     def __init__(self, params, learning_rate=None, initial_accumulator_value=None,
                  epsilon=None, lr_decay=None, **kwargs):

@@ -49,6 +49,7 @@ class Adamax(Optimizer):
 
     _DEFAULTS = {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
     _TORCH_DEFAULTS = {**_DEFAULTS, "learning_rate": 0.002, "epsilon": 1e-8}
+    _TORCH_NAMES = {**Optimizer._TORCH_NAMES, "betas": "beta_1 and beta_2", "eps": "epsilon"}
 
     def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None,
                  **kwargs):

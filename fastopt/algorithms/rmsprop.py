@@ -49,6 +49,7 @@ class RMSprop(Optimizer):
                  "centered": False}
     _TORCH_DEFAULTS = {"learning_rate": 0.01, "rho": 0.99, "momentum": 0.0, "epsilon": 1e-8,
                        "centered": False}
+    _TORCH_NAMES = {**Optimizer._TORCH_NAMES, "alpha": "rho", "eps": "epsilon"}
 
     def __init__(self, params, learning_rate=None, rho=None, momentum=None, epsilon=None,
                  centered=None, **kwargs):
