@@ -1,9 +1,9 @@
-"""The table of optimizers under test, and the gradient streams they see.
+"""The gradient streams the tests feed, and the backends they run on.
 
-Every numerical test crosses ``OPTIMIZERS`` with backends, dtypes and sizes.
-Gradient streams are fresh random numbers with exact zeros, whole zero steps,
-steps scaled by 1e3 and by 1e-4, and a coordinate that stays tiny -- never
-zeros only.
+The table of optimizers under test is ``tests/optim_db.py``; every numerical
+test crosses it with backends, dtypes and sizes.  Gradient streams are
+fresh random numbers with exact zeros, whole zero steps, steps scaled by 1e3
+and by 1e-4, and a coordinate that stays tiny -- never zeros only.
 """
 import numpy as np
 
@@ -12,30 +12,6 @@ import fastopt
 # Backends that take host NumPy arrays (the cuda backend takes device arrays
 # and has its own tests, tests/test_cuda.py).
 HOST_BACKENDS = [b for b in fastopt.available_backends() if b != "cuda"]
-
-# (id, class, keyword arguments): every optimizer and every variant.
-OPTIMIZERS = [
-    ("sgd", fastopt.SGD, {}),
-    ("sgd_momentum", fastopt.SGD, {"momentum": 0.3}),
-    ("sgd_nesterov", fastopt.SGD, {"momentum": 0.3, "nesterov": True}),
-    ("adagrad", fastopt.Adagrad, {}),
-    ("rmsprop", fastopt.RMSprop, {}),
-    ("rmsprop_momentum", fastopt.RMSprop, {"momentum": 0.5}),
-    ("rmsprop_centered", fastopt.RMSprop, {"centered": True}),
-    ("rmsprop_centered_momentum", fastopt.RMSprop, {"centered": True, "momentum": 0.5}),
-    ("adam", fastopt.Adam, {}),
-    ("adam_amsgrad", fastopt.Adam, {"amsgrad": True}),
-    ("adamw", fastopt.AdamW, {}),
-    ("adamw_amsgrad", fastopt.AdamW, {"amsgrad": True, "weight_decay": 0.1}),
-]
-OPTIMIZER_IDS = [o[0] for o in OPTIMIZERS]
-
-# Larger learning rates than the defaults, so that many steps move far.
-LEARNING_RATES = {"sgd": 0.05, "adagrad": 0.05, "rmsprop": 0.01, "adam": 0.01, "adamw": 0.01}
-
-
-def lr_for(opt_id):
-    return LEARNING_RATES[opt_id.split("_")[0]]
 
 
 def gradient(rng, shape, dtype, step):

@@ -17,6 +17,7 @@ KERAS_DEFAULTS = {
     "Adam": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False),
     "AdamW": dict(learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
                   epsilon=1e-7, amsgrad=False),
+    "Adamax": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
 }
 
 
@@ -34,6 +35,8 @@ class KerasSpec:
         elif class_name == "RMSprop":
             names = ["velocity"] + (["average_gradient"] if h["centered"] else []) \
                 + (["momentum"] if h["momentum"] > 0 else [])
+        elif class_name == "Adamax":
+            names = ["momentum", "norm"]
         else:
             names = ["momentum", "velocity"] + (["velocity_hat"] if h["amsgrad"] else [])
         init = h.get("initial_accumulator_value", 0.0)
@@ -81,6 +84,9 @@ class KerasSpec:
             else:
                 f = R.rmsprop_centered if h["centered"] else R.rmsprop
             return f(w, g, *slots, **kw)
+        if self.cls == "Adamax":
+            return R.adamax(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"],
+                            beta_2=h["beta_2"], epsilon=h["epsilon"], step=self.iterations + 1)
         alpha = R.adam_alpha(lr, h["beta_1"], h["beta_2"], self.iterations)
         f = R.adam_amsgrad if h["amsgrad"] else R.adam
         return f(w, g, *slots, alpha=alpha, beta_1=h["beta_1"], beta_2=h["beta_2"],

@@ -7,6 +7,7 @@ line, that the numerics column catches a wrong kernel, and that the pieces
 (the naive baseline, the tensor shapes, the bytes per parameter) are right.
 """
 import io
+import inspect
 import json
 import math
 import sys
@@ -297,15 +298,16 @@ def test_bytes_per_param():
 def test_naive_baseline_is_the_same_update(name):
     """The naive step does the optimizer's work: three steps of it match the
     fastopt optimizer of the same case (float64, numpy backend).  The naive
-    Adam is the paper's, epsilon added after the bias correction: fastopt's
-    torch convention, given Keras's epsilon."""
+    Adams are the paper's, epsilon added after the bias correction: fastopt's
+    torch convention, given Keras's epsilon; the naive Adamax is Keras's."""
     rng = np.random.default_rng(3)
     shapes = [(5, 4), (7,)]
     w0 = [rng.standard_normal(s) for s in shapes]
     w_naive, w_fast = [w.copy() for w in w0], [w.copy() for w in w0]
     g_buf = [np.empty(s) for s in shapes]      # the naive step reads its gradients here
     step = naive.stepper(name, w_naive, g_buf)
-    torch_form = {"convention": "torch", "epsilon": 1e-7} if "adam" in name else {}
+    paper_adam = name in ("adam", "adam_amsgrad", "adamw")
+    torch_form = {"convention": "torch", "epsilon": 1e-7} if paper_adam else {}
     if name == "adamw":
         torch_form["weight_decay"] = 0.004
     opt = cases.make_optimizer(name, w_fast, "numpy", **torch_form)
@@ -324,7 +326,9 @@ def test_torch_twins_exist_for_every_case():
     torch = pytest.importorskip("torch")
     for name, case in bench.CASES.items():
         cls, kwargs, impl = case.torch
-        assert impl == ("foreach" if cls == "RMSprop" else "fused"), name
+        # torch's fused implementation where it has one (not RMSprop, Adamax)
+        has_fused = "fused" in inspect.signature(getattr(torch.optim, cls)).parameters
+        assert impl == ("fused" if has_fused else "foreach"), name
         params = [np.ones(6, np.float32)]
         step, got = cases.torch_stepper(name, params, [np.full(6, 0.5, np.float32)])
         step()

@@ -17,37 +17,14 @@ import fastopt
 from fastopt import schedules
 
 from cases import HOST_BACKENDS, gradient
+from optim_db import CLASSES, DB
 from torch_spec import TORCH_DEFAULTS, TorchSpec
 
 BACKENDS = HOST_BACKENDS
 SHAPES = [(1,), (7, 3), (1025,)]
 
-TORCH_OPTIMIZERS = [
-    ("sgd", fastopt.SGD, {"learning_rate": 0.05}),
-    ("sgd_momentum", fastopt.SGD, {"learning_rate": 0.02, "momentum": 0.9}),
-    ("sgd_dampening", fastopt.SGD, {"learning_rate": 0.02, "momentum": 0.9, "dampening": 0.3}),
-    ("sgd_nesterov", fastopt.SGD, {"learning_rate": 0.02, "momentum": 0.9, "nesterov": True}),
-    ("sgd_l2_maximize", fastopt.SGD, {"learning_rate": 0.02, "momentum": 0.5,
-                                      "weight_decay": 0.1, "maximize": True}),
-    ("sgd_clipvalue", fastopt.SGD, {"learning_rate": 0.02, "momentum": 0.9, "clipvalue": 0.1}),
-    ("adagrad", fastopt.Adagrad, {"learning_rate": 0.05}),
-    ("adagrad_decay_l2", fastopt.Adagrad, {"learning_rate": 0.05, "lr_decay": 0.05,
-                                           "weight_decay": 0.01,
-                                           "initial_accumulator_value": 0.1}),
-    ("rmsprop", fastopt.RMSprop, {"learning_rate": 0.01}),
-    ("rmsprop_momentum", fastopt.RMSprop, {"learning_rate": 0.01, "momentum": 0.5}),
-    ("rmsprop_centered", fastopt.RMSprop, {"learning_rate": 0.01, "centered": True}),
-    ("rmsprop_centered_momentum", fastopt.RMSprop, {"learning_rate": 0.01, "centered": True,
-                                                    "momentum": 0.5}),
-    ("rmsprop_l2", fastopt.RMSprop, {"learning_rate": 0.01, "weight_decay": 0.05}),
-    ("adam", fastopt.Adam, {"learning_rate": 0.01}),
-    ("adam_amsgrad", fastopt.Adam, {"learning_rate": 0.01, "amsgrad": True}),
-    ("adam_l2", fastopt.Adam, {"learning_rate": 0.01, "weight_decay": 0.05}),
-    ("adam_global_clipnorm", fastopt.Adam, {"learning_rate": 0.01, "global_clipnorm": 0.5}),
-    ("adamw", fastopt.AdamW, {"learning_rate": 0.01}),
-    ("adamw_amsgrad", fastopt.AdamW, {"learning_rate": 0.01, "amsgrad": True,
-                                      "weight_decay": 0.1}),
-]
+# every row's torch-convention samples: (sample id, class, fastopt keywords)
+TORCH_SAMPLES = [(sample_id, row.cls, kw) for row in DB for sample_id, kw in row.torch_samples]
 
 
 def assert_close_to_spec(params, spec, p0, dtype, rtol64=1e-10):
@@ -64,8 +41,7 @@ def assert_close_to_spec(params, spec, p0, dtype, rtol64=1e-10):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("opt_id,cls,kwargs", TORCH_OPTIMIZERS,
-                         ids=[o[0] for o in TORCH_OPTIMIZERS])
+@pytest.mark.parametrize("opt_id,cls,kwargs", TORCH_SAMPLES, ids=[o[0] for o in TORCH_SAMPLES])
 def test_torch_trajectory_matches_torch_spec(opt_id, cls, kwargs, backend, dtype):
     rng = np.random.default_rng(1)
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
@@ -88,8 +64,7 @@ def test_torch_trajectory_matches_torch_spec(opt_id, cls, kwargs, backend, dtype
                 assert np.max(np.abs(got - value)) <= 1e-10 * scale, f"slot {name}/{i}"
 
 
-@pytest.mark.parametrize("cls", [fastopt.SGD, fastopt.Adagrad, fastopt.RMSprop, fastopt.Adam,
-                                 fastopt.AdamW])
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_torch_defaults(cls):
     config = fastopt_config(cls(np.zeros(3), convention="torch"))
     for key, value in TORCH_DEFAULTS[cls.__name__].items():
@@ -98,6 +73,18 @@ def test_torch_defaults(cls):
 
 def fastopt_config(opt):
     return opt.get_config()
+
+
+def test_every_row_has_torch_samples_under_its_own_rule():
+    """Every variant that supports the torch convention is run against the
+    spec, and each sample selects the row's torch rule."""
+    for row in DB:
+        if "torch" not in row.conventions:
+            continue
+        assert row.torch_samples, row.id
+        for sample_id, kw in row.torch_samples:
+            rule = row.cls(np.zeros(3), convention="torch", **kw).rule
+            assert rule == row.rules["torch"], (sample_id, rule)
 
 
 def test_keras_defaults_unchanged_by_the_torch_ones():

@@ -18,9 +18,9 @@ What is compared, and how closely:
   rules' element functions, so a rule that uses every call of the element
   language (``test_cuda_ptx.EVERY_CALL``) is also run against the Numba CPU
   loop generated from it, NaN, infinities and zeros included;
-* **optimizers**: every optimizer and variant under both conventions, with
-  clipping, weight decay, parameter groups, ``None`` gradients, EMA,
-  accumulation and loss scaling, over tensors of mixed shapes (including 0-d
+* **optimizers**: every optimizer and variant (``tests/optim_db.py``) under
+  both conventions, with clipping, weight decay, parameter groups, ``None``
+  gradients, EMA, accumulation and loss scaling, over tensors of mixed shapes (including 0-d
   and empty) and dtypes, against the same optimizer on the numba backend fed
   the same gradients.  On the simulator the element formulas run in NumPy
   scalars of the tensor's dtype, the same IEEE operations in the same order
@@ -43,52 +43,20 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt.optimizers import Adamax
 from fastopt.rule import RULES
 
-from cases import LEARNING_RATES, OPTIMIZERS, gradient
+from cases import gradient
 from cuda_helpers import SIMULATOR, Foreign, cb, cuda, dev, host, needs_cuda, step_launches
 from test_cuda_ptx import EVERY_CALL
 from test_golden import NAMES as GOLDEN_NAMES, replay
-from test_kernels import SCALARS as KERNEL_SCALARS, assert_close, initial_state, kappa
+from optim_db import DB, scalars_at, step_inputs
+from test_kernels import assert_close, initial_state, kappa
 
 pytestmark = needs_cuda
 
 DTYPES = [np.float32, np.float64]
 SHAPES = [(3, 4), (130,), (), (2, 1, 3), (0,), (5,)]
 ROOT = Path(__file__).resolve().parent.parent
-
-# The scalars of every rule (tests/test_kernels.py's table, and those of the
-# rules it does not list yet), and every optimizer variant (tests/cases.py's
-# list, and those it does not list yet).
-SCALARS = {"adamax": (0.01, 0.9, 0.999, 1e-7), "adamax_torch": (0.01, 0.9, 0.999, 1e-8),
-           **KERNEL_SCALARS}
-CUDA_OPTIMIZERS = OPTIMIZERS + [o for o in [("adamax", Adamax, {})]
-                                if o[0] not in {x[0] for x in OPTIMIZERS}]
-
-
-def lr_for(opt_id):
-    return {"adamax": 0.01, **LEARNING_RATES}[opt_id.split("_")[0]]
-
-
-def scalars_at(rule, step):
-    """The rule's scalars for the step after ``step`` steps (torch counts from 1)."""
-    return SCALARS[rule.name] + ((step + 1,) if "step" in rule.scalars else ())
-
-
-def step_inputs(rng, rule, size, dtype, step):
-    """As tests/test_kernels.py's: odd steps add decoupled decay, a gradient
-    scale and a clip value, every third step L2."""
-    extras = dict(keep=0.999, gscale=0.7, clipvalue=2.0) if step % 2 else {}
-    if step % 3 == 2:
-        extras["l2"] = 0.01
-    return scalars_at(rule, step), gradient(rng, (size,), dtype, step), extras
-
-
-def test_every_rule_has_scalars_here():
-    assert set(SCALARS) >= set(RULES)
-    assert {"adamax", "adamax_torch"} <= set(RULES)
-
 
 @pytest.fixture(autouse=True)
 def geometry(monkeypatch):
@@ -126,7 +94,7 @@ def test_kernel_matches_reference_every_step(rule_name, dtype, size):
         ref = [a.copy() for a in old]
         ref_kernel(ref[0], g, *ref[1:], *scalars, **extras)
         kernel(d_param, dev(g), *d_slots, *scalars, **extras)
-        k = kappa(rule_name, ref, SCALARS[rule_name][-1])
+        k = kappa(rule_name, ref)
         for name, d, r, o in zip(("param",) + rule.slots, [d_param] + d_slots, ref, old):
             assert_close(f"cuda.{rule_name} step {step} {name}", host(d), r, o, dtype,
                          k if name == "param" else 1.0)
@@ -321,12 +289,12 @@ def assert_twins(opt_cpu, opt_gpu, cpu, gpu, p0, exact):
 
 @pytest.mark.parametrize("dtype", DTYPES + [None], ids=["f32", "f64", "mixed"])
 @pytest.mark.parametrize("convention", ["keras", "torch"])
-@pytest.mark.parametrize("opt_id,cls,kwargs", CUDA_OPTIMIZERS,
-                         ids=[o[0] for o in CUDA_OPTIMIZERS])
-def test_optimizer_matches_numba_backend(opt_id, cls, kwargs, convention, dtype):
-    kwargs = {"learning_rate": lr_for(opt_id), **kwargs, "convention": convention}
-    twins = run_twins(cls, kwargs, dtype)
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_optimizer_matches_numba_backend(row, convention, dtype):
+    kwargs = {"learning_rate": row.learning_rate, **row.kwargs, "convention": convention}
+    twins = run_twins(row.cls, kwargs, dtype)
     assert_twins(*twins, exact=SIMULATOR)
+    assert twins[1].rule == row.rules[convention]
     expected = RULES[twins[1].rule]
     assert expected.convention == convention or expected.name == "sgd"
 

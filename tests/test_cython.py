@@ -6,7 +6,8 @@
 * without the extension ``import fastopt`` works and asking for the backend
   says how to build it;
 * another extension can ``cimport`` the ``.pxd`` and call every kernel under
-  ``nogil`` (compiled here, at test time, against the installed package).
+  ``nogil`` (rendered from the registry and compiled here, at test time,
+  against the installed package).
 """
 import math
 import subprocess
@@ -21,8 +22,9 @@ import fastopt
 from fastopt.rule import RULES
 from fastopt.backends import numpy_backend as ref_backend
 
-from cases import OPTIMIZERS, OPTIMIZER_IDS, gradient, lr_for
-from test_kernels import SCALARS, assert_close, initial_state, kappa, step_inputs
+from cases import gradient
+from optim_db import DB, step_inputs
+from test_kernels import assert_close, initial_state, kappa
 
 HAVE_CYTHON = "cython" in fastopt.available_backends()
 needs_cython = pytest.mark.skipif(not HAVE_CYTHON, reason="the Cython extension is not built")
@@ -58,15 +60,14 @@ def restore_threads():
 @needs_cython
 @pytest.mark.parametrize("convention", ["keras", "torch"])
 @pytest.mark.parametrize("clip", [None, "clipnorm", "global_clipnorm"])
-@pytest.mark.parametrize("opt_id", OPTIMIZER_IDS)
-def test_results_do_not_depend_on_threads_or_threshold(restore_threads, opt_id, clip,
-                                                       convention):
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_results_do_not_depend_on_threads_or_threshold(restore_threads, row, clip, convention):
     """Bit-identical with 1, 2 or 3 OpenMP threads and the serial or parallel
     driver, over tensors of several chunks (so the chunked sums of squares of
     clipping are exercised too), float32 and float64 in one optimizer."""
     cy = restore_threads
-    _, cls, kw = OPTIMIZERS[OPTIMIZER_IDS.index(opt_id)]
-    kw = {**kw, "learning_rate": lr_for(opt_id), "convention": convention}
+    cls = row.cls
+    kw = {**row.kwargs, "learning_rate": row.learning_rate, "convention": convention}
     if clip:
         kw[clip] = 1.0
     rng = np.random.default_rng(11)
@@ -159,23 +160,46 @@ def test_import_without_the_extension_says_how_to_build_it():
 
 # -- the cimport test ------------------------------------------------------------------
 
-USER_PYX = '''
+# The rules whose C-level kernels the user also calls without the optional
+# arguments (their defaults: no decay, no scaling, no clipping).
+CALLED_WITH_DEFAULTS = ("adam", "sgd")
+
+
+def user_pyx():
+    """A user's extension that ``cimport``s every kernel of the registry and
+    calls it under ``nogil``: ``call(name, p, g, s0, s1, ..., scalars, keep,
+    gscale, l2, clip)``, one branch per rule, rendered from the rules' slots
+    and scalars (what the ``.pxd`` signatures are made of)."""
+    rules = list(RULES.values())
+    nslots = max(len(r.slots) for r in rules)
+    nscalars = max(len(r.scalars) for r in rules)
+    names = [r.name for r in rules]
+    slot_args = "".join(f", floating[::1] s{i}" for i in range(nslots))
+    slot_ptrs = "".join(f"    cdef floating* p{i} = &s{i}[0]\n" for i in range(nslots))
+    branches = []
+    for name in CALLED_WITH_DEFAULTS:
+        r = RULES[name]
+        args = ["w", "d", *(f"p{i}" for i in range(len(r.slots))), "n",
+                *(f"c[{i}]" for i in range(len(r.scalars)))]
+        branches.append(f"defaults and k == {names.index(name)}:\n"
+                        f"            {name}({', '.join(args)})")
+    for k, r in enumerate(rules):
+        args = ["w", "d", *(f"p{i}" for i in range(len(r.slots))), "n",
+                *(f"c[{i}]" for i in range(len(r.scalars))), "keep", "gscale", "l2", "clip"]
+        branches.append(f"k == {k}:\n            {r.name}({', '.join(args)})")
+    ladder = "        if " + "\n        elif ".join(branches)
+    cimports = ",\n    ".join(names)
+    return f'''
 # cython: language_level=3, boundscheck=False, wraparound=False
 """A user's extension: calls fastopt's C-level kernels without the GIL."""
 from cython cimport floating
 from libc.math cimport INFINITY
 from fastopt.backends._cython_kernels cimport (
-    sumsq, sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop, rmsprop_momentum,
-    rmsprop_centered, rmsprop_centered_momentum, adam, adam_amsgrad,
-    sgd_momentum_torch, sgd_nesterov_torch, adagrad_torch, rmsprop_torch,
-    rmsprop_momentum_torch, rmsprop_centered_torch, rmsprop_centered_momentum_torch,
-    adam_torch, adam_amsgrad_torch)
+    sumsq,
+    {cimports})
 
-NAMES = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop", "rmsprop_momentum",
-         "rmsprop_centered", "rmsprop_centered_momentum", "adam", "adam_amsgrad",
-         "sgd_momentum_torch", "sgd_nesterov_torch", "adagrad_torch", "rmsprop_torch",
-         "rmsprop_momentum_torch", "rmsprop_centered_torch",
-         "rmsprop_centered_momentum_torch", "adam_torch", "adam_amsgrad_torch"]
+NAMES = {names!r}
+NSLOTS = {nslots}
 
 
 def norm2(floating[::1] x):
@@ -185,69 +209,22 @@ def norm2(floating[::1] x):
     return out
 
 
-def call(name, floating[::1] p, floating[::1] g, floating[::1] s0, floating[::1] s1,
-         floating[::1] s2, scalars, double keep, double gscale, double l2, double clip):
-    """Run kernel ``name``; with default extras, call it without the optional ones."""
+def call(name, floating[::1] p, floating[::1] g{slot_args}, scalars,
+         double keep, double gscale, double l2, double clip):
+    """Run kernel ``name``; with default extras, call some without the optional ones."""
     cdef int k = NAMES.index(name)
     cdef Py_ssize_t n = p.shape[0]
-    cdef double c[5]
+    cdef double c[{nscalars}]
     cdef int i
     cdef bint defaults = keep == 1.0 and gscale == 1.0 and l2 == 0.0 and clip == INFINITY
-    for i in range(5):
+    for i in range({nscalars}):
         c[i] = scalars[i] if i < len(scalars) else 0.0
     cdef floating* w = &p[0]
     cdef floating* d = &g[0]
-    cdef floating* a = &s0[0]
-    cdef floating* b = &s1[0]
-    cdef floating* e = &s2[0]
-    with nogil:
-        if defaults and k == 8:
-            adam(w, d, a, b, n, c[0], c[1], c[2], c[3])
-        elif defaults and k == 0:
-            sgd(w, d, n, c[0])
-        elif k == 0:
-            sgd(w, d, n, c[0], keep, gscale, l2, clip)
-        elif k == 1:
-            sgd_momentum(w, d, a, n, c[0], c[1], keep, gscale, l2, clip)
-        elif k == 2:
-            sgd_nesterov(w, d, a, n, c[0], c[1], keep, gscale, l2, clip)
-        elif k == 3:
-            adagrad(w, d, a, n, c[0], c[1], keep, gscale, l2, clip)
-        elif k == 4:
-            rmsprop(w, d, a, n, c[0], c[1], c[2], keep, gscale, l2, clip)
-        elif k == 5:
-            rmsprop_momentum(w, d, a, b, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
-        elif k == 6:
-            rmsprop_centered(w, d, a, b, n, c[0], c[1], c[2], keep, gscale, l2, clip)
-        elif k == 7:
-            rmsprop_centered_momentum(w, d, a, b, e, n, c[0], c[1], c[2], c[3],
-                                      keep, gscale, l2, clip)
-        elif k == 8:
-            adam(w, d, a, b, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
-        elif k == 9:
-            adam_amsgrad(w, d, a, b, e, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
-        elif k == 10:
-            sgd_momentum_torch(w, d, a, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
-        elif k == 11:
-            sgd_nesterov_torch(w, d, a, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
-        elif k == 12:
-            adagrad_torch(w, d, a, n, c[0], c[1], c[2], c[3], keep, gscale, l2, clip)
-        elif k == 13:
-            rmsprop_torch(w, d, a, n, c[0], c[1], c[2], keep, gscale, l2, clip)
-        elif k == 14:
-            rmsprop_momentum_torch(w, d, a, b, n, c[0], c[1], c[2], c[3],
-                                   keep, gscale, l2, clip)
-        elif k == 15:
-            rmsprop_centered_torch(w, d, a, b, n, c[0], c[1], c[2], keep, gscale, l2, clip)
-        elif k == 16:
-            rmsprop_centered_momentum_torch(w, d, a, b, e, n, c[0], c[1], c[2], c[3],
-                                            keep, gscale, l2, clip)
-        elif k == 17:
-            adam_torch(w, d, a, b, n, c[0], c[1], c[2], c[3], c[4], keep, gscale, l2, clip)
-        elif k == 18:
-            adam_amsgrad_torch(w, d, a, b, e, n, c[0], c[1], c[2], c[3], c[4],
-                               keep, gscale, l2, clip)
+{slot_ptrs}    with nogil:
+{ladder}
 '''
+
 
 BUILD_USER = '''
 import numpy
@@ -272,7 +249,7 @@ def user_extension(tmp_path_factory):
     assert (root / "fastopt" / "backends" / "_cython_kernels.pxd").is_file(), \
         "the .pxd is not installed with the package"
     tmp = tmp_path_factory.mktemp("cimport_user")
-    (tmp / "fastopt_user.pyx").write_text(USER_PYX)
+    (tmp / "fastopt_user.pyx").write_text(user_pyx())
     (tmp / "build_user.py").write_text(BUILD_USER.format(root=str(root)))
     out = subprocess.run([sys.executable, "build_user.py"], cwd=tmp, capture_output=True,
                          text=True)
@@ -305,11 +282,11 @@ def test_cimported_kernels_match_reference_under_nogil(user_extension, rule_name
         ref_kernel(*ref[:1], g, *ref[1:], *scalars, **extras)
         twin = [a.copy() for a in old]
         py_kernel(*twin[:1], g, *twin[1:], *scalars, **extras)
-        arrays = [param] + slots + [np.zeros(size, dtype)] * (3 - len(slots))
-        user_extension.call(rule_name, param, g, *arrays[1:4], tuple(map(float, scalars)),
+        arrays = [param] + slots + [np.zeros(size, dtype)] * (user_extension.NSLOTS - len(slots))
+        user_extension.call(rule_name, param, g, *arrays[1:], tuple(map(float, scalars)),
                             extras.get("keep", 1.0), extras.get("gscale", 1.0),
                             extras.get("l2", 0.0), extras.get("clipvalue", math.inf))
-        k = kappa(rule_name, ref, SCALARS[rule_name][-1])
+        k = kappa(rule_name, ref)
         for name, f, r, o, t in zip(("param",) + rule.slots, [param] + slots, ref, old, twin):
             assert_close(f"cimported {rule_name} step {step} {name}", f, r, o, dtype,
                          k if name == "param" else 1.0)

@@ -29,6 +29,7 @@ import pytest
 import fastopt
 
 from cases import HOST_BACKENDS
+from optim_db import DB
 
 GOLDEN = Path(__file__).parent / "golden"
 SIDECARS = sorted(GOLDEN.glob("*.json"))
@@ -220,6 +221,8 @@ REQUIRED = [
     ("torch", "Adam", "amsgrad", lambda m: _has(m, amsgrad=True)),
     ("torch", "Adam", "weight_decay (L2)", lambda m: _has(m, weight_decay=True)),
     ("torch", "AdamW", "plain", lambda m: _has(m, amsgrad=False)),
+    ("torch", "Adamax", "plain", lambda m: _has(m, weight_decay=False)),
+    ("torch", "Adamax", "weight_decay (L2)", lambda m: _has(m, weight_decay=True)),
     ("torch", None, "param groups with different learning_rate and weight_decay",
      lambda m: m["fastopt"]["params"] == "groups" and len(m["fastopt"]["groups"]) >= 2
      and len({g.get("learning_rate") for g in m["fastopt"]["groups"]}) >= 2
@@ -237,6 +240,7 @@ REQUIRED = [
     ("keras", "Adam", "plain", lambda m: _has(m, amsgrad=False)),
     ("keras", "Adam", "amsgrad", lambda m: _has(m, amsgrad=True)),
     ("keras", "AdamW", "plain", lambda m: True),
+    ("keras", "Adamax", "plain", lambda m: _has(m, weight_decay=False)),
     ("keras", "SGD", "weight_decay on a non-AdamW optimizer", lambda m: _has(m, weight_decay=True)),
     ("keras", None, "clipnorm", lambda m: _has(m, clipnorm=True)),
     ("keras", None, "global_clipnorm", lambda m: _has(m, global_clipnorm=True)),
@@ -267,6 +271,20 @@ def test_recordings_cover_every_optimizer_and_variant():
                    for m in metas):
             missing.append(f"{framework} {cls or ''} {what}")
     assert not missing, f"no golden recording for: {missing}"
-    for framework in ("torch", "keras"):  # every optimizer class under both conventions
+    for framework in ("torch", "keras"):  # every class of the db under each of its conventions
         classes = {m["fastopt"]["class"] for m in metas if m["framework"] == framework}
-        assert classes == {"SGD", "Adagrad", "RMSprop", "Adam", "AdamW"}, framework
+        assert classes == {row.cls.__name__ for row in DB if framework in row.conventions}, \
+            framework
+
+
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_rows_name_their_recordings(row):
+    """Each variant of tests/optim_db.py has recordings, and the ones it
+    names exist and build its class with its rule under their convention."""
+    assert row.golden, f"{row.id}: no golden recording"
+    for name in row.golden:
+        assert name in NAMES, f"{row.id}: no recording {name!r}"
+        meta, arrays = load(name)
+        opt, _, _ = build(meta, arrays, "numpy")
+        assert type(opt) is row.cls, (name, type(opt))
+        assert opt.rule == row.rules[meta["fastopt"]["convention"]], (name, opt.rule)

@@ -20,6 +20,8 @@ from hypothesis.extra.numpy import array_shapes
 
 import fastopt
 
+from optim_db import DB
+
 pytestmark = pytest.mark.skipif("numba" not in fastopt.available_backends(),
                                 reason="the numba backend is not available")
 
@@ -30,14 +32,13 @@ SETTINGS = settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.to
 # ---------------------------------------------------------------------------
 # Strategies
 
-unit = st.floats(0.0, 1.0, exclude_max=True)
-epsilon = st.floats(1e-8, 1e-3)
 learning_rate = st.floats(0.0, 0.3)
 
 
 @st.composite
 def optimizers(draw):
-    """``(class, kwargs)`` for a random variant with random valid hyperparameters.
+    """``(class, kwargs)``: a row of tests/optim_db.py with random valid
+    hyperparameters drawn from its ``search_space``.
 
     Ranges are the valid ranges, except where a formula itself is ill
     conditioned in float32 for any implementation (see :func:`tolerance`):
@@ -48,31 +49,15 @@ def optimizers(draw):
     (epsilon = 0 with an all-zero gradient gives 0/0 = NaN in both backends,
     which says nothing about agreement).
     """
-    family = draw(st.sampled_from(["sgd", "adagrad", "rmsprop", "adam", "adamw"]))
-    lr = draw(learning_rate)
-    if family == "sgd":
-        cls = fastopt.SGD
-        kw = {"momentum": draw(st.sampled_from([0.0, 0.9]) | st.floats(0.0, 1.0)),
-              "nesterov": draw(st.booleans())}
-    elif family == "adagrad":
-        cls = fastopt.Adagrad
-        kw = {"initial_accumulator_value": draw(st.floats(0.0, 1.0)), "epsilon": draw(epsilon)}
-    elif family == "rmsprop":
-        cls = fastopt.RMSprop
-        kw = {"rho": draw(st.floats(0.0, 0.999)),
-              "momentum": draw(st.sampled_from([0.0]) | st.floats(0.0, 0.99)),
-              "centered": draw(st.booleans()), "epsilon": draw(epsilon)}
-    else:
-        cls = fastopt.Adam if family == "adam" else fastopt.AdamW
-        kw = {"beta_1": draw(st.floats(0.0, 0.99)), "beta_2": draw(st.floats(0.5, 0.9999)),
-              "epsilon": draw(epsilon), "amsgrad": draw(st.booleans())}
-    kw["learning_rate"] = lr
+    row = draw(st.sampled_from(DB))
+    kw = {name: draw(strategy) for name, strategy in row.search_space.items()}
+    kw["learning_rate"] = draw(learning_rate)
     if draw(st.booleans()):
         kw["weight_decay"] = draw(st.floats(0.0, 0.5))
     clip = draw(st.sampled_from([None, "clipnorm", "clipvalue", "global_clipnorm"]))
     if clip is not None:
         kw[clip] = draw(st.floats(1e-2, 10.0))
-    return cls, kw
+    return row.cls, kw
 
 
 def problems(max_side=16):

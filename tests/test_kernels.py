@@ -1,6 +1,7 @@
 """Every public kernel of every fast backend against the float64 reference.
 
-The table: rule x backend x dtype x size (1, 7, 1023, 1025, 100_003).  For
+The table: rule (every rule of the registry, with the scalar values
+``tests/optim_db.py`` gives it) x backend x dtype x size (1, 7, 1023, 1025, 100_003).  For
 each cell a stream of ten gradient steps (see ``cases.gradient``: zeros, a
 zero step, x1e3 and x1e-4 steps, a tiny coordinate) runs through the kernel;
 odd steps also use the weight-decay factor, a gradient scale and a clip
@@ -29,51 +30,18 @@ from fastopt.rule import RULES
 from fastopt.backends import numpy_backend as ref_backend
 
 from cases import HOST_BACKENDS, gradient
+from optim_db import KERNEL_SCALARS, scalar, scalars_at, step_inputs
 
 FAST_BACKENDS = [b for b in HOST_BACKENDS if b != "numpy"]
 SIZES = [1, 7, 1023, 1025, 100_003]
 DTYPES = [np.float32, np.float64]
 
-SCALARS = {
-    "sgd": (0.05,),
-    "sgd_momentum": (0.05, 0.3),
-    "sgd_nesterov": (0.05, 0.3),
-    "adagrad": (0.05, 1e-7),
-    "rmsprop": (0.01, 0.9, 1e-7),
-    "rmsprop_momentum": (0.01, 0.9, 0.5, 1e-7),
-    "rmsprop_centered": (0.01, 0.9, 1e-7),
-    "rmsprop_centered_momentum": (0.01, 0.9, 0.5, 1e-7),
-    "adam": (0.01, 0.9, 0.999, 1e-7),
-    "adam_amsgrad": (0.01, 0.9, 0.999, 1e-7),
-    # PyTorch rules; those with a ``step`` argument get the step count appended
-    "sgd_momentum_torch": (0.05, 0.3, 0.1),
-    "sgd_nesterov_torch": (0.05, 0.3, 0.0),
-    "adagrad_torch": (0.05, 1e-10, 0.01),
-    "rmsprop_torch": (0.01, 0.99, 1e-8),
-    "rmsprop_momentum_torch": (0.01, 0.99, 0.5, 1e-8),
-    "rmsprop_centered_torch": (0.01, 0.99, 1e-8),
-    "rmsprop_centered_momentum_torch": (0.01, 0.99, 0.5, 1e-8),
-    "adam_torch": (0.01, 0.9, 0.999, 1e-8),
-    "adam_amsgrad_torch": (0.01, 0.9, 0.999, 1e-8),
-}
 
 
-def scalars_at(rule, step):
-    """The rule's scalars for the step after ``step`` steps (torch counts from 1)."""
-    return SCALARS[rule.name] + ((step + 1,) if "step" in rule.scalars else ())
-
-
-def test_every_rule_has_scalars_here():
-    assert set(SCALARS) == set(RULES)
-
-
-def step_inputs(rng, rule, size, dtype, step):
-    """Scalars, gradient and keyword extras of one test step: odd steps add
-    decoupled decay, a gradient scale and a clip value, every third step L2."""
-    extras = dict(keep=0.999, gscale=0.7, clipvalue=2.0) if step % 2 else {}
-    if step % 3 == 2:
-        extras["l2"] = 0.01
-    return scalars_at(rule, step), gradient(rng, (size,), dtype, step), extras
+def test_every_rule_has_kernel_scalars_from_one_row():
+    """tests/optim_db.py gives every rule of the registry its values (and
+    only rules of the registry)."""
+    assert set(KERNEL_SCALARS) == set(RULES)
 
 
 def initial_state(rng, rule, size, dtype):
@@ -82,9 +50,11 @@ def initial_state(rng, rule, size, dtype):
     return param, slots
 
 
-def kappa(rule_name, ref_new, eps):
+def kappa(rule_name, ref_new, eps=None):
     if not rule_name.startswith("rmsprop_centered"):
         return 1.0
+    if eps is None:  # the epsilon the kernel tests give the rule
+        eps = scalar(rule_name, "epsilon")
     v, a = ref_new[1].astype(np.float64), ref_new[2].astype(np.float64)
     d = np.maximum(v - a * a, 0.0)
     if rule_name.endswith("_torch"):  # sqrt(d) + eps: worse conditioned near d = 0
@@ -124,7 +94,7 @@ def test_kernel_matches_reference_every_step(backend, rule_name, dtype, size):
         ref = [a.copy() for a in old]
         ref_kernel(*ref[:1], g, *ref[1:], *scalars, **extras)
         fast_kernel(param, g, *slots, *scalars, **extras)
-        k = kappa(rule_name, ref, SCALARS[rule_name][-1])
+        k = kappa(rule_name, ref)
         names = ("param",) + rule.slots
         for name, f, r, o in zip(names, [param] + slots, ref, old):
             assert_close(f"{backend}.{rule_name} step {step} {name}", f, r, o, dtype,

@@ -17,7 +17,8 @@ import pytest
 import fastopt
 from fastopt import schedules
 
-from cases import HOST_BACKENDS, OPTIMIZERS, gradient, lr_for
+from cases import HOST_BACKENDS, gradient
+from optim_db import CLASSES, DB
 from spec import KERAS_DEFAULTS, KerasSpec
 
 BACKENDS = HOST_BACKENDS
@@ -60,9 +61,9 @@ def assert_trajectory(opt, spec, p0, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("opt_id,cls,kwargs", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
-def test_trajectory_matches_keras_spec(opt_id, cls, kwargs, backend, dtype):
-    kwargs = {"learning_rate": lr_for(opt_id), **kwargs}
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_trajectory_matches_keras_spec(row, backend, dtype):
+    cls, kwargs = row.cls, {"learning_rate": row.learning_rate, **row.kwargs}
     opt, spec, p0 = run_pair(cls, kwargs, dtype, backend)
     assert_trajectory(opt, spec, p0, dtype)
     # slots too, by Keras name
@@ -196,7 +197,7 @@ def test_results_do_not_depend_on_threads_or_threshold(clip):
         assert np.array_equal(r, results[0])
 
 
-@pytest.mark.parametrize("name", list(KERAS_DEFAULTS))
+@pytest.mark.parametrize("name", [cls.__name__ for cls in CLASSES])
 def test_defaults_are_keras_defaults(name):
     opt = getattr(fastopt, name)(np.zeros(3))
     config = opt.get_config()
@@ -211,6 +212,17 @@ def test_iterations_count_and_schedule_sees_them():
     for _ in range(3):
         opt.step(np.ones(2))
     assert seen == [0, 1, 2] and opt.iterations == 3
+
+
+@pytest.mark.parametrize("convention", ["keras", "torch"])
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_each_row_selects_its_kernel(row, convention):
+    """The kernel rule tests/optim_db.py names for a variant is the one its
+    class picks (the kernel tests feed that rule the row's scalars)."""
+    if convention not in row.conventions:
+        pytest.skip(f"{row.id} has no {convention} convention")
+    assert row.cls(np.zeros(1), convention=convention, **row.kwargs).rule == \
+        row.rules[convention]
 
 
 @pytest.mark.parametrize("variant,rule", [

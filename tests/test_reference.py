@@ -135,3 +135,39 @@ def test_apply_rule_order_clip_then_decay_then_update():
     w, = R.apply_rule("sgd", one(2.0), one(10.0), [], {"learning_rate": 0.1},
                       keep=0.5, gscale=0.5, clipvalue=3.0)
     assert w[0] == approx(2.0 * 0.5 - 0.1 * 3.0)
+
+
+def test_adamax_keras_two_steps_epsilon_outside_the_max():
+    b1, b2, eps = 0.9, 0.999, 1e-7
+    kw = dict(learning_rate=LR, beta_1=b1, beta_2=b2, epsilon=eps)
+    w, m, u = R.adamax(one(W), one(G), one(0.0), one(0.0), step=1, **kw)
+    assert m[0] == approx(0.05) and u[0] == approx(0.5)
+    w1 = 1.0 - 0.1 * 0.05 / ((1 - 0.9) * (0.5 + eps))
+    assert w[0] == approx(w1)
+    # step 2, g = -0.25: |g| is below the decayed norm, which wins the max
+    w, m, u = R.adamax(w, one(-0.25), m, u, step=2, **kw)
+    assert m[0] == approx(0.05 + (-0.25 - 0.05) * 0.1)
+    assert u[0] == approx(0.999 * 0.5)
+    assert w[0] == approx(w1 - 0.1 * 0.02 / ((1 - 0.81) * (0.4995 + eps)))
+
+
+def test_adamax_torch_two_steps_epsilon_inside_the_max():
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    kw = dict(learning_rate=LR, beta_1=b1, beta_2=b2, epsilon=eps)
+    w, m, u = R.adamax_torch(one(W), one(G), one(0.0), one(0.0), step=1, **kw)
+    assert m[0] == approx(0.05) and u[0] == approx(0.5 + eps)
+    w1 = 1.0 - 0.1 / (1 - 0.9) * (0.05 / (0.5 + eps))
+    assert w[0] == approx(w1)
+    w, m, u = R.adamax_torch(w, one(-0.25), m, u, step=2, **kw)
+    assert m[0] == approx(0.02)
+    assert u[0] == approx(0.999 * (0.5 + eps))
+    assert w[0] == approx(w1 - 0.1 / (1 - 0.81) * (0.02 / (0.999 * (0.5 + eps))))
+
+
+@pytest.mark.parametrize("rule", ["adamax", "adamax_torch"])
+def test_adamax_max_lets_a_nan_win(rule):
+    kw = dict(learning_rate=LR, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)
+    _, _, u = getattr(R, rule)(one(W), one(np.nan), one(0.0), one(3.0), **kw)
+    assert np.isnan(u[0])
+    _, _, u = getattr(R, rule)(one(W), one(0.5), one(0.0), one(np.nan), **kw)
+    assert np.isnan(u[0])

@@ -13,7 +13,8 @@ import pytest
 
 import fastopt
 from fastopt import schedules
-from cases import OPTIMIZER_IDS, OPTIMIZERS, gradient, lr_for
+from cases import gradient
+from optim_db import DB
 
 BACKENDS = [b for b in ("numpy", "numba") if b in fastopt.available_backends()]
 
@@ -77,10 +78,11 @@ def assert_same_state(opt_a, opt_b):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", PARAM_SETS)
-@pytest.mark.parametrize("opt_id,cls,kw", OPTIMIZERS, ids=OPTIMIZER_IDS)
-def test_save_load_resume_is_bit_identical(tmp_path, backend, kind, opt_id, cls, kw):
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_save_load_resume_is_bit_identical(tmp_path, backend, kind, row):
+    cls, kw = row.cls, row.kwargs
     params = make_params(kind)
-    opt = cls(params, learning_rate=lr_for(opt_id), backend=backend, **kw)
+    opt = row.make(params, backend=backend)
     rng = np.random.default_rng(1)
     k = 4
     for step in range(k):
@@ -109,10 +111,11 @@ def test_save_load_resume_is_bit_identical(tmp_path, backend, kind, opt_id, cls,
                    zip(as_list(resumed_params), as_list(make_params(kind))) if a.size)
 
 
-@pytest.mark.parametrize("opt_id,cls,kw", OPTIMIZERS, ids=OPTIMIZER_IDS)
-def test_state_dict_round_trip_in_memory(opt_id, cls, kw):
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_state_dict_round_trip_in_memory(row):
+    cls, kw = row.cls, row.kwargs
     params = make_params("mixed")
-    opt = cls(params, learning_rate=lr_for(opt_id), **kw)
+    opt = row.make(params)
     rng = np.random.default_rng(2)
     for step in range(3):
         opt.step(grads_for(params, rng, step))
@@ -203,8 +206,9 @@ def test_custom_callable_learning_rate(tmp_path):
         assert_same_state(ref, resumed)
 
 
-@pytest.mark.parametrize("opt_id,cls,kw", OPTIMIZERS, ids=OPTIMIZER_IDS)
-def test_file_reads_without_pickle(tmp_path, opt_id, cls, kw):
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_file_reads_without_pickle(tmp_path, row):
+    cls, kw = row.cls, row.kwargs
     params = make_params("dict")
     opt = cls(params, **kw)
     opt.step(grads_for(params, np.random.default_rng(0), 0))
@@ -329,8 +333,9 @@ CONFIG_VARIANTS = [
 
 
 @pytest.mark.parametrize("variant", range(len(CONFIG_VARIANTS)))
-@pytest.mark.parametrize("opt_id,cls,kw", OPTIMIZERS, ids=OPTIMIZER_IDS)
-def test_get_config_is_json_and_from_config_round_trips(opt_id, cls, kw, variant):
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_get_config_is_json_and_from_config_round_trips(row, variant):
+    cls, kw = row.cls, row.kwargs
     params = make_params("mixed")
     opt = cls(params, **{**kw, **CONFIG_VARIANTS[variant]})
     config = opt.get_config()
@@ -366,8 +371,9 @@ def test_from_config_rebuilds_a_working_optimizer():
 # ---------------------------------------------------------------------------
 # A state_dict is a copy
 
-@pytest.mark.parametrize("opt_id,cls,kw", OPTIMIZERS, ids=OPTIMIZER_IDS)
-def test_state_dict_is_a_copy(opt_id, cls, kw):
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_state_dict_is_a_copy(row):
+    cls, kw = row.cls, row.kwargs
     params = make_params("mixed")
     opt = _trained(cls, params, **kw)
     twin = _trained(cls, copy_params(make_params("mixed")), **kw)

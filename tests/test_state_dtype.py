@@ -39,8 +39,9 @@ import fastopt
 from fastopt import reference as R
 from fastopt.rule import RULES
 
-from cases import OPTIMIZERS, gradient, lr_for
-from test_kernels import SCALARS, assert_close, step_inputs
+from cases import gradient
+from optim_db import DB, KERNEL_SCALARS, step_inputs
+from test_kernels import assert_close
 
 pytestmark = pytest.mark.skipif("numba" not in fastopt.available_backends(),
                                 reason="bfloat16 state runs on the numba backend")
@@ -318,7 +319,7 @@ def test_results_do_not_depend_on_threads_or_the_parallel_threshold(rounding):
                 plan.updates = step
                 g = [gradient(np.random.default_rng(step), (n,), np.float32, step) for n in sizes]
                 plan.step(g, np.ones((3, len(sizes))) * [[1.0], [1.0], [0.0]],
-                          SCALARS["adam_amsgrad"])
+                          KERNEL_SCALARS["adam_amsgrad"])
             runs.append(params + [a for s in slots for a in s])
     finally:
         fastopt.set_num_threads(threads)
@@ -362,7 +363,20 @@ VARIANTS = {
     "accumulation+ema": {"gradient_accumulation_steps": 2, "use_ema": True,
                          "clipvalue": 0.7},
 }
-TAKES_BF16 = [o for o in OPTIMIZERS if "centered" not in o[0]]
+TAKES_BF16 = [row for row in DB if row.bf16_state]  # centred RMSprop: refused
+
+
+def test_the_rows_that_take_bfloat16_state_are_those_the_optimizers_accept():
+    """``bf16_state`` is derived from the registry's refusals; the classes agree."""
+    for row in DB:
+        params = [np.ones(3, np.float32)]
+        for convention in row.conventions:
+            if row.bf16_state:
+                row.make(params, convention=convention, state_dtype="bfloat16")
+            else:
+                with pytest.raises(ValueError, match="state_dtype='bfloat16' is not offered"):
+                    row.make(params, convention=convention, state_dtype="bfloat16")
+    assert any(not row.bf16_state for row in DB) and len(TAKES_BF16) > 1
 
 
 def as_f32_twin(state):
@@ -373,8 +387,8 @@ def as_f32_twin(state):
     return {"config": config, "iterations": state["iterations"], "slots": slots}
 
 
-def build(cls, kw, variant, params, **options):
-    kw = dict(kw)
+def build(row, variant, params, **options):
+    cls, kw = row.cls, dict(row.kwargs)
     v = dict(VARIANTS[variant])
     if v.pop("groups", False):
         params = [{"params": params[:2]}, {"params": params[2:], "learning_rate": 0.003}]
@@ -385,12 +399,11 @@ def build(cls, kw, variant, params, **options):
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 @pytest.mark.parametrize("convention", ["keras", "torch"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("opt_id,cls,kw", TAKES_BF16, ids=[o[0] for o in TAKES_BF16])
-def test_optimizer_is_the_float32_step_then_the_rounding(opt_id, cls, kw, variant, convention,
-                                                         rounding):
+@pytest.mark.parametrize("row", TAKES_BF16, ids=str)
+def test_optimizer_is_the_float32_step_then_the_rounding(row, variant, convention, rounding):
     rng = np.random.default_rng(3)
     params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-    opt = build(cls, kw, variant, params, convention=convention, state_dtype="bfloat16",
+    opt = build(row, variant, params, convention=convention, state_dtype="bfloat16",
                 state_rounding=rounding)
     assert opt.backends == {"float32": "numba"}
     rules = opt.rule if isinstance(opt.rule, tuple) else (opt.rule,)
@@ -401,7 +414,7 @@ def test_optimizer_is_the_float32_step_then_the_rounding(opt_id, cls, kw, varian
             grads[1] = None
         state = opt.state_dict()
         twin_params = [p.copy() for p in params]
-        twin = build(cls, kw, variant, twin_params, convention=convention, backend="numba")
+        twin = build(row, variant, twin_params, convention=convention, backend="numba")
         twin.load_state_dict(as_f32_twin(state))
         updates = opt.iterations // steps
         opt.step([[grads[0], grads[1]], grads[2:]] if variant.startswith("groups") else grads)
@@ -477,18 +490,18 @@ def test_param_groups_draw_different_random_numbers():
 # 4. State, errors, convergence
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)
-@pytest.mark.parametrize("opt_id,cls,kw", TAKES_BF16, ids=[o[0] for o in TAKES_BF16])
-def test_save_load_resume_is_bit_identical(tmp_path, opt_id, cls, kw, rounding):
+@pytest.mark.parametrize("row", TAKES_BF16, ids=str)
+def test_save_load_resume_is_bit_identical(tmp_path, row, rounding):
     rng = np.random.default_rng(4)
     params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
     options = dict(state_dtype="bfloat16", state_rounding=rounding,
                    gradient_accumulation_steps=2)
-    opt = cls(params, learning_rate=lr_for(opt_id), **kw, **options)
+    opt = row.make(params, **options)
     for step in range(5):
         opt.step([gradient(rng, s, np.float32, step) for s in SHAPES])
     fastopt.save_state(opt, tmp_path / "s.npz")
     resumed_params = [p.copy() for p in params]
-    resumed = cls(resumed_params, **kw, **options)
+    resumed = row.cls(resumed_params, **row.kwargs, **options)
     fastopt.load_state(resumed, tmp_path / "s.npz")
     for k, a in opt.state_dict()["slots"].items():
         assert np.array_equal(resumed.state_dict()["slots"][k], a)

@@ -17,7 +17,6 @@ version counters, and bad input (the same errors as torch, nothing changed).
 """
 import copy
 import io
-import math
 import warnings
 
 import numpy as np
@@ -27,29 +26,11 @@ torch = pytest.importorskip("torch")
 import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
 
-CLASSES = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+from fastopt.rule import RULES  # noqa: E402
+from optim_db import TORCH_CLASSES as CLASSES, TORCH_ROWS, Tensor, fastopt_kwargs  # noqa: E402
 
-CONFIGS = [
-    ("SGD", dict(lr=0.1)),
-    ("SGD", dict(lr=0.1, weight_decay=0.1, maximize=True)),
-    ("SGD", dict(lr=0.1, momentum=0.9)),
-    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.05)),
-    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
-    ("Adagrad", dict(lr=0.1)),
-    ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1,
-                     weight_decay=0.1, maximize=True)),
-    ("RMSprop", dict(lr=0.01)),
-    ("RMSprop", dict(lr=0.01, momentum=0.5, weight_decay=0.1)),
-    ("RMSprop", dict(lr=0.01, centered=True, maximize=True)),
-    ("RMSprop", dict(lr=0.01, centered=True, momentum=0.9, alpha=0.9, eps=1e-6)),
-    ("Adam", dict(lr=0.01)),
-    ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
-    ("Adam", dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.1, maximize=True)),
-    ("Adam", dict(lr=torch.tensor(0.01), betas=(0.8, 0.99))),
-    ("AdamW", dict(lr=0.01)),
-    ("AdamW", dict(lr=0.01, amsgrad=True, maximize=True, eps=1e-6)),
-    ("AdamW", dict(lr=0.01, betas=(torch.tensor(0.9), torch.tensor(0.95)))),
-]
+# every torch.optim configuration of every row of tests/optim_db.py
+CONFIGS = [(row.torch_class, kw) for row in TORCH_ROWS for kw in row.torch_configs]
 CONFIG_IDS = [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for c, kw in CONFIGS]
 
 SHAPES = [(5, 3), (7,), (1,), (4, 3, 2, 2), (33,)]
@@ -98,9 +79,11 @@ def _torch_cls(name):
 
 
 def _kw(kw):
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else
-                tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in v)
-                if isinstance(v, tuple) else v) for k, v in kw.items()}
+    """Fresh keywords: ``optim_db.Tensor`` values become new 0-d tensors."""
+    def value(v):
+        return torch.tensor(v.value) if isinstance(v, Tensor) else v
+    return {k: tuple(value(x) for x in v) if isinstance(v, tuple) else value(v)
+            for k, v in kw.items()}
 
 
 def _tolerance(dtype, ref, other_ref, init):
@@ -138,8 +121,8 @@ def test_same_trajectory_as_torch(name, kw, dtype):
     except ValueError:  # tensor lr or betas: torch has no foreach path for them
         other = ref
     tol = _tolerance(dtype, ref, other, init)
-    if any(isinstance(v, torch.Tensor) or isinstance(v, tuple) and
-           isinstance(v[0], torch.Tensor) for v in kw.values()):
+    if any(isinstance(v, Tensor) or isinstance(v, tuple) and
+           isinstance(v[0], Tensor) for v in kw.values()):
         # a 0-d tensor lr or betas: torch computes lr / bias correction and
         # beta**step in the tensor's dtype (float32), fastopt in float64
         tol = max(tol, 1e-6 * max((a - b).abs().max().item() for a, b in zip(ref, init)))
@@ -434,27 +417,26 @@ def _rounded_torch(name, kw, init, stream, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("name", ["AdamW", "Adam", "SGD", "Adagrad", "RMSprop",
-                                  "RMSprop-centered"])
-def test_low_precision_parameters_compute_in_float32(name, dtype):
+@pytest.mark.parametrize("row", TORCH_ROWS, ids=str)
+def test_low_precision_parameters_compute_in_float32(row, dtype):
     """bfloat16/float16 parameters: state in the parameter dtype, float32
     arithmetic inside, rounded to nearest on the way out (what torch's fused
     CPU optimizers do).  Checked against torch's own for-loop run in float32
     with that rounding after every step (one rounding of the dtype apart at
-    most), and for Adam, AdamW and Adagrad against torch's fused kernels too.
-    (torch 2.13's fused SGD with momentum leaves bfloat16/float16 parameters
-    unchanged on the first step in its vectorised part, so it is no reference.)
+    most), and, where torch has fused kernels (Adam, AdamW, Adagrad), against
+    them too.  (torch 2.13's fused SGD with momentum leaves bfloat16/float16
+    parameters unchanged on the first step in its vectorised part, so it is
+    no reference.)  Each row's plain torch configuration at lr=0.01.
     bfloat16 runs in one pass (numba_bf16), except centred RMSprop and
     float16, which go through float32 staging copies."""
-    kw = dict(lr=0.01, momentum=0.9) if name in ("SGD", "RMSprop") else dict(lr=0.01)
-    if name == "RMSprop-centered":
-        name, kw = "RMSprop", dict(lr=0.01, centered=True)
+    import inspect
+    name, kw = row.torch_class, {**row.torch_configs[0], "lr": 0.01}
     init = _tensors(dtype)
     stream = _grad_stream(dtype, 6)
     fast, fo = _run(lambda ps: getattr(ft, name)(ps, **kw), init, stream)
     ulp = torch.finfo(dtype).eps
     refs = [_rounded_torch(name, kw, init, stream, dtype)]
-    if name != "SGD" and name != "RMSprop":
+    if name != "SGD" and "fused" in inspect.signature(_torch_cls(name)).parameters:
         refs.append(_run(lambda ps: _torch_cls(name)(ps, **kw, fused=True), init, stream)[0])
     for ref in refs:
         for a, b in zip(fast, ref):
@@ -469,12 +451,16 @@ def test_low_precision_parameters_compute_in_float32(name, dtype):
                 assert v.dtype == dtype
 
 
-def test_state_dict_interop_both_ways_and_through_torch_save():
+@pytest.mark.parametrize("row", TORCH_ROWS, ids=str)
+def test_state_dict_interop_both_ways_and_through_torch_save(row):
+    name, kw = row.torch_class, row.torch_configs[0]
+
     def fresh(cls):
         m = _model(dtype=torch.float64)
-        return m, cls(m.parameters(), lr=0.01, weight_decay=0.05, amsgrad=True)
+        return m, cls(m.parameters(), **_kw(kw))
     # fastopt -> file -> torch.optim, and torch.optim -> file -> fastopt
-    for src_cls, dst_cls in ((ft.AdamW, torch.optim.AdamW), (torch.optim.AdamW, ft.AdamW)):
+    for src_cls, dst_cls in ((getattr(ft, name), _torch_cls(name)),
+                             (_torch_cls(name), getattr(ft, name))):
         m1, o1 = fresh(src_cls)
         _train(m1, o1, 5)
         buf = io.BytesIO()
@@ -491,13 +477,20 @@ def test_state_dict_interop_both_ways_and_through_torch_save():
         _train(m3, o3, 5, seed=8)
         _assert_models_close(m2, m3, 1e-10)
     sd = o2.state_dict()
-    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
-    assert sd["state"][0]["step"].shape == () and sd["state"][0]["step"].dtype == torch.float32
+    keys = set(RULES[row.rules["torch"]].torch_state)
+    if getattr(ft, name)._COUNTS_STEPS:
+        keys.add("step")
+    assert set(sd["state"].get(0, {})) == keys
+    if "step" in keys:
+        assert sd["state"][0]["step"].shape == () and \
+            sd["state"][0]["step"].dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", CLASSES)
-def test_state_dict_keys_match_torch(name):
-    kw = {"SGD": dict(momentum=0.9), "RMSprop": dict(momentum=0.9, centered=True)}.get(name, {})
+@pytest.mark.parametrize("row", TORCH_ROWS, ids=str)
+def test_state_dict_keys_match_torch(row):
+    """Every variant's state_dict has torch's keys, dtypes and shapes, and
+    the keys are those its rule declares (``Rule.torch_state``)."""
+    name, kw = row.torch_class, _kw(row.torch_configs[0])
     sds = []
     for cls in (getattr(ft, name), _torch_cls(name)):
         m = _model()
@@ -505,9 +498,11 @@ def test_state_dict_keys_match_torch(name):
         _train(m, o, 2)
         sds.append(o.state_dict())
     assert sds[0]["param_groups"] == sds[1]["param_groups"]
+    assert set(sds[0]["state"]) == set(sds[1]["state"])
     for k in sds[1]["state"]:
         a, b = sds[0]["state"][k], sds[1]["state"][k]
         assert set(a) == set(b)
+        assert set(b) - {"step"} == set(RULES[row.rules["torch"]].torch_state)
         for key in b:
             assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
 
@@ -704,24 +699,26 @@ def test_many_small_instances_like_torchao_cpu_offload():
 
 
 @pytest.mark.parametrize("backend", ["numba", "cython"])
-def test_same_bits_as_fastopt_optimizer_with_torch_convention(backend):
-    """fastopt.torch and fastopt.AdamW(convention='torch') run the same
-    kernels: with every gradient present they agree bit for bit."""
+@pytest.mark.parametrize("row", TORCH_ROWS, ids=str)
+def test_same_bits_as_fastopt_optimizer_with_torch_convention(row, backend):
+    """fastopt.torch.X and fastopt.X(convention='torch') run the same
+    kernels: with every gradient present they agree bit for bit (each row's
+    plain torch configuration)."""
     if backend not in fastopt.available_backends():
         pytest.skip(f"{backend} backend not built")
     init = [t.numpy().copy() for t in _tensors(torch.float32)]
     stream = [[torch.zeros_like(t) if g is None else g for g, t in zip(gs, _tensors(
         torch.float32))] for gs in _grad_stream(torch.float32, 6)]
     np_params = [a.copy() for a in init]
-    npo = fastopt.AdamW(np_params, learning_rate=0.01, weight_decay=0.1, convention="torch",
-                        backend=backend)
+    name, kw = row.torch_class, row.torch_configs[0]
+    npo = row.cls(np_params, convention="torch", backend=backend, **fastopt_kwargs(kw))
     for gs in stream:
         npo.step([g.numpy() for g in gs])
     import fastopt.torch._optim as impl
     old = impl.MultiTensorStep
     impl.MultiTensorStep = lambda *a, **k: old(*a, backend=backend)
     try:
-        fast, _ = _run(lambda ps: ft.AdamW(ps, lr=0.01, weight_decay=0.1),
+        fast, _ = _run(lambda ps: getattr(ft, name)(ps, **_kw(kw)),
                        [torch.from_numpy(a.copy()) for a in init], stream)
     finally:
         impl.MultiTensorStep = old
@@ -806,21 +803,22 @@ def test_offload_skips_parameters_without_gradient_and_round_trips_state():
 # -- bfloat16 optimizer state --------------------------------------------------------------
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-@pytest.mark.parametrize("name", ["AdamW", "SGD", "RMSprop", "Adagrad"])
-def test_bfloat16_state_same_bits_as_fastopt_optimizer(name, rounding):
+@pytest.mark.parametrize("row", [row for row in TORCH_ROWS if row.bf16_state], ids=str)
+def test_bfloat16_state_same_bits_as_fastopt_optimizer(row, rounding):
     """state_dtype='bfloat16' runs fastopt's bfloat16-state kernels: the same
-    bits as fastopt's NumPy optimizer with convention='torch'."""
-    kw = dict(momentum=0.9) if name in ("SGD", "RMSprop") else {}
+    bits as fastopt's NumPy optimizer with convention='torch' (each row that
+    takes bfloat16 state, its plain torch configuration)."""
+    name, kw = row.torch_class, row.torch_configs[0]
     init = [t.numpy().copy() for t in _tensors(torch.float32)]
     stream = [[torch.zeros_like(t) if g is None else g for g, t in zip(gs, _tensors(
         torch.float32))] for gs in _grad_stream(torch.float32, 6)]
     np_params = [a.copy() for a in init]
-    npo = getattr(fastopt, name)(np_params, learning_rate=0.01, convention="torch",
-                                 state_dtype="bfloat16", state_rounding=rounding, **kw)
+    npo = row.cls(np_params, convention="torch", state_dtype="bfloat16",
+                  state_rounding=rounding, **fastopt_kwargs(kw))
     for gs in stream:
         npo.step([g.numpy() for g in gs])
-    fast, fo = _run(lambda ps: getattr(ft, name)(ps, lr=0.01, state_dtype="bfloat16",
-                                                 state_rounding=rounding, **kw),
+    fast, fo = _run(lambda ps: getattr(ft, name)(ps, state_dtype="bfloat16",
+                                                 state_rounding=rounding, **_kw(kw)),
                     [torch.from_numpy(a.copy()) for a in init], stream)
     for p, q in zip(np_params, fast):
         np.testing.assert_array_equal(p, q.detach().numpy())

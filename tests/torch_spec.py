@@ -21,6 +21,8 @@ TORCH_DEFAULTS = {
                  weight_decay=0.0, amsgrad=False, maximize=False),
     "AdamW": dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                   weight_decay=1e-2, amsgrad=False, maximize=False),
+    "Adamax": dict(learning_rate=2e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                   weight_decay=0.0, maximize=False),
 }
 
 
@@ -89,6 +91,9 @@ class TorchSpec:
             return p - lr * g / avg
         b1, b2 = h["beta_1"], h["beta_2"]
         st["momentum"] = b1 * st.get("momentum", 0.0) + (1 - b1) * g
+        if self.cls == "Adamax":  # exp_inf: an infinity norm, epsilon inside the max
+            st["norm"] = np.maximum(b2 * st.get("norm", 0.0), np.abs(g) + h["epsilon"])
+            return p - lr / (1 - b1 ** t) * st["momentum"] / st["norm"]
         st["velocity"] = b2 * st.get("velocity", 0.0) + (1 - b2) * g * g
         v = st["velocity"]
         if h["amsgrad"]:

@@ -45,10 +45,10 @@ ZERO_TENSOR_STEP = 11                    # tensor 1 alone all zeros
 TORCH_SLOTS = {"exp_avg": "momentum", "exp_avg_sq": "velocity",
                "max_exp_avg_sq": "velocity_hat", "momentum_buffer": "momentum",
                "sum": "accumulator", "square_avg": "velocity",
-               "grad_avg": "average_gradient"}
+               "grad_avg": "average_gradient", "exp_inf": "norm"}
 # Keras optimizer-variable suffixes (already fastopt's names)
 KERAS_SLOTS = ("velocity_hat", "velocity", "momentum", "accumulator", "average_gradient",
-               "gradient_accumulator", "average")
+               "gradient_accumulator", "average", "norm")
 # torch keyword -> fastopt keyword (betas is split into beta_1, beta_2)
 TORCH_TO_FASTOPT = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
 
@@ -115,6 +115,9 @@ CONFIGS = [
     torch_cfg("torch_sgd_clip_grad_norm", "SGD", lr=0.05, momentum=0.9,
               clip=("global_clipnorm", 3.0)),
     torch_cfg("torch_adam_clip_grad_value", "Adam", lr=0.01, clip=("clipvalue", 0.5)),
+    torch_cfg("torch_adamax", "Adamax", lr=0.01),
+    torch_cfg("torch_adamax_weight_decay", "Adamax", lr=0.01, betas=(0.8, 0.99),
+              weight_decay=0.01, eps=1e-6),
     # --- keras.optimizers, convention="keras" --------------------------------------
     keras_cfg("keras_sgd", "SGD", learning_rate=0.05),
     keras_cfg("keras_sgd_momentum", "SGD", learning_rate=0.05, momentum=0.9),
@@ -129,6 +132,9 @@ CONFIGS = [
     keras_cfg("keras_adam_amsgrad", "Adam", learning_rate=0.01, beta_1=0.8, beta_2=0.99,
               amsgrad=True),
     keras_cfg("keras_adamw", "AdamW", learning_rate=0.01, weight_decay=0.1),
+    keras_cfg("keras_adamax", "Adamax", learning_rate=0.01),
+    keras_cfg("keras_adamax_weight_decay", "Adamax", learning_rate=0.01, beta_1=0.8,
+              beta_2=0.99, weight_decay=0.1),
     keras_cfg("keras_sgd_momentum_weight_decay", "SGD", learning_rate=0.05, momentum=0.9,
               weight_decay=0.2),
     keras_cfg("keras_rmsprop_weight_decay", "RMSprop", learning_rate=0.01, weight_decay=0.3),
@@ -348,6 +354,11 @@ def _keras_roundings(cfg):
         add("none", "Adam: ops.cast(beta, float64) and ops.cast(iterations + 1, float64) are "
             "exact; the m, v updates and epsilon use Python floats in torch._foreach_*",
             "keras/src/backend/torch/optimizers/torch_adam.py Adam._parallel_update_step")
+    if cfg["cls"] == "Adamax":
+        add("none", "Adamax: ops.cast(beta_1, float64) ** ops.cast(iterations + 1, float64) "
+            "is float64; beta_1, beta_2 and epsilon are Python floats in torch._foreach_*",
+            "keras/src/backend/torch/optimizers/torch_adamax.py "
+            "Adamax._parallel_update_step")
     if cfg["cls"] == "RMSprop":
         add("none", "RMSprop: rho, momentum and epsilon are Python floats in "
             "torch._foreach_*", "keras/src/backend/torch/optimizers/torch_rmsprop.py")

@@ -36,6 +36,7 @@ from torch.optim import optimizer as _torch_optimizer
 
 from .. import backends as _backends
 from ..multi_tensor import MultiTensorStep
+from ..rule import RULES
 
 #: parameter dtypes updated in place by one fused pass, and what MultiTensorStep
 #: calls them (bfloat16, float16: float32 arithmetic on 2-byte storage, numba_bf16)
@@ -137,7 +138,6 @@ class FusedOptimizer:
                 raise TypeError(f"fastopt.torch.{name}: state_dtype='bfloat16' needs float32 "
                                 f"parameters (the kernels compute in float32), got {p.dtype}")
         from ..backends import numba_bf16
-        from ..rule import RULES
         why = numba_bf16.refusal(RULES[rule])
         if why and RULES[rule].slots:
             raise ValueError(f"fastopt.torch.{name}: state_dtype='bfloat16' is not offered "
@@ -359,7 +359,6 @@ class FusedOptimizer:
         """The cached MultiTensorStep of a rule over tensors of these sizes
         (``staged``: float32 working copies, so float32 state; a rule without
         state, such as plain SGD, has no state to keep in bfloat16)."""
-        from ..rule import RULES
         state = None if staged or not RULES[rule].slots else self.state_dtype
         key = (rule, dtype, sizes, state)
         cache = self._fastopt_steps
@@ -661,7 +660,6 @@ class _Counters:
 
 def _narrow_direct(rule):
     """Whether bfloat16 or float16 parameters (and state) can run ``rule`` in one pass."""
-    from ..rule import RULES
     from ..backends import numba_bf16
     r = RULES[rule]
     return not (r.slots and numba_bf16.refusal(r))

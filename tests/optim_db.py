@@ -1,0 +1,430 @@
+"""The optimizers under test: one row per optimizer variant.
+
+In the spirit of PyTorch's ``optim_db`` (``OptimizerInfo`` in
+``torch/testing/_internal/common_optimizers.py``) and Optax's
+``_OPTIMIZERS_UNDER_TEST``: every generic test -- kernels against the
+reference, trajectories against the Keras and PyTorch specs, conventions,
+golden recordings, errors, property tests, bfloat16 state, two-byte
+parameters, the CUDA simulator, the ``cimport`` test and the ``fastopt.torch``
+adapter -- iterates :data:`DB`.  Adding an optimizer is one row here (plus its
+formulas in the independent specs ``tests/spec.py`` and ``tests/torch_spec.py``).
+
+What the registry (:data:`fastopt.rule.RULES`) already knows -- slots,
+scalar names, bfloat16 refusals, torch ``state_dict`` keys -- is read from it,
+never copied here; a row says only what a test must choose: the variant, its
+kernel rule under each convention (checked against what the class picks), the
+values the kernel tests feed, learning rates, the torch twins, the golden
+recordings, error inputs and the hypothesis search space.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import strategies as st
+
+import fastopt
+from fastopt.rule import RULES
+
+from cases import gradient
+
+# hypothesis ranges (see tests/test_hypothesis.py for why they are what they are)
+_EPSILON = st.floats(1e-8, 1e-3)
+_BETA_1 = st.floats(0.0, 0.99)
+_BETA_2 = st.floats(0.5, 0.9999)
+_MOMENTUM = st.sampled_from([0.0, 0.9]) | st.floats(0.0, 1.0)
+_RMS_MOMENTUM = st.sampled_from([0.0]) | st.floats(0.0, 0.99)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A hyperparameter that torch is given as a 0-d tensor (torch accepts
+    tensors for ``lr`` and ``betas``); tests/test_torch.py makes it one."""
+
+    value: float
+
+    def __float__(self):
+        return float(self.value)
+
+    def __repr__(self):
+        return f"tensor({self.value})"
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """One optimizer variant under test.
+
+    Parameters
+    ----------
+    id : str
+        The test id (``"adam_amsgrad"``).
+    cls : type
+        The fastopt optimizer class.
+    kwargs : dict
+        Constructor keywords that make the variant (no learning rate).
+    learning_rate : float
+        The learning rate of trajectory tests (larger than the defaults, so
+        that a few steps move far).
+    rules : dict
+        Convention -> the kernel rule the class picks for this variant (its
+        keys are the conventions the variant supports).
+    scalars : dict
+        Rule -> the kernel-level scalar values the kernel tests feed it
+        (without the step count, which the tests append).  Each rule of the
+        registry gets its values from exactly one row; a row that reuses
+        another row's rules (AdamW) leaves this empty.
+    quadratic_lr, rosenbrock_lr : float
+        Learning rates for the convergence problems (tests/test_convergence.py).
+    bf16_nearest_stalls : bool
+        A slot decays by ``beta_2 = 0.999`` per step, less than half a
+        bfloat16 spacing, so with ``state_rounding="nearest"`` it cannot
+        decay and acts as a running maximum (tests/test_convergence.py
+        allows those variants a larger factor on Rosenbrock).
+    torch_samples : tuple of (id, kwargs)
+        Configurations (fastopt keywords, learning rate included) run under
+        ``convention="torch"`` against the PyTorch-order spec
+        (tests/torch_spec.py), like ``optim_inputs_func`` in PyTorch's db.
+    torch_class : str or None
+        The ``torch.optim`` class, which is also the ``fastopt.torch`` class.
+    torch_configs : tuple of dict
+        ``torch.optim`` keywords for the adapter tests (tests/test_torch.py);
+        the first is the plain one, translated by :func:`fastopt_kwargs` for
+        the bit-equality tests.
+    golden : tuple of str
+        Recordings in tests/golden of this variant (checked to exist and to
+        build this class and rule).
+    error_inputs : tuple of (kwargs, exception, message)
+        Bad hyperparameters of this class and the error they must raise.
+    search_space : dict
+        Keyword -> hypothesis strategy: the variant with random valid
+        hyperparameters (tests/test_hypothesis.py).
+    """
+
+    id: str
+    cls: type
+    kwargs: dict
+    learning_rate: float
+    rules: dict
+    scalars: dict
+    quadratic_lr: float
+    rosenbrock_lr: float
+    bf16_nearest_stalls: bool = False
+    torch_samples: tuple = ()
+    torch_class: str | None = None
+    torch_configs: tuple = ()
+    golden: tuple = ()
+    error_inputs: tuple = ()
+    search_space: dict = field(default_factory=dict)
+
+    def __str__(self):
+        return self.id
+
+    @property
+    def conventions(self):
+        return tuple(self.rules)
+
+    @property
+    def bf16_state(self):
+        """Whether ``state_dtype="bfloat16"`` is accepted: every rule of the
+        variant either can keep bfloat16 state or has no state at all."""
+        return all(not RULES[r].slots or not RULES[r].bf16_refusal for r in self.rules.values())
+
+    def make(self, params, **kwargs):
+        """The optimizer over ``params`` at the row's learning rate."""
+        return self.cls(params, **{"learning_rate": self.learning_rate, **self.kwargs, **kwargs})
+
+
+def _adam_space(amsgrad):
+    return {"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON,
+            "amsgrad": st.just(amsgrad)}
+
+
+def _rmsprop_space(centered, momentum):
+    return {"rho": st.floats(0.0, 0.999), "momentum": _RMS_MOMENTUM if momentum else st.just(0.0),
+            "centered": st.just(centered), "epsilon": _EPSILON}
+
+
+DB = [
+    OptimizerInfo(
+        "sgd", fastopt.SGD, {}, 0.05,
+        rules={"keras": "sgd", "torch": "sgd"},
+        scalars={"sgd": (0.05,)},
+        quadratic_lr=0.05, rosenbrock_lr=1e-3,
+        torch_samples=(("sgd", {"learning_rate": 0.05}),),
+        torch_class="SGD",
+        torch_configs=(dict(lr=0.1), dict(lr=0.1, weight_decay=0.1, maximize=True)),
+        golden=("keras_sgd", "torch_sgd"),
+        error_inputs=(
+            ({"dampening": 0.1}, ValueError, "dampening is a PyTorch option.*convention='torch'"),
+            ({"nesterov": True, "convention": "torch"}, ValueError,
+             "Nesterov momentum needs momentum > 0 and zero dampening"),
+            ({"nesterov": True, "momentum": 0.9, "dampening": 0.1, "convention": "torch"},
+             ValueError, "Nesterov momentum needs"),
+            ({"dampening": 1.5, "convention": "torch"}, ValueError, "dampening must be <= 1"),
+            ({"momentum": 1.5}, ValueError, "momentum must be <= 1"),
+            ({"momentum": -0.1}, ValueError, "momentum must be >= 0"),
+            ({"learning_rate": None, "momentum": "0.9"}, TypeError,
+             "momentum must be a real number"),
+            ({"momentum": 0.9, "nesterov": 1}, TypeError, "nesterov must be True or False, got 1"),
+        ),
+        search_space={"momentum": st.just(0.0), "nesterov": st.booleans()}),
+    OptimizerInfo(
+        "sgd_momentum", fastopt.SGD, {"momentum": 0.3}, 0.05,
+        rules={"keras": "sgd_momentum", "torch": "sgd_momentum_torch"},
+        scalars={"sgd_momentum": (0.05, 0.3), "sgd_momentum_torch": (0.05, 0.3, 0.1)},
+        quadratic_lr=0.05, rosenbrock_lr=1e-3,
+        torch_samples=(
+            ("sgd_momentum", {"learning_rate": 0.02, "momentum": 0.9}),
+            ("sgd_dampening", {"learning_rate": 0.02, "momentum": 0.9, "dampening": 0.3}),
+            ("sgd_l2_maximize", {"learning_rate": 0.02, "momentum": 0.5, "weight_decay": 0.1,
+                                 "maximize": True}),
+            ("sgd_clipvalue", {"learning_rate": 0.02, "momentum": 0.9, "clipvalue": 0.1}),
+        ),
+        torch_class="SGD",
+        torch_configs=(dict(lr=0.1, momentum=0.9),
+                       dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.05)),
+        golden=("keras_sgd_momentum", "torch_sgd_momentum", "torch_sgd_dampening",
+                "keras_sgd_momentum_weight_decay", "torch_sgd_maximize_weight_decay"),
+        search_space={"momentum": _MOMENTUM, "nesterov": st.just(False)}),
+    OptimizerInfo(
+        "sgd_nesterov", fastopt.SGD, {"momentum": 0.3, "nesterov": True}, 0.05,
+        rules={"keras": "sgd_nesterov", "torch": "sgd_nesterov_torch"},
+        scalars={"sgd_nesterov": (0.05, 0.3), "sgd_nesterov_torch": (0.05, 0.3, 0.0)},
+        quadratic_lr=0.05, rosenbrock_lr=1e-3,
+        torch_samples=(("sgd_nesterov", {"learning_rate": 0.02, "momentum": 0.9,
+                                         "nesterov": True}),),
+        torch_class="SGD",
+        torch_configs=(dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True),),
+        golden=("keras_sgd_nesterov", "torch_sgd_nesterov"),
+        search_space={"momentum": _MOMENTUM, "nesterov": st.just(True)}),
+    OptimizerInfo(
+        "adagrad", fastopt.Adagrad, {}, 0.05,
+        rules={"keras": "adagrad", "torch": "adagrad_torch"},
+        scalars={"adagrad": (0.05, 1e-7), "adagrad_torch": (0.05, 1e-10, 0.01)},
+        quadratic_lr=0.5, rosenbrock_lr=0.3,
+        torch_samples=(
+            ("adagrad", {"learning_rate": 0.05}),
+            ("adagrad_decay_l2", {"learning_rate": 0.05, "lr_decay": 0.05, "weight_decay": 0.01,
+                                  "initial_accumulator_value": 0.1}),
+        ),
+        torch_class="Adagrad",
+        torch_configs=(dict(lr=0.1),
+                       dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1,
+                            weight_decay=0.1, maximize=True)),
+        golden=("keras_adagrad", "torch_adagrad", "torch_adagrad_lr_decay_weight_decay_init"),
+        error_inputs=(
+            ({"lr_decay": 0.1}, ValueError, "lr_decay is a PyTorch option"),
+            ({"epsilon": -1e-7}, ValueError, "epsilon must be >= 0"),
+            ({"initial_accumulator_value": -0.1}, ValueError,
+             "initial_accumulator_value must be >= 0"),
+        ),
+        search_space={"initial_accumulator_value": st.floats(0.0, 1.0), "epsilon": _EPSILON}),
+    OptimizerInfo(
+        "rmsprop", fastopt.RMSprop, {}, 0.01,
+        rules={"keras": "rmsprop", "torch": "rmsprop_torch"},
+        scalars={"rmsprop": (0.01, 0.9, 1e-7), "rmsprop_torch": (0.01, 0.99, 1e-8)},
+        quadratic_lr=0.02, rosenbrock_lr=3e-3,
+        torch_samples=(("rmsprop", {"learning_rate": 0.01}),
+                       ("rmsprop_l2", {"learning_rate": 0.01, "weight_decay": 0.05})),
+        torch_class="RMSprop",
+        torch_configs=(dict(lr=0.01),),
+        golden=("keras_rmsprop", "torch_rmsprop", "keras_rmsprop_weight_decay",
+                "torch_rmsprop_weight_decay_maximize"),
+        error_inputs=(
+            ({"alpha": 0.9}, ValueError, r"'alpha' \(did you mean rho\?\)"),
+            ({"momentum": 1.0}, ValueError, "momentum must be < 1"),
+            ({"rho": 1.0}, ValueError, "rho must be < 1"),
+            ({"rho": float("nan")}, ValueError, "rho must be finite"),
+            ({"centered": 0}, TypeError, "centered must be True or False"),
+        ),
+        search_space=_rmsprop_space(False, False)),
+    OptimizerInfo(
+        "rmsprop_momentum", fastopt.RMSprop, {"momentum": 0.5}, 0.01,
+        rules={"keras": "rmsprop_momentum", "torch": "rmsprop_momentum_torch"},
+        scalars={"rmsprop_momentum": (0.01, 0.9, 0.5, 1e-7),
+                 "rmsprop_momentum_torch": (0.01, 0.99, 0.5, 1e-8)},
+        quadratic_lr=0.02, rosenbrock_lr=3e-3,
+        torch_samples=(("rmsprop_momentum", {"learning_rate": 0.01, "momentum": 0.5}),),
+        torch_class="RMSprop",
+        torch_configs=(dict(lr=0.01, momentum=0.5, weight_decay=0.1),),
+        golden=("keras_rmsprop_momentum", "torch_rmsprop_momentum"),
+        search_space=_rmsprop_space(False, True)),
+    OptimizerInfo(
+        "rmsprop_centered", fastopt.RMSprop, {"centered": True}, 0.01,
+        rules={"keras": "rmsprop_centered", "torch": "rmsprop_centered_torch"},
+        scalars={"rmsprop_centered": (0.01, 0.9, 1e-7),
+                 "rmsprop_centered_torch": (0.01, 0.99, 1e-8)},
+        quadratic_lr=0.02, rosenbrock_lr=3e-3,
+        torch_samples=(("rmsprop_centered", {"learning_rate": 0.01, "centered": True}),),
+        torch_class="RMSprop",
+        torch_configs=(dict(lr=0.01, centered=True, maximize=True),),
+        golden=("keras_rmsprop_centered", "torch_rmsprop_centered"),
+        search_space=_rmsprop_space(True, False)),
+    OptimizerInfo(
+        "rmsprop_centered_momentum", fastopt.RMSprop, {"centered": True, "momentum": 0.5}, 0.01,
+        rules={"keras": "rmsprop_centered_momentum", "torch": "rmsprop_centered_momentum_torch"},
+        scalars={"rmsprop_centered_momentum": (0.01, 0.9, 0.5, 1e-7),
+                 "rmsprop_centered_momentum_torch": (0.01, 0.99, 0.5, 1e-8)},
+        quadratic_lr=0.02, rosenbrock_lr=3e-3,
+        torch_samples=(("rmsprop_centered_momentum", {"learning_rate": 0.01, "centered": True,
+                                                      "momentum": 0.5}),),
+        torch_class="RMSprop",
+        torch_configs=(dict(lr=0.01, centered=True, momentum=0.9, alpha=0.9, eps=1e-6),),
+        golden=("keras_rmsprop_centered_momentum", "torch_rmsprop_centered_momentum"),
+        search_space=_rmsprop_space(True, True)),
+    OptimizerInfo(
+        "adam", fastopt.Adam, {}, 0.01,
+        rules={"keras": "adam", "torch": "adam_torch"},
+        scalars={"adam": (0.01, 0.9, 0.999, 1e-7), "adam_torch": (0.01, 0.9, 0.999, 1e-8)},
+        quadratic_lr=0.05, rosenbrock_lr=0.02, bf16_nearest_stalls=True,
+        torch_samples=(("adam", {"learning_rate": 0.01}),
+                       ("adam_l2", {"learning_rate": 0.01, "weight_decay": 0.05}),
+                       ("adam_global_clipnorm", {"learning_rate": 0.01, "global_clipnorm": 0.5})),
+        torch_class="Adam",
+        torch_configs=(dict(lr=0.01),
+                       dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.1,
+                            maximize=True),
+                       dict(lr=Tensor(0.01), betas=(0.8, 0.99))),
+        golden=("keras_adam", "torch_adam", "torch_adam_maximize"),
+        error_inputs=(
+            ({"betas": (0.9, 0.99)}, ValueError, r"'betas' \(did you mean beta_1 and beta_2"),
+            ({"eps": 1e-8}, ValueError, r"'eps' \(did you mean epsilon\?\)"),
+            ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),
+            ({"beta_2": -0.1}, ValueError, "beta_2 must be >= 0"),
+            ({"beta_2": 1.0}, ValueError, "beta_2 must be < 1"),
+            ({"epsilon": -1e-7}, ValueError, "epsilon must be >= 0"),
+            ({"beta_1": float("nan")}, ValueError, "beta_1 must be finite"),
+            ({"epsilon": float("nan")}, ValueError, "epsilon must be finite"),
+            ({"amsgrad": "yes"}, TypeError, "amsgrad must be True or False"),
+            ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
+        ),
+        search_space=_adam_space(False)),
+    OptimizerInfo(
+        "adam_amsgrad", fastopt.Adam, {"amsgrad": True}, 0.01,
+        rules={"keras": "adam_amsgrad", "torch": "adam_amsgrad_torch"},
+        scalars={"adam_amsgrad": (0.01, 0.9, 0.999, 1e-7),
+                 "adam_amsgrad_torch": (0.01, 0.9, 0.999, 1e-8)},
+        quadratic_lr=0.05, rosenbrock_lr=0.02,
+        torch_samples=(("adam_amsgrad", {"learning_rate": 0.01, "amsgrad": True}),),
+        torch_class="Adam",
+        torch_configs=(dict(lr=0.01, amsgrad=True, weight_decay=0.1),),
+        golden=("keras_adam_amsgrad", "torch_adam_amsgrad_weight_decay"),
+        search_space=_adam_space(True)),
+    OptimizerInfo(
+        "adamw", fastopt.AdamW, {}, 0.01,
+        rules={"keras": "adam", "torch": "adam_torch"},
+        scalars={},  # the adam row's kernels
+        quadratic_lr=0.05, rosenbrock_lr=0.02, bf16_nearest_stalls=True,
+        torch_samples=(("adamw", {"learning_rate": 0.01}),),
+        torch_class="AdamW",
+        torch_configs=(dict(lr=0.01, weight_decay=0.1), dict(lr=0.01),
+                       dict(lr=0.01, betas=(Tensor(0.9), Tensor(0.95)))),
+        golden=("keras_adamw", "torch_adamw"),
+        error_inputs=(
+            ({"beta_1": -0.5}, ValueError, "beta_1 must be >= 0"),
+            ({"weight_decay": -0.01}, ValueError, "weight_decay must be >= 0"),
+            ({"weight_decay": float("inf")}, ValueError, "weight_decay must be finite"),
+        ),
+        search_space=_adam_space(False)),
+    OptimizerInfo(
+        "adamw_amsgrad", fastopt.AdamW, {"amsgrad": True, "weight_decay": 0.1}, 0.01,
+        rules={"keras": "adam_amsgrad", "torch": "adam_amsgrad_torch"},
+        scalars={},  # the adam_amsgrad row's kernels
+        quadratic_lr=0.05, rosenbrock_lr=0.02,
+        torch_samples=(("adamw_amsgrad", {"learning_rate": 0.01, "amsgrad": True,
+                                          "weight_decay": 0.1}),),
+        torch_class="AdamW",
+        torch_configs=(dict(lr=0.01, weight_decay=0.05, amsgrad=True),
+                       dict(lr=0.01, amsgrad=True, maximize=True, eps=1e-6)),
+        golden=("torch_adamw_amsgrad",),
+        search_space=_adam_space(True)),
+    OptimizerInfo(
+        "adamax", fastopt.Adamax, {}, 0.01,
+        rules={"keras": "adamax", "torch": "adamax_torch"},
+        scalars={"adamax": (0.01, 0.9, 0.999, 1e-7), "adamax_torch": (0.01, 0.9, 0.999, 1e-8)},
+        quadratic_lr=0.05, rosenbrock_lr=0.05, bf16_nearest_stalls=True,
+        torch_samples=(("adamax", {"learning_rate": 0.01}),
+                       ("adamax_l2_maximize", {"learning_rate": 0.01, "beta_1": 0.8,
+                                               "weight_decay": 0.05, "maximize": True})),
+        torch_class="Adamax",
+        torch_configs=(dict(lr=0.01),
+                       dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1,
+                            maximize=True)),
+        golden=("keras_adamax", "keras_adamax_weight_decay", "torch_adamax",
+                "torch_adamax_weight_decay"),
+        error_inputs=(
+            ({"betas": (0.9, 0.99)}, ValueError, r"'betas' \(did you mean beta_1 and beta_2"),
+            ({"amsgrad": True}, ValueError, r"unknown hyperparameter\(s\) 'amsgrad'"),
+            ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),
+            ({"beta_2": -0.1}, ValueError, "beta_2 must be >= 0"),
+            ({"epsilon": -1e-7}, ValueError, "epsilon must be >= 0"),
+            ({"beta_2": float("nan")}, ValueError, "beta_2 must be finite"),
+            ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
+        ),
+        search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON}),
+]
+
+BY_ID = {row.id: row for row in DB}
+assert len(BY_ID) == len(DB), "two rows share an id"
+
+#: every class under test, in table order
+CLASSES = list(dict.fromkeys(row.cls for row in DB))
+
+#: rows with a torch.optim twin, and those classes in table order
+TORCH_ROWS = [row for row in DB if row.torch_class]
+TORCH_CLASSES = list(dict.fromkeys(row.torch_class for row in TORCH_ROWS))
+
+
+def _kernel_scalars():
+    out = {}
+    for row in DB:
+        for rule, values in row.scalars.items():
+            if rule in out:
+                raise AssertionError(f"rule {rule!r} gets kernel scalars from two rows")
+            if rule not in row.rules.values():
+                raise AssertionError(f"{row.id}: scalars for {rule!r}, not one of its rules")
+            # the public scalars without the step count, which the tests append
+            if len(values) != len([s for s in RULES[rule].scalars if s != "step"]):
+                raise AssertionError(f"{row.id}: {rule!r} takes {RULES[rule].scalars}")
+            out[rule] = values
+    return out
+
+
+#: rule -> the scalar values (without the step count) that the kernel tests use
+KERNEL_SCALARS = _kernel_scalars()
+
+
+def scalar(rule, name):
+    """The value of kernel scalar ``name`` that the tests give ``rule``."""
+    names = [s for s in RULES[rule].scalars if s != "step"]
+    return KERNEL_SCALARS[rule][names.index(name)]
+
+
+def scalars_at(rule, step):
+    """The rule's scalars for the step after ``step`` steps (step counts from 1)."""
+    return KERNEL_SCALARS[rule.name] + ((step + 1,) if "step" in rule.scalars else ())
+
+
+def step_inputs(rng, rule, size, dtype, step):
+    """Scalars, gradient and keyword extras of one kernel-test step: odd steps
+    add decoupled decay, a gradient scale and a clip value, every third step L2."""
+    extras = dict(keep=0.999, gscale=0.7, clipvalue=2.0) if step % 2 else {}
+    if step % 3 == 2:
+        extras["l2"] = 0.01
+    return scalars_at(rule, step), gradient(rng, (size,), dtype, step), extras
+
+
+_TORCH_TO_FASTOPT = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
+
+
+def fastopt_kwargs(torch_kwargs):
+    """``torch.optim`` keywords as fastopt keywords (``convention="torch"``)."""
+    out = {}
+    for key, value in torch_kwargs.items():
+        if key == "betas":
+            out["beta_1"], out["beta_2"] = (float(b) for b in value)
+        elif key in ("decoupled_weight_decay",):
+            raise ValueError("fastopt spells torch's decoupled Adam as AdamW")
+        else:
+            value = float(value) if isinstance(value, Tensor) else value
+            out[_TORCH_TO_FASTOPT.get(key, key)] = value
+    return out
