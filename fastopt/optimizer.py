@@ -290,6 +290,7 @@ class Optimizer:
     def _lr_at(self, lr):
         return scheduled_lr(type(self).__name__, lr, self.iterations)
 
+
     # -- the step -------------------------------------------------------------------
     def step(self, grads):
         """Apply one update to every parameter, in place.
@@ -352,16 +353,24 @@ class Optimizer:
             scales = two_phase.decide(clip, self._tensor_groups, grads, inv,
                                       self.reduce_tensor_sums)
         clipvalue = math.inf if self.clipvalue is None else self.clipvalue
-        whole = self._one_tensor_group  # then grads are the group's, as they are
+        coupled = self._coupled_decay
+        if self._one_tensor_group:  # then grads are the group's, as they are
+            ((pg, lr, scalars),) = runs
+            hyper = pg.hyperparams
+            keep, l2 = decay_factors(hyper["weight_decay"], lr, coupled)
+            group = self._tensor_groups[0]
+            group.set_factors(-scales[0] if hyper["maximize"] else scales[0], keep, l2)
+            group.plan.step(grads, group.factors, scalars, clipvalue)
+            return
         k = 0
         for pg, lr, scalars in runs:
-            keep, l2 = decay_factors(pg.hyperparams["weight_decay"], lr, self._coupled_decay)
+            keep, l2 = decay_factors(pg.hyperparams["weight_decay"], lr, coupled)
             negate = pg.hyperparams["maximize"]
             for group in pg.tensor_groups:
                 scale = -scales[k] if negate else scales[k]
                 k += 1
-                group_grads = grads if whole else [grads[i] for i in group.indices]
-                if not whole and len(group_grads) > 1 and all(g is None for g in group_grads):
+                group_grads = [grads[i] for i in group.indices]
+                if len(group_grads) > 1 and all(g is None for g in group_grads):
                     continue
                 group.set_factors(scale, keep, l2)
                 group.plan.step(group_grads, group.factors, scalars, clipvalue)

@@ -27,7 +27,7 @@ construction (argument names, order, defaults, validation and its errors),
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -37,12 +37,9 @@ from torch.optim import optimizer as _torch_optimizer
 from .. import backends as _backends
 from ..multi_tensor import MultiTensorStep
 from ..rule import RULES
+from ._plan import _DIRECT, _NARROW, _GroupPlan, _narrow_direct
+from ._state import _Counters, _track
 
-#: parameter dtypes updated in place by one fused pass, and what MultiTensorStep
-#: calls them (bfloat16, float16: float32 arithmetic on 2-byte storage, numba_bf16)
-_DIRECT = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
-           torch.bfloat16: "bfloat16", torch.float16: "float16"}
-_NARROW = (torch.bfloat16, torch.float16)
 #: 2-byte parameter dtypes computed in float32 on staging copies when the rule
 #: is one that numba_bf16 refuses (centred RMSprop) or the layout has gaps
 _STAGED = _NARROW
@@ -61,11 +58,6 @@ def _dense(t):
             return False
         expected *= size
     return True
-
-
-def _scalar_dtype():
-    # torch.optim keeps ``step`` in float32, float64 under a float64 default dtype
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 class _Item:
@@ -405,275 +397,11 @@ class FusedOptimizer:
         _track(self)
 
 
-class _TrackedState(defaultdict):
-    """``optimizer.state`` that counts its writes (``state[p] = {...}``, as
-    ``ZeroRedundancyOptimizer.load_state_dict`` does), so that a prepared
-    plan can tell it is stale with one comparison instead of one hash per
-    parameter (torch's ``Tensor.__hash__`` is a Python function)."""
-
-    version = 0
-
-    def __setitem__(self, key, value):
-        self.version += 1
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key):
-        self.version += 1
-        super().__delitem__(key)
-
-    def pop(self, *args):
-        self.version += 1
-        return super().pop(*args)
-
-    def popitem(self):
-        self.version += 1
-        return super().popitem()
-
-    def clear(self):
-        self.version += 1
-        super().clear()
-
-    def update(self, *args, **kwargs):
-        self.version += 1
-        super().update(*args, **kwargs)
-
-    def setdefault(self, key, default=None):
-        self.version += 1
-        return super().setdefault(key, default)
-
-    def __reduce__(self):  # pickles as torch's plain defaultdict(dict)
-        return defaultdict, (dict,), None, None, iter(self.items())
-
-
-def _track(opt):
-    if type(opt.state) is not _TrackedState:
-        tracked = _TrackedState(dict)
-        dict.update(tracked, opt.state)
-        opt.state = tracked
-
-
-class _GroupPlan:
-    """The short way for a group whose every parameter is a contiguous tensor
-    of one float dtype with complete state (or none yet, and no gradient):
-    addresses of parameters and slots, the pointer table and the step counts
-    prepared once.
-
-    Every step still reads each parameter's ``.grad`` and its address and
-    checks that the parameter has not moved, that its state dict and slot
-    tensors are the same objects and that the gradient is a contiguous tensor
-    of the parameter's dtype; anything else (a new parameter, a moved one, a
-    loaded checkpoint, a sparse or strided gradient, another kernel) takes the
-    general way, which rebuilds the plan.
-    """
-
-    @classmethod
-    def build(cls, opt, group, rule):
-        params = list(group["params"])
-        if not params:
-            return None
-        dtype = params[0].dtype
-        if dtype not in _DIRECT or (dtype in _NARROW and not _narrow_direct(rule)):
-            return None
-        keys = opt._SLOT_KEYS[rule]
-        counts = opt._COUNTS_STEPS
-        stateful = bool(keys) or counts
-        sdt = opt._fastopt_slot_dtype or dtype
-        states, slots = [], []
-        for p in params:
-            if not (p.dtype is dtype and p.is_cpu and p.is_contiguous()):
-                return None
-            st = opt.state.get(p)
-            if stateful and not st and p.grad is None:
-                # no gradient yet, so no state (frozen, or not reached): skipped
-                # until its first gradient, which takes the general way
-                states.append(None)
-                slots.append(())
-                continue
-            if stateful and not (st and all(k in st for k in keys)
-                                 and (not counts or "step" in st)):
-                return None
-            sl = tuple(st[k] for k in keys)
-            for s in sl:
-                if not (s.dtype is sdt and s.is_cpu and s.is_contiguous()
-                        and s.shape == p.shape):
-                    return None
-            states.append(st)
-            slots.append(sl)
-        # plans of groups that are gone (replaced or removed) are dropped
-        live = {id(g) for g in opt.param_groups}
-        for key in [k for k in opt._fastopt_plans if k not in live]:
-            del opt._fastopt_plans[key]
-        self = cls()
-        _track(opt)
-        self.state_obj = opt.state
-        self.group, self.rule, self.keys, self.dtype = group, rule, keys, dtype
-        self.params, self.states, self.slots = params, states, slots
-        self.stateful = stateful
-        self.pptrs = [p.data_ptr() for p in params]
-        self.fused = opt._stepper(rule, _DIRECT[dtype], tuple(p.numel() for p in params))
-        self.ptrs = self.fused.empty_pointers()
-        self.ptrs[0] = self.pptrs
-        for k in range(len(keys)):
-            self.ptrs[2 + k] = [sl[k].data_ptr() if sl else 0 for sl in slots]
-        self.n = len(params)
-        self.twos = [2.0] * self.n
-        self.nones = [None] * self.n
-        self.counts = None
-        if counts:  # one block for the group's counts: advanced in one NumPy store
-            self.counts, views = opt._fastopt_counters.adopt_all(
-                [st["step"] if st else 0.0 for st in states])
-            for st, v in zip(states, views):
-                if st:
-                    st["step"] = v
-            self.views = [v if st else None for st, v in zip(states, views)]
-        self.version = opt.state.version
-        return self
-
-    def grads(self, state, rule):
-        """The gradients' addresses (0: no gradient), or None: take the general way."""
-        if rule != self.rule or state is not self.state_obj or \
-                state.version != self.version or \
-                len(self.group["params"]) != len(self.params):
-            return None
-        dtype = self.dtype
-        keys = self.keys
-        stateful = self.stateful
-        views = self.views if self.counts is not None else self.nones
-        out = []
-        try:
-            for p, q, pp, st, sl, v in zip(self.group["params"], self.params, self.pptrs,
-                                           self.states, self.slots, views):
-                if p is not q:
-                    return None
-                g = p.grad
-                if stateful and st is None:  # no state yet: a first gradient goes the
-                    if g is not None:        # general way, which creates it
-                        return None
-                    out.append(0)
-                    continue
-                if (v is not None and st["step"] is not v):
-                    return None
-                for k, s in zip(keys, sl):
-                    if st[k] is not s:
-                        return None
-                if g is None:
-                    out.append(0)
-                    continue
-                # (torch's .grad setter keeps the gradient on the parameter's device)
-                if p.data_ptr() != pp or g.dtype is not dtype or not g.is_contiguous():
-                    return None
-                out.append(g.data_ptr())
-        except (RuntimeError, KeyError):  # e.g. a sparse gradient: the general way says
-            return None
-        return out if any(out) else None
-
-    def run(self, opt, rule, gptrs, inv_scale, maximize):
-        _, scalars, keep, l2 = rule
-        ptrs = self.ptrs
-        every = all(gptrs)
-        if self.n == 1:  # element stores: cheaper than NumPy calls on tiny arrays
-            ptrs[1, 0] = gptrs[0]
-        else:
-            ptrs[1] = gptrs
-        steps = None
-        if self.counts is not None:
-            counts = self.counts
-            if self.n <= 8:
-                steps = []
-                for i, gp in enumerate(gptrs):
-                    n = counts.item(i) + (1 if gp else 0)
-                    counts[i] = n
-                    steps.append(n)
-            else:
-                if every:
-                    counts += 1
-                else:
-                    counts[ptrs[1] != 0] += 1
-                steps = counts.tolist()
-        elif self.fused.per_tensor_step:  # SGD's momentum: every buffer exists
-            steps = self.twos
-        fused = self.fused
-        fused.updates = opt._fastopt_updates
-        sign = -inv_scale if maximize else inv_scale
-        fused.launch(ptrs, scalars, steps if fused.per_tensor_step else None,
-                     fused.rows(sign, keep, l2), math.inf)
-        torch._C._increment_version(self.params if every else
-                                    [p for p, g in zip(self.params, gptrs) if g])
-
-
-class _Counters:
-    """Per-parameter step counts in NumPy blocks, seen by torch as 0-d views.
-
-    ``state["step"]`` of a parameter is ``torch.from_numpy(block)[i]``: torch
-    code reads and writes it as usual (``state_dict``, ``torch.save``, a
-    ``torch.optim`` optimizer that loads the checkpoint), and fastopt
-    advances it with a NumPy store instead of a torch operator call.
-    """
-
-    BLOCK = 1024
-
-    def __init__(self):
-        self.where = {}   # id(view) -> (block, index, view)
-        self.block = None
-        self.used = 0
-
-    def adopt(self, value):
-        dtype = value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point() \
-            else _scalar_dtype()
-        if self.block is None or self.used == self.BLOCK or self.block.dtype != dtype:
-            self.block = torch.zeros(self.BLOCK, dtype=dtype)
-            self.array = self.block.numpy()
-            self.used = 0
-        i = self.used
-        self.used += 1
-        self.array[i] = float(value)
-        view = self.block[i]
-        self.where[id(view)] = (self.array, i, view)
-        return view
-
-    def adopt_all(self, values):
-        """A block of its own for ``values``: ``(array, views)``."""
-        dtype = values[0].dtype if isinstance(values[0], torch.Tensor) \
-            and values[0].is_floating_point() else _scalar_dtype()
-        block = torch.tensor([float(v) for v in values], dtype=dtype)
-        array = block.numpy()
-        views = [block[i] for i in range(len(values))]
-        for i, v in enumerate(views):
-            self.where[id(v)] = (array, i, v)
-        return array, views
-
-    def advance(self, state, items):
-        where = self.where
-        out = []
-        for it in items:
-            t = it.step
-            loc = where.get(id(t))
-            if loc is None or loc[2] is not t:
-                t = state[it.param]["step"] = self.adopt(t)
-                loc = where[id(t)]
-            array, i, _ = loc
-            n = array[i] + 1
-            array[i] = n
-            out.append(float(n))
-        return out
-
-
-def _narrow_direct(rule):
-    """Whether bfloat16 or float16 parameters (and state) can run ``rule`` in one pass."""
-    from ..backends import numba_bf16
-    r = RULES[rule]
-    return not (r.slots and numba_bf16.refusal(r))
-
-
 def _like(p, t, dtype=None):
     """A copy of ``t`` in ``p``'s memory layout and device, and ``dtype`` (default: ``p``'s)."""
     out = torch.empty_like(p, dtype=dtype)
     out.copy_(t)
     return out
-
-
-def _step_tensor():
-    return torch.tensor(0.0, dtype=_scalar_dtype())
 
 
 def _f(x):

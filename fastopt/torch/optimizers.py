@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch as _torch
 
 from ..rule import RULES
-from ._optim import FusedOptimizer, _decay, _f, _step_tensor
+from ._optim import FusedOptimizer, _decay, _f
+from ._state import _step_tensor
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax"]
 
