@@ -154,6 +154,44 @@ def test_nan_and_inf_gradients_propagate(backend):
     assert np.isnan(m[0]) and math.isinf(m[1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("rule_name", list(RULES))
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_nan_and_inf_propagate_exactly_as_in_the_reference(backend, rule_name, dtype):
+    # NaN, +inf and -inf gradients (and the NaN they make later: inf - inf in
+    # a moving average, AMSGrad's and Adamax's max of a NaN) land in the same
+    # elements of the parameters and slots as in the reference, for every
+    # rule; the finite elements agree to rounding
+    rule = RULES[rule_name]
+    fast_kernel = getattr(fastopt.get_backend(backend), rule_name)
+    ref_kernel = getattr(ref_backend, rule_name)
+    rng = np.random.default_rng(len(rule_name))
+    n = 24
+    param, slots = initial_state(rng, rule, n, dtype)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, np.nan, np.inf], dtype)
+    for step in range(4):
+        g = rng.standard_normal(n).astype(dtype)
+        g[:: n // 6][:6] = np.roll(special, step)   # special values move around
+        scalars = scalars_at(rule, step)
+        extras = dict(keep=0.999, l2=0.01) if step % 2 else {}
+        old = [a.copy() for a in [param] + slots]
+        ref = [a.copy() for a in old]
+        ref_kernel(*ref[:1], g, *ref[1:], *scalars, **extras)
+        fast_kernel(param, g, *slots, *scalars, **extras)
+        for name, f, r, o in zip(("param",) + rule.slots, [param] + slots, ref, old):
+            label = f"{backend}.{rule_name} step {step} {name}"
+            np.testing.assert_array_equal(np.isnan(f), np.isnan(r), err_msg=label)
+            np.testing.assert_array_equal(np.isposinf(f), np.isposinf(r), err_msg=label)
+            np.testing.assert_array_equal(np.isneginf(f), np.isneginf(r), err_msg=label)
+            finite = np.isfinite(r)
+            assert_close(label, f[finite], r[finite], o[finite], dtype,
+                         kappa(rule_name, ref)[finite] if name == "param"
+                         and rule_name.startswith("rmsprop_centered") else 1.0)
+        assert np.isnan(param).any(), "the case must reach the parameters"
+        for dst, src in zip([param] + slots, ref):  # the same inputs next step
+            dst[...] = src
+
+
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_float32_square_overflows_like_keras(backend):
     """Documented: float32 kernels compute g*g in float32, which is inf for

@@ -100,9 +100,8 @@ class AdamW(Adam):
 
 
 # ---------------------------------------------------------------------------
-# One element for both conventions.  PyTorch bias-corrects v before adding
-# epsilon: that is Keras's form with alpha = lr * sqrt(bc2) / bc1 and
-# epsilon * sqrt(bc2).
+# PyTorch bias-corrects v before adding epsilon: that is Keras's form with
+# alpha = lr * sqrt(bc2) / bc1 and epsilon * sqrt(bc2).
 
 def adam_alpha(learning_rate, beta_1, beta_2, iteration):
     """Adam's bias-corrected step size for the step after ``iteration`` steps.
@@ -122,7 +121,7 @@ def prepare_adam_torch(learning_rate, beta_1, beta_2, epsilon, step):
     bc1 = 1.0 - beta_1 ** step
     root_bc2 = math.sqrt(1.0 - beta_2 ** step)
     return {"alpha": learning_rate * root_bc2 / bc1, "one_minus_beta_1": 1.0 - beta_1,
-            "one_minus_beta_2": 1.0 - beta_2, "eps": epsilon * root_bc2}
+            "beta_2": beta_2, "one_minus_beta_2": 1.0 - beta_2, "eps": epsilon * root_bc2}
 
 
 def element_adam(g, w, momentum, velocity, alpha, one_minus_beta_1, one_minus_beta_2, eps):
@@ -136,6 +135,27 @@ def element_amsgrad(g, w, momentum, velocity, velocity_hat, alpha, one_minus_bet
                     one_minus_beta_2, eps):
     momentum = momentum + (g - momentum) * one_minus_beta_1
     velocity = velocity + (g * g - velocity) * one_minus_beta_2
+    velocity_hat = max(velocity_hat, velocity)
+    w = w - momentum * alpha / (sqrt(velocity_hat) + eps)
+    return w, momentum, velocity, velocity_hat
+
+
+# PyTorch moves m by lerp (m + (1 - beta_1) * (g - m), Keras's form) but v
+# by beta_2 * v + (1 - beta_2) * g^2: the same value to rounding, and not the
+# same once v is infinite (Keras's form gives inf - inf = NaN, torch's inf).
+
+def element_adam_torch(g, w, momentum, velocity, alpha, one_minus_beta_1, beta_2,
+                       one_minus_beta_2, eps):
+    momentum = momentum + (g - momentum) * one_minus_beta_1
+    velocity = beta_2 * velocity + one_minus_beta_2 * (g * g)
+    w = w - momentum * alpha / (sqrt(velocity) + eps)
+    return w, momentum, velocity
+
+
+def element_amsgrad_torch(g, w, momentum, velocity, velocity_hat, alpha, one_minus_beta_1,
+                          beta_2, one_minus_beta_2, eps):
+    momentum = momentum + (g - momentum) * one_minus_beta_1
+    velocity = beta_2 * velocity + one_minus_beta_2 * (g * g)
     velocity_hat = max(velocity_hat, velocity)
     w = w - momentum * alpha / (sqrt(velocity_hat) + eps)
     return w, momentum, velocity, velocity_hat
@@ -216,10 +236,10 @@ RULES = (
     Rule("adam_amsgrad", slots=("momentum", "velocity", "velocity_hat"), scalars=_ADAM_K,
          prepare=prepare_adam, element=element_amsgrad, reference=adam_amsgrad),
     Rule("adam_torch", slots=("momentum", "velocity"), scalars=_ADAM_T, convention="torch",
-         prepare=prepare_adam_torch, element=element_adam, reference=adam_torch,
+         prepare=prepare_adam_torch, element=element_adam_torch, reference=adam_torch,
          torch_state=("exp_avg", "exp_avg_sq")),
     Rule("adam_amsgrad_torch", slots=("momentum", "velocity", "velocity_hat"),
          scalars=_ADAM_T, convention="torch", prepare=prepare_adam_torch,
-         element=element_amsgrad, reference=adam_amsgrad_torch,
+         element=element_amsgrad_torch, reference=adam_amsgrad_torch,
          torch_state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
 )
