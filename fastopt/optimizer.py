@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import hyperparams, two_phase
 from .rule import RULES
 from ._validation import boolean, real
@@ -331,16 +333,18 @@ class Optimizer:
                 runs.append((pg, lr, self._scalars(hyper, lr, updates)))
         # Everything is validated; from here on only arithmetic runs.
         inv = 1.0 if self.loss_scale_factor is None else 1.0 / self.loss_scale_factor
-        if accumulated is not None:
-            grads, inv = accumulate(self._arrays, accumulated, grads, inv, applying, steps)
+        if accumulated is not None:  # NumPy arithmetic: never an exception halfway
+            with np.errstate(all="ignore"):
+                grads, inv = accumulate(self._arrays, accumulated, grads, inv, applying, steps)
         if applying:
             self._apply(grads, inv, runs)
             if accumulated is not None:
                 for acc in accumulated:
                     self._arrays.zero(acc)
         if self._ema is not None:
-            update_ema(self._arrays, self._ema, self._params, updates, self.ema_momentum,
-                       self.ema_overwrite_frequency)
+            with np.errstate(all="ignore"):
+                update_ema(self._arrays, self._ema, self._params, updates, self.ema_momentum,
+                           self.ema_overwrite_frequency)
         self.iterations += 1
 
     def _apply(self, grads, inv, runs):

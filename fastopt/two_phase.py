@@ -77,7 +77,8 @@ def decide(two_phase, tensor_groups, grads, inv, reduce_tensor_sums):
         else:
             partial = [g.plan.sumsq([grads[i] for i in g.indices]) for g in tensor_groups]
         sums[name] = reduce_tensor_sums(partial)
-    return two_phase.decide(sums, inv)
+    with np.errstate(all="ignore"):  # inf and NaN norms decide, never raise
+        return two_phase.decide(sums, inv)
 
 
 def clipping(clipnorm=None, global_clipnorm=None, torch_convention=False):
@@ -101,8 +102,7 @@ def clipping(clipnorm=None, global_clipnorm=None, torch_convention=False):
         return TwoPhase(("grad_sumsq",), by_global_norm)
     if clipnorm is not None:
         def by_norm(sums, inv):
-            with np.errstate(invalid="ignore"):
-                return [clipnorm / np.maximum(np.sqrt(s) * inv, clipnorm) * inv
-                        for s in sums["grad_sumsq"]]
+            return [clipnorm / np.maximum(np.sqrt(s) * inv, clipnorm) * inv
+                    for s in sums["grad_sumsq"]]
         return TwoPhase(("grad_sumsq",), by_norm)
     return None

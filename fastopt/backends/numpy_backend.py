@@ -22,21 +22,27 @@ NAME = "numpy"
 class Plan(_contract.Plan):
     """Loops over the group's tensors in Python."""
 
+    # Like the compiled backends, never a floating-point exception: NaN and inf
+    # propagate whatever np.seterr says (an exception after the first tensors
+    # would leave a step half done).
+
     def step(self, grads, pt, scalars, clipvalue=math.inf):
         kw = dict(zip(self.rule.scalars, scalars))
-        for t, (p, g) in enumerate(zip(self.params, grads)):
-            if g is None:
-                continue
-            slots = [s[t] for s in self.slots]
-            new = reference.apply_rule(self.rule.name, p, g.reshape(-1), slots, kw,
-                                       keep=pt[1, t], gscale=pt[0, t],
-                                       clipvalue=clipvalue, l2=pt[2, t])
-            for dst, src in zip([p, *slots], new):
-                dst[...] = src
+        with np.errstate(all="ignore"):
+            for t, (p, g) in enumerate(zip(self.params, grads)):
+                if g is None:
+                    continue
+                slots = [s[t] for s in self.slots]
+                new = reference.apply_rule(self.rule.name, p, g.reshape(-1), slots, kw,
+                                           keep=pt[1, t], gscale=pt[0, t],
+                                           clipvalue=clipvalue, l2=pt[2, t])
+                for dst, src in zip([p, *slots], new):
+                    dst[...] = src
 
     def sumsq(self, grads):
-        return np.array([0.0 if g is None else float(np.sum(np.square(g, dtype=np.float64)))
-                         for g in grads])
+        with np.errstate(all="ignore"):
+            return np.array([0.0 if g is None else
+                             float(np.sum(np.square(g, dtype=np.float64))) for g in grads])
 
 
 globals().update(_contract.make_kernels(Plan, __name__))
