@@ -80,6 +80,15 @@ class ParamTree:
         # the common case of match_grads, recognised without building anything
         self._plain_list = self.kind == "list"
         self._host_ndarray = None if self.device else np.ndarray
+        # the memory of the parameters, by the object that owns it: a gradient
+        # whose memory belongs to another object cannot overlap a parameter
+        self._memory = {}
+        if not self.device:
+            for i, a in enumerate(self.arrays):
+                start = _host_pointer(a)
+                self._memory.setdefault(id(_owner_of(a)), []).append(
+                    (start, start + a.nbytes, i))
+        self._owners = frozenset(self._memory)
 
     def _parse_groups(self, specs):
         owner = self.owner
@@ -119,10 +128,12 @@ class ParamTree:
             Refuse None gradients (gradient accumulation needs them all).
         """
         ndarray = self._host_ndarray  # device gradients are checked in full
+        owners = self._owners
         if grads.__class__ is list and self._plain_list and len(grads) == self.n:
             for g, dt, sh in zip(grads, self.dtypes, self.shapes):
+                # (an array that owns its memory and owns no parameter's overlaps none)
                 if not (g.__class__ is ndarray and g.dtype is dt and g.shape == sh
-                        and g.flags.c_contiguous):
+                        and g.flags.c_contiguous and g.base is None and id(g) not in owners):
                     break
             else:
                 return grads
@@ -134,6 +145,8 @@ class ParamTree:
             if g is None:
                 continue
             present += 1
+            if ndarray is not None and id(_owner_of(g)) in owners:
+                self._check_overlap(i, g)
             if (g.__class__ is ndarray and g.dtype is dtypes[i] and g.shape == shapes[i]
                     and g.flags.c_contiguous):
                 continue
@@ -145,6 +158,19 @@ class ParamTree:
             raise ValueError(f"{owner}.step: grads{self.labels[i]} is None; with "
                              "gradient_accumulation_steps every gradient must be given")
         return grads
+
+    def _check_overlap(self, i, g):
+        """Refuse gradient ``i`` if its memory overlaps a parameter other than
+        exactly its own (the kernels would read what they have just written,
+        in an order that depends on the backend and the threads)."""
+        lo, hi = np.lib.array_utils.byte_bounds(g) if hasattr(np.lib, "array_utils") \
+            else np.byte_bounds(g)
+        for start, end, j in self._memory[id(_owner_of(g))]:
+            if lo < end and start < hi and not (j == i and (lo, hi) == (start, end)):
+                what = "its own parameter, shifted" if j == i else f"params{self.labels[j]}"
+                raise ValueError(f"{self.owner}.step: grads{self.labels[i]} overlaps the "
+                                 f"memory of {what}; a gradient must not share memory with "
+                                 "any parameter but exactly its own (pass a copy)")
 
     def _checked_grad(self, i, g):
         """Gradient ``g`` of parameter ``i``, checked (host ones made contiguous)."""
@@ -201,6 +227,15 @@ class ParamTree:
                 raise TypeError(f"{owner}: exclude_from_weight_decay entries must be parameter "
                                 f"indices or names, got {e!r}")
         return frozenset(out)
+
+
+def _owner_of(a):
+    """The object that owns ``a``'s memory: the end of its chain of bases."""
+    base = a.base
+    while base is not None:
+        a = base
+        base = getattr(a, "base", None)
+    return a
 
 
 def _plain_params(owner, params, where=""):

@@ -53,3 +53,44 @@ def test_accumulation_updates_every_accumulator_or_none():
     assert len(acc) == 2
     np.testing.assert_allclose(acc[0], 1.0)
     assert np.isinf(acc[1]).all()
+
+
+# ---------------------------------------------------------------------------
+# Gradients that overlap a parameter's memory
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_gradients_overlapping_another_parameter_are_refused(backend):
+    buf = np.arange(1.0, 11.0)
+    a, b = buf[:5], buf[5:]
+    opt = fastopt.SGD([a, b], learning_rate=0.1, momentum=0.9, backend=backend)
+    before = buf.copy(), opt.state_dict()
+    for grads, what in (([b, a], "params\\[1\\]"),          # swapped neighbours
+                        ([buf[1:6], np.ones(5)], "its own parameter, shifted"),
+                        ([np.ones(5), buf[3:8]], "params\\[0\\]"),
+                        ([buf[4:9], np.ones(5)], "")):  # across both
+        with pytest.raises(ValueError, match=f"overlaps the memory of {what}"):
+            opt.step(grads)
+        np.testing.assert_array_equal(buf, before[0])
+        assert opt.iterations == 0
+
+
+def test_overlap_is_checked_for_dict_params_and_groups():
+    buf = np.zeros(8)
+    params = {"w": buf[:4], "b": buf[4:]}
+    opt = fastopt.Adam(params)
+    with pytest.raises(ValueError, match="grads\\['w'\\] overlaps the memory of params\\['b'\\]"):
+        opt.step({"w": buf[4:], "b": np.ones(4)})
+    groups = fastopt.SGD([{"params": [buf[:4]]}, {"params": [buf[4:]]}])
+    with pytest.raises(ValueError, match="overlaps"):
+        groups.step([[buf[4:]], [np.ones(4)]])
+
+
+def test_a_gradient_that_is_its_own_parameter_or_in_other_memory_is_fine():
+    buf = np.ones(10)
+    a, b = buf[:5], buf[5:]
+    opt = fastopt.SGD([a, b], learning_rate=0.5)
+    opt.step([a, b])                      # exactly its own memory: elementwise, safe
+    np.testing.assert_array_equal(buf, 0.5)
+    other = np.full(10, 2.0)
+    opt.step([other[:5], other[5:]])      # views of a buffer no parameter uses
+    np.testing.assert_array_equal(buf, -0.5)
