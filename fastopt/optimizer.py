@@ -22,6 +22,8 @@ The pieces it is built from:
 from __future__ import annotations
 
 import math
+import numbers
+import threading
 
 import numpy as np
 
@@ -156,7 +158,7 @@ class Optimizer:
         top["maximize"] = maximize
         self._defaults = self._check_group(top, "")
         self._hyper_names = tuple(hyper)
-        self.clipnorm, self.clipvalue, self.global_clipnorm = hyperparams.check_clipping(
+        self._clipnorm, self._clipvalue, self._global_clipnorm = hyperparams.check_clipping(
             name, clipnorm, clipvalue, global_clipnorm)
         self.use_ema = boolean(name, "use_ema", use_ema)
         self.ema_momentum = real(name, "ema_momentum", ema_momentum, low=0.0, high=1.0)
@@ -184,7 +186,9 @@ class Optimizer:
                                                  RULES[self._rule_name(merged)]))
         if self.state_dtype is not None:
             hyperparams.check_state_rules(name, self._param_groups, backend, self.state_dtype)
-        self.iterations = 0
+        # one step, state_dict() or load_state_dict() at a time (thread safety)
+        self._lock = threading.RLock()
+        self._iterations = 0
         self._build()
 
     # -- hooks for subclasses ---------------------------------------------------
@@ -290,7 +294,7 @@ class Optimizer:
         return self._lr_at(self._param_groups[group].hyperparams["learning_rate"])
 
     def _lr_at(self, lr):
-        return scheduled_lr(type(self).__name__, lr, self.iterations)
+        return scheduled_lr(type(self).__name__, lr, self._iterations)
 
 
     # -- the step -------------------------------------------------------------------
@@ -314,49 +318,51 @@ class Optimizer:
         TypeError, ValueError
             On any bad gradient or learning rate; then nothing has changed.
         """
-        accumulated = self._accumulated
-        grads = self._tree.match_grads(grads, accumulated is not None)
-        steps = self.gradient_accumulation_steps
-        if steps is None:  # the update count is the call count
-            applying, updates = True, self.iterations
-        else:
-            applying, updates = update_counts(self.iterations, steps)
-        for group in self._counted:
-            group.plan.updates = updates
-        runs = []  # per parameter group: (group, learning rate, the kernel's scalars)
-        if applying:
-            for pg in self._param_groups:
-                hyper = pg.hyperparams
-                lr = hyper["learning_rate"]
-                if lr.__class__ is not float:
-                    lr = self._lr_at(lr)
-                runs.append((pg, lr, self._scalars(hyper, lr, updates)))
-        # Everything is validated; from here on only arithmetic runs.
-        inv = 1.0 if self.loss_scale_factor is None else 1.0 / self.loss_scale_factor
-        if accumulated is not None:  # NumPy arithmetic: never an exception halfway
-            with np.errstate(all="ignore"):
-                grads, inv = accumulate(self._arrays, accumulated, grads, inv, applying, steps)
-        if applying:
-            self._apply(grads, inv, runs)
-            if accumulated is not None:
-                for acc in accumulated:
-                    self._arrays.zero(acc)
-        if self._ema is not None:
-            with np.errstate(all="ignore"):
-                update_ema(self._arrays, self._ema, self._params, updates, self.ema_momentum,
-                           self.ema_overwrite_frequency)
-        self.iterations += 1
+        with self._lock:  # a whole step, or none: see the thread-safety notes
+            accumulated = self._accumulated
+            grads = self._tree.match_grads(grads, accumulated is not None)
+            steps = self.gradient_accumulation_steps
+            if steps is None:  # the update count is the call count
+                applying, updates = True, self._iterations
+            else:
+                applying, updates = update_counts(self._iterations, steps)
+            for group in self._counted:
+                group.plan.updates = updates
+            runs = []  # per parameter group: (group, learning rate, the kernel's scalars)
+            if applying:
+                for pg in self._param_groups:
+                    hyper = pg.hyperparams
+                    lr = hyper["learning_rate"]
+                    if lr.__class__ is not float:
+                        lr = self._lr_at(lr)
+                    runs.append((pg, lr, self._scalars(hyper, lr, updates)))
+            # Everything is validated; from here on only arithmetic runs.
+            inv = 1.0 if self.loss_scale_factor is None else 1.0 / self.loss_scale_factor
+            if accumulated is not None:  # NumPy arithmetic: never an exception halfway
+                with np.errstate(all="ignore"):
+                    grads, inv = accumulate(self._arrays, accumulated, grads, inv, applying,
+                                            steps)
+            if applying:
+                self._apply(grads, inv, runs)
+                if accumulated is not None:
+                    for acc in accumulated:
+                        self._arrays.zero(acc)
+            if self._ema is not None:
+                with np.errstate(all="ignore"):
+                    update_ema(self._arrays, self._ema, self._params, updates,
+                               self.ema_momentum, self.ema_overwrite_frequency)
+            self._iterations += 1
 
     def _apply(self, grads, inv, runs):
         """The kernel calls: one per tensor group."""
-        if self.clipnorm is None and self.global_clipnorm is None:
+        if self._clipnorm is None and self._global_clipnorm is None:
             scales = self._no_clip_scales if inv == 1.0 else [inv] * len(self._tensor_groups)
         else:  # a two-phase step: per-tensor norms, a scale per tensor, the apply
-            clip = two_phase.clipping(self.clipnorm, self.global_clipnorm,
+            clip = two_phase.clipping(self._clipnorm, self._global_clipnorm,
                                       self.convention == "torch")
             scales = two_phase.decide(clip, self._tensor_groups, grads, inv,
                                       self.reduce_tensor_sums)
-        clipvalue = math.inf if self.clipvalue is None else self.clipvalue
+        clipvalue = math.inf if self._clipvalue is None else self._clipvalue
         coupled = self._coupled_decay
         if self._one_tensor_group:  # then grads are the group's, as they are
             ((pg, lr, scalars),) = runs
@@ -460,13 +466,19 @@ class Optimizer:
         include the moving averages (``average/...``) with ``use_ema`` and
         the gradient accumulators (``gradient_accumulator/...``).
         """
-        slots = {key: self._arrays.to_host(a) for key, a in self.state_arrays().items()}
-        return {"config": self.get_config(), "iterations": self.iterations, "slots": slots}
+        with self._lock:  # a snapshot between steps, never a torn one
+            slots = {key: self._arrays.to_host(a) for key, a in self.state_arrays().items()}
+            return {"config": self.get_config(), "iterations": self._iterations,
+                    "slots": slots}
 
     def load_state_dict(self, state):
         """Restore hyperparameters, iteration count and slots from
         :meth:`state_dict`'s output.  Checked whole first: on error nothing
         changes."""
+        with self._lock:
+            self._load_state_dict(state)
+
+    def _load_state_dict(self, state):
         name = type(self).__name__
         iterations = check_state_header(name, state, self.state_dtype, self.convention)
         # the hyperparameters, checked by building a twin on the same params
@@ -484,7 +496,55 @@ class Optimizer:
         # all checked: copy the slots into the twin, then take it over
         for key, dst in live.items():
             twin._arrays.assign(dst, state["slots"][key])
-        twin.iterations = iterations
+        twin._iterations = iterations
+        self.__dict__.update({k: v for k, v in twin.__dict__.items() if k != "_lock"})
+
+    @property
+    def iterations(self):
+        """The number of ``step`` calls so far (an int >= 0; settable, checked)."""
+        return self._iterations
+
+    @iterations.setter
+    def iterations(self, value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise TypeError(f"{type(self).__name__}: iterations must be an int >= 0, got "
+                            f"{value!r}")
+        with self._lock:
+            self._iterations = int(value)
+
+    def _set_clipping(self, name, value):
+        clips = {"clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                 "global_clipnorm": self.global_clipnorm, name: value}
+        checked = hyperparams.check_clipping(type(self).__name__, clips["clipnorm"],
+                                             clips["clipvalue"], clips["global_clipnorm"])
+        with self._lock:
+            self._clipnorm, self._clipvalue, self._global_clipnorm = checked
+
+    clipnorm = property(lambda self: self._clipnorm,
+                        lambda self, v: self._set_clipping("clipnorm", v),
+                        doc="Per-tensor clipping norm, or None (settable, checked).")
+    clipvalue = property(lambda self: self._clipvalue,
+                         lambda self, v: self._set_clipping("clipvalue", v),
+                         doc="Elementwise clipping bound, or None (settable, checked).")
+    global_clipnorm = property(lambda self: self._global_clipnorm,
+                               lambda self, v: self._set_clipping("global_clipnorm", v),
+                               doc="Global clipping norm, or None (settable, checked).")
+
+    # -- pickling and copies: rebuilt from the parameters, config and state --------
+    def __getstate__(self):
+        config = self.get_config()
+        with self._lock:
+            return {"params": self.params, "config": config, "state": self.state_dict(),
+                    "backend": self._backend_name,
+                    "learning_rates": [pg.hyperparams["learning_rate"]
+                                       for pg in self._param_groups]}
+
+    def __setstate__(self, saved):
+        twin = type(self).from_config(saved["params"],
+                                      {**saved["config"], "backend": saved["backend"]})
+        for pg, lr in zip(twin._param_groups, saved["learning_rates"]):
+            pg.hyperparams["learning_rate"] = lr  # schedules and callables as they were
+        twin.load_state_dict({**saved["state"], "config": twin.get_config()})
         self.__dict__.update(twin.__dict__)
 
     def save_state(self, path, extra=None):

@@ -4,7 +4,15 @@ its fix.
 
 * floating-point exceptions: whatever ``np.seterr`` says, a step never raises
   halfway; NaN and inf propagate as on the compiled backends;
+* gradients sharing memory with another parameter are refused;
+* one optimizer used from several threads: steps, ``state_dict`` and
+  ``load_state_dict`` are atomic with respect to each other;
+* attributes assigned after construction are checked; copies and pickles.
 """
+import copy
+import pickle
+import threading
+
 import numpy as np
 import pytest
 
@@ -94,3 +102,151 @@ def test_a_gradient_that_is_its_own_parameter_or_in_other_memory_is_fine():
     other = np.full(10, 2.0)
     opt.step([other[:5], other[5:]])      # views of a buffer no parameter uses
     np.testing.assert_array_equal(buf, -0.5)
+
+
+# ---------------------------------------------------------------------------
+# Threads
+
+def _hammer(fn, n, threads=2):
+    errors = []
+
+    def run():
+        try:
+            for _ in range(n):
+                fn()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_one_optimizer_stepped_from_two_threads_loses_no_update(backend):
+    if backend not in fastopt.available_backends():
+        pytest.skip(f"{backend} is not available")
+    n = 300_000
+    w = np.zeros(n, np.float32)
+    g = np.ones(n, np.float32)
+    opt = fastopt.SGD([w], learning_rate=0.01, momentum=0.9, backend=backend)
+    _hammer(lambda: opt.step([g]), 40)
+    w_seq = np.zeros(n, np.float32)
+    seq = fastopt.SGD([w_seq], learning_rate=0.01, momentum=0.9, backend=backend)
+    for _ in range(80):
+        seq.step([g])
+    assert opt.iterations == 80
+    np.testing.assert_array_equal(w, w_seq)
+    np.testing.assert_array_equal(opt.state_dict()["slots"]["momentum/0"],
+                                  seq.state_dict()["slots"]["momentum/0"])
+
+
+def test_state_dict_from_another_thread_is_never_torn():
+    # every snapshot is the state after exactly ``iterations`` steps: the
+    # momentum of a constant gradient is uniform and follows from the count
+    n = 1_000_000
+    w = np.zeros(n, np.float32)
+    g = np.ones(n, np.float32)
+    opt = fastopt.SGD([w], learning_rate=0.01, momentum=0.5, backend="numba")
+    expected = [np.float32(0.0)]
+    for _ in range(60):
+        expected.append(np.float32(0.5) * expected[-1] - np.float32(0.01))
+    done = threading.Event()
+
+    def stepper():
+        for _ in range(60):
+            opt.step([g])
+        done.set()
+    t = threading.Thread(target=stepper)
+    t.start()
+    seen = 0
+    while not done.is_set() or seen == 0:
+        sd = opt.state_dict()
+        m = sd["slots"]["momentum/0"]
+        k = sd["iterations"]
+        assert m.min() == m.max() == expected[k], (k, m.min(), m.max())
+        seen += 1
+    t.join()
+    assert seen > 1
+
+
+def test_load_state_dict_while_another_thread_steps_gives_a_consistent_optimizer():
+    w = np.zeros(200_000, np.float32)
+    g = np.ones_like(w)
+    opt = fastopt.Adam([w], backend="numba")
+    for _ in range(3):
+        opt.step([g])
+    saved = opt.state_dict()
+    _hammer(lambda: (opt.step([g]), opt.load_state_dict(saved)), 10)
+    sd = opt.state_dict()
+    # after the last load at most one step of the other thread ran after it
+    assert sd["iterations"] in (3, 4)
+
+
+def test_two_optimizers_in_two_threads_still_run_in_parallel_correctly():
+    ws = [np.zeros(100_000, np.float32) for _ in range(2)]
+    opts = [fastopt.Adam([w], backend="numba") for w in ws]
+    g = np.ones(100_000, np.float32)
+    ts = [threading.Thread(target=lambda o=o: [o.step([g]) for _ in range(20)]) for o in opts]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    np.testing.assert_array_equal(ws[0], ws[1])
+    assert opts[0].iterations == opts[1].iterations == 20
+
+
+# ---------------------------------------------------------------------------
+# Attributes after construction, copies
+
+@pytest.mark.parametrize("value", ["7", 2.5, True, -1, None])
+def test_iterations_is_checked_on_assignment(value):
+    w = np.zeros(3)
+    opt = fastopt.Adam([w])
+    opt.step([np.ones(3)])
+    before = w.copy()
+    with pytest.raises(TypeError, match="iterations must be an int >= 0"):
+        opt.iterations = value
+    assert opt.iterations == 1
+    opt.step([np.ones(3)])
+    assert opt.iterations == 2 and not np.array_equal(w, before)
+    opt.iterations = np.int64(5)
+    assert opt.iterations == 5 and type(opt.iterations) is int
+
+
+@pytest.mark.parametrize("name, value", [("clipnorm", -1.0), ("clipvalue", float("nan")),
+                                         ("global_clipnorm", 0.0), ("clipnorm", "1")])
+def test_clipping_attributes_are_checked_on_assignment(name, value):
+    opt = fastopt.SGD([np.zeros(3)], learning_rate=0.1)
+    with pytest.raises((TypeError, ValueError)):
+        setattr(opt, name, value)
+    assert getattr(opt, name) is None
+    opt.clipnorm = 1.0
+    with pytest.raises(ValueError, match="at most one"):
+        opt.clipvalue = 0.5
+    assert opt.clipnorm == 1.0 and opt.clipvalue is None
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"learning_rate": fastopt.schedules.ExponentialDecay(
+    0.01, 10, 0.5)}, {"use_ema": True, "gradient_accumulation_steps": 2}])
+def test_deepcopy_and_pickle_step_like_the_original(kwargs):
+    w = np.linspace(-1, 1, 7)
+    opt = fastopt.Adam([w], **kwargs)
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(7) for _ in range(6)]
+    for g in grads[:3]:
+        opt.step([g])
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        (cw,) = clone.params
+        assert cw is not w
+        np.testing.assert_array_equal(cw, w)
+        assert clone.iterations == opt.iterations
+        for g in grads[3:]:
+            clone.step([g])
+        ref = copy.deepcopy(opt)
+        for g in grads[3:]:
+            ref.step([g])
+        np.testing.assert_array_equal(clone.params[0], ref.params[0])
+    np.testing.assert_array_equal(w, opt.params[0])  # the original did not move
