@@ -250,3 +250,33 @@ def test_deepcopy_and_pickle_step_like_the_original(kwargs):
             ref.step([g])
         np.testing.assert_array_equal(clone.params[0], ref.params[0])
     np.testing.assert_array_equal(w, opt.params[0])  # the original did not move
+
+
+def test_fastopt_torch_optimizer_from_two_threads():
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as ft
+    n = 300_000
+    p = torch.nn.Parameter(torch.zeros(n))
+    p.grad = torch.ones(n)
+    opt = ft.SGD([p], lr=0.01, momentum=0.5)
+    q = torch.nn.Parameter(torch.zeros(n))
+    q.grad = torch.ones(n)
+    seq = ft.SGD([q], lr=0.01, momentum=0.5)
+    for _ in range(60):
+        seq.step()
+    done = threading.Event()
+    snapshots = []
+
+    def watch():  # every snapshot is one between steps: a uniform buffer
+        while not done.is_set():
+            st = opt.state_dict()["state"]
+            if st:
+                b = st[0]["momentum_buffer"]
+                snapshots.append(bool(b.min() == b.max()))
+    w = threading.Thread(target=watch)
+    w.start()
+    _hammer(opt.step, 30)
+    done.set()
+    w.join()
+    assert torch.equal(p.detach(), q.detach())
+    assert snapshots and all(snapshots)

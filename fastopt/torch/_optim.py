@@ -27,6 +27,7 @@ construction (argument names, order, defaults, validation and its errors),
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -108,6 +109,8 @@ class FusedOptimizer:
                 raise ValueError(f"fastopt.torch.{name}: state_rounding must be one of "
                                  f"{numba_bf16.ROUNDINGS}, got {state_rounding!r}")
         self.state_dtype, self.state_rounding = state_dtype, state_rounding
+        # one step, state_dict() or load_state_dict() at a time (thread safety)
+        self._fastopt_lock = threading.RLock()
         self._fastopt_slot_dtype = torch.bfloat16 if state_dtype else None
         self._fastopt_updates = 0
         self._fastopt_steps = OrderedDict()
@@ -150,13 +153,14 @@ class FusedOptimizer:
             Re-evaluates the model and returns the loss (run with gradients
             enabled, before the update).
         """
-        if (_profiler._is_profiler_enabled or _torch_optimizer._global_optimizer_pre_hooks
-                or _torch_optimizer._global_optimizer_post_hooks
-                or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks):
-            # hooks see (optimizer, args, kwargs) with args = (optimizer, ...) as
-            # under torch's wrapper
-            return self._hooked_step((self,) if closure is None else (self, closure), {})
-        return self._fused_step(closure)
+        with self._fastopt_lock:  # a whole step, or none (see fastopt.torch)
+            if (_profiler._is_profiler_enabled or _torch_optimizer._global_optimizer_pre_hooks
+                    or _torch_optimizer._global_optimizer_post_hooks
+                    or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks):
+                # hooks see (optimizer, args, kwargs) with args = (optimizer, ...) as
+                # under torch's wrapper
+                return self._hooked_step((self,) if closure is None else (self, closure), {})
+            return self._fused_step(closure)
 
     # torch.optim.Optimizer wraps ``step`` in a profiler-and-hooks wrapper
     # (15-35 us a call) unless it is marked as hooked: this step runs the
@@ -372,15 +376,27 @@ class FusedOptimizer:
         raise NotImplementedError
 
     # -- state ------------------------------------------------------------------------------
+    def state_dict(self):
+        """torch's ``state_dict()``, taken between steps, with the state
+        tensors *copied*: a snapshot that a step in another thread cannot
+        change while it is being saved (``torch.optim`` returns the live
+        tensors)."""
+        with self._fastopt_lock:
+            out = super().state_dict()
+            out["state"] = {k: {n: v.clone() if isinstance(v, torch.Tensor) else v
+                                for n, v in st.items()} for k, st in out["state"].items()}
+            return out
+
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        self._fastopt_steps.clear()
-        self._fastopt_counters = _Counters()
-        self._fastopt_plans = {}
-        _track(self)
+        with self._fastopt_lock:
+            super().load_state_dict(state_dict)
+            self._fastopt_steps.clear()
+            self._fastopt_counters = _Counters()
+            self._fastopt_plans = {}
+            _track(self)
 
     def __getstate__(self):
-        out = super().__getstate__()
+        out = {k: v for k, v in super().__getstate__().items() if k != "_fastopt_lock"}
         out.update(state_dtype=self.state_dtype, state_rounding=self.state_rounding,
                    _fastopt_slot_dtype=self._fastopt_slot_dtype,
                    _fastopt_updates=self._fastopt_updates)
@@ -394,6 +410,7 @@ class FusedOptimizer:
         self.__dict__.setdefault("_fastopt_steps", OrderedDict())
         self.__dict__.setdefault("_fastopt_counters", _Counters())
         self.__dict__.setdefault("_fastopt_plans", {})
+        self.__dict__.setdefault("_fastopt_lock", threading.RLock())
         _track(self)
 
 
