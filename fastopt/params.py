@@ -89,6 +89,7 @@ class ParamTree:
                 self._memory.setdefault(id(_owner_of(a)), []).append(
                     (start, start + a.nbytes, i))
         self._owners = frozenset(self._memory)
+        self._ranges = None  # the same, sorted, for the compiled check (many tensors)
 
     def _parse_groups(self, specs):
         owner = self.owner
@@ -130,13 +131,23 @@ class ParamTree:
         ndarray = self._host_ndarray  # device gradients are checked in full
         owners = self._owners
         if grads.__class__ is list and self._plain_list and len(grads) == self.n:
-            for g, dt, sh in zip(grads, self.dtypes, self.shapes):
-                # (an array that owns its memory and owns no parameter's overlaps none)
-                if not (g.__class__ is ndarray and g.dtype is dt and g.shape == sh
-                        and g.flags.c_contiguous and g.base is None and id(g) not in owners):
-                    break
+            if self.n > _FEW:
+                for g, dt, sh in zip(grads, self.dtypes, self.shapes):
+                    if not (g.__class__ is ndarray and g.dtype is dt and g.shape == sh
+                            and g.flags.c_contiguous):
+                        break
+                else:
+                    if self._no_overlap(grads):
+                        return grads
             else:
-                return grads
+                for g, dt, sh in zip(grads, self.dtypes, self.shapes):
+                    # (an array owning its memory and no parameter's overlaps none)
+                    if not (g.__class__ is ndarray and g.dtype is dt and g.shape == sh
+                            and g.flags.c_contiguous and g.base is None
+                            and id(g) not in owners):
+                        break
+                else:
+                    return grads
         owner = self.owner
         grads = _flatten_like(owner, self.kind, self.names, self.group_sizes, grads)
         dtypes, shapes = self.dtypes, self.shapes
@@ -145,7 +156,7 @@ class ParamTree:
             if g is None:
                 continue
             present += 1
-            if ndarray is not None and id(_owner_of(g)) in owners:
+            if ndarray is not None and isinstance(g, ndarray) and id(_owner_of(g)) in owners:
                 self._check_overlap(i, g)
             if (g.__class__ is ndarray and g.dtype is dtypes[i] and g.shape == shapes[i]
                     and g.flags.c_contiguous):
@@ -158,6 +169,21 @@ class ParamTree:
             raise ValueError(f"{owner}.step: grads{self.labels[i]} is None; with "
                              "gradient_accumulation_steps every gradient must be given")
         return grads
+
+    def _no_overlap(self, grads):
+        """Whether no gradient of ``grads`` (contiguous ones, aligned with the
+        parameters) overlaps a parameter but exactly its own: one compiled
+        pass over the gradients' addresses.  False means "look closer"."""
+        if self._ranges is None:
+            from .backends import numba_backend as nb
+            rows = sorted(r for ranges in self._memory.values() for r in ranges)
+            starts = np.array([r[0] for r in rows], np.intp)
+            ends = np.array([r[1] for r in rows], np.intp)
+            owner = np.array([r[2] for r in rows], np.intp)
+            nbytes = np.array([a.nbytes for a in self.arrays], np.intp)
+            self._ranges = (nb.first_overlap, nbytes, starts, ends, owner)
+        first_overlap, nbytes, starts, ends, owner = self._ranges
+        return first_overlap(grads, nbytes, starts, ends, owner) == -1
 
     def _check_overlap(self, i, g):
         """Refuse gradient ``i`` if its memory overlaps a parameter other than
@@ -227,6 +253,11 @@ class ParamTree:
                 raise TypeError(f"{owner}: exclude_from_weight_decay entries must be parameter "
                                 f"indices or names, got {e!r}")
         return frozenset(out)
+
+
+#: up to this many tensors, gradients are checked for overlap in Python (about
+#: 0.1 us each); from more on, in one compiled pass (about 1 us plus 20 ns each)
+_FEW = 16
 
 
 def _owner_of(a):

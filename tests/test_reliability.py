@@ -82,6 +82,24 @@ def test_gradients_overlapping_another_parameter_are_refused(backend):
         assert opt.iterations == 0
 
 
+@pytest.mark.parametrize("n", [3, 40])   # the Python check, and the compiled one
+def test_overlap_is_found_among_many_tensors(n):
+    buf = np.zeros(4 * n, np.float32)
+    params = [buf[4 * i:4 * i + 4] for i in range(n)]
+    opt = fastopt.Adam(params)
+    fresh = [np.ones(4, np.float32) for _ in range(n)]
+    opt.step(fresh)                          # separate memory: fine
+    grads = list(fresh)
+    grads[n - 1] = buf[4:8]                  # the last gradient is params[1]'s memory
+    before = buf.copy()
+    with pytest.raises(ValueError, match=f"grads\\[{n - 1}\\] overlaps the memory of "
+                                         "params\\[1\\]"):
+        opt.step(grads)
+    np.testing.assert_array_equal(buf, before)
+    opt.step(list(params))                   # each gradient exactly its own parameter
+    assert opt.iterations == 2
+
+
 def test_overlap_is_checked_for_dict_params_and_groups():
     buf = np.zeros(8)
     params = {"w": buf[:4], "b": buf[4:]}

@@ -275,6 +275,35 @@ _DATA_OFFSET = _data_field_offset()
 _NONE_ID = id(None)
 
 
+@kernel
+def _first_overlap(ids, offset, none_id, nbytes, starts, ends, owner):
+    # the first gradient (by its array object's id) whose bytes overlap a
+    # parameter other than exactly its own, or -1; starts/ends: the
+    # parameters' byte ranges sorted by start (they never overlap each other)
+    for t in range(ids.shape[0]):
+        if ids[t] == none_id:
+            continue
+        lo = carray(as_ptr(ids[t] + offset, ids), 1)[0]
+        hi = lo + nbytes[t]
+        k = np.searchsorted(starts, hi) - 1     # the last parameter starting below hi
+        if k >= 0 and ends[k] > lo and not (owner[k] == t and starts[k] == lo
+                                            and ends[k] == hi):
+            return t
+    return -1
+
+
+def first_overlap(arrays, nbytes, starts, ends, owner):
+    """The index of the first of ``arrays`` (contiguous, or None) whose bytes,
+    ``nbytes[i]`` from its data pointer, overlap a range ``[starts[k],
+    ends[k])`` other than exactly its own (``owner[k] == i``), or -1; None
+    where the pointers cannot be read in compiled code (then check in
+    Python)."""
+    if _DATA_OFFSET is None:  # pragma: no cover - only on an unusual NumPy build
+        return None
+    ids = np.fromiter(map(id, arrays), np.intp, len(arrays))
+    return _first_overlap(ids, _DATA_OFFSET, _NONE_ID, nbytes, starts, ends, owner)
+
+
 def data_pointers(arrays, out):
     """Fill ``out`` (intp) with the data pointers of ``arrays`` (None -> 0)."""
     if _DATA_OFFSET is not None:
