@@ -193,6 +193,35 @@ def test_kernels_take_foreign_device_arrays_without_copies():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator's NumPy scalars warn
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_nan_and_inf_land_where_the_reference_puts_them(rule_name):
+    # as tests/test_kernels.py for the CPU backends: NaN and +-inf gradients,
+    # and the NaN they make later (inf - inf, a max of a NaN), in the same
+    # elements as in the reference; float32 (the GPU's usual type)
+    rule = RULES[rule_name]
+    kernel = getattr(cb, rule_name)
+    ref_kernel = getattr(fastopt.get_backend("numpy"), rule_name)
+    rng = np.random.default_rng(len(rule_name))
+    n = 12
+    param, slots = initial_state(rng, rule, n, np.float32)
+    d_param, d_slots = dev(param), [dev(s) for s in slots]
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, np.nan, np.inf], np.float32)
+    for step in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        g[::2] = np.roll(special, step)
+        old = [host(d_param)] + [host(s) for s in d_slots]
+        ref = [a.copy() for a in old]
+        ref_kernel(ref[0], g, *ref[1:], *scalars_at(rule, step))
+        kernel(d_param, dev(g), *d_slots, *scalars_at(rule, step))
+        for name, d, r in zip(("param",) + rule.slots, [d_param] + d_slots, ref):
+            f = host(d)
+            for test in (np.isnan, np.isposinf, np.isneginf):
+                np.testing.assert_array_equal(test(f), test(r), err_msg=f"{rule_name} {name}")
+        for d, r in zip([d_param] + d_slots, ref):
+            d.copy_to_device(r)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator's NumPy scalars warn
 def test_nan_and_inf_gradients_propagate():
     p, m, v = dev(np.ones(4)), dev(np.zeros(4)), dev(np.zeros(4))
     cb.adam(p, dev(np.array([np.nan, np.inf, -np.inf, 1.0])), m, v, 0.1, 0.9, 0.999, 1e-7)
