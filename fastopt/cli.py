@@ -1,8 +1,10 @@
 """The ``fastopt`` command: ``compare`` (the optimizer experiment), ``bench``
 (speed and numerics of the optimizer steps) and ``info``.
 
-Bad input (arguments, data files, optimizer settings) ends with one line on
-stderr and exit status 2, never a traceback.
+Bad input (arguments and their combinations, data files, optimizer settings,
+output paths) ends with one line on stderr and exit status 2, never a traceback,
+and is found before any work.  Exit status 1: a ``bench`` row failed its numerics
+check, or a ``compare`` run diverged.
 """
 from __future__ import annotations
 
@@ -166,6 +168,8 @@ def _writable(path, option, fail):
 
 
 def _compare(args):
+    import numpy as np
+
     from fastopt.train import comparison, plot
 
     fail = args.parser.error
@@ -241,8 +245,6 @@ def _compare(args):
     def progress(name, seed, history, seconds):
         print(f"  {name:<16} seed {seed}: loss {history['loss'][-1]:.4f}, val_accuracy "
               f"{history['val_accuracy'][-1]:.4f} ({seconds:.2f} s)", file=sys.stderr)
-
-    import numpy as np
 
     with np.errstate(all="ignore"):  # a run that diverges is reported once, at the end
         runs = comparison.compare(
@@ -486,8 +488,9 @@ def _add_compare(sub):
 def main(argv=None):
     """Run the ``fastopt`` command with ``argv`` (default: ``sys.argv[1:]``).
 
-    Returns 0 on success; bad input raises ``SystemExit(2)`` after one line on
-    stderr.
+    Returns 0 on success, 1 when ``bench`` finds a row that fails its numerics
+    check or a ``compare`` run diverges (its loss not finite); bad input raises
+    ``SystemExit(2)`` after one line on stderr, before any work.
     """
     parser = _Parser(prog="fastopt", description="Fused optimizer kernels.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -173,7 +173,11 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
     model : fastopt.train.MLP or LogisticRegression
     X : array of shape (n, n_features)
     y : array of shape (n, n_outputs), or (n,) for one output
-        ``X`` and ``y`` are converted to the model's dtype.
+        ``X`` and ``y`` are converted to the model's dtype.  Both must be
+        real and finite (in that dtype), and ``y`` what the loss takes:
+        0/1 labels (or probabilities) for binary cross-entropy, one-hot rows
+        (or probabilities summing to 1) for categorical cross-entropy;
+        anything else raises ``TypeError`` or ``ValueError`` before any step.
     optimizer : fastopt.Optimizer or fastopt.distributed.ShardedOptimizer
         Built on ``model.params``.  For data-parallel training over MPI, give
         a :class:`fastopt.distributed.DataParallelModel` and a
