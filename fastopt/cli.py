@@ -1,8 +1,10 @@
 """The ``fastopt`` command: ``compare`` (the optimizer experiment), ``bench``
 (speed and numerics of the optimizer steps) and ``info``.
 
-Bad input (arguments, data files, optimizer settings) ends with one line on
-stderr and exit status 2, never a traceback.
+Bad input (arguments and their combinations, data files, optimizer settings,
+output paths) ends with one line on stderr and exit status 2, never a traceback,
+and is found before any work.  Exit status 1: a ``bench`` row failed its numerics
+check, or a ``compare`` run diverged.
 """
 from __future__ import annotations
 
@@ -128,8 +130,12 @@ def _load_data(args, fail):
         X_train, X_test, y_train, y_test = train_test_split(X, y, args.test_size, seed=0)
     except ValueError as exc:
         fail(str(exc))
-    scaler = Standardizer().fit(X_train)
-    return scaler.transform(X_train), y_train, scaler.transform(X_test), y_test, names, source
+    try:
+        scaler = Standardizer().fit(X_train)
+        X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    except ValueError as exc:
+        fail(f"{source}: the features cannot be standardised: {exc}")
+    return X_train, y_train, X_test, y_test, names, source
 
 
 def _plural(n, word):
@@ -137,12 +143,33 @@ def _plural(n, word):
 
 
 def _writable(path, option, fail):
+    """Fail unless ``path`` names a file this process can write: checked before
+    any work, so that a long run never ends on an unwritable output.  The probe
+    opens the file for appending (an existing file is left as it is) and removes
+    it again if it did not exist."""
+    if not path:
+        fail(f"{option}: expected a file name, got ''")
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        fail(f"{option} {path!r} is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         fail(f"{option} {path!r}: the folder {folder!r} does not exist")
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        fail(f"{option}: cannot write {path!r}: {exc.strerror or exc}")
+    if not existed:
+        try:
+            os.remove(path)
+        except OSError:  # pragma: no cover - removed meanwhile
+            pass
 
 
 def _compare(args):
+    import numpy as np
+
     from fastopt.train import comparison, plot
 
     fail = args.parser.error
@@ -151,10 +178,15 @@ def _compare(args):
              else "--csv needs --target COLUMN, the column to predict")
     if args.hidden is not None and args.model != "mlp":
         fail("--hidden applies to --model mlp only")
+    if args.activation is not None and args.model != "mlp":
+        fail("--activation applies to --model mlp only")
     hidden = args.hidden or (16,)
+    args.activation = args.activation or "relu"
     if not args.optimizers:
         fail("--optimizers needs at least one name; valid names: "
              + ", ".join(comparison.OPTIMIZERS))
+    momentum_given = args.momentum is not None
+    args.momentum = 0.3 if args.momentum is None else args.momentum
     if args.state_rounding is not None and args.state_dtype is None:
         fail("--state-rounding needs --state-dtype bfloat16")
     if args.state_dtype is not None and args.dtype != "float32":
@@ -162,12 +194,22 @@ def _compare(args):
     if args.state_dtype is not None and args.backend not in ("auto", "numba"):
         fail(f"--state-dtype {args.state_dtype} runs on --backend numba (or auto), "
              f"not {args.backend}")
+    if args.backend != "auto":
+        from fastopt.backends import get_backend
+        try:
+            get_backend(args.backend)
+        except ImportError as exc:
+            fail(f"--backend: {exc}")
     try:
         comparison.check_optimizers(args.optimizers, args.learning_rate, args.momentum,
                                     args.backend, args.convention, args.dtype,
                                     args.state_dtype, args.state_rounding)
     except ValueError as exc:
         fail(f"--optimizers: {exc}")
+    if momentum_given and not any(comparison.OPTIMIZERS[n].takes_momentum
+                                  for n in args.optimizers):
+        fail("--momentum applies to the optimizers momentum and nesterov only, and "
+             "--optimizers names neither")
     plot_path = args.plot
     if plot_path is not None:
         missing = plot.matplotlib_missing()
@@ -180,8 +222,12 @@ def _compare(args):
             print(f"fastopt compare: no plot: {missing}", file=sys.stderr)
         else:
             plot_path = "compare.png"
+            _writable(plot_path, "the default plot",
+                      lambda message: fail(f"{message} (choose --plot PATH or --no-plot)"))
     if args.json is not None:
         _writable(args.json, "--json", fail)
+        if plot_path is not None and os.path.realpath(args.json) == os.path.realpath(plot_path):
+            fail(f"--json {args.json!r} is also the plot's file; give them different names")
 
     X_train, y_train, X_test, y_test, names, source = _load_data(args, fail)
     model = ("logistic regression" if args.model == "logistic" else
@@ -200,13 +246,14 @@ def _compare(args):
         print(f"  {name:<16} seed {seed}: loss {history['loss'][-1]:.4f}, val_accuracy "
               f"{history['val_accuracy'][-1]:.4f} ({seconds:.2f} s)", file=sys.stderr)
 
-    runs = comparison.compare(
-        X_train, y_train, (X_test, y_test), optimizers=args.optimizers,
-        learning_rate=args.learning_rate, momentum=args.momentum, epochs=args.epochs,
-        batch_size=args.batch_size, seeds=args.seeds, model=args.model, hidden=hidden,
-        activation=args.activation, backend=args.backend, convention=args.convention,
-        dtype=args.dtype, on_run=progress, state_dtype=args.state_dtype,
-        state_rounding=args.state_rounding)
+    with np.errstate(all="ignore"):  # a run that diverges is reported once, at the end
+        runs = comparison.compare(
+            X_train, y_train, (X_test, y_test), optimizers=args.optimizers,
+            learning_rate=args.learning_rate, momentum=args.momentum, epochs=args.epochs,
+            batch_size=args.batch_size, seeds=args.seeds, model=args.model, hidden=hidden,
+            activation=args.activation, backend=args.backend, convention=args.convention,
+            dtype=args.dtype, on_run=progress, state_dtype=args.state_dtype,
+            state_rounding=args.state_rounding)
     print()
     print(comparison.format_table(comparison.summarize(runs)))
     print(f"\nmean ± std over {_plural(args.seeds, 'seed')} "
@@ -243,6 +290,14 @@ def _compare(args):
         except OSError as exc:
             fail(f"--plot: cannot write {plot_path!r}: {exc.strerror or exc}")
         print(f"plot: {plot_path}")
+    diverged = comparison.diverged(runs)
+    if diverged:
+        shown = "; ".join(f"{name} seed {seed} from epoch {epoch + 1}"
+                          for name, seed, epoch in diverged[:5])
+        more = f" and {len(diverged) - 5} more" if len(diverged) > 5 else ""
+        print(f"fastopt compare: training diverged (the loss is not a finite number): "
+              f"{shown}{more}; try a smaller --learning-rate", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -301,7 +356,9 @@ def _bench(args):
     try:
         bench.check(config)
     except bench.ConfigError as exc:
-        fail(f"--{exc.field.replace('_', '-')}: {exc.message}")
+        option = {"sample_time": "sample_ms", "optimizer_options": "state_dtype"}.get(
+            exc.field, exc.field)
+        fail(f"--{option.replace('_', '-')}: {exc.message}")
     if args.json is not None:
         _writable(args.json, "--json", fail)
     show = not args.quiet and sys.stderr.isatty()
@@ -387,7 +444,7 @@ def _add_compare(sub):
                         f"(default: {','.join(comparison.DEFAULT_OPTIMIZERS)})")
     p.add_argument("--learning-rate", type=_number(float, low=0.0), default=0.01,
                    metavar="LR", help="for every optimizer (default: 0.01)")
-    p.add_argument("--momentum", type=_number(float, low=0.0, high=1.0), default=0.3,
+    p.add_argument("--momentum", type=_number(float, low=0.0, high=1.0),
                    help="of the momentum and nesterov optimizers (default: 0.3)")
     p.add_argument("--epochs", type=_number(int, low=1), default=5, help="(default: 5)")
     p.add_argument("--batch-size", type=_number(int, low=1), default=16, help="(default: 16)")
@@ -398,7 +455,7 @@ def _add_compare(sub):
                    help="(default: logistic)")
     p.add_argument("--hidden", type=_hidden, metavar="SIZES",
                    help="hidden layer sizes of the mlp, comma-separated (default: 16)")
-    p.add_argument("--activation", choices=("relu", "tanh", "sigmoid"), default="relu",
+    p.add_argument("--activation", choices=("relu", "tanh", "sigmoid"),
                    help="of the mlp's hidden layers (default: relu)")
     p.add_argument("--backend", choices=("auto", *BACKEND_NAMES), default="auto",
                    help="(default: auto)")
@@ -431,8 +488,9 @@ def _add_compare(sub):
 def main(argv=None):
     """Run the ``fastopt`` command with ``argv`` (default: ``sys.argv[1:]``).
 
-    Returns 0 on success; bad input raises ``SystemExit(2)`` after one line on
-    stderr.
+    Returns 0 on success, 1 when ``bench`` finds a row that fails its numerics
+    check or a ``compare`` run diverges (its loss not finite); bad input raises
+    ``SystemExit(2)`` after one line on stderr, before any work.
     """
     parser = _Parser(prog="fastopt", description="Fused optimizer kernels.")
     sub = parser.add_subparsers(dest="command", required=True)

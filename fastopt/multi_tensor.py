@@ -304,6 +304,8 @@ def _numba_runner(rule, dtype, sizes, drivers=None, drive=None):
     def run(ptrs, pt, scalars, clipvalue):
         hp[:] = pack(scalars, clipvalue)
         parallel = size >= nb.get_parallel_threshold(dtype)  # the threshold may change
+        if parallel:
+            nb.sync_threads()  # fastopt's thread count, in whichever thread calls
         drive(drivers[0] if parallel else drivers[1], ptrs, table, pt, hp)
     return run
 

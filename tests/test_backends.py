@@ -116,3 +116,49 @@ def test_threshold_set_before_numpy_backend_loads():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_set_num_threads_is_process_wide_like_torch(monkeypatch):
+    """Numba's own count is per thread; fastopt's holds in every thread, for every
+    backend, in threads started before or after the call."""
+    import threading
+
+    import numba
+
+    from fastopt.backends import numba_backend
+    if numba_backend.max_threads() < 2:
+        pytest.skip("needs Numba started with 2 threads or more")
+    old = numba.get_num_threads()
+    cython = fastopt.get_backend("cython") if "cython" in fastopt.available_backends() else None
+    old_cython = cython.get_num_threads() if cython else None
+    monkeypatch.setattr(backends, "_num_threads", backends._num_threads)
+    monkeypatch.setattr(numba_backend, "_num_threads", numba_backend._num_threads)
+    monkeypatch.setattr(numba_backend, "_applied", threading.local())
+    size = 2 * numba_backend.get_parallel_threshold("float32")   # a parallel step
+    seen, go = {}, threading.Event()
+
+    def worker(key):
+        go.wait()
+        seen[key, "fastopt"] = fastopt.get_num_threads()
+        for name in ("numba", "cython"):
+            if name in fastopt.available_backends():
+                seen[key, name] = fastopt.get_backend(name).get_num_threads()
+        opt = fastopt.Adam(np.zeros(size, np.float32), backend="numba")
+        opt.step(np.ones(size, np.float32))
+        seen[key, "numba in the step"] = numba.get_num_threads()  # what the step ran with
+
+    early = threading.Thread(target=worker, args=("started before",))
+    early.start()
+    try:
+        fastopt.set_num_threads(1)
+        late = threading.Thread(target=worker, args=("started after",))
+        late.start()
+        go.set()
+        early.join()
+        late.join()
+    finally:
+        go.set()
+        numba.set_num_threads(old)
+        if cython:
+            cython.set_num_threads(old_cython)
+    assert seen and set(seen.values()) == {1}, seen

@@ -240,6 +240,67 @@ def test_bad_options_exit_2_with_one_line(argv, message, capsys):
     assert message in err
 
 
+_CYTHON = "cython" in fastopt.available_backends()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--state-dtype", "bfloat16", "--dtype", "float64"],
+     "--state-dtype: bfloat16 state needs float32 parameters (--dtype float32), not float64"),
+    (["--state-dtype", "bfloat16", "--backends", "numba,numpy"],
+     "--state-dtype: bfloat16 state runs on the numba backend (or auto) only, not numpy"),
+    pytest.param(["--state-dtype", "bfloat16", "--backends", "cython"],
+                 "--state-dtype: bfloat16 state runs on the numba backend (or auto) only, "
+                 "not cython", marks=pytest.mark.skipif(not _CYTHON, reason="no cython")),
+    (["--json", "."], "--json '.' is a folder; give a file name"),
+    (["--json", "out/"], "--json 'out/' is a folder; give a file name"),
+    (["--json", ""], "--json: expected a file name, got ''"),
+    (["--json", "missing/b.json"], "--json 'missing/b.json': the folder"),
+    (["--json", "a_file/b.json"], "--json 'a_file/b.json': the folder"),
+    pytest.param(["--json", "/proc/fastopt-bench.json"],
+                 "--json: cannot write '/proc/fastopt-bench.json'",
+                 marks=pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                          reason="/proc")),
+])
+def test_bad_combinations_and_outputs_exit_2_before_any_work(argv, message, tmp_path,
+                                                              monkeypatch, capsys):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the benchmark ran")
+    monkeypatch.setattr(bench, "run", no_work)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--optimizers", "adam", *TINY, "--no-torch", *argv])
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("fastopt bench: error: ")
+    assert message in err
+
+
+def test_check_builds_every_optimizer_and_backend_it_will_time():
+    config = bench.Config(optimizers=("adam",), backends=("auto", "numpy"), sizes=(64,),
+                          optimizer_options={"state_dtype": "bfloat16"})
+    with pytest.raises(bench.ConfigError) as e:
+        bench.check(config)
+    assert e.value.field == "state_dtype"
+    config.backends = ("auto",)
+    config.optimizer_options = {"state_dtype": "bfloat16", "state_rounding": "up"}
+    with pytest.raises(bench.ConfigError, match="optimizers: adam on backend auto: .*rounding"):
+        bench.check(config)
+
+
+def test_the_output_probe_leaves_files_as_they_were(tmp_path):
+    from fastopt.cli import _writable
+
+    def fail(message):
+        raise AssertionError(message)
+    existing = tmp_path / "old.json"
+    existing.write_text("keep")
+    _writable(str(existing), "--json", fail)
+    _writable(str(tmp_path / "new.json"), "--json", fail)
+    assert existing.read_text() == "keep" and sorted(tmp_path.iterdir()) == [existing]
+
+
 def test_unavailable_backend_says_how_to_get_it(monkeypatch, capsys):
     from fastopt import backends
     monkeypatch.setitem(backends._errors, "cython", ImportError("not built"))

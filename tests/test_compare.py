@@ -197,6 +197,17 @@ ERRORS = [
     (lambda t: ["--plot", str(t / "no" / "p.png")], "--plot"),
     (lambda t: ["--plot", "p.png", "--no-plot"], "argument --no-plot: not allowed with"),
     (lambda t: ["--json", str(t / "no" / "r.json")], "--json"),
+    (lambda t: ["--json", "."], "--json '.' is a folder; give a file name"),
+    (lambda t: ["--json", str(t)], "is a folder; give a file name"),
+    (lambda t: ["--optimizers", "adam,sgd", "--momentum", "0.5"],
+     "--momentum applies to the optimizers momentum and nesterov only, and --optimizers "
+     "names neither"),
+    (lambda t: ["--activation", "tanh"], "--activation applies to --model mlp only"),
+    (lambda t: ["--state-dtype", "bfloat16", "--dtype", "float64"],
+     "--state-dtype bfloat16 needs --dtype float32"),
+    (lambda t: ["--csv", _csv(t, "a,y\n1,0\n2,1\n3,0\n4,1\n"), "--target", "y",
+                "--batch-size", "1", "--momentum", "0.2", "--optimizers", "amsgrad"],
+     "--momentum applies"),
 ]
 
 
@@ -209,6 +220,87 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, ar
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("fastopt compare: error: ")
     assert message in err and "Traceback" not in err
+
+
+def _plot_missing():
+    from fastopt.train import plot
+    return plot.matplotlib_missing()
+
+
+needs_matplotlib = pytest.mark.skipif(bool(_plot_missing()), reason="matplotlib missing")
+
+
+@needs_matplotlib
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--plot", "."], "--plot '.' is a folder; give a file name"),
+    (["--plot", "r.png", "--json", "./r.png"], "--json './r.png' is also the plot's file"),
+    (["--json", "compare.png"], "--json 'compare.png' is also the plot's file"),
+])
+def test_outputs_are_checked_before_training(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(["compare", "--epochs", "1", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_matplotlib
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_an_unwritable_default_plot_is_refused_before_training(monkeypatch, capsys):
+    monkeypatch.chdir("/proc")                 # no file can be created here, even by root
+    assert _exit_code(["compare", "--epochs", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert "the default plot: cannot write 'compare.png'" in err
+    assert "(choose --plot PATH or --no-plot)" in err
+
+
+def test_an_unavailable_backend_is_one_line_not_a_traceback(monkeypatch, capsys):
+    from fastopt import backends
+    monkeypatch.setitem(backends._errors, "cython", ImportError("not built"))
+    monkeypatch.delitem(backends._loaded, "cython", raising=False)
+    assert _exit_code(["compare", "--backend", "cython", "--no-plot"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert "error: --backend: backend 'cython' is not available here" in err
+    assert "pip install -e ." in err
+
+
+def test_huge_finite_features_are_standardised_not_turned_into_nan(tmp_path, capsys):
+    rows = ["a,b,y"] + [f"{(1e308, -1.7e308, 1.5e308)[i % 3]},{i % 7},{i % 2}"
+                        for i in range(40)]
+    code = main(["compare", "--csv", _csv(tmp_path, "\n".join(rows) + "\n"), "--target", "y",
+                 "--optimizers", "sgd,adam", "--epochs", "1", "--no-plot"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    table = _table(out)
+    assert [r[1] for r in table] == ["sgd", "adam"] or [r[1] for r in table] == ["adam", "sgd"]
+    assert "nan" not in out and all(np.isfinite(r[2:]).all() for r in table)
+
+
+def test_features_that_cannot_be_standardised_are_refused(tmp_path, capsys):
+    # a held-out value 1e300 in a column whose training rows vary by 2**-52
+    test_rows = set(train.train_test_split(np.arange(10), np.arange(10), 0.3, seed=0)[3])
+    lines = ["a,y"] + [f"{1e300 if i in test_rows else 1.0 + (i % 2) * 2**-52!r},{i % 2}"
+                       for i in range(10)]
+    path = _csv(tmp_path, "\n".join(lines) + "\n")
+    assert _exit_code(["compare", "--csv", path, "--target", "y", "--no-plot"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert f"{path}: the features cannot be standardised: Standardizer.transform: row" in err
+    assert "standardises to a value beyond the float64 range" in err
+
+
+def test_diverged_training_is_reported_and_exits_1(tmp_path, capsys):
+    code = main(["compare", "--model", "mlp", "--learning-rate", "1e38", "--optimizers",
+                 "sgd,adam", "--epochs", "1", "--no-plot"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "nan ± nan" in out                            # the table still shows what happened
+    assert err.splitlines()[-1] == (
+        "fastopt compare: training diverged (the loss is not a finite number): sgd seed 0 "
+        "from epoch 1; adam seed 0 from epoch 1; try a smaller --learning-rate")
+    assert "RuntimeWarning" not in err
 
 
 def _command():

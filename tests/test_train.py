@@ -319,6 +319,108 @@ def test_fit_checks_its_arguments_before_touching_anything(kwargs, message):
     assert not model.flat_grads.any()
 
 
+
+def _bad(shape, index, value, dtype=np.float64):
+    a = np.ones(shape, dtype)
+    a[index] = value
+    return a
+
+
+@pytest.mark.parametrize(("model", "kwargs", "error", "message"), [
+    ("logistic", {"X": _bad((5, 4), (2, 1), np.nan)}, ValueError,
+     "fit: X must hold finite numbers; X[2, 1] is nan"),
+    ("logistic", {"X": _bad((5, 4), (0, 3), -np.inf)}, ValueError, "X[0, 3] is -inf"),
+    ("logistic", {"X": _bad((5, 4), (4, 0), 1e300)}, ValueError,
+     "X[4, 0] is 1e+300, which is inf as float32"),
+    ("logistic", {"X": np.ones((5, 4)) * (1 + 2j)}, TypeError,
+     "fit: X must hold real numbers, got complex128 values"),
+    ("logistic", {"y": np.array([0, 1, 0, 1, 1]) + 0j}, TypeError,
+     "fit: y must hold real numbers"),
+    ("logistic", {"y": np.array([0.0, 1, np.nan, 1, 0])}, ValueError,
+     "fit: y must hold finite numbers; y[2] is nan"),
+    ("logistic", {"y": np.array([0.0, 2, 0, 2, 0])}, ValueError,
+     "fit: binary_crossentropy needs the labels 0 and 1 (or probabilities between them); "
+     "y[1] is 2"),
+    ("logistic", {"y": np.array([0.0, 1, -1, 1, 0])}, ValueError, "y[2] is -1"),
+    ("softmax", {"y": np.eye(3)[[0, 1, 2, 0, 1]] * 2}, ValueError,
+     "fit: categorical_crossentropy needs one-hot rows (or class probabilities summing to 1);"
+     " y[0, 0] is 2"),
+    ("softmax", {"y": np.eye(3)[[0, 1, 2, 0, 1]] * 0.5}, ValueError,
+     "row 0 of y sums to 0.5"),
+    ("softmax", {"y": np.array([0, 1, 2, 0, 1])}, ValueError,
+     "y has one value per row, but categorical cross-entropy needs one-hot rows of 3 values; "
+     "for class indices give np.eye(3)[y]"),
+    ("logistic", {"validation_data": (_bad((3, 4), (1, 1), np.inf), np.zeros(3))}, ValueError,
+     "fit: validation_data X must hold finite numbers; validation_data X[1, 1] is inf"),
+    ("logistic", {"validation_data": (np.ones((3, 4)), np.array([0.0, 3, 1]))}, ValueError,
+     "validation_data y[1] is 3"),
+])
+def test_fit_refuses_data_it_cannot_train_on(model, kwargs, error, message):
+    model = (LogisticRegression(4, seed=0) if model == "logistic"
+             else LogisticRegression(4, n_classes=3, seed=0))
+    opt = fastopt.Adam(model.params)
+    y = np.zeros(5) if model.n_outputs == 1 else np.eye(3)[[0, 1, 2, 0, 1]]
+    args = {"X": np.ones((5, 4)), "y": y, "optimizer": opt, "verbose": 0, **kwargs}
+    before = model.flat_params.copy()
+    with pytest.raises(error) as e:
+        fit(model, **args)
+    assert message in str(e.value)
+    assert np.array_equal(model.flat_params, before) and opt.iterations == 0
+
+
+def test_targets_the_loss_takes_are_accepted():
+    # soft labels in [0, 1] for binary cross-entropy, any finite target for MSE
+    model = LogisticRegression(2, seed=0)
+    fit(model, np.ones((4, 2)), [0.0, 0.1, 0.9, 1.0], fastopt.SGD(model.params), verbose=0)
+    model = MLP(2, hidden=(), output="linear", seed=0)
+    fit(model, np.ones((4, 2)), [-5.0, 2.0, 0.0, 7.5], fastopt.SGD(model.params), verbose=0)
+    model = LogisticRegression(2, n_classes=3, seed=0)
+    fit(model, np.ones((2, 2)), [[0.1, 0.8, 0.1], [0, 0, 1]], fastopt.SGD(model.params),
+        verbose=0)
+
+
+def test_evaluate_refuses_what_fit_refuses():
+    model = LogisticRegression(2, seed=0)
+    with pytest.raises(ValueError, match=r"evaluate: X must hold finite numbers; X\[0, 1\]"):
+        train.evaluate(model, [[0.0, np.nan]], [1.0])
+    with pytest.raises(ValueError, match="evaluate: binary_crossentropy needs the labels 0"):
+        train.evaluate(model, [[0.0, 1.0]], [2.0])
+
+
+def test_standardisation_does_not_overflow_on_huge_finite_columns():
+    X = np.array([[1e308, 1.0], [1.5e308, 2.0], [-1.7e308, 3.0], [1.2e308, 4.0]])
+    scaler = Standardizer().fit(X)
+    Z = scaler.transform(X)
+    assert np.isfinite(Z).all() and np.isfinite(scaler.mean_).all()
+    np.testing.assert_allclose(Z.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(Z.std(axis=0), 1)
+    np.testing.assert_allclose(scaler.mean_[0], np.mean(X[:, 0] / 4) * 4)
+
+
+def test_standardisation_of_ordinary_data_is_the_plain_formula_bit_for_bit():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((300, 4)) * [2.0, 1e-3, 5.0, 1.0] + [1.0, -3.0, 1e4, 0.0]
+    X[:, 3] = 7.0                                    # a constant column: only centred
+    T = rng.standard_normal((50, 4)) * 3
+    scaler = Standardizer().fit(X)
+    std = X.std(axis=0)
+    scale = np.where(std > 0, std, 1.0)
+    assert np.array_equal(scaler.mean_, X.mean(axis=0)) and np.array_equal(scaler.scale_, scale)
+    assert np.array_equal(scaler.transform(T), (T - X.mean(axis=0)) / scale)
+
+
+def test_standardisation_refuses_what_it_cannot_represent():
+    with pytest.raises(ValueError, match=r"Standardizer.fit: X holds values that are not finite"
+                                         r" numbers, the first at row 1, column 0: inf"):
+        Standardizer().fit([[1.0], [np.inf]])
+    scaler = Standardizer().fit([[1.0], [1.0 + 2**-52]])     # std about 1e-16
+    with pytest.raises(ValueError, match=r"row 0, column 0: 1e\+300 standardises to a value "
+                                         "beyond the float64 range"):
+        scaler.transform([[1e300]])
+    with pytest.raises(ValueError, match="Standardizer.transform: X holds values that are not"):
+        scaler.transform([[np.nan]])
+
+
 # -- callbacks ------------------------------------------------------------------------
 
 def test_verbose_prints_a_plain_progress_line_per_epoch_to_stderr(small, capsys):

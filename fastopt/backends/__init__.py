@@ -130,7 +130,13 @@ def resolve_state_backend(name, state_dtype):
 
 
 def set_num_threads(n):
-    """Set the number of threads the compiled backends use (in this thread)."""
+    """Set the number of threads the compiled backends use, process-wide.
+
+    As ``torch.set_num_threads``: the count holds in every thread, including
+    threads started before or after the call.  (Numba's own
+    ``numba.set_num_threads`` is per thread; the Numba backend applies this
+    count in whichever thread runs a parallel step.)
+    """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
@@ -152,11 +158,13 @@ def num_threads_set():
 
 
 def get_num_threads():
-    """The number of threads the compiled backends use."""
+    """The number of threads the compiled backends use (the same in every thread)."""
+    if _num_threads is not None:
+        return _num_threads
     numba_backend = _load("numba")
     if numba_backend is not None:
         return numba_backend.get_num_threads()
-    return _num_threads or 1
+    return 1
 
 
 def set_parallel_threshold(n, dtype=None):

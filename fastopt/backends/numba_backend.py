@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 
 import numba
 import numpy as np
@@ -356,7 +357,11 @@ class Plan(_contract.Plan):
     def step(self, grads, pt, scalars, clipvalue=math.inf):
         self._hp[:] = self.rule.pack(scalars, clipvalue)
         c = self._compiled
-        run = c.step_parallel if self.size >= _THRESHOLD[self.dtype] else c.step_serial
+        if self.size >= _THRESHOLD[self.dtype]:
+            run = c.step_parallel
+            sync_threads()
+        else:
+            run = c.step_serial
         if _DATA_OFFSET is not None:  # pointers resolved inside the compiled call
             ids = np.fromiter(map(id, grads), np.intp, len(grads))
             run(self._ptrs, ids, _DATA_OFFSET, _NONE_ID, self._table, pt, self._hp,
@@ -367,7 +372,11 @@ class Plan(_contract.Plan):
 
     def sumsq(self, grads):
         self._set_grads(grads)
-        run = _sumsq_parallel if self.size >= _THRESHOLD[self.dtype] else _sumsq_serial
+        if self.size >= _THRESHOLD[self.dtype]:
+            run = _sumsq_parallel
+            sync_threads()
+        else:
+            run = _sumsq_serial
         run(self._ptrs, self._table, len(self.params), self._like, self._partial, self._norms)
         return self._norms
 
@@ -384,12 +393,31 @@ def set_parallel_threshold(n, dtype):
     _THRESHOLD[np.dtype(dtype)] = int(n)
 
 
+# Threads.  Numba's thread count is thread-local; fastopt's is process-wide, as
+# torch's is: set_num_threads records it, and every parallel call applies it in
+# the thread that makes the call (sync_threads: one thread-local read when
+# nothing changed).
+_num_threads = None        # fastopt.set_num_threads' count; None: Numba's default
+_applied = threading.local()
+
+
 def set_num_threads(n):
-    numba.set_num_threads(n)
+    global _num_threads
+    _num_threads = int(n)
+    numba.set_num_threads(_num_threads)
+    _applied.n = _num_threads
+
+
+def sync_threads():
+    """Apply the process-wide count in this thread, if it is not applied yet."""
+    n = _num_threads
+    if n is not None and getattr(_applied, "n", None) != n:
+        numba.set_num_threads(n)
+        _applied.n = n
 
 
 def get_num_threads():
-    return numba.get_num_threads()
+    return numba.get_num_threads() if _num_threads is None else _num_threads
 
 
 def max_threads():

@@ -423,8 +423,11 @@ class Plan(nb.Plan):
     def step(self, grads, pt, scalars, clipvalue=math.inf):
         self._hp[:] = self.rule.pack(scalars, clipvalue)
         c = compiled(self.rule)
-        run = c.step_parallel if self.size >= nb.get_parallel_threshold(self.dtype) \
-            else c.step_serial
+        if self.size >= nb.get_parallel_threshold(self.dtype):
+            run = c.step_parallel
+            nb.sync_threads()
+        else:
+            run = c.step_serial
         if nb._DATA_OFFSET is not None:  # pointers resolved inside the compiled call
             ids = np.fromiter(map(id, grads), np.intp, len(grads))
             offset, none_id = nb._DATA_OFFSET, nb._NONE_ID

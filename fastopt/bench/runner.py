@@ -28,7 +28,8 @@ import numpy as np
 from .. import __version__
 from .. import backends as _backends
 from . import ceiling as _ceiling
-from .cases import CASES, fastopt_stepper, naive_stepper, split_shapes, timing_arrays
+from .cases import CASES, fastopt_stepper, make_optimizer, naive_stepper, split_shapes
+from .cases import timing_arrays
 from .cases import torch_stepper
 from .numerics import TOLERANCE, step_error
 
@@ -148,6 +149,38 @@ def check(config):
         raise ConfigError("sample_time", f"must be seconds in [0, 10], got {config.sample_time!r}")
     if config.convention not in ("keras", "torch"):
         raise ConfigError("convention", f"must be keras or torch, got {config.convention!r}")
+    _check_options(config)
+
+
+def _check_options(config):
+    """The optimizer options against the dtype and the backends, then one probe
+    optimizer per optimizer and backend: every combination the grid will build
+    is built once here, on one element, so that none fails after the timing
+    started."""
+    options = config.optimizer_options
+    if not isinstance(options, dict):
+        raise ConfigError("optimizer_options", f"must be a dict, got {options!r}")
+    state = options.get("state_dtype")
+    if state is not None:
+        if state not in _backends.STATE_DTYPES:
+            raise ConfigError("state_dtype", f"must be one of {', '.join(_backends.STATE_DTYPES)}"
+                                             f", got {state!r}")
+        if config.dtype != "float32":
+            raise ConfigError("state_dtype", f"{state} state needs float32 parameters "
+                                             f"(--dtype float32), not {config.dtype}")
+        other = [b for b in config.backends if b not in ("auto", "numba")]
+        if other:
+            raise ConfigError("state_dtype", f"{state} state runs on the numba backend (or "
+                                             f"auto) only, not {other[0]}")
+    elif options.get("state_rounding") is not None:
+        raise ConfigError("state_rounding", "needs --state-dtype bfloat16")
+    probe = [np.zeros(1, config.dtype)]
+    for name in config.optimizers:
+        for backend in config.backends:
+            try:
+                make_optimizer(name, probe, backend, config.convention, **options)
+            except (TypeError, ValueError, ImportError) as exc:
+                raise ConfigError("optimizers", f"{name} on backend {backend}: {exc}") from None
 
 
 def _import_torch(wanted):

@@ -33,3 +33,29 @@ def float_dtype(owner, value):
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"{owner}: dtype must be float32 or float64, got {value!r}")
     return dtype
+
+
+def real(owner, name, value):
+    """``value`` as an array, refusing complex numbers (which a cast to the model's
+    dtype would silently cut to their real parts)."""
+    array = np.asarray(value)
+    if array.dtype.kind == "c":
+        raise TypeError(f"{owner}: {name} must hold real numbers, got {array.dtype} values")
+    return array
+
+
+def finite(owner, name, array, raw):
+    """Raise ``ValueError`` unless ``array`` (``raw`` converted to the model's dtype)
+    holds only finite numbers; the message names the first bad element."""
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return
+    k = int(np.argmax(bad.reshape(-1)))
+    shape = raw.shape if raw.size == array.size else array.shape  # the caller's indices
+    at = ", ".join(map(str, np.unravel_index(k, shape)))
+    was = raw.reshape(-1)[k] if raw.size == array.size else None
+    if was is not None and raw.dtype.kind in "biuf" and np.isfinite(was):
+        how = f"{float(was)!r}, which is {float(array.reshape(-1)[k])} as {array.dtype}"
+    else:
+        how = repr(float(array.reshape(-1)[k]))
+    raise ValueError(f"{owner}: {name} must hold finite numbers; {name}[{at}] is {how}")

@@ -23,7 +23,7 @@ from .models import MLP, LogisticRegression
 
 __all__ = ["Recipe", "OPTIMIZERS", "DEFAULT_OPTIMIZERS", "MODELS", "make_optimizer",
            "check_optimizers", "make_model", "compare", "summarize", "format_table",
-           "json_report"]
+           "json_report", "diverged"]
 
 
 class Recipe(NamedTuple):
@@ -83,7 +83,7 @@ def check_optimizers(names, learning_rate=0.01, momentum=0.3, backend="auto",
         try:
             make_optimizer(name, probe, learning_rate, momentum, backend, convention,
                            state_dtype, state_rounding)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ImportError) as exc:
             raise ValueError(str(exc) if name not in OPTIMIZERS else f"{name}: {exc}") from None
 
 
@@ -146,6 +146,18 @@ def compare(X, y, validation_data=None, optimizers=DEFAULT_OPTIMIZERS, learning_
                 on_run(name, seed, history.history, time.perf_counter() - start)
             runs.append({"optimizer": name, "seed": seed, "history": history.history})
     return runs
+
+
+def diverged(runs):
+    """``[(optimizer, seed, epoch)]``: the runs whose loss stopped being a finite
+    number (training diverged), each with the first epoch where it did."""
+    out = []
+    for run in runs:
+        for epoch, value in enumerate(run["history"]["loss"]):
+            if not math.isfinite(value):
+                out.append((run["optimizer"], run["seed"], epoch))
+                break
+    return out
 
 
 def _mean_std(values):

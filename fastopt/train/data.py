@@ -154,6 +154,15 @@ class Standardizer:
     Fit it on the training rows only, then transform every split with the
     training rows' mean and standard deviation.  A constant column is only
     centred.
+
+    Standardising does not depend on a column's scale, and neither does this
+    one: each column is first scaled by the power of two nearest its largest
+    magnitude (exact, so ordinary data gets bit for bit the plain
+    ``(X - mean) / std``), so columns of any finite magnitude, up to the
+    float64 limit of about 1.8e308, standardise without overflowing.  Values
+    that are not finite, and rows whose standardised value itself would pass
+    that limit (a held-out value far outside a nearly constant training
+    column), raise ``ValueError``.
     """
 
     mean_ = None
@@ -165,9 +174,16 @@ class Standardizer:
         if X.ndim != 2 or len(X) == 0:
             raise ValueError(f"Standardizer.fit: X must be a non-empty 2-D array, "
                              f"got shape {X.shape}")
-        self.mean_ = X.mean(axis=0)
-        std = X.std(axis=0)
-        self.scale_ = np.where(std > 0, std, 1.0)
+        _finite("Standardizer.fit", X)
+        # scaled by 2**-e per column: exact, and every |value| below 1
+        self._exp = np.frexp(np.abs(X).max(axis=0))[1]
+        scaled = np.ldexp(X, -self._exp)
+        self._mean = scaled.mean(axis=0)
+        std = scaled.std(axis=0)
+        self._constant = std == 0
+        self._std = np.where(self._constant, 1.0, std)
+        self.mean_ = np.ldexp(self._mean, self._exp)
+        self.scale_ = np.where(self._constant, 1.0, np.ldexp(std, self._exp))
         return self
 
     def transform(self, X):
@@ -178,4 +194,24 @@ class Standardizer:
         if X.ndim != 2 or X.shape[1] != len(self.mean_):
             raise ValueError(f"Standardizer.transform: X must have shape (n, {len(self.mean_)}), "
                              f"got {X.shape}")
-        return (X - self.mean_) / self.scale_
+        _finite("Standardizer.transform", X)
+        with np.errstate(over="ignore"):
+            out = (np.ldexp(X, -self._exp) - self._mean) / self._std
+            # a constant column is only centred, in its own units
+            out[:, self._constant] = X[:, self._constant] - self.mean_[self._constant]
+        bad = ~np.isfinite(out)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise ValueError(f"Standardizer.transform: row {r}, column {c}: {float(X[r, c])!r} "
+                             "standardises to a value beyond the float64 range (the fitted "
+                             f"column has mean {self.mean_[c]:.6g} and standard deviation "
+                             f"{self.scale_[c]:.6g})")
+        return out
+
+
+def _finite(owner, X):
+    bad = ~np.isfinite(X)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"{owner}: X holds values that are not finite numbers, the first "
+                         f"at row {r}, column {c}: {float(X[r, c])!r}")

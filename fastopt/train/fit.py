@@ -18,6 +18,7 @@ import numpy as np
 
 from ..protocol import missing_members
 from . import _checks, activations
+from .losses import BinaryCrossentropy, CategoricalCrossentropy
 from .callbacks import Callback, ProgressBar
 from .checkpoint import load_checkpoint
 from .models import MLP
@@ -71,8 +72,55 @@ def evaluate(model, X, y, loss=None, batch_size=1024):
     """
     loss = model.get_loss(loss)
     batch_size = _checks.integer("evaluate", "batch_size", batch_size, low=1)
-    X = model.inputs(X)
-    y = model.targets(y, len(X))
+    X, y = _data("evaluate", model, loss, X, y)
+    return _evaluate(model, X, y, loss, batch_size)
+
+
+def _data(owner, model, loss, X, y, names=("X", "y")):
+    """``X`` and ``y`` in the model's dtype and shapes, after checking that they are
+    real, finite and, for a cross-entropy, labels the loss can take."""
+    raw_x, raw_y = _checks.real(owner, names[0], X), _checks.real(owner, names[1], y)
+    with np.errstate(over="ignore"):  # a value beyond the dtype's range: reported below
+        X = model.inputs(raw_x)
+    if len(X) == 0:
+        raise ValueError(f"{owner}: {names[0]} has no rows")
+    _checks.finite(owner, names[0], X, raw_x)
+    if isinstance(loss, CategoricalCrossentropy) and raw_y.ndim == 1 and model.n_outputs > 1 \
+            and raw_y.size == len(X):
+        raise ValueError(f"{owner}: {names[1]} has one value per row, but categorical "
+                         f"cross-entropy needs one-hot rows of {model.n_outputs} values; "
+                         f"for class indices give np.eye({model.n_outputs})[{names[1]}]")
+    with np.errstate(over="ignore"):
+        y = model.targets(raw_y, len(X))
+    _checks.finite(owner, names[1], y, raw_y)
+    _check_labels(owner, names[1], y, loss)
+    return X, y
+
+
+def _check_labels(owner, name, y, loss):
+    """Cross-entropy targets: probabilities (0 and 1 for hard labels); a softmax's
+    rows sum to 1.  Other losses take any finite target."""
+    if not isinstance(loss, (BinaryCrossentropy, CategoricalCrossentropy)):
+        return
+    outside = (y < 0) | (y > 1)
+    if outside.any():
+        r, c = (int(i) for i in np.argwhere(outside)[0])
+        value = f"{name}[{r}]" if y.shape[1] == 1 else f"{name}[{r}, {c}]"
+        need = ("the labels 0 and 1 (or probabilities between them)"
+                if isinstance(loss, BinaryCrossentropy) else
+                "one-hot rows (or class probabilities summing to 1)")
+        raise ValueError(f"{owner}: {loss.name} needs {need}; {value} is {float(y[r, c]):g}")
+    if isinstance(loss, CategoricalCrossentropy):
+        sums = y.sum(axis=1, dtype=np.float64)
+        off = np.abs(sums - 1.0) > 1e-3
+        if off.any():
+            r = int(np.argmax(off))
+            raise ValueError(f"{owner}: {loss.name} needs one-hot rows (or class "
+                             f"probabilities summing to 1); row {r} of {name} sums to "
+                             f"{sums[r]:g}")
+
+
+def _evaluate(model, X, y, loss, batch_size=1024):
     total = correct = 0.0
     for start in range(0, len(X), batch_size):
         xb, yb = X[start:start + batch_size], y[start:start + batch_size]
@@ -125,7 +173,11 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
     model : fastopt.train.MLP or LogisticRegression
     X : array of shape (n, n_features)
     y : array of shape (n, n_outputs), or (n,) for one output
-        ``X`` and ``y`` are converted to the model's dtype.
+        ``X`` and ``y`` are converted to the model's dtype.  Both must be
+        real and finite (in that dtype), and ``y`` what the loss takes:
+        0/1 labels (or probabilities) for binary cross-entropy, one-hot rows
+        (or probabilities summing to 1) for categorical cross-entropy;
+        anything else raises ``TypeError`` or ``ValueError`` before any step.
     optimizer : fastopt.Optimizer or fastopt.distributed.ShardedOptimizer
         Built on ``model.params``.  For data-parallel training over MPI, give
         a :class:`fastopt.distributed.DataParallelModel` and a
@@ -178,16 +230,13 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
     if resume is not None and not isinstance(resume, (str, os.PathLike)):
         raise TypeError(f"{owner}: resume must be a path, got {resume!r}")
     loss = model.get_loss(loss)
-    X = model.inputs(X)
-    if len(X) == 0:
-        raise ValueError(f"{owner}: X has no rows")
-    y = model.targets(y, len(X))
+    X, y = _data(owner, model, loss, X, y)
     keys = ["loss", "accuracy"]
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError(f"{owner}: validation_data must be a tuple (X_val, y_val)")
-        X_val = model.inputs(validation_data[0])
-        y_val = model.targets(validation_data[1], len(X_val))
+        X_val, y_val = _data(owner, model, loss, *validation_data,
+                             names=("validation_data X", "validation_data y"))
         keys += ["val_loss", "val_accuracy"]
     grads = _grads_like(model, optimizer)
 
@@ -237,7 +286,7 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
                     cb.on_batch_end(batch, logs)
         logs = {"loss": total / n, "accuracy": correct / (n * units)}
         if validation_data is not None:
-            val = evaluate(model, X_val, y_val, loss)
+            val = _evaluate(model, X_val, y_val, loss)
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         for k in keys:
             history.history[k].append(logs[k])
