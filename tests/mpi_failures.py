@@ -230,9 +230,11 @@ CASES = ["schedule_nan", "schedule_raises", "schedule_fails_when_evaluated_again
 def main(case):
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
-    folder = comm.bcast(tempfile.mkdtemp(prefix="fastopt-mpi-") if comm.rank == 0 else None)
+    folder = None  # only the cases with files (an aborted case cleans up nothing)
+    if "truncated" in case:
+        folder = comm.bcast(tempfile.mkdtemp(prefix="fastopt-mpi-") if comm.rank == 0 else None)
     make = globals()["case_" + case]
-    opt, params, call = make(comm, folder) if "truncated" in case else make(comm)
+    opt, params, call = make(comm) if folder is None else make(comm, folder)
     before = snapshot(opt, params)
     error = None
     try:
@@ -248,7 +250,7 @@ def main(case):
     result["in_step"] = in_step(comm, opt, params)
     print("MPI_FAILURE " + json.dumps(result), flush=True)
     comm.Barrier()
-    if comm.rank == 0:
+    if comm.rank == 0 and folder is not None:
         for name in os.listdir(folder):
             os.unlink(os.path.join(folder, name))
         os.rmdir(folder)
