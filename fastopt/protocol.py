@@ -45,6 +45,14 @@ both follow it.  An optimizer-like object offers:
     the default, :func:`local_tensor_sums`; a wrapper that hands each process
     a shard of every tensor replaces it on the optimizer it wraps (one
     all-reduce per call, so one per phase).
+
+**Optional, for an optimizer shared by several processes**
+
+``agree(work, where)``
+    Run ``work()``, local work such as reading this process's copy of a
+    file, in every process: its result, or an error in every process if it
+    failed in any (named ``where``).  :mod:`fastopt.train` reads checkpoints
+    through it when the optimizer has it, so that no process is left waiting.
 """
 from __future__ import annotations
 

@@ -110,6 +110,81 @@ def test_example_trains_like_one_process(warm_cache, tmp_path, ranks):
     np.testing.assert_allclose(dp["weights"], one["weights"], rtol=1e-10, atol=1e-12)
 
 
+# -- a failure on one rank ---------------------------------------------------------------
+
+#: case of tests/mpi_failures.py -> (the collective that fails, what rank 1's
+#: own error says)
+FAILURES = {
+    "schedule_nan": ("ShardedOptimizer.step", "the learning-rate schedule returned nan"),
+    "schedule_raises": ("ShardedOptimizer.step", "division by zero"),
+    "load_state_truncated": ("ShardedOptimizer.load_state", "cannot read"),
+    "resume_truncated": ("load_checkpoint", ""),  # np.load's own error, whatever its kind
+    "backend_missing": ("ShardedOptimizer", "backend 'cython' is not available"),
+    "forward_fails": ("DataParallelModel.forward", "X must have shape (n, 4), got (8, 5)"),
+    "backward_fails": ("DataParallelModel.backward", ""),  # NumPy's shape mismatch
+}
+FAILURE_TIMEOUT = 60
+
+
+def failure_run(case):
+    """``mpiexec -n 2 python tests/mpi_failures.py case``, under a timeout:
+    the process and each rank's ``MPI_FAILURE`` record, by rank."""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable,
+                           os.path.join(HERE, "mpi_failures.py"), case], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=FAILURE_TIMEOUT)
+    decoder, records = json.JSONDecoder(), {}
+    for chunk in proc.stdout.split("MPI_FAILURE ")[1:]:  # the ranks' lines may interleave
+        record = decoder.raw_decode(chunk)[0]
+        records[record["rank"]] = record
+    return proc, records
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_a_failure_on_one_rank_is_an_error_on_every_rank(case):
+    """Rank 1 fails; rank 0 does not wait for it: each raises (rank 1 its own
+    error, rank 0 one that names rank 1 and that error), nothing changed on
+    either, and a good step afterwards keeps them in step."""
+    where, fragment = FAILURES[case]
+    proc, records = failure_run(case)
+    assert proc.returncode == 0 and sorted(records) == [0, 1], proc.stdout + proc.stderr
+    bad, good = records[1], records[0]
+    assert bad["error"] is not None and fragment in bad["error"]["message"], bad
+    assert good["error"] is not None, good
+    assert good["error"]["message"].startswith(
+        f"{where}: rank 1 of 2 failed, so every rank stops here"), good
+    assert good["error"]["message"].endswith(
+        f"({bad['error']['kind']}: {bad['error']['message']})"), (good, bad)
+    assert good["error"]["kind"] == (bad["error"]["kind"] if bad["error"]["kind"] in
+                                     ("TypeError", "ValueError") else "RuntimeError")
+    for record in records.values():
+        assert record["unchanged"] and record["in_step"], record
+
+
+@needs_mpiexec
+def test_inf_gradient_under_seterr_raise_propagates_on_every_rank():
+    """np.seterr(all="raise") and an inf in rank 1's shard, NumPy backend: the
+    step neither raises halfway on rank 1 nor leaves rank 0 waiting; NaN and
+    inf propagate as in the plain optimizer under np.errstate(all="ignore")."""
+    proc, records = failure_run("inf_gradient")
+    assert proc.returncode == 0 and sorted(records) == [0, 1], proc.stdout + proc.stderr
+    for record in records.values():
+        assert record["error"] is None and record["matches_plain"] and record["in_step"], record
+
+
+@needs_mpiexec
+def test_a_failure_after_the_exchange_began_aborts_every_rank():
+    """A schedule that passes the step's check and raises when the wrapped
+    optimizer evaluates it again, on rank 1: the others already wait in the
+    exchange, so every rank is aborted, with the reason on stderr."""
+    proc, records = failure_run("schedule_fails_when_evaluated_again")
+    assert proc.returncode != 0 and not records, proc.stdout
+    assert ("ShardedOptimizer.step: rank 1 of 2 failed after the ranks had begun exchanging "
+            "data, so every rank is aborted (RuntimeError: this schedule fails on its second "
+            "call)") in proc.stderr, proc.stderr
+
+
 # -- without MPI -------------------------------------------------------------------------
 
 def test_import_fastopt_never_imports_mpi4py():
@@ -230,6 +305,40 @@ def test_one_rank_bad_input_changes_nothing():
         opt.consolidated_state_dict(root=1)
     np.testing.assert_array_equal(p[0], np.ones(4))
     assert opt.iterations == 0
+
+
+@needs_mpi4py
+def test_one_rank_any_failure_changes_nothing(tmp_path):
+    """Errors of any kind, not only TypeError and ValueError, leave everything
+    as it was; and under np.seterr(all="raise") an inf gradient propagates."""
+    from fastopt.distributed import ShardedOptimizer
+    fail = []
+
+    def lr(t):
+        if fail:
+            raise ZeroDivisionError("schedule failed")
+        return 0.1
+    p = [np.ones(4), np.ones(3)]
+    opt = ShardedOptimizer(fastopt.Adam, p, comm=_self(), learning_rate=lr, backend="numpy")
+    opt.step([np.ones(4), np.ones(3)])
+    path = tmp_path / "state.npz"
+    opt.save_state(path)
+    before, state = [a.copy() for a in p], opt.state_dict()
+    fail.append(1)
+    with pytest.raises(ZeroDivisionError, match="schedule failed"):
+        opt.step([np.ones(4), np.ones(3)])
+    fail.clear()
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot read .*BadZipFile"):
+        opt.load_state(path)
+    for a, b in zip(p, before):
+        np.testing.assert_array_equal(a, b)
+    assert opt.iterations == 1
+    for k, v in opt.state_dict()["slots"].items():
+        np.testing.assert_array_equal(v, state["slots"][k])
+    with np.errstate(all="raise"):
+        opt.step([np.full(4, np.inf), np.ones(3)])
+    assert np.isnan(p[0]).all() and np.isfinite(p[1]).all()
 
 
 @needs_mpi4py

@@ -1,13 +1,22 @@
 """mpi4py, imported only when used, and the collective error handling that
 keeps every rank in step.
 
-``import fastopt`` never imports mpi4py (importing it starts MPI).  Every
-check that could fail on some ranks and not on others ends in :func:`agree`:
-one small collective after which either every rank goes on or every rank
-raises, naming the rank that failed and why.  A rank never waits in a
-collective that another rank has abandoned.
+``import fastopt`` never imports mpi4py (importing it starts MPI).  Local
+work that could fail on some ranks and not on others (checking arguments,
+reading a file, evaluating a learning-rate schedule, a forward pass) runs
+before the collective that follows it and ends in :func:`agree`: one small
+collective after which either every rank goes on or every rank raises,
+naming the rank that failed and why (:func:`agreed` wraps both).  Work that
+runs after a collective has begun, where the other ranks can no longer be
+told, runs under :func:`or_abort`: an exception there aborts every rank with
+a message on stderr.  A rank never waits in a collective that another rank
+has abandoned.
 """
 from __future__ import annotations
+
+import sys
+import traceback
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -47,22 +56,60 @@ def agree(comm, error, where, undo=None, failed=None):
 
     ``failed``, when given, says whether any rank failed (the caller already
     reduced it); otherwise one allreduce finds out.  If some rank failed, the
-    messages are gathered: a rank that failed raises its own exception, the
-    others call ``undo`` (to roll back what they did) and raise the same kind
-    of error naming the failed rank and its message.
+    messages are gathered and every rank calls ``undo`` (to roll back what it
+    did); a rank that failed then raises its own exception, the others an
+    error naming the failed rank and its exception: a TypeError or ValueError
+    when that is what it raised, else a RuntimeError.
     """
     if failed is None:
-        failed = comm.allreduce(error is not None, op=mpi().LOR)
+        flag = np.array([error is not None], np.int8)
+        if comm.size > 1:
+            comm.Allreduce(mpi().IN_PLACE, flag, op=mpi().MAX)
+        failed = bool(flag[0])
     if not failed:
         return
     messages = comm.allgather(None if error is None else
                               (type(error).__name__, str(error)))
-    if error is not None:
-        raise error
     if undo is not None:
         undo()
+    if error is not None:
+        raise error
     rank = next(r for r, m in enumerate(messages) if m is not None)
     kind, message = messages[rank]
-    cls = TypeError if kind == "TypeError" else ValueError
+    cls = {"TypeError": TypeError, "ValueError": ValueError}.get(kind, RuntimeError)
     raise cls(f"{where}: rank {rank} of {comm.size} failed, so every rank stops here "
               f"({kind}: {message})")
+
+
+def agreed(comm, where, work, undo=None):
+    """``work()``, local work before a collective, run on every rank: its
+    result, or, if it raised any ``Exception`` on any rank, that error on
+    every rank (:func:`agree`)."""
+    error = result = None
+    try:
+        result = work()
+    except Exception as e:  # noqa: BLE001 - every kind must reach the other ranks
+        error = e
+    agree(comm, error, where, undo=undo)
+    return result
+
+
+@contextmanager
+def or_abort(comm, where):
+    """Local work between collectives that the other ranks cannot be told
+    about (they may already wait in the next one): an exception here prints
+    what happened on stderr and aborts every rank of ``comm`` (on one rank it
+    is simply raised).  NumPy's floating-point errors are ignored inside: NaN
+    and inf propagate, as in the compiled kernels."""
+    try:
+        with np.errstate(all="ignore"):
+            yield
+    except Exception as e:  # noqa: BLE001 - any of them would leave the others waiting
+        if comm.size == 1:
+            raise
+        sys.stderr.write(f"{where}: rank {comm.rank} of {comm.size} failed after the ranks "
+                         f"had begun exchanging data, so every rank is aborted "
+                         f"({type(e).__name__}: {e})\n"
+                         + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+        sys.stderr.flush()
+        comm.Abort(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..train.models import MLP
-from ._mpi import communicator, mpi_type
+from ._mpi import agree, agreed, communicator, mpi, mpi_type, or_abort
 
 __all__ = ["DataParallelModel"]
 
@@ -28,8 +28,10 @@ class DataParallelModel(MLP):
     :class:`~fastopt.distributed.ShardedOptimizer` over ``model.params`` on
     every rank, with the same data, seed and batch size: every batch is the
     single-process batch, only computed in parts.  Every call of
-    :meth:`forward` (and so ``fit``, ``evaluate`` and ``predict``) is
-    collective.
+    :meth:`forward` (and so ``fit``, ``evaluate`` and ``predict``) and of
+    :meth:`backward` is collective: if the pass fails on one rank (or, for
+    the forward pass, the ranks were given batches of different sizes),
+    every rank raises, naming that rank, before the next exchange of data.
 
     Parameters
     ----------
@@ -63,19 +65,38 @@ class DataParallelModel(MLP):
     def forward(self, X):
         """Logits of all rows (this rank computes its slice; collective) and
         the cache that :meth:`backward` needs."""
-        X = self.inputs(X)
-        n, size, width = len(X), self.comm.size, self.n_outputs
-        start, stop = self.rows(n)
-        z_own, cache = MLP.forward(self, X[start:stop])
-        counts = [(n // size + (r < n % size)) * width for r in range(size)]
-        displs = [sum(counts[:r]) for r in range(size)]
-        z = np.empty((n, width), self.dtype)
-        self.comm.Allgatherv(np.ascontiguousarray(z_own),
-                             [z, counts, displs, mpi_type(self.dtype)])
+        MPI, comm, where = mpi(), self.comm, "DataParallelModel.forward"
+        error = n = None
+        try:
+            X = self.inputs(X)
+            n = len(X)
+            start, stop = self.rows(n)
+            z_own, cache = MLP.forward(self, X[start:stop])
+            z_own = np.ascontiguousarray(z_own)
+        except Exception as e:  # noqa: BLE001 - every kind must reach the other ranks
+            error = e
+        # one small Allreduce: did any rank fail, and do all have n rows?
+        flags = np.array([error is not None, n or 0, -(n or 0)], np.int64)
+        if comm.size > 1:
+            comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
+        agree(comm, error, where, failed=bool(flags[0]))
+        if flags[1] != -flags[2]:
+            raise ValueError(f"{where}: the ranks were given batches of different sizes "
+                             f"({-flags[2]} to {flags[1]} rows); every rank must pass the "
+                             "same batch")
+        size, width = comm.size, self.n_outputs
+        with or_abort(comm, where):
+            counts = [(n // size + (r < n % size)) * width for r in range(size)]
+            displs = [sum(counts[:r]) for r in range(size)]
+            z = np.empty((n, width), self.dtype)
+            comm.Allgatherv(z_own, [z, counts, displs, mpi_type(self.dtype)])
         return z, (cache, start, stop)
 
     def backward(self, cache, dz):
         """This rank's share of the batch gradient, times the number of
-        ranks, into ``grads`` (``dz``: the whole batch's, from the loss)."""
+        ranks, into ``grads`` (``dz``: the whole batch's, from the loss);
+        collective only to agree that it worked on every rank (one small
+        Allreduce), since the optimizer's step exchanges the gradients next."""
         cache, start, stop = cache
-        MLP.backward(self, cache, dz[start:stop] * self.comm.size)
+        agreed(self.comm, "DataParallelModel.backward",
+               lambda: MLP.backward(self, cache, dz[start:stop] * self.comm.size))

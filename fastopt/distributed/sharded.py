@@ -5,8 +5,9 @@ The parameters of each dtype are laid end to end in one flat index space and
 cut into one contiguous shard per rank (sizes differ by at most one element).
 One :meth:`ShardedOptimizer.step`:
 
-1. checks the local gradients, then one small ``Allreduce`` makes every rank
-   agree that all of them are fine (same iteration, same ``None`` gradients);
+1. checks the local gradients and evaluates the learning-rate schedules, then
+   one small ``Allreduce`` makes every rank agree that all of them are fine
+   (no rank failed, same iteration, same ``None`` gradients);
 2. ``Reduce_scatter`` (sum) of the flat gradients: each rank receives the
    sum over ranks of its own shard only, and divides it by the number of
    ranks (the mean);
@@ -18,6 +19,13 @@ One :meth:`ShardedOptimizer.step`:
 
 Reduce-scatter plus all-gather moves the same bytes as one all-reduce of the
 gradients, but each rank keeps and updates only 1/N of the optimizer state.
+
+Failures (:mod:`._mpi`): any exception in the local work before a collective
+becomes an error on every rank, with nothing changed; steps 2 to 4 are only
+arithmetic and collectives, with NumPy's floating-point errors ignored (NaN
+and inf propagate, as in the compiled kernels), and an exception there all
+the same (out of memory, a schedule that fails only when evaluated again)
+aborts every rank with a message rather than leave the others waiting.
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ import numpy as np
 from ..params import ParamTree
 from ..protocol import missing_members
 from ..state import state_from_arrays, state_to_arrays, write_npz_atomic
-from ._mpi import agree, communicator, mpi
+from ._mpi import agree, agreed, communicator, mpi, or_abort
 from .layout import ShardLayout
 from .signature import comparable_config, disagreement
 
@@ -76,7 +84,9 @@ class ShardedOptimizer:
         On every rank, when any rank's arguments are bad or the ranks
         disagree on the parameters' number, names, shapes, dtypes or values,
         or on the hyperparameters (checked collectively before any data is
-        exchanged).
+        exchanged).  Any other error on one rank (say an ImportError for a
+        backend missing there) is raised there, and the other ranks raise a
+        RuntimeError that names that rank and its error.
     ImportError
         When mpi4py is not installed (``pip install 'fastopt[mpi]'``).
 
@@ -84,8 +94,8 @@ class ShardedOptimizer:
     -----
     Collective methods, which every rank must call together: the constructor,
     :meth:`step`, :meth:`load_state_dict`, :meth:`consolidated_state_dict`,
-    :meth:`save_state`, :meth:`load_state`, :attr:`ema_params` and
-    :meth:`finalize_variable_values`.  :meth:`state_dict` is per rank.
+    :meth:`save_state`, :meth:`load_state`, :meth:`agree`, :attr:`ema_params`
+    and :meth:`finalize_variable_values`.  :meth:`state_dict` is per rank.
     """
 
     #: what the wrapped class must offer (see :mod:`fastopt.protocol`): the
@@ -101,7 +111,7 @@ class ShardedOptimizer:
         error = signature = None
         try:
             signature = self._build(owner, optimizer_cls, params, hyperparameters)
-        except (TypeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - every kind must reach the other ranks
             error = e
         signatures = comm.allgather((error is not None, signature))
         agree(comm, error, owner, failed=any(f for f, _ in signatures))
@@ -174,9 +184,13 @@ class ShardedOptimizer:
         Raises
         ------
         TypeError, ValueError
-            On every rank, when any rank's gradients are bad, the ranks
-            disagree on which gradients are None, or they are at different
-            iteration counts.  Then nothing has changed.
+            On every rank, when any rank's gradients are bad or its
+            learning-rate schedule fails (the schedules are evaluated before
+            any data is exchanged), the ranks disagree on which gradients are
+            None, or they are at different iteration counts.  Then nothing
+            has changed.  Another error on one rank (a schedule that raises
+            ZeroDivisionError, say) is raised there, and the other ranks
+            raise a RuntimeError naming it.
         """
         MPI = mpi()
         comm, n, flags = self.comm, self._n, self._flags
@@ -184,7 +198,8 @@ class ShardedOptimizer:
         try:
             grads = self._tree.match_grads(
                 local_grads, self._inner.gradient_accumulation_steps is not None)
-        except (TypeError, ValueError) as e:
+            self._check_learning_rates()
+        except Exception as e:  # noqa: BLE001 - every kind must reach the other ranks
             error = e
         it = self._inner.iterations
         flags[0], flags[1], flags[2] = error is not None, it, -it
@@ -206,28 +221,41 @@ class ShardedOptimizer:
             raise ValueError(f"ShardedOptimizer.step: grads{self._labels[both[0]]} is None "
                              "on some ranks but not on others; a gradient must be None on "
                              "every rank or on none")
-        if self.size == 1:  # the mean is the gradient itself, and the shard everything
-            self._inner_step([None if g is None else g.reshape(-1) for g in grads])
-            return
-        pieces = self._piece_grads
-        if flags[3 + n:].any():
-            pieces = [None if g is None else p for g, p in zip(grads, pieces)]
-        for L in self._layouts:
-            send = L.send_buffer([grads[i] for i in L.indices])
-            comm.Reduce_scatter([send, L.mpi_type], [L.gshard, L.mpi_type], L.counts,
-                                op=MPI.SUM)
-            np.divide(L.gshard, self.size, out=L.gshard)
-        self._inner_step(pieces)
+        # from here on: collectives and arithmetic only (see the module docstring)
+        with or_abort(comm, "ShardedOptimizer.step"):
+            if self.size == 1:  # the mean is the gradient itself, and the shard everything
+                self._inner_step([None if g is None else g.reshape(-1) for g in grads])
+                return
+            pieces = self._piece_grads
+            if flags[3 + n:].any():
+                pieces = [None if g is None else p for g, p in zip(grads, pieces)]
+            for L in self._layouts:
+                send = L.send_buffer([grads[i] for i in L.indices])
+                comm.Reduce_scatter([send, L.mpi_type], [L.gshard, L.mpi_type], L.counts,
+                                    op=MPI.SUM)
+                np.divide(L.gshard, self.size, out=L.gshard)
+            self._inner_step(pieces)
+
+    def _applies(self):
+        """Whether the wrapped optimizer's next step updates the parameters
+        (not a gradient-accumulation call that only accumulates)."""
+        steps = self._inner.gradient_accumulation_steps
+        return steps is None or (self._inner.iterations + 1) % steps == 0
+
+    def _check_learning_rates(self):
+        """Evaluate the learning rates the next step will use, so that a
+        schedule that fails (raises, or returns NaN, which the optimizer
+        rejects) fails before any data is exchanged."""
+        if self._applies():
+            for group in range(len(self._groups_of)):
+                self._inner.current_learning_rate(group)
 
     def _inner_step(self, pieces):
         """The wrapped optimizer's step on this rank's mean-gradient pieces,
         then the all-gather, unless the step left the parameters alone (a
         gradient-accumulation call without an update)."""
-        inner = self._inner
-        steps = inner.gradient_accumulation_steps
-        changes = (steps is None or (inner.iterations + 1) % steps == 0
-                   or inner.ema_overwrite_frequency is not None)
-        inner.step(self._nest(pieces))
+        changes = self._applies() or self._inner.ema_overwrite_frequency is not None
+        self._inner.step(self._nest(pieces))
         if changes:
             self._gather_params()
 
@@ -335,27 +363,36 @@ class ShardedOptimizer:
         structure of ``params``) on every rank; None without (collective)."""
         if not self._inner.use_ema:
             return None
-        ema = [None] * self._n
-        for key, average in self._inner.state_arrays().items():
-            if key.startswith("average/"):
-                ema[self._tensor_of(key)] = average
-        out = [None] * self._n
-        for L in self._layouts:
-            full = np.empty(L.total, L.dtype)
-            self.comm.Allgatherv(L.shard_of([ema[i] for i in L.indices]),
-                                 [full, L.counts, L.displs, L.mpi_type])
-            for k, i in enumerate(L.indices):
-                out[i] = full[L.starts[k]:L.starts[k + 1]].reshape(self._shapes[i])
+        ema, out = [None] * self._n, [None] * self._n
+        with or_abort(self.comm, "ShardedOptimizer.ema_params"):
+            for key, average in self._inner.state_arrays().items():
+                if key.startswith("average/"):
+                    ema[self._tensor_of(key)] = average
+            for L in self._layouts:
+                full = np.empty(L.total, L.dtype)
+                self.comm.Allgatherv(L.shard_of([ema[i] for i in L.indices]),
+                                     [full, L.counts, L.displs, L.mpi_type])
+                for k, i in enumerate(L.indices):
+                    out[i] = full[L.starts[k]:L.starts[k + 1]].reshape(self._shapes[i])
         return self._tree.rebuild(out)
 
     def finalize_variable_values(self):
         """With ``use_ema``: copy the moving averages into the parameters on
         every rank (collective); without, does nothing."""
         if self._inner.use_ema:
-            self._inner.finalize_variable_values()
-            self._gather_params()
+            with or_abort(self.comm, "ShardedOptimizer.finalize_variable_values"):
+                self._inner.finalize_variable_values()
+                self._gather_params()
 
     # -- state ------------------------------------------------------------------------
+    def agree(self, work, where):
+        """``work()``, local work such as reading this rank's copy of a file,
+        on every rank (collective): its result, or, if it raised on any rank,
+        an error on every rank that names that rank (the optional member of
+        :mod:`fastopt.protocol` through which :mod:`fastopt.train` reads
+        checkpoints)."""
+        return agreed(self.comm, where, work)
+
     def state_dict(self):
         """This rank's state: the wrapped optimizer's ``state_dict`` (slots
         are this rank's 1-D pieces, under the unsharded keys) plus
@@ -378,28 +415,33 @@ class ShardedOptimizer:
         the same keys), and None on the other ranks.  It loads into a plain
         optimizer or into a :class:`ShardedOptimizer` on any number of ranks.
         """
-        if isinstance(root, bool) or not isinstance(root, (int, np.integer)) \
-                or not 0 <= root < self.size:
-            raise ValueError(f"ShardedOptimizer.consolidated_state_dict: root must be a "
-                             f"rank in [0, {self.size}), got {root!r}")
-        live = self._inner.state_arrays()
+        where = "ShardedOptimizer.consolidated_state_dict"
+
+        def check():
+            if isinstance(root, bool) or not isinstance(root, (int, np.integer)) \
+                    or not 0 <= root < self.size:
+                raise ValueError(f"{where}: root must be a rank in [0, {self.size}), "
+                                 f"got {root!r}")
+            return self._inner.state_arrays()
+        live = agreed(self.comm, where, check)
         batches = {}  # (slot name, layout) -> keys, in the order they first appear
-        for key in live:
-            L, _ = self._place[self._tensor_of(key)]
-            batches.setdefault((key.split("/", 1)[0], id(L)), (L, []))[1].append(key)
         full_slots = {}
-        for L, keys in batches.values():
-            by_tensor = {self._tensor_of(key): key for key in keys}
-            shard = L.shard_of([live[by_tensor[i]] if i in by_tensor else None
-                                for i in L.indices])
-            full = np.empty(L.total, L.dtype) if self.rank == root else None
-            self.comm.Gatherv(shard, [full, L.counts, L.displs, L.mpi_type]
-                              if self.rank == root else None, root=root)
-            if self.rank == root:
-                for k, i in enumerate(L.indices):
-                    if i in by_tensor:
-                        full_slots[by_tensor[i]] = \
-                            full[L.starts[k]:L.starts[k + 1]].reshape(self._shapes[i])
+        with or_abort(self.comm, where):
+            for key in live:
+                L, _ = self._place[self._tensor_of(key)]
+                batches.setdefault((key.split("/", 1)[0], id(L)), (L, []))[1].append(key)
+            for L, keys in batches.values():
+                by_tensor = {self._tensor_of(key): key for key in keys}
+                shard = L.shard_of([live[by_tensor[i]] if i in by_tensor else None
+                                    for i in L.indices])
+                full = np.empty(L.total, L.dtype) if self.rank == root else None
+                self.comm.Gatherv(shard, [full, L.counts, L.displs, L.mpi_type]
+                                  if self.rank == root else None, root=root)
+                if self.rank == root:
+                    for k, i in enumerate(L.indices):
+                        if i in by_tensor:
+                            full_slots[by_tensor[i]] = \
+                                full[L.starts[k]:L.starts[k + 1]].reshape(self._shapes[i])
         if self.rank != root:
             return None
         return {"config": self._inner.get_config(), "iterations": self._inner.iterations,
@@ -414,18 +456,18 @@ class ShardedOptimizer:
         :func:`fastopt.load_state`'s file), on any number of ranks, or this
         rank's own :meth:`state_dict`.  Checked on every rank first: if any
         rank rejects it, every rank raises and nothing changes."""
-        error = backup = None
-        try:
+        backup = None
+
+        def load():
+            nonlocal backup
             pieces = self._pieces_of(state)
             backup = self._inner.state_dict()
             self._inner.load_state_dict(pieces)
-        except (TypeError, ValueError) as e:
-            error = e
 
         def undo():
             if backup is not None:
                 self._inner.load_state_dict(backup)
-        agree(self.comm, error, "ShardedOptimizer.load_state_dict", undo=undo)
+        agreed(self.comm, "ShardedOptimizer.load_state_dict", load, undo=undo)
 
     def _pieces_of(self, state):
         """This rank's piece of a state, in the wrapped optimizer's format."""
@@ -465,24 +507,27 @@ class ShardedOptimizer:
         ranks with :meth:`load_state`.  ``extra``: more named arrays for the
         same file (root's are written; fastopt.train's checkpoints use it)."""
         state = self.consolidated_state_dict(root)
-        error = None
-        if self.rank == root:
-            try:
-                write_npz_atomic(path, {**(extra or {}), **state_to_arrays(state)})
-            except OSError as e:
-                error = ValueError(f"ShardedOptimizer.save_state: cannot write {path!r}: {e}")
-        agree(self.comm, error, "ShardedOptimizer.save_state")
+
+        def write():
+            if self.rank == root:
+                try:
+                    write_npz_atomic(path, {**(extra or {}), **state_to_arrays(state)})
+                except OSError as e:
+                    raise ValueError(f"ShardedOptimizer.save_state: cannot write {path!r}: "
+                                     f"{e}") from e
+        agreed(self.comm, "ShardedOptimizer.save_state", write)
 
     def load_state(self, path):
         """Read a state file (from :meth:`save_state` or :func:`fastopt.save_state`)
         on every rank and load it (collective); the file must be readable
         from every rank."""
-        error = state = None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                state = state_from_arrays(z, f"ShardedOptimizer.load_state: {str(path)!r}")
-        except (OSError, ValueError) as e:
-            error = e if isinstance(e, ValueError) else \
-                ValueError(f"ShardedOptimizer.load_state: cannot read {str(path)!r}: {e}")
-        agree(self.comm, error, "ShardedOptimizer.load_state")
-        self.load_state_dict(state)
+        def read():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    return state_from_arrays(z, f"ShardedOptimizer.load_state: {str(path)!r}")
+            except ValueError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a truncated file is a BadZipFile, ...
+                raise ValueError(f"ShardedOptimizer.load_state: cannot read {str(path)!r} "
+                                 f"({type(e).__name__}: {e})") from e
+        self.load_state_dict(agreed(self.comm, "ShardedOptimizer.load_state", read))

@@ -71,6 +71,17 @@ def load_checkpoint(path, model, optimizer):
         If the file is not a checkpoint or does not fit the model or optimizer.
     """
     path = os.fspath(path)
+    agree = getattr(optimizer, "agree", None)  # a sharded optimizer: every rank reads or none
+    epoch, history, flat, state = (_read(path, model) if agree is None else
+                                   agree(lambda: _read(path, model), "load_checkpoint"))
+    optimizer.load_state_dict(state)  # checks itself whole before it changes anything
+    model.flat_params[...] = flat
+    return epoch, history
+
+
+def _read(path, model):
+    """``(epoch, history, flat_params, optimizer state)`` of a checkpoint,
+    checked against ``model``."""
     with np.load(path, allow_pickle=False) as z:
         if "format" not in z.files or int(z["format"]) != _FORMAT:
             raise ValueError(f"load_checkpoint: {path!r} is not a fastopt training checkpoint")
@@ -79,8 +90,8 @@ def load_checkpoint(path, model, optimizer):
             raise ValueError(f"load_checkpoint: {path!r} is for the model {saved}, not "
                              f"{_architecture(model)}")
         flat = z["flat_params"]
+        if flat.shape != model.flat_params.shape:
+            raise ValueError(f"load_checkpoint: {path!r} holds {flat.shape} parameters, the "
+                             f"model {model.flat_params.shape}")
         state = state_from_arrays(z, f"load_checkpoint: {path!r}")
-        epoch, history = int(z["epoch"]), json.loads(str(z["history"]))
-    optimizer.load_state_dict(state)  # checks itself whole before it changes anything
-    model.flat_params[...] = flat
-    return epoch, history
+        return int(z["epoch"]), json.loads(str(z["history"])), flat, state
