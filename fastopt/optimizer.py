@@ -464,7 +464,8 @@ class Optimizer:
         :meth:`state_dict`'s output.  Checked whole first: on error nothing
         changes."""
         name = type(self).__name__
-        iterations = check_state_header(name, state, self.state_dtype, self.convention)
+        iterations = check_state_header(name, state, self.state_dtype, self.convention,
+                                        config_keys=self.get_config())
         # the hyperparameters, checked by building a twin on the same params
         config = hyperparams.with_current_callables(
             name, state["config"], self._defaults["learning_rate"],
