@@ -4,7 +4,7 @@ saving and restoring state as ``.npz`` files (no pickle).
 :func:`save_state` / :func:`load_state` are the public pair; both go through
 the optimizer protocol (:mod:`fastopt.protocol`), whatever the optimizer's
 class.  The helpers (:func:`state_to_arrays`, :func:`state_from_arrays`,
-:func:`read_npz`, :func:`write_npz_atomic`) are shared with
+:func:`read_npz`, :func:`read_state`, :func:`write_npz_atomic`) are shared with
 :mod:`fastopt.train.checkpoint`, which stores an optimizer's state next to a
 model's in one file, and with :mod:`fastopt.distributed`.
 :func:`check_state_header` and :func:`check_slots` are the checks of
@@ -120,7 +120,7 @@ def state_from_arrays(z, where):
                           if k.startswith(_SLOT_PREFIX)}}
     except StateFileError:
         raise
-    except (MemoryError, KeyboardInterrupt):
+    except MemoryError:
         raise
     except Exception as e:  # a damaged member of an np.load file
         raise StateFileError(f"{where}: damaged file ({type(e).__name__}: {e})") from e
@@ -232,7 +232,7 @@ def read_npz(path, where, keep=None):
                         if keep is None or keep(key)}
         except StateFileError:
             raise
-        except (MemoryError, KeyboardInterrupt):
+        except MemoryError:
             raise
         except Exception as e:  # BadZipFile, EOFError, zlib.error, bad headers, ...
             raise StateFileError(f"{where}: damaged file ({type(e).__name__}: {e})") from e
@@ -240,6 +240,13 @@ def read_npz(path, where, keep=None):
 
 def _state_keys(key):
     return key.startswith("__") or key.startswith(_SLOT_PREFIX)
+
+
+def read_state(path, where):
+    """The state dict stored in the file ``path`` (by :func:`save_state`, or
+    in a checkpoint), every problem a :class:`StateFileError` starting with
+    ``where``; other arrays in the file are not read."""
+    return state_from_arrays(read_npz(path, where, keep=_state_keys), where)
 
 
 # ---------------------------------------------------------------------------
@@ -365,7 +372,7 @@ def load_state(optimizer, path):
     version 1.  A missing or unreadable file is ``OSError``.
     """
     where = f"load_state: {os.fspath(path)!r}"
-    state = state_from_arrays(read_npz(path, where, keep=_state_keys), where)
+    state = read_state(path, where)
     try:
         optimizer.load_state_dict(state)
     except StateFileError:

@@ -357,8 +357,10 @@ def test_a_mismatched_state_is_a_state_file_error_too(tmp_path):
 # Reading: strict types, the format version, the config whole
 
 @pytest.mark.parametrize("value", [np.array(3.7), np.array(3.0), np.array("3"), np.array(True),
-                                   np.array(-1), np.array([3]), np.array(3 + 0j)],
-                         ids=["3.7", "3.0", "str", "bool", "negative", "1d", "complex"])
+                                   np.array(-1), np.array([3]), np.array(3 + 0j),
+                                   np.array(2 ** 64 - 1, np.uint64)],
+                         ids=["3.7", "3.0", "str", "bool", "negative", "1d", "complex",
+                              "beyond_int64"])
 def test_iterations_must_be_a_non_negative_integer(tmp_path, value):
     path = tmp_path / "s.npz"
     fastopt.save_state(trained(), path)
@@ -458,6 +460,31 @@ def test_a_declared_shape_larger_than_the_file_is_refused(tmp_path, shape):
                         else buf.getvalue())
     assert "slot:velocity/w" in arrays
     assert_refused(path, trained(3), "declares")
+
+
+def test_a_deflated_member_declaring_more_than_it_can_hold_is_refused(tmp_path):
+    path = tmp_path / "s.npz"
+    fastopt.save_state(trained(), path)
+    np.savez_compressed(path, **arrays_of(path))
+    data = bytearray(path.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size
+        i = data.find(sig)
+        while i >= 0:
+            data[i + off:i + off + 4] = (2 ** 31).to_bytes(4, "little")
+            i = data.find(sig, i + 4)
+    path.write_bytes(bytes(data))
+    assert_refused(path, trained(3), "more than .* compressed bytes can hold")
+
+
+def test_repeated_member_names_are_refused(tmp_path):
+    path = tmp_path / "s.npz"
+    fastopt.save_state(trained(), path)
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        with zipfile.ZipFile(path, "a") as zf:
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.array(99))
+            zf.writestr("__iterations__.npy", buf.getvalue())
+    assert_refused(path, trained(3), "repeated member names")
 
 
 def test_a_compressed_state_file_still_loads(tmp_path):
