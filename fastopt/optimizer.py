@@ -480,7 +480,8 @@ class Optimizer:
 
     def _load_state_dict(self, state):
         name = type(self).__name__
-        iterations = check_state_header(name, state, self.state_dtype, self.convention)
+        iterations = check_state_header(name, state, self.state_dtype, self.convention,
+                                        config_keys=self.get_config())
         # the hyperparameters, checked by building a twin on the same params
         config = hyperparams.with_current_callables(
             name, state["config"], self._defaults["learning_rate"],

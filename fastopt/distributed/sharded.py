@@ -36,7 +36,7 @@ import numpy as np
 
 from ..params import ParamTree
 from ..protocol import missing_members
-from ..state import state_from_arrays, state_to_arrays, write_npz_atomic
+from ..state import read_state, state_from_arrays, state_to_arrays, write_npz_atomic
 from ._mpi import agree, agreed, communicator, mpi, or_abort
 from .layout import ShardLayout
 from .signature import comparable_config, disagreement
@@ -522,9 +522,8 @@ class ShardedOptimizer:
         on every rank and load it (collective); the file must be readable
         from every rank."""
         def read():
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    return state_from_arrays(z, f"ShardedOptimizer.load_state: {str(path)!r}")
+            try:  # checked and bounded reading (fastopt.state), StateFileError
+                return read_state(path, f"ShardedOptimizer.load_state: {str(path)!r}")
             except ValueError:
                 raise
             except Exception as e:  # noqa: BLE001 - a truncated file is a BadZipFile, ...

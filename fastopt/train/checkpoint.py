@@ -7,7 +7,10 @@ continues bit-identically to one that never stopped.
 
 Keys in the file: ``format``; ``epoch`` (epochs completed); ``history`` and
 ``model_config`` (JSON strings); ``flat_params``; and the optimizer's state as
-:func:`fastopt.save_state` stores it.
+:func:`fastopt.save_state` stores it.  The file is written as
+:func:`fastopt.save_state` writes (symlinks followed, non-regular targets
+refused, permissions kept); a file that cannot be loaded raises
+:class:`fastopt.StateFileError`.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import os
 
 import numpy as np
 
-from ..state import state_from_arrays
+from ..state import StateFileError, as_count, as_json, read_npz, state_from_arrays
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -67,31 +70,46 @@ def load_checkpoint(path, model, optimizer):
 
     Raises
     ------
-    ValueError
-        If the file is not a checkpoint or does not fit the model or optimizer.
+    fastopt.StateFileError
+        (a ``ValueError``) naming the file, if it is damaged, not a
+        checkpoint, or does not fit the model (architecture, and
+        ``flat_params``'s exact shape and dtype) or the optimizer; nothing
+        is changed.
     """
     path = os.fspath(path)
+    where = f"load_checkpoint: {path!r}"
     agree = getattr(optimizer, "agree", None)  # a sharded optimizer: every rank reads or none
-    epoch, history, flat, state = (_read(path, model) if agree is None else
-                                   agree(lambda: _read(path, model), "load_checkpoint"))
-    optimizer.load_state_dict(state)  # checks itself whole before it changes anything
-    model.flat_params[...] = flat
+    epoch, history, flat, state = (_read(path, model, where) if agree is None else
+                                   agree(lambda: _read(path, model, where), "load_checkpoint"))
+    try:  # checks itself whole before it changes anything
+        optimizer.load_state_dict(state)
+    except StateFileError:
+        raise
+    except ValueError as e:
+        raise StateFileError(f"{where}: {e}") from e
+    model.flat_params[...] = flat  # cannot fail: shape and dtype checked
     return epoch, history
 
 
-def _read(path, model):
+def _read(path, model, where):
     """``(epoch, history, flat_params, optimizer state)`` of a checkpoint,
     checked against ``model``."""
-    with np.load(path, allow_pickle=False) as z:
-        if "format" not in z.files or int(z["format"]) != _FORMAT:
-            raise ValueError(f"load_checkpoint: {path!r} is not a fastopt training checkpoint")
-        saved = json.loads(str(z["model_config"]))
-        if saved != _architecture(model):
-            raise ValueError(f"load_checkpoint: {path!r} is for the model {saved}, not "
-                             f"{_architecture(model)}")
-        flat = z["flat_params"]
-        if flat.shape != model.flat_params.shape:
-            raise ValueError(f"load_checkpoint: {path!r} holds {flat.shape} parameters, the "
-                             f"model {model.flat_params.shape}")
-        state = state_from_arrays(z, f"load_checkpoint: {path!r}")
-        return int(z["epoch"]), json.loads(str(z["history"])), flat, state
+    z = read_npz(path, where)
+    if "format" not in z:
+        raise StateFileError(f"{where} is not a fastopt training checkpoint")
+    if as_count(z["format"], "the checkpoint format", where) != _FORMAT:
+        raise StateFileError(f"{where}: checkpoint format {int(z['format'])}; this fastopt "
+                             f"reads format {_FORMAT}")
+    for key in ("epoch", "history", "model_config", "flat_params"):
+        if key not in z:
+            raise StateFileError(f"{where}: no {key!r} array (damaged checkpoint)")
+    saved = as_json(z["model_config"], "the model config", where, dict)
+    if saved != _architecture(model):
+        raise StateFileError(f"{where} is for the model {saved}, not {_architecture(model)}")
+    epoch = as_count(z["epoch"], "the epoch", where)
+    history = as_json(z["history"], "the history", where, dict)
+    flat, dst = z["flat_params"], model.flat_params
+    if flat.shape != dst.shape or flat.dtype != dst.dtype:
+        raise StateFileError(f"{where}: flat_params has shape {flat.shape} and dtype "
+                             f"{flat.dtype}, the model {dst.shape} and {dst.dtype}")
+    return epoch, history, flat, state_from_arrays(z, where)
