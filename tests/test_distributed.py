@@ -117,7 +117,7 @@ def test_example_trains_like_one_process(warm_cache, tmp_path, ranks):
 FAILURES = {
     "schedule_nan": ("ShardedOptimizer.step", "the learning-rate schedule returned nan"),
     "schedule_raises": ("ShardedOptimizer.step", "division by zero"),
-    "load_state_truncated": ("ShardedOptimizer.load_state", "cannot read"),
+    "load_state_truncated": ("ShardedOptimizer.load_state", "damaged file (BadZipFile"),
     "resume_truncated": ("load_checkpoint", ""),  # np.load's own error, whatever its kind
     "backend_missing": ("ShardedOptimizer", "backend 'cython' is not available"),
     "forward_fails": ("DataParallelModel.forward", "X must have shape (n, 4), got (8, 5)"),
@@ -269,7 +269,7 @@ def test_one_rank_files_load_into_plain_optimizers_and_back(tmp_path):
     assert again.iterations == 1
     for k, v in opt.state_dict()["slots"].items():
         np.testing.assert_array_equal(again.state_dict()["slots"][k], v)
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="damaged file|cannot read"):
         again.load_state(tmp_path / "missing.npz")
 
 
@@ -329,7 +329,7 @@ def test_one_rank_any_failure_changes_nothing(tmp_path):
         opt.step([np.ones(4), np.ones(3)])
     fail.clear()
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match="cannot read .*BadZipFile"):
+    with pytest.raises(ValueError, match="damaged file \\(BadZipFile"):
         opt.load_state(path)
     for a, b in zip(p, before):
         np.testing.assert_array_equal(a, b)

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..params import ParamTree
 from ..protocol import missing_members
-from ..state import read_state, state_from_arrays, state_to_arrays, write_npz_atomic
+from ..state import read_state, state_to_arrays, write_npz_atomic
 from ._mpi import agree, agreed, communicator, mpi, or_abort
 from .layout import ShardLayout
 from .signature import comparable_config, disagreement
