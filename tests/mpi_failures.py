@@ -153,6 +153,22 @@ def case_resume_truncated(comm, folder):
                                                 verbose=0, resume=mine)
 
 
+def case_fit_bad_data(comm):
+    """fit with a DataParallelModel where rank BAD's shard of the data holds
+    a NaN: fit's data check fails on that rank only."""
+    from fastopt import train
+    from fastopt.distributed import DataParallelModel, ShardedOptimizer
+    X, y, _ = train.load_builtin()
+    X, y = X[:32].copy(), y[:32]
+    if comm.rank == BAD:
+        X[3, 1] = np.nan
+    model = train.LogisticRegression(4, seed=0, dtype="float64")
+    opt = ShardedOptimizer(fastopt.Adam, model.params, comm=comm, learning_rate=0.01)
+    dp = DataParallelModel(model, comm)
+    return opt, model.params, lambda: train.fit(dp, X, y, opt, epochs=1, batch_size=16,
+                                                verbose=0)
+
+
 def case_backend_missing(comm):
     """backend="cython" where rank BAD cannot load the extension."""
     from fastopt import backends
@@ -223,7 +239,8 @@ def check_inf_gradient(comm, params):
 
 
 CASES = ["schedule_nan", "schedule_raises", "schedule_fails_when_evaluated_again",
-         "load_state_truncated", "resume_truncated", "backend_missing", "forward_fails",
+         "load_state_truncated", "resume_truncated", "fit_bad_data", "backend_missing",
+         "forward_fails",
          "backward_fails", "inf_gradient"]
 
 

@@ -229,25 +229,41 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
                             f"got {type(cb).__name__}")
     if resume is not None and not isinstance(resume, (str, os.PathLike)):
         raise TypeError(f"{owner}: resume must be a path, got {resume!r}")
-    loss = model.get_loss(loss)
-    X, y = _data(owner, model, loss, X, y)
+    # With a sharded optimizer (its ``agree``, fastopt.protocol) each rank
+    # checks its own shard of the data: every rank goes on, or every rank
+    # raises (one rank's bad data must not leave the others in a collective)
+    agree = getattr(optimizer, "agree", None)
+
+    def on_every_rank(work, where):
+        return work() if agree is None else agree(work, f"{owner}: {where}")
+
+    def check_data():
+        loss_fn = model.get_loss(loss)
+        data = _data(owner, model, loss_fn, X, y)
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError(f"{owner}: validation_data must be a tuple (X_val, y_val)")
+            val = _data(owner, model, loss_fn, *validation_data,
+                        names=("validation_data X", "validation_data y"))
+        return loss_fn, data, val, _grads_like(model, optimizer)
+    loss, (X, y), val_data, grads = on_every_rank(check_data, "the training data")
     keys = ["loss", "accuracy"]
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise TypeError(f"{owner}: validation_data must be a tuple (X_val, y_val)")
-        X_val, y_val = _data(owner, model, loss, *validation_data,
-                             names=("validation_data X", "validation_data y"))
+    if val_data is not None:
+        X_val, y_val = val_data
         keys += ["val_loss", "val_accuracy"]
-    grads = _grads_like(model, optimizer)
 
     history = History(keys)
     first = 0
     if resume is not None:
         first, saved = load_checkpoint(resume, model, optimizer)
-        if sorted(saved) != sorted(keys):
-            raise ValueError(f"{owner}: the checkpoint {os.fspath(resume)!r} has history keys "
-                             f"{sorted(saved)}, this run {sorted(keys)} (validation_data "
-                             "given in one and not the other?)")
+
+        def check_keys():
+            if sorted(saved) != sorted(keys):
+                raise ValueError(f"{owner}: the checkpoint {os.fspath(resume)!r} has history "
+                                 f"keys {sorted(saved)}, this run {sorted(keys)} "
+                                 "(validation_data given in one and not the other?)")
+        on_every_rank(check_keys, "the checkpoint's history")
         history.history = saved
         history.epoch = list(range(first))
 
