@@ -169,6 +169,28 @@ def case_fit_bad_data(comm):
                                                 verbose=0)
 
 
+def case_callback_fails(comm):
+    """fit with a DataParallelModel and a callback that raises on rank BAD
+    only (a progress bar writing to a closed stream, say), when training
+    begins: before any step, so nothing may have changed."""
+    from fastopt import train
+    from fastopt.distributed import DataParallelModel, ShardedOptimizer
+    X, y, _ = train.load_builtin()
+    X, y = X[:32], y[:32]
+
+    class Fails(train.Callback):
+        def on_train_begin(self, logs=None):
+            if comm.rank == BAD:
+                raise OSError("the log stream is closed")
+
+    model = train.LogisticRegression(4, seed=0, dtype="float64")
+    opt = ShardedOptimizer(fastopt.Adam, model.params, comm=comm, learning_rate=0.01)
+    dp = DataParallelModel(model, comm)
+    train.fit(dp, X, y, opt, epochs=1, batch_size=16, verbose=0)  # a good epoch first
+    return opt, model.params, lambda: train.fit(dp, X, y, opt, epochs=3, batch_size=16,
+                                                verbose=0, callbacks=[Fails()])
+
+
 def case_backend_missing(comm):
     """backend="cython" where rank BAD cannot load the extension."""
     from fastopt import backends
@@ -239,7 +261,8 @@ def check_inf_gradient(comm, params):
 
 
 CASES = ["schedule_nan", "schedule_raises", "schedule_fails_when_evaluated_again",
-         "load_state_truncated", "resume_truncated", "fit_bad_data", "backend_missing",
+         "load_state_truncated", "resume_truncated", "fit_bad_data", "callback_fails",
+         "backend_missing",
          "forward_fails",
          "backward_fails", "inf_gradient"]
 

@@ -120,6 +120,7 @@ FAILURES = {
     "load_state_truncated": ("ShardedOptimizer.load_state", "damaged file (BadZipFile"),
     "resume_truncated": ("load_checkpoint", ""),  # np.load's own error, whatever its kind
     "fit_bad_data": ("fit: the training data", "X[3, 1] is nan"),
+    "callback_fails": ("fit: the callbacks' on_train_begin", "the log stream is closed"),
     "backend_missing": ("ShardedOptimizer", "backend 'cython' is not available"),
     "forward_fails": ("DataParallelModel.forward", "X must have shape (n, 4), got (8, 5)"),
     "backward_fails": ("DataParallelModel.backward", ""),  # NumPy's shape mismatch

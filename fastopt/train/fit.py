@@ -274,15 +274,23 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
     for cb in callbacks:
         cb.model, cb.optimizer, cb.history = model, optimizer, history
         cb.params = {"epochs": epochs, "steps": steps, "samples": n}
-    for cb in callbacks:
-        cb.on_train_begin()
+
+    def call(method, *args):
+        """Every callback's ``method``; whether one asked to stop.  Under a
+        sharded optimizer every rank goes on or every rank raises."""
+        def work():
+            stop = False
+            for cb in callbacks:
+                stop = bool(getattr(cb, method)(*args)) or stop
+            return stop
+        return on_every_rank(work, f"the callbacks' {method}") if callbacks else False
+    call("on_train_begin")
 
     x_buf = np.empty((min(batch_size, n), X.shape[1]), X.dtype)
     y_buf = np.empty((min(batch_size, n), y.shape[1]), y.dtype)
     units = _per_row(model)
     for epoch in range(first, epochs):
-        for cb in callbacks:
-            cb.on_epoch_begin(epoch)
+        call("on_epoch_begin", epoch)
         order = epoch_order(n, seed, epoch) if shuffle else np.arange(n)
         total = correct = 0.0
         for batch, start in enumerate(range(0, n, batch_size)):
@@ -298,8 +306,7 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
             seen = start + len(idx)
             if callbacks:
                 logs = {"loss": total / seen, "accuracy": correct / (seen * units)}
-                for cb in callbacks:
-                    cb.on_batch_end(batch, logs)
+                call("on_batch_end", batch, logs)
         logs = {"loss": total / n, "accuracy": correct / (n * units)}
         if validation_data is not None:
             val = _evaluate(model, X_val, y_val, loss)
@@ -307,11 +314,7 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
         for k in keys:
             history.history[k].append(logs[k])
         history.epoch.append(epoch)
-        stop = False
-        for cb in callbacks:
-            stop = bool(cb.on_epoch_end(epoch, logs)) or stop
-        if stop:
+        if call("on_epoch_end", epoch, logs):
             break
-    for cb in callbacks:
-        cb.on_train_end()
+    call("on_train_end")
     return history
