@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: subpackages imported on first access
-_LAZY_SUBPACKAGES = ("train", "distributed", "torch", "bench")
+_LAZY_SUBPACKAGES = ("train", "distributed", "torch", "bench", "scipy")
 
 
 def __getattr__(name):
