@@ -111,9 +111,14 @@ class TensorGroup:
         self.counted = reduced and reduced_state[1] == "stochastic"
         self.factors = np.ones((3, len(arrays)))
         self.factors[2] = 0.0
+        self.set_decays(decays)
+        self._written = (1.0, 1.0, 0.0)  # what the rows hold, when uniform
+
+    def set_decays(self, decays):
+        """Which tensors take weight decay (per tensor, False: excluded)."""
         self.decays = np.asarray(decays, dtype=bool)
         self.all_decay = bool(self.decays.all())
-        self._written = (1.0, 1.0, 0.0)  # what the rows hold, when uniform
+        self._written = None  # the factor rows are written again at the next step
 
     def set_factors(self, scale, keep, l2):
         """Write the per-tensor rows (only when they change).  ``scale`` is a

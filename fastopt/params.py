@@ -9,6 +9,7 @@ flat list, and rebuilds the given structure from any flat list.
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -225,6 +226,31 @@ class ParamTree:
             raise ValueError(f"{owner}.step: grads{label} with shape {shape} is not "
                              "C-contiguous; device gradients must be contiguous")
         return g if self.device else np.ascontiguousarray(g)
+
+    def matching(self, owner, var_list=None, var_names=None):
+        """The frozenset of parameter indices that Keras's
+        ``exclude_from_weight_decay(var_list, var_names)`` names: arrays of
+        ``var_list`` by identity, and names searched by the regular
+        expression ``"|".join(var_names)``."""
+        index = {}
+        for a in var_list or ():
+            k = next((i for i, p in enumerate(self.given) if p is a), None)
+            if k is None:
+                raise ValueError(f"{owner}: var_list holds an array that is not one of the "
+                                 "optimizer's parameters (matched by identity)")
+            index[k] = True
+        names = list(var_names or ())
+        for n in names:
+            if not isinstance(n, str):
+                raise TypeError(f"{owner}: var_names must be strings, got {n!r}")
+        try:
+            pattern = re.compile("|".join(sorted(set(names)))) if names else None
+        except re.error as e:
+            raise ValueError(f"{owner}: var_names do not form a regular expression: {e}") \
+                from None
+        return frozenset(i for i, name in enumerate(self.names)
+                         if i in index or (pattern is not None and name is not None
+                                           and pattern.search(name)))
 
     def indices_of(self, exclude):
         """The frozenset of parameter indices that ``exclude`` (a list of

@@ -288,3 +288,23 @@ def test_rows_name_their_recordings(row):
         opt, _, _ = build(meta, arrays, "numpy")
         assert type(opt) is row.cls, (name, type(opt))
         assert opt.rule == row.rules[meta["fastopt"]["convention"]], (name, opt.rule)
+
+
+@pytest.mark.parametrize("name, how", [("keras_adamw_exclude_index", "var_list"),
+                                       ("keras_adamw_exclude_name", "var_names")])
+def test_exclude_from_weight_decay_method_against_keras(name, how, monkeypatch):
+    # the recordings called Keras's opt.exclude_from_weight_decay(...); here
+    # fastopt's method of the same name, instead of the constructor argument
+    real_build = build
+
+    def build_then_exclude(meta, arrays, backend, place=np.copy):
+        meta = json.loads(json.dumps(meta))
+        excluded = meta["fastopt"]["kwargs"].pop("exclude_from_weight_decay")
+        opt, params, to_step = real_build(meta, arrays, backend, place)
+        if how == "var_list":
+            opt.exclude_from_weight_decay(var_list=[params[i] for i in excluded])
+        else:
+            opt.exclude_from_weight_decay(var_names=excluded)
+        return opt, params, to_step
+    monkeypatch.setitem(globals(), "build", build_then_exclude)
+    replay(name, "numba")

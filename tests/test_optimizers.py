@@ -238,3 +238,27 @@ def test_zero_size_and_zero_d_params():
     opt = fastopt.Adam([p0, empty], learning_rate=0.1)
     opt.step([np.array(1.0), np.zeros((0, 3))])
     assert p0.shape == () and math.isclose(float(p0), 1.5 - 0.1, rel_tol=1e-6)
+
+
+def test_exclude_from_weight_decay_method_follows_keras():
+    kernel, bias, scale = np.ones(4), np.ones(2), np.ones(3)
+    params = {"dense/kernel": kernel, "dense/bias": bias, "norm/scale": scale}
+    opt = fastopt.AdamW(params, learning_rate=0.1, weight_decay=0.5)
+    opt.exclude_from_weight_decay(var_names=["bias", "^norm/"])   # one regex, searched
+    assert opt.get_config()["exclude_from_weight_decay"] == ["dense/bias", "norm/scale"]
+    opt.exclude_from_weight_decay(var_list=[kernel])              # replaces the names
+    assert opt.get_config()["exclude_from_weight_decay"] == ["dense/kernel"]
+    zero = {k: np.zeros_like(v) for k, v in params.items()}
+    opt.step(zero)                     # zero gradients: only the decay moves weights
+    assert np.all(kernel == 1.0) and np.all(bias < 1.0) and np.all(scale < 1.0)
+    with pytest.raises(ValueError, match="before the first step"):
+        opt.exclude_from_weight_decay(var_names=["bias"])
+    other = fastopt.AdamW([np.ones(2)])
+    with pytest.raises(ValueError, match="not one of the optimizer's parameters"):
+        other.exclude_from_weight_decay(var_list=[np.ones(2)])
+    with pytest.raises(ValueError, match="regular expression"):
+        other.exclude_from_weight_decay(var_names=["("])
+    with pytest.raises(TypeError, match="strings"):
+        other.exclude_from_weight_decay(var_names=[3])
+    restored = fastopt.AdamW.from_config(params, opt.get_config())
+    assert restored.get_config()["exclude_from_weight_decay"] == ["dense/kernel"]

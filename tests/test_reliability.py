@@ -12,6 +12,7 @@ its fix.
 import copy
 import pickle
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -176,6 +177,7 @@ def test_state_dict_from_another_thread_is_never_torn():
     def stepper():
         for _ in range(60):
             opt.step([g])
+            time.sleep(0.0005)  # a lock is not fair: let the reader in now and then
         done.set()
     t = threading.Thread(target=stepper)
     t.start()

@@ -1,0 +1,99 @@
+"""The state half of :class:`fastopt.Optimizer`: state dicts, state files,
+pickling and copies (a mixin the optimizer class inherits)."""
+from __future__ import annotations
+
+from . import hyperparams
+from .state import check_slots, check_state_header, state_to_arrays, write_npz_atomic
+
+__all__ = ["StateMethods"]
+
+
+class StateMethods:
+    """``state_arrays``, ``state_dict``, ``load_state_dict``, ``save_state``
+    and pickling, for :class:`fastopt.Optimizer` (which provides the
+    parameter tree, the tensor groups, the config and the lock they use)."""
+
+    def state_arrays(self):
+        """Every per-parameter state array (live, not a copy), by state-dict
+        key ``"<slot>/<index or name>"``: the kernels' slots (views of the
+        flat buffers), the moving averages and the gradient accumulators."""
+        names = self._tree.names
+        live = {}
+
+        def add(slot, i, array):
+            live[f"{slot}/{i if names[i] is None else names[i]}"] = array
+        for group in self._tensor_groups:
+            for slot, views in group.slot_views.items():
+                for i, view in zip(group.indices, views):
+                    add(slot, i, view)
+        for slot, arrays in (("average", self._ema),
+                             ("gradient_accumulator", self._accumulated)):
+            for i, a in enumerate(arrays or ()):
+                add(slot, i, a)
+        return live
+
+    def state_dict(self):
+        """``{"config", "iterations", "slots": {"<slot>/<index or name>": array}}``.
+
+        Slot arrays are host NumPy copies (also for device parameters) in
+        their parameter's shape and dtype (with ``state_dtype="bfloat16"``,
+        the kernels' slots are uint16 arrays of bfloat16 bit patterns, which
+        round-trip exactly); they
+        include the moving averages (``average/...``) with ``use_ema`` and
+        the gradient accumulators (``gradient_accumulator/...``).
+        """
+        with self._lock:  # a snapshot between steps, never a torn one
+            slots = {key: self._arrays.to_host(a) for key, a in self.state_arrays().items()}
+            return {"config": self.get_config(), "iterations": self._iterations,
+                    "slots": slots}
+
+    def load_state_dict(self, state):
+        """Restore hyperparameters, iteration count and slots from
+        :meth:`state_dict`'s output.  Checked whole first: on error nothing
+        changes."""
+        with self._lock:
+            self._load_state_dict(state)
+
+    def _load_state_dict(self, state):
+        name = type(self).__name__
+        iterations = check_state_header(name, state, self.state_dtype, self.convention,
+                                        config_keys=self.get_config())
+        # the hyperparameters, checked by building a twin on the same params
+        config = hyperparams.with_current_callables(
+            name, state["config"], self._defaults["learning_rate"],
+            [pg.hyperparams["learning_rate"] for pg in self._param_groups]
+            if self._tree.kind == "groups" else None)
+        twin = type(self).from_config(self.params, {**config, "backend": self._backend_name})
+        if twin.rule != self.rule:
+            raise ValueError(f"{name}.load_state_dict: the state is for kernel "
+                             f"{twin.rule!r} (other hyperparameters) but this "
+                             f"optimizer runs {self.rule!r}")
+        live = twin.state_arrays()
+        check_slots(name, state["slots"], live)
+        # all checked: copy the slots into the twin, then take it over
+        for key, dst in live.items():
+            twin._arrays.assign(dst, state["slots"][key])
+        twin._iterations = iterations
+        self.__dict__.update({k: v for k, v in twin.__dict__.items() if k != "_lock"})
+
+    # -- pickling and copies: rebuilt from the parameters, config and state --------
+    def __getstate__(self):
+        config = self.get_config()
+        with self._lock:
+            return {"params": self.params, "config": config, "state": self.state_dict(),
+                    "backend": self._backend_name,
+                    "learning_rates": [pg.hyperparams["learning_rate"]
+                                       for pg in self._param_groups]}
+
+    def __setstate__(self, saved):
+        twin = type(self).from_config(saved["params"],
+                                      {**saved["config"], "backend": saved["backend"]})
+        for pg, lr in zip(twin._param_groups, saved["learning_rates"]):
+            pg.hyperparams["learning_rate"] = lr  # schedules and callables as they were
+        twin.load_state_dict({**saved["state"], "config": twin.get_config()})
+        self.__dict__.update(twin.__dict__)
+
+    def save_state(self, path, extra=None):
+        """Write :meth:`state_dict`, and the named arrays ``extra``, to the
+        ``.npz`` file ``path``, atomically (see :func:`fastopt.save_state`)."""
+        write_npz_atomic(path, {**(extra or {}), **state_to_arrays(self.state_dict())})
