@@ -371,11 +371,20 @@ def _check_no_overlap(owner, arrays, labels, pointer):
 def _flatten_like(owner, kind, names, group_sizes, grads):
     """Gradients in the structure of the params, as one flat list."""
     n = len(names)
+    if kind == "groups" and isinstance(grads, Mapping):
+        # one flat {name: grad} dict over every group, as Keras's variables
+        # carry their names: needs every parameter named, each name once
+        if None in names or len(set(names)) != n:
+            raise TypeError(f"{owner}.step: a flat dict of gradients needs every parameter "
+                            "group to name its parameters (dicts), each name once; give "
+                            "one entry per group instead")
+        return _flatten_like(owner, "dict", names, [n], grads)
     if kind == "groups":
         if not isinstance(grads, (list, tuple)) or len(grads) != len(group_sizes):
             length = f" of length {len(grads)}" if isinstance(grads, (list, tuple)) else ""
             raise TypeError(f"{owner}.step: params were given as {len(group_sizes)} parameter "
-                            "groups, so grads must be a list with one entry per group, got "
+                            "groups, so grads must be a list with one entry per group (or, "
+                            "when the groups name their parameters, one flat dict), got "
                             f"{type(grads).__name__}{length}")
         flat, k = [], 0
         for g, (entry, size) in enumerate(zip(grads, group_sizes)):

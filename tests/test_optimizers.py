@@ -262,3 +262,24 @@ def test_exclude_from_weight_decay_method_follows_keras():
         other.exclude_from_weight_decay(var_names=[3])
     restored = fastopt.AdamW.from_config(params, opt.get_config())
     assert restored.get_config()["exclude_from_weight_decay"] == ["dense/kernel"]
+
+
+def test_groups_of_named_parameters_take_one_flat_dict_of_gradients():
+    w, b, s = np.ones(3), np.ones(2), np.ones(4)
+    groups = [{"params": {"w": w, "b": b}}, {"params": {"s": s}, "learning_rate": 0.5}]
+    opt = fastopt.SGD(groups, learning_rate=0.1)
+    opt.step({"s": np.ones(4), "w": np.ones(3), "b": np.ones(2)})   # any order
+    np.testing.assert_allclose(w, 0.9)
+    np.testing.assert_allclose(s, 0.5)
+    twin_w, twin_b, twin_s = np.ones(3), np.ones(2), np.ones(4)
+    twin = fastopt.SGD([{"params": {"w": twin_w, "b": twin_b}},
+                        {"params": {"s": twin_s}, "learning_rate": 0.5}], learning_rate=0.1)
+    twin.step([{"w": np.ones(3), "b": np.ones(2)}, {"s": np.ones(4)}])  # per group, as before
+    np.testing.assert_array_equal(w, twin_w)
+    with pytest.raises(ValueError, match="missing \\['s'\\]"):
+        opt.step({"w": np.ones(3), "b": np.ones(2)})
+    unnamed = fastopt.SGD([{"params": [np.ones(2)]}, {"params": {"x": np.ones(2)}}])
+    with pytest.raises(TypeError, match="a flat dict of gradients needs every"):
+        unnamed.step({"x": np.ones(2)})
+    with pytest.raises(ValueError, match="names repeat across param groups"):
+        fastopt.SGD([{"params": {"x": np.ones(2)}}, {"params": {"x": np.ones(2)}}])
