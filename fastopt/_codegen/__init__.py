@@ -37,11 +37,11 @@ from __future__ import annotations
 from .cython import CTYPES, cython_context, cython_loop, render_cython, slot_args
 from .families import ParsedRule, fingerprint, read_families, read_family
 from .language import (CALLS, LanguageError, assigned_names, check_element, check_prepare,
-                       parse_function, prepared_names)
+                       parse_function)
 from .render import C_CALLS, PY_CALLS, cython_lines, cython_prepare, fabs, fmax, fmin, python_lines
 
 __all__ = ["LanguageError", "ParsedRule", "check_element", "check_prepare", "read_families",
-           "read_family", "parse_function", "prepared_names", "python_lines", "cython_lines",
+           "read_family", "parse_function", "python_lines", "cython_lines",
            "cython_prepare", "assigned_names", "fingerprint", "slot_args", "cython_loop",
            "cython_context", "render_cython", "fmax", "fmin", "fabs", "CALLS", "PY_CALLS",
            "C_CALLS", "CTYPES"]

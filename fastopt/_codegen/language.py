@@ -172,10 +172,6 @@ def parse_function(source):
     raise LanguageError("no function definition in the source")
 
 
-def prepared_names(fn):
-    return check_prepare(fn)
-
-
 def assigned_names(fn):
     """Names assigned in a function body, in first-assignment order."""
     out = []

@@ -14,7 +14,32 @@ __all__ = ["ExponentialDecay", "PiecewiseConstantDecay", "PolynomialDecay",
 # ---------------------------------------------------------------------------
 
 
-class ExponentialDecay(LearningRateSchedule):
+class _RatePerSteps(LearningRateSchedule):
+    """What exponential and inverse-time decay share: an initial rate, a
+    decay rate per ``decay_steps`` steps, optionally in whole periods."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate,
+                 staircase=False):
+        self.initial_learning_rate = _learning_rate(
+            "initial_learning_rate", initial_learning_rate)
+        self.decay_steps = _positive("decay_steps", decay_steps)
+        self.decay_rate = _non_negative("decay_rate", decay_rate)
+        self.staircase = _flag("staircase", staircase)
+
+    def _periods(self, s):
+        p = s / self.decay_steps
+        return math.floor(p) if self.staircase else p
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+        }
+
+
+class ExponentialDecay(_RatePerSteps):
     """Exponential decay.
 
     ``lr = initial_learning_rate * decay_rate ** (step / decay_steps)``,
@@ -33,27 +58,9 @@ class ExponentialDecay(LearningRateSchedule):
         Decay in discrete jumps every ``decay_steps`` steps.
     """
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate,
-                 staircase=False):
-        self.initial_learning_rate = _learning_rate(
-            "initial_learning_rate", initial_learning_rate)
-        self.decay_steps = _positive("decay_steps", decay_steps)
-        self.decay_rate = _non_negative("decay_rate", decay_rate)
-        self.staircase = _flag("staircase", staircase)
-
     def _value(self, s):
-        p = s / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
-        return self.initial_learning_rate * self.decay_rate ** p
+        return self.initial_learning_rate * self.decay_rate ** self._periods(s)
 
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-        }
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -154,7 +161,7 @@ class PolynomialDecay(LearningRateSchedule):
         }
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_RatePerSteps):
     """Inverse-time decay.
 
     ``lr = initial_learning_rate / (1 + decay_rate * step / decay_steps)``,
@@ -172,24 +179,6 @@ class InverseTimeDecay(LearningRateSchedule):
         Decay in discrete jumps every ``decay_steps`` steps.
     """
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate,
-                 staircase=False):
-        self.initial_learning_rate = _learning_rate(
-            "initial_learning_rate", initial_learning_rate)
-        self.decay_steps = _positive("decay_steps", decay_steps)
-        self.decay_rate = _non_negative("decay_rate", decay_rate)
-        self.staircase = _flag("staircase", staircase)
-
     def _value(self, s):
-        p = s / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
-        return self.initial_learning_rate / (1.0 + self.decay_rate * p)
+        return self.initial_learning_rate / (1.0 + self.decay_rate * self._periods(s))
 
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-        }
