@@ -65,6 +65,12 @@ class TensorGroup:
     reduced_state : None or (str, str)
         ``(state_dtype, rounding)`` when the slots hold bfloat16 bit
         patterns (host only).
+    slot_arrays : dict of str to list of arrays, optional
+        The slots in arrays the caller owns (per slot, per tensor: the
+        tensor's shape and dtype, C-contiguous, writeable), used as they are
+        instead of buffers of the group's own: how a framework adapter keeps
+        the state in the framework's variables.  Checked by
+        :func:`fastopt.params.check_state_arrays`.
 
     Attributes
     ----------
@@ -82,7 +88,7 @@ class TensorGroup:
     """
 
     def __init__(self, indices, arrays, rule, slot_init, backend, decays, device=False,
-                 reduced_state=None):
+                 reduced_state=None, slot_arrays=None):
         self.indices = indices
         self.dtype = arrays[0].dtype
         sizes = [a.size for a in arrays]
@@ -92,14 +98,18 @@ class TensorGroup:
             self.backend, make_plan = resolve_state_backend(backend, reduced_state[0])
         else:
             self.backend = resolve_backend(backend, self.dtype, offsets[-1], device)
-        full = self.backend.full if device else np.full
-        flat_slots = {name: full(offsets[-1], reference.bf16_round(slot_init.get(name, 0.0))
-                                 if reduced else slot_init.get(name, 0.0),
-                                 dtype=np.uint16 if reduced else self.dtype)
-                      for name in rule.slots}
-        self.slot_views = {name: [buf[offsets[k]:offsets[k + 1]].reshape(a.shape)
-                                  for k, a in enumerate(arrays)]
-                           for name, buf in flat_slots.items()}
+        if slot_arrays is not None:
+            self.slot_views = {name: list(slot_arrays[name]) for name in rule.slots}
+        else:
+            full = self.backend.full if device else np.full
+            flat_slots = {name: full(offsets[-1],
+                                     reference.bf16_round(slot_init.get(name, 0.0))
+                                     if reduced else slot_init.get(name, 0.0),
+                                     dtype=np.uint16 if reduced else self.dtype)
+                          for name in rule.slots}
+            self.slot_views = {name: [buf[offsets[k]:offsets[k + 1]].reshape(a.shape)
+                                      for k, a in enumerate(arrays)]
+                               for name, buf in flat_slots.items()}
         flat = [a.reshape(-1) for a in arrays]
         slots_1d = [[v.reshape(-1) for v in self.slot_views[name]] for name in rule.slots]
         if reduced:

@@ -211,23 +211,69 @@ class Optimizer(StateMethods):
                                                    values)
 
     # -- construction -------------------------------------------------------------
+    @classmethod
+    def _over_state(cls, params, state, **kwargs):
+        """An optimizer whose state lives in arrays the caller owns: how a
+        framework adapter (:mod:`fastopt.keras`) runs the whole step on the
+        framework's own variables, without a copy.
+
+        ``state`` maps each slot name of the rule, ``"ema"`` (with
+        ``use_ema``) and ``"accumulated"`` (with gradient accumulation) to one
+        array per parameter, of its shape and dtype, C-contiguous, writeable
+        and not overlapping anything else; they are used as they are (not
+        initialised).  Host parameters and one parameter group only.
+        """
+        self = cls.__new__(cls)
+        self._given_state = state
+        cls.__init__(self, params, **kwargs)
+        return self
+
+    def _state_arrays(self, key, needed):
+        """The caller's arrays for ``key`` (see :meth:`_over_state`), checked."""
+        arrays = list(self._given_state[key])
+        owner = type(self).__name__
+        if len(arrays) != len(self._params):
+            raise ValueError(f"{owner}: {len(arrays)} {key} arrays for {len(self._params)} "
+                             "parameters")
+        for i, (a, p) in enumerate(zip(arrays, self._params)):
+            if not (isinstance(a, np.ndarray) and a.shape == p.shape and a.dtype == p.dtype
+                    and a.flags.c_contiguous and a.flags.writeable):
+                raise ValueError(f"{owner}: the {key} array of parameter {i} must be a "
+                                 f"writeable C-contiguous {p.dtype} array of shape {p.shape}")
+        return arrays if needed else None
+
     def _build(self):
         reduced_state = None if self.state_dtype is None \
             else (self.state_dtype, self.state_rounding)
+        given = getattr(self, "_given_state", None)
+        if given is not None and (self._device or reduced_state or len(self._param_groups) > 1):
+            raise ValueError(f"{type(self).__name__}: state in the caller's arrays needs host "
+                             "parameters, one parameter group and state_dtype=None")
         for pg in self._param_groups:
             by_dtype = {}
             for i in pg.indices:
                 by_dtype.setdefault(self._params[i].dtype, []).append(i)
+            slot_arrays = None
+            if given is not None:
+                slot_arrays = {name: self._state_arrays(name, True) for name in pg.rule.slots}
             pg.tensor_groups = [
                 TensorGroup(idx, [self._params[i] for i in idx], pg.rule,
                             self._slot_init(pg.hyperparams), self._backend_name,
-                            [i not in self._excluded for i in idx], self._device, reduced_state)
+                            [i not in self._excluded for i in idx], self._device, reduced_state,
+                            None if slot_arrays is None else
+                            {name: [arrays[i] for i in idx]
+                             for name, arrays in slot_arrays.items()})
                 for idx in by_dtype.values()]
         self._tensor_groups = [g for pg in self._param_groups for g in pg.tensor_groups]
-        zeros_like = self._arrays.zeros_like
-        self._ema = [zeros_like(p) for p in self._params] if self.use_ema else None
-        self._accumulated = ([zeros_like(p) for p in self._params]
-                             if self.gradient_accumulation_steps else None)
+        if given is not None:
+            self._ema = self._state_arrays("ema", self.use_ema) if self.use_ema else None
+            self._accumulated = (self._state_arrays("accumulated", True)
+                                 if self.gradient_accumulation_steps else None)
+        else:
+            zeros_like = self._arrays.zeros_like
+            self._ema = [zeros_like(p) for p in self._params] if self.use_ema else None
+            self._accumulated = ([zeros_like(p) for p in self._params]
+                                 if self.gradient_accumulation_steps else None)
         self._coupled_decay = self.convention == "torch" and not self._TORCH_DECOUPLED
         self._counted = [g for g in self._tensor_groups if g.counted]
         self._one_tensor_group = len(self._tensor_groups) == 1

@@ -11,6 +11,8 @@ set here, as a default that a GPU machine overrides with
 import os
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+# fastopt.keras runs under the torch backend; Keras reads this when first imported
+os.environ.setdefault("KERAS_BACKEND", "torch")
 
 from hypothesis import settings
 

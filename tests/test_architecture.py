@@ -294,3 +294,33 @@ def test_max_lets_a_nan_win_on_every_backend(backend, dtype):
     expected = np.maximum(np.array([np.nan, 1.0, 2.0, 5.0, np.nan, 0.5]),
                           np.array([1.0, np.nan, 2.0, 3.0, np.nan, 0.7]))
     np.testing.assert_array_equal(vh, expected.astype(dtype))
+
+
+def test_state_in_the_callers_arrays():
+    """Optimizer._over_state (what fastopt.keras builds on): the slots, EMA
+    and accumulators are the caller's arrays, used in place; a wrong array is
+    refused before anything is built."""
+    import fastopt
+    rng = np.random.default_rng(0)
+    w = [rng.standard_normal((3, 2)), rng.standard_normal(4)]
+    state = {"momentum": [np.zeros_like(p) for p in w],
+             "velocity": [np.zeros_like(p) for p in w],
+             "ema": [np.zeros_like(p) for p in w]}
+    opt = fastopt.Adam._over_state(w, state, learning_rate=0.1, use_ema=True)
+    twin_w = [p.copy() for p in w]
+    twin = fastopt.Adam(twin_w, learning_rate=0.1, use_ema=True)
+    for _ in range(3):
+        g = [rng.standard_normal(p.shape) for p in w]
+        opt.step(g)
+        twin.step([x.copy() for x in g])
+    slots = twin.state_dict()["slots"]
+    for k in range(2):
+        np.testing.assert_array_equal(w[k], twin_w[k])
+        np.testing.assert_array_equal(state["momentum"][k], slots[f"momentum/{k}"])
+        np.testing.assert_array_equal(state["velocity"][k], slots[f"velocity/{k}"])
+        np.testing.assert_array_equal(state["ema"][k], twin.ema_params[k])
+    bad = dict(state, velocity=[np.zeros((2, 3)), np.zeros(4)])
+    with pytest.raises(ValueError, match="velocity array of parameter 0 must be"):
+        fastopt.Adam._over_state(w, bad)
+    with pytest.raises(ValueError, match="1 momentum arrays for 2 parameters"):
+        fastopt.Adam._over_state(w, dict(state, momentum=state["momentum"][:1]))

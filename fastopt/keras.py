@@ -1,0 +1,289 @@
+"""fastopt's fused optimizers as Keras 3 optimizers.
+
+``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW`` and
+``Adamax`` subclass the ``keras.optimizers`` class of the same name: the
+constructor (arguments, defaults, checks and errors), ``get_config``,
+``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
+variables and their names, ``save_own_variables``/``load_own_variables`` are
+Keras's own, so ``model.compile``, ``model.fit``, ``model.save`` /
+``keras.saving.load_model``, callbacks such as ``ReduceLROnPlateau``,
+learning-rate schedules and ``keras.optimizers.LossScaleOptimizer`` work as
+with Keras's classes.  Only :meth:`apply` (which ``apply_gradients`` and
+``model.fit`` call) is replaced: **the whole of it** -- loss-scale factor,
+gradient accumulation, clipping, decoupled weight decay, the update, the
+moving average of the weights and the counter, in Keras's order -- runs as
+one fastopt step (:class:`fastopt.Optimizer`, Keras convention) directly on
+the memory of the Keras variables, slot variables, EMA variables and
+gradient accumulators: no copy, one fused pass per dtype over every
+variable instead of Keras's passes per operation.
+
+What it needs, checked at every step with an error that says so (never a
+silent fallback):
+
+* ``KERAS_BACKEND=torch`` -- the torch backend's variables are torch tensors
+  whose memory fastopt updates in place.  JAX arrays are immutable (a JAX
+  optimizer must return new arrays, which is not what fastopt's in-place
+  kernels do) and TensorFlow variables do not expose writeable memory.
+* variables in CPU memory, float32 or float64;
+* no ``keras.StatelessScope`` (``stateless_apply``): the update is in place.
+
+Numerics: the formulas are Keras 3's (checked against Keras's own
+optimizers in the tests, in float64 and float32); per-step scalars (bias
+corrections, ``1 - weight_decay * lr``, the clipping factors) are computed in
+float64 on the host and rounded once to the variables' dtype, where Keras
+computes some of them in float32, so float32 results differ from Keras's in
+the last bits.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import keras
+    from keras.src import backend as _kbackend
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+except ImportError as e:  # pragma: no cover - the message is the point
+    raise ImportError("fastopt.keras needs Keras 3 with the torch backend: "
+                      "pip install 'fastopt[keras]' and set KERAS_BACKEND=torch") from e
+
+from .algorithms.adagrad import Adagrad as _Adagrad
+from .algorithms.adam import Adam as _Adam, AdamW as _AdamW
+from .algorithms.adamax import Adamax as _Adamax
+from .algorithms.rmsprop import RMSprop as _RMSprop
+from .algorithms.sgd import SGD as _SGD
+
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax"]
+
+#: float dtypes fastopt's kernels update
+_DTYPES = ("float32", "float64")
+
+
+def _unsupported_backend(name):
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return None
+    why = {"jax": "JAX arrays are immutable, while fastopt's kernels update memory in "
+                  "place", "tensorflow": "TensorFlow variables do not expose their memory "
+                                         "for in-place updates"}.get(backend, "")
+    return (f"fastopt.keras.{name} runs only under the torch backend (KERAS_BACKEND=torch), "
+            f"with variables in CPU memory; this Keras uses the {backend!r} backend"
+            + (f" ({why})" if why else "") + f". Use keras.optimizers.{name} there.")
+
+
+class _Engine:
+    """The fastopt optimizer over the Keras variables' memory, and what it
+    was built from (rebuilt when any of it changes)."""
+
+    __slots__ = ("key", "core", "index", "counter", "tensors", "params")
+
+    def __init__(self, key, core, index, counter, tensors, params):
+        self.key, self.core, self.index, self.counter = key, core, index, counter
+        self.tensors, self.params = tensors, params
+
+
+def _tensor(variable):
+    """The torch tensor behind a Keras variable (torch backend)."""
+    value = getattr(variable, "_value", None)
+    return variable.value if value is None else value
+
+
+def _numpy(tensor):
+    """A NumPy array sharing ``tensor``'s memory."""
+    return tensor.detach().numpy()
+
+
+class _Fused:
+    """Mixin that runs a Keras optimizer's ``apply`` as one fastopt step."""
+
+    #: the fastopt optimizer class with the same formulas (Keras convention)
+    _CORE = None
+
+    def __new__(cls, *args, **kwargs):
+        message = _unsupported_backend(cls.__name__)
+        if message is not None:
+            raise RuntimeError(message)
+        return super().__new__(cls, *args, **kwargs)
+
+    # -- the slot variables, as Keras makes them ---------------------------------
+    def add_optimizer_variables(self, trainable_variables, name, initializer="zeros"):
+        made = super().add_optimizer_variables(trainable_variables, name, initializer)
+        names = [name] if isinstance(name, str) else list(name)
+        lists = [made] if isinstance(name, str) else list(made)
+        slots = self.__dict__.setdefault("_fastopt_slots", {})
+        for n, variables in zip(names, lists):
+            slots[n] = variables
+        return made
+
+    # -- apply ----------------------------------------------------------------------
+    def apply(self, grads, trainable_variables=None):
+        """Apply the gradients (Keras's ``apply``) as one fused fastopt step."""
+        if len(grads) == 0:
+            return
+        if in_stateless_scope():
+            raise RuntimeError(
+                f"fastopt.keras.{type(self).__name__} updates the variables' memory in place "
+                "and cannot run in a StatelessScope (stateless_apply); use "
+                f"keras.optimizers.{type(self).__name__} there")
+        if trainable_variables is None:
+            if not self.built:
+                raise ValueError(
+                    "When passing `grads` without `variables`, the optimizer must already be "
+                    "built on a list of variables. Call `optimizer.build(trainable_variables)` "
+                    "first.")
+            if len(grads) != len(self._trainable_variables_indices):
+                raise ValueError(
+                    f"Received a list of {len(grads)} gradients, but the optimizer is tracking "
+                    f"{len(self._trainable_variables)} trainable variables.")
+            trainable_variables = self._trainable_variables
+        else:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                with _kbackend.name_scope(self.name, caller=self):
+                    self.build(trainable_variables)
+                self.built = True
+            self._check_variables_are_known(trainable_variables)
+        grads, trainable_variables = self._filter_empty_gradients(grads, trainable_variables)
+        grads, trainable_variables = self._overwrite_variables_directly_with_gradients(
+            grads, trainable_variables)
+        engine = self._fastopt_engine()
+        counter = engine.counter
+        if trainable_variables:
+            full = [None] * len(engine.params)
+            for g, v in zip(grads, trainable_variables):
+                k = engine.index[self._get_variable_index(v)]
+                full[k] = self._fastopt_gradient(g, engine.params[k], v)
+            core = engine.core
+            core._iterations = int(counter)
+            core.step(full)
+            for variable in trainable_variables:
+                if variable.constraint is not None:
+                    variable.assign(variable.constraint(variable))
+            import torch
+            torch._C._increment_version([engine.tensors[k] for k in range(len(engine.params))
+                                         if full[k] is not None])
+        counter[()] += 1
+
+    def _fastopt_gradient(self, g, param, variable):
+        """A gradient as a NumPy array of the variable's dtype (its own memory
+        when it is a CPU torch tensor of that dtype)."""
+        import torch
+        if isinstance(g, torch.Tensor):
+            if g.device.type != "cpu":
+                raise RuntimeError(f"fastopt.keras.{type(self).__name__}: the gradient of "
+                                   f"{variable.path} is on {g.device}; fastopt.keras runs on "
+                                   "CPU tensors")
+            if g.is_sparse or g.layout is not torch.strided:
+                g = g.to_dense()
+            a = _numpy(g)
+        else:
+            a = np.asarray(keras.ops.convert_to_numpy(g))
+        if a.dtype != param.dtype:
+            a = a.astype(param.dtype)
+        if a.shape != param.shape:
+            raise ValueError(f"fastopt.keras.{type(self).__name__}: the gradient of "
+                             f"{variable.path} has shape {a.shape}, the variable "
+                             f"{param.shape}")
+        return a
+
+    # -- the fastopt optimizer over the Keras variables ------------------------------
+    def _fastopt_config(self):
+        """fastopt's arguments from this optimizer's current attributes."""
+        def clip(value):
+            return value if value and value > 0 else None
+        core = self._CORE
+        hyper = {k: getattr(self, k) for k in core._DEFAULTS
+                 if k not in ("learning_rate", "weight_decay")}
+        return dict(hyper, weight_decay=self.weight_decay, clipnorm=clip(self.clipnorm),
+                    clipvalue=clip(self.clipvalue),
+                    global_clipnorm=clip(self.global_clipnorm), use_ema=bool(self.use_ema),
+                    ema_momentum=self.ema_momentum,
+                    ema_overwrite_frequency=self.ema_overwrite_frequency or None,
+                    loss_scale_factor=self.loss_scale_factor,
+                    gradient_accumulation_steps=self.gradient_accumulation_steps or None)
+
+    def _fastopt_engine(self):
+        config = self._fastopt_config()
+        variables = [v for v in self._trainable_variables
+                     if not self._overwrite_variable_with_gradient(v)]
+        slots = self.__dict__.get("_fastopt_slots", {})
+        use_decay = tuple(self._use_weight_decay(v) for v in variables)
+        # every tensor whose memory the step touches, and where it is
+        owned = [_tensor(v) for v in variables]
+        state_vars = {}
+        engine = self.__dict__.get("_fastopt_engine_cache")
+        key_tensors = owned + [_tensor(self._iterations)]
+        for name, lst in slots.items():
+            kept = [lst[self._get_variable_index(v)] for v in variables]
+            state_vars[name] = kept
+            key_tensors += [_tensor(s) for s in kept if s is not None]
+        accumulators = getattr(self, "_accumulated_gradients", None)
+        if config["gradient_accumulation_steps"]:
+            state_vars["accumulated"] = [accumulators[self._get_variable_index(v)]
+                                         for v in variables]
+            key_tensors += [_tensor(s) for s in state_vars["accumulated"]]
+        key = (tuple(sorted(config.items(), key=lambda kv: kv[0])), use_decay,
+               tuple(id(t) for t in key_tensors), tuple(t.data_ptr() for t in key_tensors))
+        if engine is not None and engine.key == key:
+            return engine
+        return self._fastopt_build_engine(key, config, variables, owned, state_vars,
+                                          use_decay)
+
+    def _fastopt_build_engine(self, key, config, variables, owned, state_vars, use_decay):
+        name = type(self).__name__
+        for v, t in zip(variables, owned):
+            if t.device.type != "cpu":
+                raise RuntimeError(
+                    f"fastopt.keras.{name}: variable {v.path} is on {t.device}; fastopt.keras "
+                    f"runs on variables in CPU memory (use keras.optimizers.{name} for GPU "
+                    "training)")
+            if str(v.dtype) not in _DTYPES:
+                raise TypeError(f"fastopt.keras.{name}: variable {v.path} has dtype "
+                                f"{v.dtype}; fastopt updates float32 and float64 variables")
+        params = [_numpy(t) for t in owned]
+        state = {}
+        for slot, lst in state_vars.items():
+            state["ema" if slot == "average" else slot] = [_numpy(_tensor(s)) for s in lst]
+        excluded = [i for i, d in enumerate(use_decay) if not d]
+        core = self._CORE._over_state(params, state, learning_rate=self._fastopt_lr,
+                                    exclude_from_weight_decay=excluded or None, **config)
+        counter = _numpy(_tensor(self._iterations))
+        index = {}
+        for k, v in enumerate(variables):
+            index[self._get_variable_index(v)] = k
+        engine = _Engine(key, core, index, counter, owned, params)
+        self.__dict__["_fastopt_engine_cache"] = engine
+        return engine
+
+    def _fastopt_lr(self, _iteration):
+        """The learning rate Keras would use now (its schedule sees Keras's
+        own call counter)."""
+        lr = self._get_current_learning_rate()
+        return float(lr.value if isinstance(lr, _kbackend.Variable) else lr)
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        raise RuntimeError(
+            f"fastopt.keras.{type(self).__name__} updates the variables' memory in place; "
+            f"stateless_apply is not supported (use keras.optimizers.{type(self).__name__})")
+
+
+def _fused(keras_cls, core_cls, doc):
+    cls = type(keras_cls.__name__, (_Fused, keras_cls),
+               {"_CORE": core_cls, "__module__": __name__, "__qualname__": keras_cls.__name__,
+                "__doc__": doc})
+    return keras.saving.register_keras_serializable(package="fastopt")(cls)
+
+
+def _doc(name):
+    return (f"Keras's ``keras.optimizers.{name}`` with its ``apply`` run as one fused "
+            f"fastopt step (:class:`fastopt.{name}`, Keras convention).\n\n"
+            f"Same constructor, defaults, config and slot variables as "
+            f"``keras.optimizers.{name}``; see :mod:`fastopt.keras` for what it needs "
+            "(the torch backend, CPU variables).")
+
+
+SGD = _fused(keras.optimizers.SGD, _SGD, _doc("SGD"))
+Adagrad = _fused(keras.optimizers.Adagrad, _Adagrad, _doc("Adagrad"))
+RMSprop = _fused(keras.optimizers.RMSprop, _RMSprop, _doc("RMSprop"))
+Adam = _fused(keras.optimizers.Adam, _Adam, _doc("Adam"))
+AdamW = _fused(keras.optimizers.AdamW, _AdamW, _doc("AdamW"))
+Adamax = _fused(keras.optimizers.Adamax, _Adamax, _doc("Adamax"))
