@@ -74,11 +74,16 @@ class _Engine:
     """The fastopt optimizer over the Keras variables' memory, and what it
     was built from (rebuilt when any of it changes)."""
 
-    __slots__ = ("key", "core", "index", "counter", "tensors", "params")
+    __slots__ = ("key", "core", "index", "counter", "tensors", "params", "variables")
 
-    def __init__(self, key, core, index, counter, tensors, params):
+    def __init__(self, key, core, index, counter, tensors, params, variables):
         self.key, self.core, self.index, self.counter = key, core, index, counter
-        self.tensors, self.params = tensors, params
+        self.tensors, self.params, self.variables = tensors, params, variables
+
+
+def _torch():
+    import torch  # the torch backend has imported it already
+    return torch
 
 
 def _tensor(variable):
@@ -143,30 +148,41 @@ class _Fused:
                 self.built = True
             self._check_variables_are_known(trainable_variables)
         grads, trainable_variables = self._filter_empty_gradients(grads, trainable_variables)
-        grads, trainable_variables = self._overwrite_variables_directly_with_gradients(
-            grads, trainable_variables)
         engine = self._fastopt_engine()
+        # every gradient is checked before anything changes
+        full = [None] * len(engine.params)
+        overwrite = ([], [])
+        for g, v in zip(grads, trainable_variables):
+            if self._overwrite_variable_with_gradient(v):
+                overwrite[0].append(g)
+                overwrite[1].append(v)
+                continue
+            k = engine.index[self._get_variable_index(v)]
+            full[k] = self._fastopt_gradient(g, engine.params[k], v)
+        applied = [k for k, g in enumerate(full) if g is not None]
+        if applied and len(applied) < len(full) and self.gradient_accumulation_steps:
+            missing = [engine.variables[k].path for k, g in enumerate(full) if g is None]
+            raise ValueError(
+                f"fastopt.keras.{type(self).__name__}: with gradient_accumulation_steps every "
+                f"variable needs a gradient at every call; none for {missing}")
+        if overwrite[0]:
+            self._overwrite_variables_directly_with_gradients(*overwrite)
         counter = engine.counter
-        if trainable_variables:
-            full = [None] * len(engine.params)
-            for g, v in zip(grads, trainable_variables):
-                k = engine.index[self._get_variable_index(v)]
-                full[k] = self._fastopt_gradient(g, engine.params[k], v)
+        if applied:
             core = engine.core
             core._iterations = int(counter)
             core.step(full)
             for variable in trainable_variables:
                 if variable.constraint is not None:
                     variable.assign(variable.constraint(variable))
-            import torch
-            torch._C._increment_version([engine.tensors[k] for k in range(len(engine.params))
-                                         if full[k] is not None])
+            torch = _torch()
+            torch._C._increment_version([engine.tensors[k] for k in applied])
         counter[()] += 1
 
     def _fastopt_gradient(self, g, param, variable):
         """A gradient as a NumPy array of the variable's dtype (its own memory
         when it is a CPU torch tensor of that dtype)."""
-        import torch
+        torch = _torch()
         if isinstance(g, torch.Tensor):
             if g.device.type != "cpu":
                 raise RuntimeError(f"fastopt.keras.{type(self).__name__}: the gradient of "
@@ -250,7 +266,7 @@ class _Fused:
         index = {}
         for k, v in enumerate(variables):
             index[self._get_variable_index(v)] = k
-        engine = _Engine(key, core, index, counter, owned, params)
+        engine = _Engine(key, core, index, counter, owned, params, variables)
         self.__dict__["_fastopt_engine_cache"] = engine
         return engine
 

@@ -352,3 +352,56 @@ def test_other_backends_get_a_clear_error(monkeypatch, backend, why):
     with pytest.raises(RuntimeError, match=r"only under the torch backend \(KERAS_BACKEND=torch\)"
                        rf".*'{backend}' backend.*{why}.*keras.optimizers.Adam"):
         fk.Adam()
+
+
+def test_overwrite_with_gradient_variables_as_keras(floatx):
+    """Variables marked overwrite_with_gradient (Keras's float8 scales) take
+    their gradient as their value; the others get the fused update."""
+    floatx("float64")
+    results = []
+    for cls in (keras.optimizers.Adam, fk.Adam):
+        a, b = keras.Variable(np.ones(2)), keras.Variable(np.zeros(3))
+        b.overwrite_with_gradient = True
+        opt = cls(learning_rate=0.1)
+        for step in range(2):
+            opt.apply_gradients([(torch.full((2,), 0.5, dtype=torch.float64), a),
+                                 (torch.full((3,), step + 2.0, dtype=torch.float64), b)])
+        results.append([a.numpy(), b.numpy(), *map(np.asarray, opt.variables)])
+    assert len(results[0]) == len(results[1])
+    for x, y in zip(*results):
+        np.testing.assert_allclose(y, x, rtol=1e-12)
+    np.testing.assert_array_equal(results[1][1], [3.0, 3.0, 3.0])
+
+
+def _snapshot(opt, variables):
+    return [np.asarray(v).copy() for v in [*variables, *opt.variables]]
+
+
+def test_bad_gradients_refused_before_anything_changes():
+    a, b = keras.Variable(np.ones(2)), keras.Variable(np.ones(3))
+    opt = fk.Adam(learning_rate=0.1, gradient_accumulation_steps=2)
+    opt.apply_gradients([(torch.ones(2, dtype=torch.float64), a),
+                         (torch.ones(3, dtype=torch.float64), b)])
+    before = _snapshot(opt, [a, b])
+    with pytest.raises(ValueError, match="gradient of .* has shape \\(4,\\)"):
+        opt.apply_gradients([(torch.ones(2, dtype=torch.float64), a),
+                             (torch.ones(4, dtype=torch.float64), b)])
+    with pytest.raises(ValueError, match="every variable needs a gradient at every call"):
+        with pytest.warns(UserWarning):
+            opt.apply_gradients([(torch.ones(2, dtype=torch.float64), a), (None, b)])
+    for x, y in zip(before, _snapshot(opt, [a, b])):
+        np.testing.assert_array_equal(y, x)
+    assert int(opt._iterations) == 1
+
+
+def test_variable_outside_cpu_memory_refused():
+    """GPU variables are refused with what is supported (a meta-device
+    tensor stands in for a GPU one on this CPU-only test machine)."""
+    v = keras.Variable(np.ones(3, dtype="float32"))
+    opt = fk.SGD(learning_rate=0.1)
+    opt.build([v])
+    v._value = torch.nn.Parameter(torch.empty(3, device="meta"))
+    with pytest.raises(RuntimeError, match="on meta; fastopt.keras runs on variables in CPU "
+                                           "memory.*keras.optimizers.SGD"):
+        opt.apply_gradients([(torch.ones(3), v)])
+    assert int(opt.iterations) == 0
