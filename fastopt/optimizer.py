@@ -65,8 +65,9 @@ class Optimizer(StateMethods):
         updates them and keeps the state on the device, and the gradients
         must be device arrays too.
     learning_rate : float or callable, optional
-        A float >= 0, or a schedule: a callable of the iteration count (for
-        example one of :mod:`fastopt.schedules`).  Assignable between steps.
+        A float >= 0, or a schedule: a callable of the number of ``step``
+        calls made so far, :attr:`calls` (for example one of
+        :mod:`fastopt.schedules`).  Assignable between steps.
     weight_decay : float, optional
         Keras convention, and AdamW under both: decoupled,
         ``w <- w * (1 - weight_decay * lr)`` before each update.  PyTorch
@@ -90,17 +91,18 @@ class Optimizer(StateMethods):
     ema_momentum : float in [0, 1], default 0.99
     ema_overwrite_frequency : int >= 1, optional
         With ``use_ema``: copy the average into the parameters every this
-        many iterations.
+        many updates (:attr:`iterations`).
     loss_scale_factor : float > 0, optional
         Gradients arrive multiplied by this (a scaled loss); they are divided
         by it first.
     gradient_accumulation_steps : int >= 2, optional
         Accumulate gradients and update only on every this-many-th call, with
-        their mean.  As in Keras, ``iterations`` counts every call and
-        learning-rate schedules see that count, while Adam's bias correction,
-        PyTorch's step count, the EMA and its overwrite frequency see the
-        number of updates, ``iterations // gradient_accumulation_steps``; the
-        EMA is updated on every call.
+        their mean.  As in Keras, two counters then differ: :attr:`calls`
+        counts every ``step`` call, and learning-rate schedules see it;
+        :attr:`iterations` counts the updates applied,
+        ``calls // gradient_accumulation_steps``, and Adam's bias
+        correction, PyTorch's step count, the EMA and its overwrite
+        frequency see that.  The EMA is moved on every call.
     backend : str
         ``"auto"`` (default), ``"cython"``, ``"numba"``, ``"numpy"`` or
         ``"cuda"`` (device arrays only, which ``"auto"`` then picks); see
@@ -198,7 +200,7 @@ class Optimizer(StateMethods):
     def _rule_name(self, hyper):  # pragma: no cover
         raise NotImplementedError
 
-    def _scalars(self, hyper, lr, iteration):  # pragma: no cover
+    def _scalars(self, hyper, lr, updates):  # pragma: no cover
         raise NotImplementedError
 
     def _slot_init(self, hyper):
@@ -287,7 +289,7 @@ class Optimizer(StateMethods):
     # -- public attributes ------------------------------------------------------
     @property
     def learning_rate(self):
-        """The learning rate: a float, or a schedule of the iteration count.
+        """The learning rate: a float, or a schedule of :attr:`calls`.
 
         With parameter groups this is the default, used by the groups that
         do not set their own; assigning it changes those groups."""
@@ -340,8 +342,7 @@ class Optimizer(StateMethods):
         return self._lr_at(self._param_groups[group].hyperparams["learning_rate"])
 
     def _lr_at(self, lr):
-        return scheduled_lr(type(self).__name__, lr, self._iterations)
-
+        return scheduled_lr(type(self).__name__, lr, self._iterations)  # the call count
 
     # -- the step -------------------------------------------------------------------
     def step(self, grads):
@@ -368,7 +369,7 @@ class Optimizer(StateMethods):
             accumulated = self._accumulated
             grads = self._tree.match_grads(grads, accumulated is not None)
             steps = self.gradient_accumulation_steps
-            if steps is None:  # the update count is the call count
+            if steps is None:  # every call is an update
                 applying, updates = True, self._iterations
             else:
                 applying, updates = update_counts(self._iterations, steps)
@@ -512,18 +513,45 @@ class Optimizer(StateMethods):
         params, keywords = hyperparams.config_arguments(cls.__name__, params, config)
         return cls(params, **keywords)
 
+    # -- the counters: calls (schedules) and iterations (updates) ----------------------
+    @property
+    def calls(self):
+        """The number of ``step`` calls so far (an int >= 0; settable, checked).
+
+        Learning-rate schedules see this count.  Without gradient
+        accumulation it is :attr:`iterations`; with it, it counts the calls
+        that only accumulate too (Keras's internal ``_iterations``)."""
+        return self._iterations
+
+    @calls.setter
+    def calls(self, value):
+        self._set_calls("calls", value, 1)
+
     @property
     def iterations(self):
-        """The number of ``step`` calls so far (an int >= 0; settable, checked)."""
-        return self._iterations
+        """The number of updates applied so far (an int >= 0; settable, checked).
+
+        As Keras's ``optimizer.iterations``: :attr:`calls`, or under gradient
+        accumulation ``calls // gradient_accumulation_steps``.  Adam's bias
+        correction and the EMA see this count.  Setting ``iterations = n``
+        under accumulation sets :attr:`calls` to
+        ``n * gradient_accumulation_steps``, the start of an accumulation
+        cycle (the gradient accumulators are left as they are)."""
+        steps = self.gradient_accumulation_steps
+        return self._iterations if steps is None else self._iterations // steps
 
     @iterations.setter
     def iterations(self, value):
+        self._set_calls("iterations", value, self.gradient_accumulation_steps or 1)
+
+    def _set_calls(self, name, value, calls_per_count):
+        """Set the call counter to ``value * calls_per_count``, ``value``
+        checked to be an int >= 0 (``name``: the attribute being set)."""
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise TypeError(f"{type(self).__name__}: iterations must be an int >= 0, got "
+            raise TypeError(f"{type(self).__name__}: {name} must be an int >= 0, got "
                             f"{value!r}")
         with self._lock:
-            self._iterations = int(value)
+            self._iterations = int(value) * calls_per_count
 
     def _set_clipping(self, name, value):
         clips = {"clipnorm": self.clipnorm, "clipvalue": self.clipvalue,

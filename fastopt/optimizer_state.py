@@ -3,7 +3,8 @@ pickling and copies (a mixin the optimizer class inherits)."""
 from __future__ import annotations
 
 from . import hyperparams
-from .state import check_slots, check_state_header, state_to_arrays, write_npz_atomic
+from .state import (check_slots, check_state_header, check_update_count, state_to_arrays,
+                    write_npz_atomic)
 
 __all__ = ["StateMethods"]
 
@@ -33,7 +34,10 @@ class StateMethods:
         return live
 
     def state_dict(self):
-        """``{"config", "iterations", "slots": {"<slot>/<index or name>": array}}``.
+        """``{"config", "iterations", "calls", "slots": {"<slot>/<index or name>": array}}``.
+
+        ``iterations`` and ``calls`` are the two counters (updates and
+        ``step`` calls; they differ under gradient accumulation).
 
         Slot arrays are host NumPy copies (also for device parameters) in
         their parameter's shape and dtype (with ``state_dtype="bfloat16"``,
@@ -44,20 +48,21 @@ class StateMethods:
         """
         with self._lock:  # a snapshot between steps, never a torn one
             slots = {key: self._arrays.to_host(a) for key, a in self.state_arrays().items()}
-            return {"config": self.get_config(), "iterations": self._iterations,
-                    "slots": slots}
+            return {"config": self.get_config(), "iterations": self.iterations,
+                    "calls": self._iterations, "slots": slots}
 
     def load_state_dict(self, state):
-        """Restore hyperparameters, iteration count and slots from
+        """Restore hyperparameters, counters and slots from
         :meth:`state_dict`'s output.  Checked whole first: on error nothing
-        changes."""
+        changes.  A state without ``"calls"`` (written before ``calls``
+        existed) is one whose ``"iterations"`` counted the ``step`` calls."""
         with self._lock:
             self._load_state_dict(state)
 
     def _load_state_dict(self, state):
         name = type(self).__name__
-        iterations = check_state_header(name, state, self.state_dtype, self.convention,
-                                        config_keys=self.get_config())
+        calls, iterations = check_state_header(name, state, self.state_dtype, self.convention,
+                                               config_keys=self.get_config())
         # the hyperparameters, checked by building a twin on the same params
         config = hyperparams.with_current_callables(
             name, state["config"], self._defaults["learning_rate"],
@@ -68,12 +73,13 @@ class StateMethods:
             raise ValueError(f"{name}.load_state_dict: the state is for kernel "
                              f"{twin.rule!r} (other hyperparameters) but this "
                              f"optimizer runs {self.rule!r}")
+        check_update_count(name, calls, iterations, twin.gradient_accumulation_steps)
         live = twin.state_arrays()
         check_slots(name, state["slots"], live)
         # all checked: copy the slots into the twin, then take it over
         for key, dst in live.items():
             twin._arrays.assign(dst, state["slots"][key])
-        twin._iterations = iterations
+        twin._iterations = calls
         self.__dict__.update({k: v for k, v in twin.__dict__.items() if k != "_lock"})
 
     # -- pickling and copies: rebuilt from the parameters, config and state --------

@@ -15,7 +15,8 @@ both conventions)::
     the optimizer's update
     ema <- m * ema + (1 - m) * w         (use_ema, every call; m = 0 until the
                                           first update has been counted)
-    iterations <- iterations + 1
+    calls <- calls + 1                   (iterations, the update count, is
+                                          calls // gradient_accumulation_steps)
 
 The gradient scale (loss scale, clip factor, sign), the decoupled decay
 factor and the coupled decay coefficient reach the kernel as the per-tensor
@@ -28,12 +29,13 @@ from __future__ import annotations
 __all__ = ["update_counts", "accumulate", "decay_factors", "update_ema", "copy_averages"]
 
 
-def update_counts(iterations, accumulation_steps):
-    """``(applying, updates)``: whether this call updates the parameters, and
-    how many updates came before it (the count bias corrections see)."""
+def update_counts(calls, accumulation_steps):
+    """``(applying, updates)``: whether the call after ``calls`` calls updates
+    the parameters, and how many updates came before it (the count bias
+    corrections see)."""
     if accumulation_steps is None:
-        return True, iterations
-    return (iterations + 1) % accumulation_steps == 0, iterations // accumulation_steps
+        return True, calls
+    return (calls + 1) % accumulation_steps == 0, calls // accumulation_steps
 
 
 def accumulate(arrays, accumulators, grads, inv, applying, steps):

@@ -14,16 +14,22 @@ both follow it.  An optimizer-like object offers:
 ``step(grads)``
     One update, with gradients in the structure of ``params``.
 ``iterations``
-    The number of ``step`` calls so far.
+    The number of updates applied so far: the number of ``step`` calls, or
+    under gradient accumulation the number of calls that applied an update
+    (Keras's ``optimizer.iterations``).  :class:`fastopt.Optimizer` and
+    :class:`~fastopt.distributed.ShardedOptimizer` also offer ``calls``, the
+    number of ``step`` calls, which learning-rate schedules see.
 
 **State in and out**
 
 ``get_config()``
     Its JSON-able configuration.
 ``state_dict()`` / ``load_state_dict(state)``
-    ``{"config", "iterations", "slots"}``: the slots are host NumPy copies,
-    by key ``"<slot>/<parameter index or name>"``.  Loading checks the whole
-    state first and changes nothing when it does not fit.
+    ``{"config", "iterations", "calls", "slots"}``: the two counters, and
+    the slots as host NumPy copies, by key ``"<slot>/<parameter index or
+    name>"``.  Loading checks the whole state first and changes nothing when
+    it does not fit; a state without ``"calls"`` (written before ``calls``
+    existed) counted the calls in ``"iterations"``.
 ``save_state(path, extra=None)``
     Write the state, plus the named arrays of ``extra``, to one ``.npz`` file
     in :func:`fastopt.save_state`'s format.  Collective for a sharded

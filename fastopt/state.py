@@ -13,6 +13,15 @@ model's in one file, and with :mod:`fastopt.distributed`.
 A file that cannot be used raises :class:`StateFileError`, which names the
 file and the problem; nothing is allocated for an array before its declared
 size has been checked against the file.
+
+The counters: a state dict carries ``"calls"``, the number of ``step`` calls
+(the count learning-rate schedules see), and ``"iterations"``, the number of
+updates (``calls // gradient_accumulation_steps`` under gradient
+accumulation, else ``calls``).  A dict without ``"calls"`` was written before
+the two were told apart: its ``"iterations"`` counted the calls.  A file
+stores the call count only, as ``__iterations__``: the field every release
+has written with that meaning (the update count follows from it and the
+config), so files load alike in older and newer releases.
 """
 from __future__ import annotations
 
@@ -88,20 +97,23 @@ def as_json(array, what, where, kind):
 
 def state_to_arrays(state):
     """``Optimizer.state_dict()`` as a flat dict of arrays: the format
-    version, the config as a JSON string, the iteration count, and one array
-    per slot."""
-    iterations = as_count(state["iterations"], "iterations", "save_state")
+    version, the config as a JSON string, the call count (as
+    ``__iterations__``) and one array per slot."""
+    calls = as_count(state["calls"] if "calls" in state else state["iterations"],
+                     "the call count", "save_state")
     arrays = {_VERSION: np.array(FORMAT_VERSION, dtype=np.int64),
               _CONFIG: np.array(json.dumps(state["config"])),
-              _ITERATIONS: np.array(iterations, dtype=np.int64)}
+              _ITERATIONS: np.array(calls, dtype=np.int64)}
     arrays.update({_SLOT_PREFIX + k: v for k, v in state["slots"].items()})
     return arrays
 
 
 def state_from_arrays(z, where):
     """The inverse of :func:`state_to_arrays`, from :func:`read_npz`'s dict
-    (or an open ``np.load`` file); ``where`` names the file in the
-    :class:`StateFileError` raised when it holds no usable state."""
+    (or an open ``np.load`` file): ``{"config", "calls", "slots"}`` (the
+    loading optimizer derives the update count from the config); ``where``
+    names the file in the :class:`StateFileError` raised when it holds no
+    usable state."""
     files = list(z.files) if hasattr(z, "files") else list(z)
     if _CONFIG not in files or _ITERATIONS not in files:
         raise StateFileError(f"{where} is not a fastopt state file (no {_CONFIG} and "
@@ -115,7 +127,8 @@ def state_from_arrays(z, where):
                     f"version {FORMAT_VERSION}" + (" (the file is from a newer fastopt)"
                                                    if version > FORMAT_VERSION else ""))
         return {"config": as_json(z[_CONFIG], "the config", where, dict),
-                "iterations": as_count(z[_ITERATIONS], "the iteration count", where),
+                "calls": as_count(z[_ITERATIONS], f"the iteration count ({_ITERATIONS}, "
+                                  "the number of step calls)", where),
                 "slots": {k[len(_SLOT_PREFIX):]: z[k] for k in files
                           if k.startswith(_SLOT_PREFIX)}}
     except StateFileError:
@@ -352,12 +365,14 @@ def save_state(optimizer, path):
     """Write ``optimizer.state_dict()`` to ``path`` (an ``.npz`` file).
 
     The file holds ``__format_version__`` (1), the config as a JSON string,
-    ``__iterations__`` as an integer and one array per slot; it is written
-    atomically (see :func:`write_npz_atomic`: symlinks followed, non-regular
-    targets refused, permissions kept) and read back without pickle.  A
-    :class:`fastopt.distributed.ShardedOptimizer` writes its whole state from
-    rank 0 (every rank must call this): each optimizer writes itself, through
-    its ``save_state`` method.
+    ``__iterations__``, the number of ``step`` calls (``optimizer.calls``;
+    under gradient accumulation ``iterations`` is this divided by
+    ``gradient_accumulation_steps``), as an integer, and one array per slot;
+    it is written atomically (see :func:`write_npz_atomic`: symlinks
+    followed, non-regular targets refused, permissions kept) and read back
+    without pickle.  A :class:`fastopt.distributed.ShardedOptimizer` writes
+    its whole state from rank 0 (every rank must call this): each optimizer
+    writes itself, through its ``save_state`` method.
     """
     optimizer.save_state(path)
 
@@ -381,16 +396,29 @@ def load_state(optimizer, path):
         raise StateFileError(f"{where}: {e}") from e
 
 
+#: what a state dict must hold, for the messages of the functions that check it
+STATE_KEYS = "'config', 'iterations' (or 'calls') and 'slots'"
+
+
+def is_state_dict(state):
+    """Whether ``state`` has a state dict's keys: ``config``, ``slots`` and
+    at least one of the counters ``calls`` and ``iterations``."""
+    return isinstance(state, Mapping) and {"config", "slots"} <= set(state) \
+        and ("calls" in state or "iterations" in state)
+
+
 def check_state_header(owner, state, state_dtype, convention, config_keys=None):
     """Check that ``state`` is a state dict for an optimizer of class
     ``owner`` with this ``state_dtype`` and ``convention`` and, given
     ``config_keys``, a config with exactly those keys (a missing one would
     silently take the class default; only ``state_dtype`` and
     ``state_rounding`` may be left out together, for a full-precision state);
-    return its iteration count as an int."""
-    if not isinstance(state, Mapping) or not {"config", "iterations", "slots"} <= set(state):
-        raise ValueError(f"{owner}.load_state_dict: expected a dict with keys 'config', "
-                         "'iterations' and 'slots'")
+    return ``(calls, iterations)``: its call count, and the update count to
+    check against it with :func:`check_update_count` (None when the state
+    has no ``"calls"``: then it is an older fastopt's, and its
+    ``"iterations"`` is the call count)."""
+    if not is_state_dict(state):
+        raise ValueError(f"{owner}.load_state_dict: expected a dict with keys {STATE_KEYS}")
     if not isinstance(state["config"], Mapping) or not isinstance(state["slots"], Mapping):
         raise ValueError(f"{owner}.load_state_dict: the state's 'config' and 'slots' must "
                          "be dicts")
@@ -417,14 +445,35 @@ def check_state_header(owner, state, state_dtype, convention, config_keys=None):
     if config.get("convention", "keras") != convention:
         raise ValueError(f"{owner}.load_state_dict: the state uses convention "
                          f"{config.get('convention')!r}, this optimizer {convention!r}")
-    iterations = state["iterations"]
-    if isinstance(iterations, np.ndarray) and iterations.ndim == 0:
-        iterations = iterations.item()
-    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) \
-            or iterations < 0:
-        raise ValueError(f"{owner}.load_state_dict: iterations must be an integer >= 0, "
-                         f"got {iterations!r}")
-    return int(iterations)
+    counts = {key: _state_count(owner, key, state[key]) for key in ("calls", "iterations")
+              if key in state}
+    if "calls" not in counts:
+        return counts["iterations"], None
+    return counts["calls"], counts.get("iterations")
+
+
+def _state_count(owner, key, value):
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{owner}.load_state_dict: {key} must be an integer >= 0, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def check_update_count(owner, calls, iterations, steps):
+    """Check a state's update count ``iterations`` (None: not given) against
+    its call count: ``calls // steps`` under gradient accumulation
+    (``steps``, the state's ``gradient_accumulation_steps``), else ``calls``."""
+    if iterations is None:
+        return
+    expected = calls if steps is None else calls // steps
+    if iterations != expected:
+        rule = ("without gradient accumulation the two are equal" if steps is None else
+                f"with gradient_accumulation_steps={steps}, {calls} calls are {expected} "
+                "updates")
+        raise ValueError(f"{owner}.load_state_dict: the state's iterations ({iterations}) "
+                         f"and calls ({calls}) disagree: {rule}")
 
 
 def check_slots(owner, slots, live):

@@ -129,8 +129,9 @@ def run_case(comm, case, kind):
         opt.finalize_variable_values()
         ref.finalize_variable_values()
     diff = compare_arrays(p, q, exact(case, kind, size), "params")
-    if opt.iterations != ref.iterations:
-        raise AssertionError(f"iterations {opt.iterations} != {ref.iterations}")
+    if (opt.iterations, opt.calls) != (ref.iterations, ref.calls):
+        raise AssertionError(f"(iterations, calls) {(opt.iterations, opt.calls)} != "
+                             f"{(ref.iterations, ref.calls)}")
     return opt, ref, p, q, diff
 
 
@@ -212,12 +213,11 @@ CASES = {
 }
 
 
-def scenario_state(comm):
+def scenario_state(comm, case=CASES["adam_ema_overwrite"]):
     """state_dict per rank, consolidated state, files, other rank counts."""
     from mpi4py import MPI
 
     from fastopt.distributed import ShardedOptimizer
-    case = CASES["adam_ema_overwrite"]
     opt, ref, p, q, _ = run_case(comm, case, "exact")
     size, rank = comm.size, comm.rank
 
@@ -237,7 +237,7 @@ def scenario_state(comm):
     if rank == size - 1:
         want = ref.state_dict()
         if list(full["slots"]) != list(want["slots"]) or full["config"] != want["config"] \
-                or full["iterations"] != want["iterations"]:
+                or full["iterations"] != want["iterations"] or full["calls"] != want["calls"]:
             raise AssertionError("consolidated state differs from the unsharded state_dict")
         compare_arrays(list(full["slots"].values()), list(want["slots"].values()), True,
                        "consolidated slots")
@@ -286,6 +286,16 @@ def scenario_state(comm):
     if rank == 0:
         os.unlink(path)
         os.rmdir(folder)
+
+
+def scenario_state_mid_accumulation(comm):
+    """The same round trips stopped in the middle of an accumulation cycle
+    (STEPS calls, 4 per update), each resumed across the next update."""
+    case = Case(fastopt.Adam, SHAPES, MIXED, use_ema=True, gradient_accumulation_steps=4,
+                learning_rate=schedules.ExponentialDecay(0.01, decay_steps=2, decay_rate=0.5),
+                backend="numba")
+    assert STEPS % 4 and STEPS > 4
+    scenario_state(comm, case)
 
 
 def scenario_state_bytes(comm):
@@ -440,7 +450,7 @@ def scenario_errors(comm):
 
 
 SCENARIOS = [f"{name}/{kind}" for name in CASES for kind in ("exact", "general")] + [
-    "state", "state_bytes", "fit_checkpoint_resume", "errors"]
+    "state", "state_mid_accumulation", "state_bytes", "fit_checkpoint_resume", "errors"]
 
 
 def main():

@@ -230,7 +230,7 @@ def test_gradient_accumulation_equals_stepping_on_the_mean(backend):
                 np.testing.assert_array_equal(p, before)  # only accumulating
         plain.step((gs[2] + (gs[0] + gs[1])) / 3)
         np.testing.assert_allclose(p, twin, rtol=1e-13, atol=1e-15)
-    assert opt.iterations == 12 and plain.iterations == 4
+    assert opt.calls == 12 and opt.iterations == plain.iterations == plain.calls == 4
     assert all((v == 0).all() for k, v in opt.state_dict()["slots"].items()
                if k.startswith("gradient_accumulator/"))
 

@@ -234,16 +234,18 @@ def test_one_rank_is_the_plain_optimizer(cls, kw, dtype):
     q = [a.copy() for a in p]
     opt = ShardedOptimizer(cls, p, comm=_self(), **kw)
     ref = cls(q, **kw)
-    for _ in range(4):
+    for _ in range(5):  # with accumulation over 2 calls: stops mid-cycle
         g = [(rng.standard_normal(s) * rng.choice([0.0, 1e-4, 1.0, 1e3], size=s)).astype(dtype)
              for s in shapes]
         opt.step(g)
         ref.step(g)
     for a, b in zip(p, q):
         np.testing.assert_array_equal(a, b)
+    assert (opt.calls, opt.iterations) == (ref.calls, ref.iterations)
     full = opt.consolidated_state_dict()
     want = ref.state_dict()
-    assert full["config"] == want["config"] and full["iterations"] == want["iterations"]
+    assert full["config"] == want["config"]
+    assert (full["iterations"], full["calls"]) == (want["iterations"], want["calls"])
     assert list(full["slots"]) == list(want["slots"])
     for k in want["slots"]:
         np.testing.assert_array_equal(full["slots"][k], want["slots"][k])

@@ -114,6 +114,11 @@ def replay(name, backend, place=np.copy, fetch=np.asarray):
             displacement[k] = max(displacement[k], float(np.max(np.abs(golden - init[k]))))
             check_close(f"{name} [{backend}] step {t} tensor {k}", fetch(params[k]), golden,
                          displacement[k], tol)
+    if meta["framework"] == "keras":  # Keras's raw _iterations counts the apply() calls;
+        # its public iterations is that // gradient_accumulation_steps
+        steps = meta["fastopt"]["kwargs"].get("gradient_accumulation_steps") or 1
+        calls = meta["keras_iterations"]
+        assert (opt.calls, opt.iterations) == (calls, calls // steps), name
     slots = opt.state_dict()["slots"]
     for key in meta["state_keys"]:
         want = arrays[key]

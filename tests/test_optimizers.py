@@ -211,7 +211,23 @@ def test_iterations_count_and_schedule_sees_them():
     opt = fastopt.SGD(np.zeros(2), learning_rate=lambda it: seen.append(it) or 0.1)
     for _ in range(3):
         opt.step(np.ones(2))
-    assert seen == [0, 1, 2] and opt.iterations == 3
+    assert seen == [0, 1, 2] and opt.iterations == opt.calls == 3
+
+
+@pytest.mark.parametrize("convention", ["keras", "torch"])
+def test_under_accumulation_iterations_counts_updates_and_schedules_see_calls(convention):
+    """Keras 3's counters: ``iterations`` is ``_iterations // steps`` (the
+    updates), while schedules are called with ``_iterations`` (the calls)."""
+    seen = []
+    opt = fastopt.Adam(np.zeros(2), learning_rate=lambda it: seen.append(it) or 0.1,
+                       gradient_accumulation_steps=3, convention=convention)
+    counts = []
+    for _ in range(8):
+        opt.step(np.ones(2))
+        counts.append((opt.calls, opt.iterations))
+    assert counts == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1), (6, 2), (7, 2), (8, 2)]
+    assert seen == [2, 5]  # evaluated on the updating calls, at the call count
+    assert opt.current_learning_rate() == 0.1 and seen[-1] == 8
 
 
 @pytest.mark.parametrize("convention", ["keras", "torch"])

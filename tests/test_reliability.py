@@ -236,6 +236,36 @@ def test_iterations_is_checked_on_assignment(value):
     assert opt.iterations == 5 and type(opt.iterations) is int
 
 
+@pytest.mark.parametrize("name", ["iterations", "calls"])
+@pytest.mark.parametrize("value", ["7", 2.5, True, -1, None])
+def test_counters_under_accumulation_are_checked_on_assignment(name, value):
+    opt = fastopt.SGD([np.zeros(3)], gradient_accumulation_steps=3)
+    for _ in range(4):
+        opt.step([np.ones(3)])
+    with pytest.raises(TypeError, match=f"SGD: {name} must be an int >= 0, got"):
+        setattr(opt, name, value)
+    assert (opt.calls, opt.iterations) == (4, 1)
+
+
+def test_setting_iterations_under_accumulation_starts_a_cycle():
+    w = np.zeros(3)
+    opt = fastopt.SGD([w], learning_rate=1.0, gradient_accumulation_steps=3)
+    opt.iterations = np.int64(5)
+    assert (opt.calls, opt.iterations) == (15, 5) and type(opt.calls) is int
+    opt.step([np.ones(3)])
+    opt.step([np.ones(3)])
+    assert (w == 0).all()  # accumulating: the cycle started at call 15
+    opt.step([np.ones(3)])
+    assert (w == -1).all() and (opt.calls, opt.iterations) == (18, 6)
+    opt.calls = 7  # mid-cycle: the call counter as given, the accumulators as they are
+    assert (opt.calls, opt.iterations) == (7, 2) and type(opt.calls) is int
+    opt.step([np.ones(3)])
+    assert (w == -1).all() and (opt.calls, opt.iterations) == (8, 2)
+    opt.step([np.ones(3)])  # the mean of the cycle's two accumulated gradients over 3
+    np.testing.assert_array_equal(w, -1.0 - 2.0 / 3.0)
+    assert (opt.calls, opt.iterations) == (9, 3)
+
+
 @pytest.mark.parametrize("name, value", [("clipnorm", -1.0), ("clipvalue", float("nan")),
                                          ("global_clipnorm", 0.0), ("clipnorm", "1")])
 def test_clipping_attributes_are_checked_on_assignment(name, value):

@@ -51,8 +51,8 @@ def grads_for(params, rng, step):
 
 def snapshot(opt):
     state = opt.state_dict()
-    return ([p.copy() for p in as_list(opt.params)], state["slots"], opt.iterations,
-            json.dumps(opt.get_config(), sort_keys=True))
+    return ([p.copy() for p in as_list(opt.params)], state["slots"],
+            (opt.iterations, opt.calls), json.dumps(opt.get_config(), sort_keys=True))
 
 
 def assert_same_snapshot(a, b):
@@ -226,6 +226,164 @@ def test_file_reads_without_pickle(tmp_path, row):
         assert np.array_equal(arrays["slot:" + k], v)
     assert int(arrays["__iterations__"]) == 1
     assert json.loads(str(arrays["__config__"])) == opt.get_config()
+
+
+# ---------------------------------------------------------------------------
+# Gradient accumulation: two counters, a resume mid-cycle, older states
+#
+# ``iterations`` counts the updates, ``calls`` the step calls (what schedules
+# see); the state holds both, and the gradient accumulators.  A state without
+# "calls" (written before it existed) counted the calls in "iterations".
+
+STEPS = 3  # gradient_accumulation_steps of the tests below
+
+
+def accumulating(params, backend="numpy", **kw):
+    return fastopt.Adam(params, learning_rate=schedules.ExponentialDecay(
+        0.05, decay_steps=1, decay_rate=0.8), gradient_accumulation_steps=STEPS,
+        use_ema=True, ema_overwrite_frequency=2, backend=backend, **kw)
+
+
+def run_calls(opt, params, start, stop):
+    rng = np.random.default_rng(7)
+    grads = [grads_for(params, rng, step) for step in range(stop)]
+    for step in range(start, stop):
+        opt.step(grads[step])
+
+
+def resumed_from(opt, make, params, route, tmp_path):
+    """A new optimizer over copies of ``params`` that loaded ``opt``'s state
+    (``route``: its state dict, or its file)."""
+    new_params = copy_params(params)
+    other = make(new_params)
+    if route == "state_dict":
+        other.load_state_dict(opt.state_dict())
+    else:
+        fastopt.save_state(opt, tmp_path / "s.npz")
+        fastopt.load_state(other, tmp_path / "s.npz")
+    return other, new_params
+
+
+@pytest.mark.parametrize("route", ["state_dict", "file"])
+@pytest.mark.parametrize("convention", ["keras", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_mid_accumulation_cycle_is_bit_identical(tmp_path, backend, convention, route):
+    def make(params):
+        return accumulating(params, backend=backend, convention=convention)
+    params = make_params("dict")
+    uninterrupted_params = copy_params(params)
+    uninterrupted = make(uninterrupted_params)
+    run_calls(uninterrupted, uninterrupted_params, 0, 14)
+    for stop in (7, 8, 9):  # one and two calls into a cycle, and at its end
+        stopped_params = copy_params(params)
+        stopped = make(stopped_params)
+        run_calls(stopped, stopped_params, 0, stop)
+        state = stopped.state_dict()
+        assert (state["calls"], state["iterations"]) == (stop, stop // STEPS)
+        if stop % STEPS:
+            assert any(np.any(v) for k, v in state["slots"].items()
+                       if k.startswith("gradient_accumulator/"))
+        resumed, resumed_params = resumed_from(stopped, make, stopped_params, route, tmp_path)
+        assert (resumed.calls, resumed.iterations) == (stop, stop // STEPS)
+        assert_same_state(stopped, resumed)
+        run_calls(resumed, resumed_params, stop, 14)
+        assert (resumed.calls, resumed.iterations) == (14, 14 // STEPS)
+        assert_same_state(uninterrupted, resumed)
+        np.testing.assert_array_equal(uninterrupted.ema_params["layer0.w"],
+                                      resumed.ema_params["layer0.w"])
+
+
+@pytest.mark.parametrize("route", ["state_dict", "file"])
+@pytest.mark.parametrize("row", DB, ids=str)
+def test_every_optimizer_resumes_mid_accumulation_cycle(tmp_path, row, route):
+    def make(params):
+        return row.make(params, gradient_accumulation_steps=STEPS)
+    params = make_params("mixed")
+    uninterrupted = make(copy_params(params))
+    run_calls(uninterrupted, as_list(uninterrupted.params), 0, 10)
+    stopped_params = copy_params(params)
+    stopped = make(stopped_params)
+    run_calls(stopped, stopped_params, 0, 5)
+    resumed, resumed_params = resumed_from(stopped, make, stopped_params, route, tmp_path)
+    run_calls(resumed, resumed_params, 5, 10)
+    assert (resumed.calls, resumed.iterations) == (10, 3)
+    assert_same_state(uninterrupted, resumed)
+
+
+def test_the_file_stores_the_call_count(tmp_path):
+    params = make_params("float64")
+    opt = accumulating(params)
+    run_calls(opt, params, 0, 7)
+    fastopt.save_state(opt, tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as z:
+        counters = {k: int(z[k]) for k in z.files if k.startswith("__") and "iter" in k}
+        assert not any("call" in k for k in z.files)
+    assert counters == {"__iterations__": 7}  # as every release has stored it
+
+
+def _old_format_after(calls):
+    """A state after ``calls`` calls, as a release before ``calls`` wrote it
+    (its "iterations" counted the calls), and the optimizer that saved it."""
+    params = make_params("float64")
+    opt = accumulating(params)
+    run_calls(opt, params, 0, calls)
+    new = opt.state_dict()
+    return {"config": new["config"], "iterations": calls, "slots": new["slots"]}, opt, params
+
+
+@pytest.mark.parametrize("route", ["state_dict", "file"])
+def test_an_old_format_state_counts_calls(tmp_path, route):
+    old, opt, params = _old_format_after(7)
+    target = accumulating(copy_params(params))
+    if route == "state_dict":
+        target.load_state_dict(old)
+    else:  # written by hand, without __format_version__, as the first files were
+        path = tmp_path / "old.npz"
+        np.savez(path, __config__=np.array(json.dumps(old["config"])),
+                 __iterations__=np.array(7), **{"slot:" + k: v for k, v in old["slots"].items()})
+        fastopt.load_state(target, path)
+    assert (target.calls, target.iterations) == (7, 2)
+    assert_same_state(opt, target)
+    run_calls(opt, as_list(opt.params), 7, 12)
+    run_calls(target, as_list(target.params), 7, 12)
+    assert_same_state(opt, target)
+
+
+def test_a_state_with_only_calls_loads():
+    old, opt, params = _old_format_after(8)
+    target = accumulating(copy_params(params))
+    target.load_state_dict({"config": old["config"], "calls": 8, "slots": old["slots"]})
+    assert (target.calls, target.iterations) == (8, 2)
+    assert_same_state(opt, target)
+
+
+@pytest.mark.parametrize("accumulation", [True, False])
+def test_counters_that_disagree_are_refused(accumulation):
+    params = make_params("float64")
+    opt = accumulating(params) if accumulation else fastopt.Adam(params)
+    run_calls(opt, params, 0, 7)
+    target = accumulating(copy_params(params)) if accumulation \
+        else fastopt.Adam(copy_params(params))
+    run_calls(target, as_list(target.params), 0, 2)
+    before = snapshot(target)
+    state = opt.state_dict()
+    rule = "with gradient_accumulation_steps=3, 7 calls are 2 updates" if accumulation \
+        else "without gradient accumulation the two are equal"
+    for iterations in (state["iterations"] - 1, state["iterations"] + 1, 7 if accumulation
+                       else 0):
+        with pytest.raises(ValueError, match=r"the state's iterations \(\d+\) and calls "
+                                             rf"\(7\) disagree: {rule}"):
+            target.load_state_dict({**state, "iterations": iterations})
+        assert_same_snapshot(before, snapshot(target))
+    for calls in (-1, 2.0, "7", True, None):
+        with pytest.raises(ValueError, match="calls must be an integer >= 0"):
+            target.load_state_dict({**state, "calls": calls})
+        assert_same_snapshot(before, snapshot(target))
+    with pytest.raises(ValueError, match=r"'iterations' \(or 'calls'\)"):
+        target.load_state_dict({"config": state["config"], "slots": state["slots"]})
+    assert_same_snapshot(before, snapshot(target))
+    target.load_state_dict(state)  # and the consistent state loads
+    assert (target.calls, target.iterations) == (opt.calls, opt.iterations)
 
 
 # ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ One :meth:`ShardedOptimizer.step`:
 
 1. checks the local gradients and evaluates the learning-rate schedules, then
    one small ``Allreduce`` makes every rank agree that all of them are fine
-   (no rank failed, same iteration, same ``None`` gradients);
+   (no rank failed, same call count, same ``None`` gradients);
 2. ``Reduce_scatter`` (sum) of the flat gradients: each rank receives the
    sum over ranks of its own shard only, and divides it by the number of
    ranks (the mean);
@@ -35,8 +35,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..params import ParamTree
+from ..pipeline import update_counts
 from ..protocol import missing_members
-from ..state import read_state, state_to_arrays, write_npz_atomic
+from ..state import STATE_KEYS, is_state_dict, read_state, state_to_arrays, write_npz_atomic
 from ._mpi import agree, agreed, communicator, mpi, or_abort
 from .layout import ShardLayout
 from .signature import comparable_config, disagreement
@@ -187,7 +188,7 @@ class ShardedOptimizer:
             On every rank, when any rank's gradients are bad or its
             learning-rate schedule fails (the schedules are evaluated before
             any data is exchanged), the ranks disagree on which gradients are
-            None, or they are at different iteration counts.  Then nothing
+            None, or they are at different call counts.  Then nothing
             has changed.  Another error on one rank (a schedule that raises
             ZeroDivisionError, say) is raised there, and the other ranks
             raise a RuntimeError naming it.
@@ -201,8 +202,8 @@ class ShardedOptimizer:
             self._check_learning_rates()
         except Exception as e:  # noqa: BLE001 - every kind must reach the other ranks
             error = e
-        it = self._inner.iterations
-        flags[0], flags[1], flags[2] = error is not None, it, -it
+        calls = self._inner.calls  # mid-cycle of gradient accumulation too
+        flags[0], flags[1], flags[2] = error is not None, calls, -calls
         if grads is not None:
             present = np.fromiter((g is not None for g in grads), bool, n)
             flags[3:3 + n] = present
@@ -213,7 +214,7 @@ class ShardedOptimizer:
             comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
         agree(comm, error, "ShardedOptimizer.step", failed=bool(flags[0]))
         if flags[1] != -flags[2]:
-            raise ValueError(f"ShardedOptimizer.step: the ranks are at different iteration "
+            raise ValueError(f"ShardedOptimizer.step: the ranks are at different call "
                              f"counts ({-flags[2]} to {flags[1]}); was a step or a "
                              "load_state_dict skipped on some rank?")
         both = np.flatnonzero(flags[3:3 + n] & flags[3 + n:])
@@ -239,8 +240,7 @@ class ShardedOptimizer:
     def _applies(self):
         """Whether the wrapped optimizer's next step updates the parameters
         (not a gradient-accumulation call that only accumulates)."""
-        steps = self._inner.gradient_accumulation_steps
-        return steps is None or (self._inner.iterations + 1) % steps == 0
+        return update_counts(self._inner.calls, self._inner.gradient_accumulation_steps)[0]
 
     def _check_learning_rates(self):
         """Evaluate the learning rates the next step will use, so that a
@@ -315,8 +315,14 @@ class ShardedOptimizer:
 
     @property
     def iterations(self):
-        """Steps taken (the same on every rank)."""
+        """Updates applied (the same on every rank): ``calls``, or under
+        gradient accumulation ``calls // gradient_accumulation_steps``."""
         return self._inner.iterations
+
+    @property
+    def calls(self):
+        """``step`` calls made (the same on every rank; the count schedules see)."""
+        return self._inner.calls
 
     @property
     def learning_rate(self):
@@ -411,7 +417,7 @@ class ShardedOptimizer:
         """The whole state, gathered to rank ``root`` (collective).
 
         Returns, on ``root``, exactly what the unsharded optimizer's
-        ``state_dict()`` would (config, iterations, full-shape slots under
+        ``state_dict()`` would (config, iterations, calls, full-shape slots under
         the same keys), and None on the other ranks.  It loads into a plain
         optimizer or into a :class:`ShardedOptimizer` on any number of ranks.
         """
@@ -445,7 +451,7 @@ class ShardedOptimizer:
         if self.rank != root:
             return None
         return {"config": self._inner.get_config(), "iterations": self._inner.iterations,
-                "slots": {key: full_slots[key] for key in live}}
+                "calls": self._inner.calls, "slots": {key: full_slots[key] for key in live}}
 
     def _tensor_of(self, key):
         return self._label_index[key.split("/", 1)[1]]
@@ -472,10 +478,10 @@ class ShardedOptimizer:
     def _pieces_of(self, state):
         """This rank's piece of a state, in the wrapped optimizer's format."""
         name = "ShardedOptimizer.load_state_dict"
-        if not isinstance(state, Mapping) or not {"config", "iterations", "slots"} <= set(state):
-            raise ValueError(f"{name}: expected a dict with keys 'config', 'iterations' and "
-                             "'slots'")
-        base = {"config": state["config"], "iterations": state["iterations"]}
+        if not is_state_dict(state):
+            raise ValueError(f"{name}: expected a dict with keys {STATE_KEYS}")
+        # the counters as given: the wrapped optimizer checks them
+        base = {key: state[key] for key in ("config", "iterations", "calls") if key in state}
         if "shard" in state:
             if state["shard"] != self._shard_info():
                 raise ValueError(f"{name}: this state_dict is rank {state['shard'].get('rank')}'s "

@@ -1,7 +1,9 @@
 """Learning-rate schedules with Keras 3 names, arguments and formulas.
 
-A schedule is a callable object mapping the optimizer's iteration count
-``step`` (the number of updates already applied) to a learning rate. All
+A schedule is a callable object mapping ``step``, the number of ``step``
+calls the optimizer has made before this one (:attr:`fastopt.Optimizer.calls`;
+as in Keras, under gradient accumulation this counts every call, not only the
+updates) to a learning rate. All
 arithmetic is done in float64 on the host and the result is a Python
 ``float``.
 

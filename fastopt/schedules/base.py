@@ -102,12 +102,14 @@ class LearningRateSchedule:
     """
 
     def __call__(self, step):
-        """Return the learning rate after ``step`` optimizer updates.
+        """Return the learning rate after ``step`` optimizer steps.
 
         Parameters
         ----------
         step : int or float
-            Number of updates already applied (Python or numpy scalar, >= 0).
+            Number of optimizer ``step`` calls already made (Python or numpy
+            scalar, >= 0): :attr:`fastopt.Optimizer.calls`, which under
+            gradient accumulation counts the calls that only accumulate too.
 
         Returns
         -------
