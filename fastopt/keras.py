@@ -218,27 +218,26 @@ class _Fused:
                     gradient_accumulation_steps=self.gradient_accumulation_steps or None)
 
     def _fastopt_engine(self):
+        """The engine for the current attributes and memory: the cached one,
+        or a new one when anything it was built from changed."""
         config = self._fastopt_config()
+        index_of = self._get_variable_index
         variables = [v for v in self._trainable_variables
                      if not self._overwrite_variable_with_gradient(v)]
-        slots = self.__dict__.get("_fastopt_slots", {})
         use_decay = tuple(self._use_weight_decay(v) for v in variables)
-        # every tensor whose memory the step touches, and where it is
         owned = [_tensor(v) for v in variables]
-        state_vars = {}
-        engine = self.__dict__.get("_fastopt_engine_cache")
-        key_tensors = owned + [_tensor(self._iterations)]
-        for name, lst in slots.items():
-            kept = [lst[self._get_variable_index(v)] for v in variables]
-            state_vars[name] = kept
-            key_tensors += [_tensor(s) for s in kept if s is not None]
-        accumulators = getattr(self, "_accumulated_gradients", None)
+        # the slot variables by Keras's slot names ("average": the EMA), and
+        # the accumulators: every tensor whose memory the step touches
+        state_vars = {name: [lst[index_of(v)] for v in variables]
+                      for name, lst in self.__dict__.get("_fastopt_slots", {}).items()}
         if config["gradient_accumulation_steps"]:
-            state_vars["accumulated"] = [accumulators[self._get_variable_index(v)]
+            state_vars["accumulated"] = [self._accumulated_gradients[index_of(v)]
                                          for v in variables]
-            key_tensors += [_tensor(s) for s in state_vars["accumulated"]]
-        key = (tuple(sorted(config.items(), key=lambda kv: kv[0])), use_decay,
-               tuple(id(t) for t in key_tensors), tuple(t.data_ptr() for t in key_tensors))
+        touched = owned + [_tensor(self._iterations)] + [
+            _tensor(s) for lst in state_vars.values() for s in lst if s is not None]
+        key = (tuple(config.values()), use_decay, tuple(map(id, touched)),
+               tuple(t.data_ptr() for t in touched))
+        engine = self.__dict__.get("_fastopt_engine_cache")
         if engine is not None and engine.key == key:
             return engine
         return self._fastopt_build_engine(key, config, variables, owned, state_vars,

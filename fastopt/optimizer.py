@@ -232,8 +232,10 @@ class Optimizer(StateMethods):
 
     def _state_arrays(self, key, needed):
         """The caller's arrays for ``key`` (see :meth:`_over_state`), checked."""
-        arrays = list(self._given_state[key])
         owner = type(self).__name__
+        if key not in self._given_state:
+            raise ValueError(f"{owner}: no {key!r} arrays given for its state")
+        arrays = list(self._given_state[key])
         if len(arrays) != len(self._params):
             raise ValueError(f"{owner}: {len(arrays)} {key} arrays for {len(self._params)} "
                              "parameters")

@@ -322,5 +322,7 @@ def test_state_in_the_callers_arrays():
     bad = dict(state, velocity=[np.zeros((2, 3)), np.zeros(4)])
     with pytest.raises(ValueError, match="velocity array of parameter 0 must be"):
         fastopt.Adam._over_state(w, bad)
+    with pytest.raises(ValueError, match="no 'velocity' arrays given"):
+        fastopt.Adam._over_state(w, {"momentum": state["momentum"]})
     with pytest.raises(ValueError, match="1 momentum arrays for 2 parameters"):
         fastopt.Adam._over_state(w, dict(state, momentum=state["momentum"][:1]))
