@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import strategies as st
 
 import fastopt
@@ -120,6 +121,7 @@ class OptimizerInfo:
 
     @property
     def conventions(self):
+        """The conventions the variant offers (its class's, default first)."""
         return tuple(self.rules)
 
     @property
@@ -419,9 +421,16 @@ assert len(BY_ID) == len(DB), "two rows share an id"
 #: every class under test, in table order
 CLASSES = list(dict.fromkeys(row.cls for row in DB))
 
-#: (row, convention) for every convention of every row, and their test ids
-ROW_CONVENTIONS = [(row, c) for row in DB for c in row.conventions]
-ROW_CONVENTION_IDS = [f"{row.id}-{c}" for row, c in ROW_CONVENTIONS]
+for _row in DB:  # a row offers exactly its class's conventions, the default first
+    assert _row.conventions == _row.cls._CONVENTIONS, (_row.id, _row.conventions)
+
+
+def with_conventions(rows=None):
+    """``(row, convention)`` pytest parameters: every convention each row
+    (default: every row of :data:`DB`) offers."""
+    return [pytest.param(row, c, id=f"{row.id}-{c}") for row in (DB if rows is None else rows)
+            for c in row.conventions]
+
 
 #: rows with a torch.optim twin, and those classes in table order
 TORCH_ROWS = [row for row in DB if row.torch_class]

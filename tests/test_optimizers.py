@@ -18,7 +18,7 @@ import fastopt
 from fastopt import schedules
 
 from cases import HOST_BACKENDS, gradient
-from optim_db import CLASSES, DB, ROW_CONVENTION_IDS, ROW_CONVENTIONS
+from optim_db import CLASSES, DB
 from spec import KERAS_DEFAULTS, KerasSpec
 
 BACKENDS = HOST_BACKENDS
@@ -230,10 +230,13 @@ def test_under_accumulation_iterations_counts_updates_and_schedules_see_calls(co
     assert opt.current_learning_rate() == 0.1 and seen[-1] == 8
 
 
-@pytest.mark.parametrize("row,convention", ROW_CONVENTIONS, ids=ROW_CONVENTION_IDS)
+@pytest.mark.parametrize("convention", ["keras", "torch"])
+@pytest.mark.parametrize("row", DB, ids=str)
 def test_each_row_selects_its_kernel(row, convention):
     """The kernel rule tests/optim_db.py names for a variant is the one its
     class picks (the kernel tests feed that rule the row's scalars)."""
+    if convention not in row.conventions:
+        pytest.skip(f"{row.id} has no {convention} convention")
     assert row.cls(np.zeros(1), convention=convention, **row.kwargs).rule == \
         row.rules[convention]
 
