@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import strategies as st
 
 import fastopt
@@ -120,6 +121,7 @@ class OptimizerInfo:
 
     @property
     def conventions(self):
+        """The conventions the variant offers (its class's, default first)."""
         return tuple(self.rules)
 
     @property
@@ -361,6 +363,56 @@ DB = [
             ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
         ),
         search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON}),
+    OptimizerInfo(  # Keras only; learning_rate_power = -0.5 runs the square-root kernel
+        "ftrl", fastopt.Ftrl, {}, 0.3,
+        rules={"keras": "ftrl_sqrt"},
+        scalars={"ftrl_sqrt": (0.3, 0.01, 0.02, 0.03, 0.5)},
+        quadratic_lr=0.3, rosenbrock_lr=0.3,
+        golden=("keras_ftrl", "keras_ftrl_l1_weight_decay", "keras_ftrl_zero_accumulator_beta",
+                "keras_ftrl_floatx32"),
+        error_inputs=(
+            ({"convention": "torch"}, ValueError,
+             r"convention='torch' is not offered: Ftrl exists in Keras 3.15 only"),
+            ({"learning_rate": 0.0}, ValueError,
+             r"learning_rate must be > 0 \(Ftrl divides by it\), got 0.0"),
+            ({"learning_rate_power": 0.5}, ValueError, "learning_rate_power must be <= 0"),
+            ({"learning_rate_power": float("nan")}, ValueError,
+             "learning_rate_power must be finite"),
+            ({"initial_accumulator_value": -0.1}, ValueError,
+             "initial_accumulator_value must be >= 0"),
+            ({"l1_regularization_strength": -1.0}, ValueError,
+             "l1_regularization_strength must be >= 0"),
+            ({"l2_regularization_strength": -1.0}, ValueError,
+             "l2_regularization_strength must be >= 0"),
+            ({"l2_shrinkage_regularization_strength": -1.0}, ValueError,
+             "l2_shrinkage_regularization_strength must be >= 0"),
+            ({"beta": -0.5}, ValueError, "beta must be >= 0"),
+            ({"beta": True}, TypeError, "beta must be a real number"),
+            ({"lr_power": -0.5}, ValueError, r"unknown hyperparameter\(s\) 'lr_power'"),
+        ),
+        search_space={"learning_rate": st.floats(1e-3, 0.3),
+                      "initial_accumulator_value": st.floats(0.01, 1.0),
+                      "l1_regularization_strength": st.floats(0.0, 0.1),
+                      "l2_regularization_strength": st.floats(0.0, 0.1),
+                      "l2_shrinkage_regularization_strength": st.floats(0.0, 0.1),
+                      "beta": st.floats(0.0, 1.0)}),
+    OptimizerInfo(
+        "ftrl_power", fastopt.Ftrl,
+        {"learning_rate_power": -0.3, "l1_regularization_strength": 1e-3,
+         "l2_regularization_strength": 1e-3, "l2_shrinkage_regularization_strength": 1e-4,
+         "beta": 0.1}, 0.1,
+        rules={"keras": "ftrl"},
+        scalars={"ftrl": (0.1, -0.3, 0.01, 0.02, 0.03, 0.5)},
+        quadratic_lr=0.1, rosenbrock_lr=0.1,
+        golden=("keras_ftrl_power_l1_l2_shrinkage_beta",
+                "keras_ftrl_power_zero_zero_accumulator"),
+        search_space={"learning_rate": st.floats(1e-3, 0.3),
+                      "learning_rate_power": st.floats(-1.0, 0.0).filter(lambda p: p != -0.5),
+                      "initial_accumulator_value": st.floats(0.01, 1.0),
+                      "l1_regularization_strength": st.floats(0.0, 0.1),
+                      "l2_regularization_strength": st.floats(0.0, 0.1),
+                      "l2_shrinkage_regularization_strength": st.floats(0.0, 0.1),
+                      "beta": st.floats(0.0, 1.0)}),
 ]
 
 BY_ID = {row.id: row for row in DB}
@@ -368,6 +420,17 @@ assert len(BY_ID) == len(DB), "two rows share an id"
 
 #: every class under test, in table order
 CLASSES = list(dict.fromkeys(row.cls for row in DB))
+
+for _row in DB:  # a row offers exactly its class's conventions, the default first
+    assert _row.conventions == _row.cls._CONVENTIONS, (_row.id, _row.conventions)
+
+
+def with_conventions(rows=None):
+    """``(row, convention)`` pytest parameters: every convention each row
+    (default: every row of :data:`DB`) offers."""
+    return [pytest.param(row, c, id=f"{row.id}-{c}") for row in (DB if rows is None else rows)
+            for c in row.conventions]
+
 
 #: rows with a torch.optim twin, and those classes in table order
 TORCH_ROWS = [row for row in DB if row.torch_class]

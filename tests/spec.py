@@ -18,6 +18,9 @@ KERAS_DEFAULTS = {
     "AdamW": dict(learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
                   epsilon=1e-7, amsgrad=False),
     "Adamax": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
+    "Ftrl": dict(learning_rate=0.001, learning_rate_power=-0.5, initial_accumulator_value=0.1,
+                 l1_regularization_strength=0.0, l2_regularization_strength=0.0,
+                 l2_shrinkage_regularization_strength=0.0, beta=0.0),
 }
 
 
@@ -37,6 +40,8 @@ class KerasSpec:
                 + (["momentum"] if h["momentum"] > 0 else [])
         elif class_name == "Adamax":
             names = ["momentum", "norm"]
+        elif class_name == "Ftrl":
+            names = ["accumulator", "linear"]
         else:
             names = ["momentum", "velocity"] + (["velocity_hat"] if h["amsgrad"] else [])
         init = h.get("initial_accumulator_value", 0.0)
@@ -87,7 +92,21 @@ class KerasSpec:
         if self.cls == "Adamax":
             return R.adamax(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"],
                             beta_2=h["beta_2"], epsilon=h["epsilon"], step=self.iterations + 1)
+        if self.cls == "Ftrl":
+            return self._ftrl(w, g, *slots, lr)
         alpha = R.adam_alpha(lr, h["beta_1"], h["beta_2"], self.iterations)
         f = R.adam_amsgrad if h["amsgrad"] else R.adam
         return f(w, g, *slots, alpha=alpha, beta_1=h["beta_1"], beta_2=h["beta_2"],
                  epsilon=h["epsilon"])
+
+    def _ftrl(self, w, g, accum, linear, lr):
+        # Keras 3.15.1's Ftrl.update_step, operation for operation
+        h = self.h
+        power = -h["learning_rate_power"]
+        l2_reg = h["l2_regularization_strength"] + h["beta"] / (2.0 * lr)
+        grad_to_use = g + 2 * h["l2_shrinkage_regularization_strength"] * w
+        new_accum = accum + g ** 2
+        linear = linear + (grad_to_use - (new_accum ** power - accum ** power) / lr * w)
+        quadratic = new_accum ** power / lr + 2 * l2_reg
+        l1 = h["l1_regularization_strength"]
+        return (np.clip(linear, -l1, l1) - linear) / quadratic, new_accum, linear

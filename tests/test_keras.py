@@ -33,6 +33,10 @@ CASES = [
     ("Adam", {"amsgrad": True}),
     ("AdamW", {}),
     ("Adamax", {}),
+    ("Ftrl", {}),
+    ("Ftrl", {"learning_rate_power": -0.3, "l1_regularization_strength": 1e-3,
+              "l2_regularization_strength": 1e-3, "l2_shrinkage_regularization_strength": 1e-3,
+              "beta": 0.5}),
 ]
 IDS = [name + "".join(f"-{k}" for k in kw) for name, kw in CASES]
 

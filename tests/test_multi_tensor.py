@@ -65,14 +65,22 @@ def test_matches_the_single_tensor_kernels(rule, dtype, backend):
         extra = (steps[t],) if per_tensor else ()
         kernel(expect[0][t], grads[t], *[s[t] for s in expect[1]], *scalars, *extra,
                gscale=pt[0, t], keep=pt[1, t], l2=pt[2, t], clipvalue=2.0)
-    tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
-    for t in range(len(SIZES)):
-        np.testing.assert_allclose(params[t], expect[0][t], **tol)
-        for s, e in zip(slots, expect[1]):
-            np.testing.assert_allclose(s[t], e[t], **tol)
     # the skipped tensor was not touched
     fresh = _group(rule, dtype, np.random.default_rng(0))
     np.testing.assert_array_equal(params[1], fresh[0][1])
+    # float32: the absolute part scales with how far the array moved (an
+    # update that is a difference of large terms, like Ftrl's linear slot
+    # z + g - (n_new^p - n^p) / lr * w, cancels in float32 arithmetic)
+    for t in range(len(SIZES)):
+        pairs = [(params[t], expect[0][t], fresh[0][t])]
+        pairs += [(s[t], e[t], f[t]) for s, e, f in zip(slots, expect[1], fresh[2])]
+        for got, want, old in pairs:
+            if dtype == np.float32:
+                moved = float(np.max(np.abs(want.astype(np.float64) - old), initial=0.0))
+                tol = dict(rtol=2e-5, atol=1e-6 * max(1.0, moved))
+            else:
+                tol = dict(rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(got, want, **tol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

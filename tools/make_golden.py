@@ -48,7 +48,7 @@ TORCH_SLOTS = {"exp_avg": "momentum", "exp_avg_sq": "velocity",
                "grad_avg": "average_gradient", "exp_inf": "norm"}
 # Keras optimizer-variable suffixes (already fastopt's names)
 KERAS_SLOTS = ("velocity_hat", "velocity", "momentum", "accumulator", "average_gradient",
-               "gradient_accumulator", "average", "norm")
+               "gradient_accumulator", "average", "norm", "linear")
 # torch keyword -> fastopt keyword (betas is split into beta_1, beta_2)
 TORCH_TO_FASTOPT = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
 
@@ -164,11 +164,26 @@ CONFIGS = [
     keras_cfg("keras_adam_schedule_accumulation", "Adam", gradient_accumulation_steps=2,
               learning_rate=schedule("ExponentialDecay", initial_learning_rate=0.02,
                                      decay_steps=10, decay_rate=0.7)),
+    keras_cfg("keras_ftrl", "Ftrl", learning_rate=0.05),
+    keras_cfg("keras_ftrl_power_l1_l2_shrinkage_beta", "Ftrl", learning_rate=0.05,
+              learning_rate_power=-0.3, initial_accumulator_value=0.5,
+              l1_regularization_strength=0.05, l2_regularization_strength=0.02,
+              l2_shrinkage_regularization_strength=0.03, beta=0.5),
+    # L1 large enough that a fifth of the recorded parameters are exactly 0
+    keras_cfg("keras_ftrl_l1_weight_decay", "Ftrl", learning_rate=0.05,
+              l1_regularization_strength=100.0, weight_decay=0.1),
+    keras_cfg("keras_ftrl_power_zero_zero_accumulator", "Ftrl", learning_rate=0.05,
+              learning_rate_power=0.0, initial_accumulator_value=0.0,
+              l1_regularization_strength=0.1),
+    keras_cfg("keras_ftrl_zero_accumulator_beta", "Ftrl", learning_rate=0.05,
+              initial_accumulator_value=0.0, beta=1.0, l2_regularization_strength=0.01),
     # Keras's default floatx: the learning-rate variable (and AdamW's decay
     # factor) are float32; the sidecar says how fastopt is given the same values.
     keras_cfg("keras_adam_floatx32", "Adam", floatx="float32", learning_rate=0.01),
     keras_cfg("keras_adamw_floatx32", "AdamW", floatx="float32", learning_rate=0.01,
               weight_decay=0.1),
+    keras_cfg("keras_ftrl_floatx32", "Ftrl", floatx="float32", learning_rate=0.05,
+              l1_regularization_strength=0.5, l2_shrinkage_regularization_strength=0.25),
 ]
 
 
@@ -369,6 +384,15 @@ def _keras_roundings(cfg):
         add("none", "Adagrad: epsilon is a Python float; initial_accumulator_value fills a "
             "float64 variable", "keras/src/backend/torch/optimizers/torch_adagrad.py, "
             "keras/src/optimizers/adagrad.py build")
+    if cfg["cls"] == "Ftrl":
+        add("floatx", "Ftrl: ops.power(accum, -learning_rate_power) converts the exponent, "
+            "ops.clip(linear, -l1, l1) the L1 bounds and ops.multiply(2 * "
+            "l2_shrinkage_regularization_strength, variable) the shrinkage factor to floatx "
+            "tensors", "keras/src/optimizers/ftrl.py Ftrl.update_step; "
+            "keras/src/backend/torch/numpy.py power, clip, multiply")
+        add("none", "Ftrl: l2_regularization_strength + beta / (2 * lr) is a float64 tensor "
+            "(lr is cast to the variable's dtype); Keras runs the generic update_step (no "
+            "torch-backend override)", "keras/src/optimizers/ftrl.py Ftrl.update_step")
     if kw.get("loss_scale_factor"):
         add("none", "loss_scale_factor: g / scale, a float64 tensor by a Python float",
             "keras/src/optimizers/base_optimizer.py BaseOptimizer.apply")
@@ -502,6 +526,15 @@ def record_keras(cfg):
             fastopt_kw["learning_rate"] = lr32
             r["action"] = (f"fastopt is given learning_rate=float(np.float32(lr)) = {lr32!r}: "
                            "the same value, so no bound is needed")
+        elif kind == "floatx" and r["what"].startswith("Ftrl:"):
+            kw = cfg["kw"]
+            values = [-kw.get("learning_rate_power", -0.5),
+                      kw.get("l1_regularization_strength", 0.0),
+                      2 * kw.get("l2_shrinkage_regularization_strength", 0.0)]
+            if any(float(np.float32(v)) != v for v in values):
+                raise RuntimeError(f"{cfg['name']}: choose Ftrl values exact in float32")
+            r["action"] = (f"the exponent, L1 bound and shrinkage factor here ({values}) are "
+                           "exact in float32: no rounding, no bound needed")
         elif kind == "floatx" and "weight-decay factor" in r["what"]:
             wd, lr32 = cfg["kw"]["weight_decay"], np.float32(cfg["kw"]["learning_rate"])
             keep32 = np.float32(1) - np.float32(wd) * lr32

@@ -24,7 +24,8 @@ import numpy as np
 
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-           "adam", "adam_amsgrad", "adamax", "adamw", "NAIVE", "SLOTS", "init_state", "stepper"]
+           "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "NAIVE", "SLOTS",
+           "init_state", "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -111,22 +112,45 @@ def adamw(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_
     adam(w, g, m, v, t, lr, beta_1, beta_2, eps)
 
 
+def _ftrl_weights(w, z, n_power, lr, l1, l2, beta):
+    w[:] = np.where(np.abs(z) <= l1, 0.0, np.sign(z) * l1 - z) / (n_power / lr + 2 * l2
+                                                                    + beta / lr)
+
+
+def ftrl_sqrt(w, g, n, z, t=1, lr=0.001, l1=0.0, l2=0.0, beta=0.0):
+    """Ftrl with learning_rate_power -0.5 (Keras's default): ``n`` the sum of
+    squared gradients, ``z`` the linear term the weights are solved from."""
+    n_new = n + g * g
+    z += g - (np.sqrt(n_new) - np.sqrt(n)) / lr * w
+    n[:] = n_new
+    _ftrl_weights(w, z, np.sqrt(n), lr, l1, l2, beta)
+
+
+def ftrl(w, g, n, z, t=1, lr=0.001, lr_power=-0.3, l1=0.0, l2=0.0, beta=0.0):
+    """Ftrl with a general learning_rate_power (the benchmark's -0.3)."""
+    n_new = n + g * g
+    z += g - (n_new ** -lr_power - n ** -lr_power) / lr * w
+    n[:] = n_new
+    _ftrl_weights(w, z, n ** -lr_power, lr, l1, l2, beta)
+
+
 #: name -> naive step function (fastopt's Keras rule names, and adamw)
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
-                                 adamw)}
+                                 adamw, ftrl_sqrt, ftrl)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
-         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2}
+         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "ftrl_sqrt": 2, "ftrl": 2}
 
 
 def init_state(rule, w):
-    """Fresh slots for ``rule`` shaped like ``w`` (Adagrad's accumulator at 0.1, as Keras)."""
-    fill = 0.1 if rule == "adagrad" else 0.0
-    return [np.full_like(w, fill) for _ in range(SLOTS[rule])]
+    """Fresh slots for ``rule`` shaped like ``w`` (Adagrad's and Ftrl's
+    accumulators at 0.1, as Keras)."""
+    fills = {"adagrad": (0.1,), "ftrl_sqrt": (0.1, 0.0), "ftrl": (0.1, 0.0)}
+    return [np.full_like(w, fill) for fill in fills.get(rule, (0.0,) * SLOTS[rule])]
 
 
 def stepper(name, params, grads):
