@@ -15,7 +15,7 @@ from . import schedules
 from ._validation import boolean, real, unknown_keywords
 from .backends import BACKEND_NAMES, STATE_DTYPES, resolve_state_backend
 
-__all__ = ["CONVENTIONS", "COMMON_OPTIONS", "check_arguments", "check_group_hyperparams",
+__all__ = ["CONVENTIONS", "FRAMEWORKS", "COMMON_OPTIONS", "check_arguments", "check_group_hyperparams",
            "check_group_keys", "check_placement",
            "check_clipping", "checked_lr", "scheduled_lr", "lr_config",
            "learning_rate_from_config", "config_arguments", "with_current_callables",
@@ -30,20 +30,33 @@ COMMON_OPTIONS = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "glo
 _GROUP_COMMON = ("learning_rate", "weight_decay", "maximize")
 
 
-def check_arguments(owner, unknown, hyper, torch_only, convention, backend, torch_names=None):
+#: the framework each convention follows (for error messages)
+FRAMEWORKS = {"keras": "Keras 3.15", "torch": "PyTorch 2.13"}
+
+
+def check_arguments(owner, unknown, hyper, torch_only, convention, backend, torch_names=None,
+                    conventions=CONVENTIONS):
     """Check what decides how the rest is read; return the convention.
 
-    Raises for unknown keywords (with a hint where ``torch_names``, PyTorch's
-    argument names mapped to fastopt's, knows the spelling), an unknown
+    ``conventions`` are the ones the optimizer offers, its default first (an
+    optimizer that exists in one framework only offers that one).  Raises for
+    unknown keywords (with a hint where ``torch_names``, PyTorch's argument
+    names mapped to fastopt's, knows the spelling), an unknown or unoffered
     convention or backend, and a PyTorch-only option given under the Keras
     convention."""
     if unknown:
         raise unknown_keywords(owner, unknown, (*COMMON_OPTIONS, *hyper, "backend",
                                                 "convention", "state_dtype", "state_rounding"),
                                torch_names)
-    convention = "keras" if convention is None else convention
+    convention = conventions[0] if convention is None else convention
     if convention not in CONVENTIONS:
-        raise ValueError(f"{owner}: convention must be one of {CONVENTIONS}, got {convention!r}")
+        allowed = f"one of {conventions}" if len(conventions) > 1 else repr(conventions[0])
+        raise ValueError(f"{owner}: convention must be {allowed}, got {convention!r}")
+    if convention not in conventions:
+        only = " and ".join(FRAMEWORKS[c] for c in conventions)
+        raise ValueError(f"{owner}: convention={convention!r} is not offered: {owner} exists in "
+                         f"{only} only ({FRAMEWORKS[convention]} has no {owner}); use "
+                         f"convention={conventions[0]!r} or leave it out")
     if convention == "keras":
         given = [k for k in torch_only if hyper.get(k) is not None]
         if given:

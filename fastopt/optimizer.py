@@ -123,11 +123,16 @@ class Optimizer(StateMethods):
         :func:`fastopt.reference.bf16_random_bits`).
     convention : str
         ``"keras"`` (default): Keras 3 formulas and defaults; ``"torch"``:
-        PyTorch 2.13 ``torch.optim`` formulas and defaults.
+        PyTorch 2.13 ``torch.optim`` formulas and defaults.  An optimizer
+        that exists in one framework only offers (and defaults to) that
+        framework's convention, and refuses the other.
     """
 
     _DEFAULTS: dict = {}
     _TORCH_DEFAULTS: dict = {}
+    #: the conventions the class offers, its default first: an optimizer that
+    #: exists in one framework only (Keras's Lion, torch's RAdam) names that one
+    _CONVENTIONS: tuple = hyperparams.CONVENTIONS
     _TORCH_ONLY: tuple = ()
     #: PyTorch's argument names that differ from fastopt's (Keras's), mapped to
     #: them: the hint of an unknown keyword, and the documented name table
@@ -150,7 +155,8 @@ class Optimizer(StateMethods):
                  state_rounding=None, **unknown):
         name = type(self).__name__
         self.convention = hyperparams.check_arguments(name, unknown, hyper, self._TORCH_ONLY,
-                                                      convention, backend, self._TORCH_NAMES)
+                                                      convention, backend, self._TORCH_NAMES,
+                                                      self._CONVENTIONS)
         defaults = self._TORCH_DEFAULTS if self.convention == "torch" else self._DEFAULTS
         top = {k: defaults.get(k) if v is None else v for k, v in hyper.items()}
         top["learning_rate"] = defaults["learning_rate"] if learning_rate is None \

@@ -18,6 +18,7 @@ KERAS_DEFAULTS = {
     "AdamW": dict(learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
                   epsilon=1e-7, amsgrad=False),
     "Adamax": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
+    "Lion": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.99),
 }
 
 
@@ -37,6 +38,8 @@ class KerasSpec:
                 + (["momentum"] if h["momentum"] > 0 else [])
         elif class_name == "Adamax":
             names = ["momentum", "norm"]
+        elif class_name == "Lion":
+            names = ["momentum"]
         else:
             names = ["momentum", "velocity"] + (["velocity_hat"] if h["amsgrad"] else [])
         init = h.get("initial_accumulator_value", 0.0)
@@ -87,6 +90,8 @@ class KerasSpec:
         if self.cls == "Adamax":
             return R.adamax(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"],
                             beta_2=h["beta_2"], epsilon=h["epsilon"], step=self.iterations + 1)
+        if self.cls == "Lion":
+            return R.lion(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"], beta_2=h["beta_2"])
         alpha = R.adam_alpha(lr, h["beta_1"], h["beta_2"], self.iterations)
         f = R.adam_amsgrad if h["amsgrad"] else R.adam
         return f(w, g, *slots, alpha=alpha, beta_1=h["beta_1"], beta_2=h["beta_2"],

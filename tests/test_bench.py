@@ -108,6 +108,19 @@ def test_bench_json_rows_with_torch(tmp_path, capsys):
         assert x["max_rel_error"] is None and x["numerics_ok"] is None
 
 
+def test_bench_of_an_optimizer_torch_lacks_says_so(tmp_path, capsys):
+    pytest.importorskip("torch")
+    path = tmp_path / "b.json"
+    code, _, err = _run(["--optimizers", "lion", "--backends", "numba", *TINY, "--json",
+                         str(path)], capsys)
+    assert code == 0, err
+    rows = json.loads(path.read_text())["rows"]
+    for x in rows:
+        assert x["rule"] == "lion" and x["bytes_per_param"] == 20 and x["numerics_ok"]
+        assert x["torch_impl"] is None and x["speedup_vs_torch"] is None
+        assert "has no Lion" in x["torch_note"]
+
+
 @pytest.fixture
 def broken_numba(monkeypatch):
     """The numba backend's step, off by a relative 1e-3 on every third element."""
@@ -386,6 +399,11 @@ def test_naive_baseline_is_the_same_update(name):
 def test_torch_twins_exist_for_every_case():
     torch = pytest.importorskip("torch")
     for name, case in bench.CASES.items():
+        if case.torch is None:  # Lion: Keras only
+            assert "torch" not in case.cls._CONVENTIONS, name
+            with pytest.raises(LookupError, match=f"has no {case.cls.__name__}"):
+                cases.torch_stepper(name, [np.ones(6)], [np.ones(6)])
+            continue
         cls, kwargs, impl = case.torch
         # torch's fused implementation where it has one (not RMSprop, Adamax)
         has_fused = "fused" in inspect.signature(getattr(torch.optim, cls)).parameters

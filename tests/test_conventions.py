@@ -64,11 +64,34 @@ def test_torch_trajectory_matches_torch_spec(opt_id, cls, kwargs, backend, dtype
                 assert np.max(np.abs(got - value)) <= 1e-10 * scale, f"slot {name}/{i}"
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [c for c in CLASSES if "torch" in c._CONVENTIONS],
+                         ids=lambda c: c.__name__)
 def test_torch_defaults(cls):
     config = fastopt_config(cls(np.zeros(3), convention="torch"))
     for key, value in TORCH_DEFAULTS[cls.__name__].items():
         assert config[key] == pytest.approx(value) or (value == 0.0 and config[key] is None), key
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_each_class_offers_its_frameworks_conventions(cls):
+    """A class defaults to its first convention and refuses, with a clear
+    error, a convention whose framework has no such optimizer (Lion: Keras
+    only)."""
+    assert cls(np.zeros(3)).convention == cls._CONVENTIONS[0]
+    for convention in ("keras", "torch"):
+        if convention in cls._CONVENTIONS:
+            assert cls(np.zeros(3), convention=convention).convention == convention
+        else:
+            with pytest.raises(ValueError, match=f"convention='{convention}' is not offered: "
+                                                 f"{cls.__name__} exists in .* only"):
+                cls(np.zeros(3), convention=convention)
+
+
+def test_a_one_framework_class_is_refused_by_the_other_convention():
+    with pytest.raises(ValueError, match="PyTorch 2.13 has no Lion"):
+        fastopt.Lion(np.zeros(3), convention="torch")
+    with pytest.raises(ValueError, match="convention must be 'keras', got 'tf'"):
+        fastopt.Lion(np.zeros(3), convention="tf")
 
 
 def fastopt_config(opt):

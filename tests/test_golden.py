@@ -246,6 +246,8 @@ REQUIRED = [
     ("keras", "Adam", "amsgrad", lambda m: _has(m, amsgrad=True)),
     ("keras", "AdamW", "plain", lambda m: True),
     ("keras", "Adamax", "plain", lambda m: _has(m, weight_decay=False)),
+    ("keras", "Lion", "plain", lambda m: _has(m, weight_decay=False)),
+    ("keras", "Lion", "weight_decay", lambda m: _has(m, weight_decay=True)),
     ("keras", "SGD", "weight_decay on a non-AdamW optimizer", lambda m: _has(m, weight_decay=True)),
     ("keras", None, "clipnorm", lambda m: _has(m, clipnorm=True)),
     ("keras", None, "global_clipnorm", lambda m: _has(m, global_clipnorm=True)),

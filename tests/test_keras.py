@@ -33,6 +33,8 @@ CASES = [
     ("Adam", {"amsgrad": True}),
     ("AdamW", {}),
     ("Adamax", {}),
+    ("Lion", {}),
+    ("Lion", {"beta_1": 0.5, "beta_2": 0.9}),
 ]
 IDS = [name + "".join(f"-{k}" for k in kw) for name, kw in CASES]
 

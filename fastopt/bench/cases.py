@@ -4,7 +4,8 @@
 the naive NumPy step it is compared with (:mod:`fastopt.bench.naive`, same
 name) and the ``torch.optim`` optimizer of the same update:
 ``fused=True`` where PyTorch has a fused CPU implementation (Adam, AdamW,
-SGD, Adagrad), ``foreach=True`` otherwise (RMSprop, Adamax).  Hyperparameters are
+SGD, Adagrad), ``foreach=True`` otherwise (RMSprop, Adamax); none where
+torch has no such optimizer (Lion).  Hyperparameters are
 the Keras defaults of fastopt and of the naive steps, and the same values
 are given to torch, so all three run the same amount of arithmetic.
 
@@ -17,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RMSprop
+from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, Lion, RMSprop
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -30,7 +31,8 @@ class Case(NamedTuple):
     cls: type           # the fastopt optimizer class
     options: dict       # its keyword arguments (besides params, backend, convention)
     rule: str           # the Keras rule it runs: its bytes per parameter
-    torch: tuple        # (torch.optim class name, keyword arguments, "fused" or "foreach")
+    torch: tuple        # (torch.optim class name, keyword arguments, "fused" or "foreach"),
+                        # or None: torch.optim has no such optimizer
 
 
 _ADAM_T = {"lr": 0.001, "eps": 1e-7}
@@ -60,6 +62,8 @@ CASES = {
     "adamw": Case(AdamW, {}, "adam", ("AdamW", {**_ADAM_T, "weight_decay": 0.004}, "fused")),
     # torch 2.13 has no fused Adamax: its multi-tensor (foreach) path
     "adamax": Case(Adamax, {}, "adamax", ("Adamax", _ADAM_T, "foreach")),
+    # Keras 3 only: torch.optim has no Lion
+    "lion": Case(Lion, {}, "lion", None),
 }
 
 
@@ -130,10 +134,14 @@ def torch_stepper(name, params, grads):
 
     ``params`` and ``grads`` (NumPy arrays) are shared with torch tensors, not
     copied; ``implementation`` is ``"fused"`` or ``"foreach"``.  Raises
-    ImportError when torch cannot be imported.
+    ImportError when torch cannot be imported, LookupError when torch.optim
+    has no such optimizer.
     """
     import torch
 
+    if CASES[name].torch is None:
+        raise LookupError(f"torch.optim {torch.__version__} has no "
+                          f"{CASES[name].cls.__name__}")
     cls, kwargs, impl = CASES[name].torch
     tensors = []
     for p, g in zip(params, grads):

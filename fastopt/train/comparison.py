@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
+from ..optimizers import SGD, Adagrad, Adam, AdamW, Lion, RMSprop
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -45,6 +45,7 @@ OPTIMIZERS = {
     "adamw": Recipe(AdamW, False, {}),
     "amsgrad": Recipe(Adam, False, {"amsgrad": True}),
     "rmsprop_centered": Recipe(RMSprop, False, {"centered": True}),
+    "lion": Recipe(Lion, False, {}),
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
