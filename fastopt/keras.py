@@ -1,7 +1,7 @@
 """fastopt's fused optimizers as Keras 3 optimizers.
 
 ``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW``,
-``Adamax`` and ``Ftrl`` subclass the ``keras.optimizers`` class of the same name: the
+``Adamax``, ``Ftrl`` and ``Lion`` subclass the ``keras.optimizers`` class of the same name: the
 constructor (arguments, defaults, checks and errors), ``get_config``,
 ``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
 variables and their names, ``save_own_variables``/``load_own_variables`` are
@@ -50,10 +50,11 @@ from .algorithms.adagrad import Adagrad as _Adagrad
 from .algorithms.adam import Adam as _Adam, AdamW as _AdamW
 from .algorithms.adamax import Adamax as _Adamax
 from .algorithms.ftrl import Ftrl as _Ftrl
+from .algorithms.lion import Lion as _Lion
 from .algorithms.rmsprop import RMSprop as _RMSprop
 from .algorithms.sgd import SGD as _SGD
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion"]
 
 #: float dtypes fastopt's kernels update
 _DTYPES = ("float32", "float64")
@@ -304,3 +305,4 @@ Adam = _fused(keras.optimizers.Adam, _Adam, _doc("Adam"))
 AdamW = _fused(keras.optimizers.AdamW, _AdamW, _doc("AdamW"))
 Adamax = _fused(keras.optimizers.Adamax, _Adamax, _doc("Adamax"))
 Ftrl = _fused(keras.optimizers.Ftrl, _Ftrl, _doc("Ftrl"))
+Lion = _fused(keras.optimizers.Lion, _Lion, _doc("Lion"))

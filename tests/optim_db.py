@@ -80,6 +80,10 @@ class OptimizerInfo:
         bfloat16 spacing, so with ``state_rounding="nearest"`` it cannot
         decay and acts as a running maximum (tests/test_convergence.py
         allows those variants a larger factor on Rosenbrock).
+    bounded_update : bool
+        The parameter's step is bounded whatever the gradient (Lion's
+        ``lr * sign(c)``): an infinite gradient lands in the slots, not in
+        the parameter (tests/test_errors.py).
     torch_samples : tuple of (id, kwargs)
         Configurations (fastopt keywords, learning rate included) run under
         ``convention="torch"`` against the PyTorch-order spec
@@ -109,6 +113,7 @@ class OptimizerInfo:
     quadratic_lr: float
     rosenbrock_lr: float
     bf16_nearest_stalls: bool = False
+    bounded_update: bool = False
     torch_samples: tuple = ()
     torch_class: str | None = None
     torch_configs: tuple = ()
@@ -413,6 +418,23 @@ DB = [
                       "l2_regularization_strength": st.floats(0.0, 0.1),
                       "l2_shrinkage_regularization_strength": st.floats(0.0, 0.1),
                       "beta": st.floats(0.0, 1.0)}),
+    OptimizerInfo(
+        "lion", fastopt.Lion, {}, 0.01,
+        rules={"keras": "lion"},
+        scalars={"lion": (0.01, 0.9, 0.99)},
+        quadratic_lr=0.01, rosenbrock_lr=1e-3, bounded_update=True,
+        golden=("keras_lion", "keras_lion_weight_decay"),
+        error_inputs=(
+            ({"convention": "torch"}, ValueError,
+             r"convention='torch' is not offered: Lion exists in Keras 3.15 only"),
+            ({"beta_1": 0.0}, ValueError, "beta_1 must be > 0"),
+            ({"beta_1": 1.5}, ValueError, "beta_1 must be <= 1"),
+            ({"beta_2": -0.1}, ValueError, "beta_2 must be >= 0"),
+            ({"beta_2": float("inf")}, ValueError, "beta_2 must be finite"),
+            ({"epsilon": 1e-7}, ValueError, r"unknown hyperparameter\(s\) 'epsilon'"),
+            ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
+        ),
+        search_space={"beta_1": st.floats(0.01, 1.0), "beta_2": st.floats(0.0, 1.0)}),
 ]
 
 BY_ID = {row.id: row for row in DB}

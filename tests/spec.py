@@ -21,6 +21,7 @@ KERAS_DEFAULTS = {
     "Ftrl": dict(learning_rate=0.001, learning_rate_power=-0.5, initial_accumulator_value=0.1,
                  l1_regularization_strength=0.0, l2_regularization_strength=0.0,
                  l2_shrinkage_regularization_strength=0.0, beta=0.0),
+    "Lion": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.99),
 }
 
 
@@ -42,6 +43,8 @@ class KerasSpec:
             names = ["momentum", "norm"]
         elif class_name == "Ftrl":
             names = ["accumulator", "linear"]
+        elif class_name == "Lion":
+            names = ["momentum"]
         else:
             names = ["momentum", "velocity"] + (["velocity_hat"] if h["amsgrad"] else [])
         init = h.get("initial_accumulator_value", 0.0)
@@ -94,6 +97,8 @@ class KerasSpec:
                             beta_2=h["beta_2"], epsilon=h["epsilon"], step=self.iterations + 1)
         if self.cls == "Ftrl":
             return self._ftrl(w, g, *slots, lr)
+        if self.cls == "Lion":
+            return R.lion(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"], beta_2=h["beta_2"])
         alpha = R.adam_alpha(lr, h["beta_1"], h["beta_2"], self.iterations)
         f = R.adam_amsgrad if h["amsgrad"] else R.adam
         return f(w, g, *slots, alpha=alpha, beta_1=h["beta_1"], beta_2=h["beta_2"],

@@ -120,6 +120,14 @@ def test_bench_of_an_optimizer_torch_lacks_says_so(tmp_path, capsys):
         assert x["bytes_per_param"] == 28 and x["numerics_ok"]
         assert x["torch_impl"] is None and x["speedup_vs_torch"] is None
         assert "has no Ftrl" in x["torch_note"]
+    code, _, err = _run(["--optimizers", "lion", "--backends", "numba", *TINY, "--json",
+                         str(path)], capsys)
+    assert code == 0, err
+    rows = json.loads(path.read_text())["rows"]
+    for x in rows:
+        assert x["rule"] == "lion" and x["bytes_per_param"] == 20 and x["numerics_ok"]
+        assert x["torch_impl"] is None and x["speedup_vs_torch"] is None
+        assert "has no Lion" in x["torch_note"]
 
 
 @pytest.fixture

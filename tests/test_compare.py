@@ -178,9 +178,12 @@ ERRORS = [
      "leaves an empty training or test set"),
     (lambda t: ["--optimizers", "adam,adamax"],
      "unknown optimizer 'adamax'; valid names: sgd, momentum, nesterov, adam, adagrad, "
-     "rmsprop, adamw, amsgrad, rmsprop_centered, ftrl"),
+     "rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, lion"),
     (lambda t: ["--optimizers", "adam,ftrl", "--convention", "torch"],
      "ftrl: Ftrl: convention='torch' is not offered: Ftrl exists in Keras 3.15 only"),
+    (lambda t: ["--optimizers", "adam,lion", "--convention", "torch"],
+     "--optimizers: lion: Lion: convention='torch' is not offered: Lion exists in Keras 3.15 "
+     "only"),
     (lambda t: ["--optimizers", ","], "--optimizers needs at least one name"),
     (lambda t: ["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
     (lambda t: ["--epochs", "five"], "argument --epochs: expected an integer >= 1, got 'five'"),
@@ -325,4 +328,5 @@ def test_command_end_to_end_in_a_subprocess(tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.splitlines() == [
         "fastopt compare: error: --optimizers: unknown optimizer 'adamax'; valid names: sgd, "
-        "momentum, nesterov, adam, adagrad, rmsprop, adamw, amsgrad, rmsprop_centered, ftrl"]
+        "momentum, nesterov, adam, adagrad, rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, "
+        "lion"]

@@ -87,6 +87,13 @@ def test_each_class_offers_its_frameworks_conventions(cls):
                 cls(np.zeros(3), convention=convention)
 
 
+def test_a_one_framework_class_is_refused_by_the_other_convention():
+    with pytest.raises(ValueError, match="PyTorch 2.13 has no Lion"):
+        fastopt.Lion(np.zeros(3), convention="torch")
+    with pytest.raises(ValueError, match="convention must be 'keras', got 'tf'"):
+        fastopt.Lion(np.zeros(3), convention="tf")
+
+
 def fastopt_config(opt):
     return opt.get_config()
 

@@ -256,6 +256,8 @@ REQUIRED = [
      and m["fastopt"]["kwargs"].get("initial_accumulator_value") == 0.0),
     ("keras", "Ftrl", "L1 thresholding with weight decay",
      lambda m: _has(m, l1_regularization_strength=True, weight_decay=True)),
+    ("keras", "Lion", "plain", lambda m: _has(m, weight_decay=False)),
+    ("keras", "Lion", "weight_decay", lambda m: _has(m, weight_decay=True)),
     ("keras", "SGD", "weight_decay on a non-AdamW optimizer", lambda m: _has(m, weight_decay=True)),
     ("keras", None, "clipnorm", lambda m: _has(m, clipnorm=True)),
     ("keras", None, "global_clipnorm", lambda m: _has(m, global_clipnorm=True)),

@@ -37,6 +37,8 @@ CASES = [
     ("Ftrl", {"learning_rate_power": -0.3, "l1_regularization_strength": 1e-3,
               "l2_regularization_strength": 1e-3, "l2_shrinkage_regularization_strength": 1e-3,
               "beta": 0.5}),
+    ("Lion", {}),
+    ("Lion", {"beta_1": 0.5, "beta_2": 0.9}),
 ]
 IDS = [name + "".join(f"-{k}" for k in kw) for name, kw in CASES]
 

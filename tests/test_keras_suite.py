@@ -26,7 +26,7 @@ import fastopt.keras as fk  # noqa: E402
 SUITES = {"sgd": ("SGD", "SGDTest"), "adagrad": ("Adagrad", "AdagradTest"),
           "rmsprop": ("RMSprop", "RMSpropTest"), "adam": ("Adam", "AdamTest"),
           "adamw": ("AdamW", "AdamWTest"), "adamax": ("Adamax", "AdamaxTest"),
-          "ftrl": ("Ftrl", "FtrlTest")}
+          "ftrl": ("Ftrl", "FtrlTest"), "lion": ("Lion", "LionTest")}
 
 _FOLDER = Path(keras.__file__).parent / "src" / "optimizers"
 

@@ -135,6 +135,9 @@ CONFIGS = [
     keras_cfg("keras_adamax", "Adamax", learning_rate=0.01),
     keras_cfg("keras_adamax_weight_decay", "Adamax", learning_rate=0.01, beta_1=0.8,
               beta_2=0.99, weight_decay=0.1),
+    keras_cfg("keras_lion", "Lion", learning_rate=0.01),
+    keras_cfg("keras_lion_weight_decay", "Lion", learning_rate=0.01, beta_1=0.8, beta_2=0.95,
+              weight_decay=0.5),
     keras_cfg("keras_sgd_momentum_weight_decay", "SGD", learning_rate=0.05, momentum=0.9,
               weight_decay=0.2),
     keras_cfg("keras_rmsprop_weight_decay", "RMSprop", learning_rate=0.01, weight_decay=0.3),
@@ -374,6 +377,10 @@ def _keras_roundings(cfg):
             "is float64; beta_1, beta_2 and epsilon are Python floats in torch._foreach_*",
             "keras/src/backend/torch/optimizers/torch_adamax.py "
             "Adamax._parallel_update_step")
+    if cfg["cls"] == "Lion":
+        add("none", "Lion: beta_1, beta_2 and their complements are Python floats in "
+            "torch._foreach_*; the learning rate is the variable above",
+            "keras/src/backend/torch/optimizers/torch_lion.py Lion._parallel_update_step")
     if cfg["cls"] == "RMSprop":
         add("none", "RMSprop: rho, momentum and epsilon are Python floats in "
             "torch._foreach_*", "keras/src/backend/torch/optimizers/torch_rmsprop.py")

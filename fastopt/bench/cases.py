@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, Ftrl, RMSprop
+from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, RMSprop
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -66,6 +66,8 @@ CASES = {
     # -0.5, square roots), and a general power (two pow per element)
     "ftrl_sqrt": Case(Ftrl, {}, "ftrl_sqrt", None),
     "ftrl": Case(Ftrl, {"learning_rate_power": -0.3}, "ftrl", None),
+    # Keras 3 only: torch.optim has no Lion
+    "lion": Case(Lion, {}, "lion", None),
 }
 
 

@@ -24,8 +24,8 @@ import numpy as np
 
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-           "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "NAIVE", "SLOTS",
-           "init_state", "stepper"]
+           "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "lion", "NAIVE",
+           "SLOTS", "init_state", "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -132,18 +132,23 @@ def ftrl(w, g, n, z, t=1, lr=0.001, lr_power=-0.3, l1=0.0, l2=0.0, beta=0.0):
     z += g - (n_new ** -lr_power - n ** -lr_power) / lr * w
     n[:] = n_new
     _ftrl_weights(w, z, n ** -lr_power, lr, l1, l2, beta)
+def lion(w, g, m, t=1, lr=0.001, beta_1=0.9, beta_2=0.99):
+    """Lion: the sign of ``beta_1 m + (1 - beta_1) g``, then ``m`` decays by ``beta_2``."""
+    w -= lr * np.sign(beta_1 * m + (1 - beta_1) * g)
+    m[:] = beta_2 * m + (1 - beta_2) * g
 
 
 #: name -> naive step function (fastopt's Keras rule names, and adamw)
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
-                                 adamw, ftrl_sqrt, ftrl)}
+                                 adamw, ftrl_sqrt, ftrl, lion)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
-         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "ftrl_sqrt": 2, "ftrl": 2}
+         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "ftrl_sqrt": 2, "ftrl": 2,
+         "lion": 1}
 
 
 def init_state(rule, w):

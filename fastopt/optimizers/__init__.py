@@ -4,8 +4,9 @@ from ..algorithms.adagrad import Adagrad
 from ..algorithms.adam import Adam, AdamW
 from ..algorithms.adamax import Adamax
 from ..algorithms.ftrl import Ftrl
+from ..algorithms.lion import Lion
 from ..algorithms.rmsprop import RMSprop
 from ..algorithms.sgd import SGD
 from ..optimizer import Optimizer
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion"]

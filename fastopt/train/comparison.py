@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, AdamW, Ftrl, RMSprop
+from ..optimizers import SGD, Adagrad, Adam, AdamW, Ftrl, Lion, RMSprop
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -46,6 +46,7 @@ OPTIMIZERS = {
     "amsgrad": Recipe(Adam, False, {"amsgrad": True}),
     "rmsprop_centered": Recipe(RMSprop, False, {"centered": True}),
     "ftrl": Recipe(Ftrl, False, {}),  # Keras only: refused with --convention torch
+    "lion": Recipe(Lion, False, {}),
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
