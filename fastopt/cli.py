@@ -1,5 +1,6 @@
-"""The ``fastopt`` command: ``compare`` (the optimizer experiment), ``bench``
-(speed and numerics of the optimizer steps) and ``info``.
+"""The ``fastopt`` command: ``compare`` (the optimizer experiment, with
+fastopt's trainer or, ``--framework keras``, in Keras), ``bench`` (speed and
+numerics of the optimizer steps) and ``info``.
 
 Bad input (arguments and their combinations, data files, optimizer settings,
 output paths) ends with one line on stderr and exit status 2, never a traceback,
@@ -167,15 +168,35 @@ def _writable(path, option, fail):
             pass
 
 
+def _refuse_for_keras(args, fail):
+    """Fail on the options that choose how fastopt's own trainer runs: under
+    ``--framework keras`` Keras trains, and fastopt.keras takes Keras's options."""
+    only = "applies to --framework fastopt only"
+    if args.backend != "auto":
+        fail(f"--backend {args.backend} {only}; fastopt.keras chooses fastopt's backend "
+             "itself (auto)")
+    if args.convention != "keras":
+        fail(f"--convention {args.convention} {only}; Keras's optimizers and fastopt.keras "
+             "follow Keras's formulas and defaults")
+    if args.state_dtype is not None:
+        fail(f"--state-dtype {only}; under --framework keras the optimizer state is Keras's "
+             "slot variables, in the model's dtype")
+    if args.state_rounding is not None:
+        fail(f"--state-rounding {only} (with --state-dtype)")
+
+
 def _compare(args):
     import numpy as np
 
     from fastopt.train import comparison, plot
 
     fail = args.parser.error
+    in_keras = args.framework == "keras"
     if (args.csv is None) != (args.target is None):
         fail("--csv PATH and --target COLUMN go together" if args.csv is None
              else "--csv needs --target COLUMN, the column to predict")
+    if in_keras:
+        _refuse_for_keras(args, fail)
     if args.hidden is not None and args.model != "mlp":
         fail("--hidden applies to --model mlp only")
     if args.activation is not None and args.model != "mlp":
@@ -228,41 +249,72 @@ def _compare(args):
         _writable(args.json, "--json", fail)
         if plot_path is not None and os.path.realpath(args.json) == os.path.realpath(plot_path):
             fail(f"--json {args.json!r} is also the plot's file; give them different names")
+    if in_keras:  # imported only here: the default framework never loads Keras or torch
+        from fastopt.train import keras_compare
+        try:
+            keras_compare.check_optimizers(args.optimizers, args.learning_rate, args.momentum)
+        except keras_compare.KerasUnavailable as exc:
+            fail(f"--framework keras: {exc}")
+        except ValueError as exc:
+            fail(f"--optimizers: {exc}")
+        versions = keras_compare.versions()
 
     X_train, y_train, X_test, y_test, names, source = _load_data(args, fail)
     model = ("logistic regression" if args.model == "logistic" else
              f"an MLP ({', '.join(map(str, hidden))} {args.activation} units, sigmoid output)")
-    print(f"Training {model} on {source}: {len(X_train)} training and {len(X_test)} "
+    trainer = (f" in Keras {versions['keras']} (model.fit, torch {versions['torch']} backend)"
+               if in_keras else "")
+    print(f"Training {model}{trainer} on {source}: {len(X_train)} training and {len(X_test)} "
           f"validation rows, {len(names)} features (standardised on the training rows).")
-    print(f"learning rate {args.learning_rate:g}, momentum {args.momentum:g} (momentum and "
-          f"nesterov), batch size {args.batch_size}, {_plural(args.epochs, 'epoch')}, "
-          f"{_plural(args.seeds, 'seed')}, {args.convention} convention, {args.dtype}, "
-          f"backend {args.backend}"
-          + ("" if args.state_dtype is None else
-             f", {args.state_dtype} optimizer state ({args.state_rounding or 'nearest'} "
-             "rounding)"))
+    settings = (f"learning rate {args.learning_rate:g}, momentum {args.momentum:g} (momentum "
+                f"and nesterov), batch size {args.batch_size}, {_plural(args.epochs, 'epoch')}, "
+                f"{_plural(args.seeds, 'seed')}")
+    if in_keras:
+        print(f"{settings}, {args.dtype}; each optimizer twice, as keras.optimizers.X and as "
+              "fastopt.keras.X, from the same weights on the same batches")
+    else:
+        print(f"{settings}, {args.convention} convention, {args.dtype}, backend {args.backend}"
+              + ("" if args.state_dtype is None else
+                 f", {args.state_dtype} optimizer state ({args.state_rounding or 'nearest'} "
+                 "rounding)"))
+    width = max(16, *(len(n) + (len(" (fastopt.keras)") if in_keras else 0)
+                      for n in args.optimizers))
 
     def progress(name, seed, history, seconds):
-        print(f"  {name:<16} seed {seed}: loss {history['loss'][-1]:.4f}, val_accuracy "
+        print(f"  {name:<{width}} seed {seed}: loss {history['loss'][-1]:.4f}, val_accuracy "
               f"{history['val_accuracy'][-1]:.4f} ({seconds:.2f} s)", file=sys.stderr)
 
+    common = dict(optimizers=args.optimizers, learning_rate=args.learning_rate,
+                  momentum=args.momentum, epochs=args.epochs, batch_size=args.batch_size,
+                  seeds=args.seeds, model=args.model, hidden=hidden,
+                  activation=args.activation, dtype=args.dtype, on_run=progress)
     with np.errstate(all="ignore"):  # a run that diverges is reported once, at the end
-        runs = comparison.compare(
-            X_train, y_train, (X_test, y_test), optimizers=args.optimizers,
-            learning_rate=args.learning_rate, momentum=args.momentum, epochs=args.epochs,
-            batch_size=args.batch_size, seeds=args.seeds, model=args.model, hidden=hidden,
-            activation=args.activation, backend=args.backend, convention=args.convention,
-            dtype=args.dtype, on_run=progress, state_dtype=args.state_dtype,
-            state_rounding=args.state_rounding)
+        if in_keras:
+            runs = keras_compare.compare(X_train, y_train, (X_test, y_test), **common)
+        else:
+            runs = comparison.compare(
+                X_train, y_train, (X_test, y_test), backend=args.backend,
+                convention=args.convention, state_dtype=args.state_dtype,
+                state_rounding=args.state_rounding, **common)
     print()
     print(comparison.format_table(comparison.summarize(runs)))
     print(f"\nmean ± std over {_plural(args.seeds, 'seed')} "
           f"({', '.join(map(str, range(args.seeds)))}). final loss, accuracy: the last epoch's "
           "training figures, as Keras reports them;\nval accuracy: on the validation rows "
           "after the last epoch.")
+    if in_keras:
+        agreement = keras_compare.curve_differences(runs)
+        print("\nkeras.optimizers.X vs fastopt.keras.X: the largest difference between their "
+              "loss curves\n(training and validation loss, every epoch and seed; relative: "
+              "to Keras's value)")
+        name_width = max(len("optimizer"), *map(len, agreement))
+        print(f"  {'optimizer':<{name_width}}  absolute  relative")
+        for name, d in agreement.items():
+            print(f"  {name:<{name_width}}  {d['absolute']:<8.1e}  {d['relative']:.1e}")
 
     if args.json is not None:
-        config = {"optimizers": args.optimizers, "learning_rate": args.learning_rate,
+        config = {"framework": args.framework,
+                  "optimizers": args.optimizers, "learning_rate": args.learning_rate,
                   "momentum": args.momentum, "epochs": args.epochs,
                   "batch_size": args.batch_size, "seeds": args.seeds, "model": args.model,
                   "hidden": list(hidden) if args.model == "mlp" else None,
@@ -274,19 +326,28 @@ def _compare(args):
                   "state_dtype": args.state_dtype,
                   "state_rounding": args.state_rounding
                   or ("nearest" if args.state_dtype else None)}
+        if in_keras:
+            config.update(versions)
+        report = comparison.json_report(config, runs)
+        if in_keras:
+            report["agreement"] = {
+                name: {k: v if math.isfinite(v) else None for k, v in d.items()}
+                for name, d in agreement.items()}
         try:
             with open(args.json, "w") as f:
-                json.dump(comparison.json_report(config, runs), f, indent=1, allow_nan=False)
+                json.dump(report, f, indent=1, allow_nan=False)
         except OSError as exc:
             fail(f"--json: cannot write {args.json!r}: {exc.strerror or exc}")
         print(f"json: {args.json}")
     if plot_path is not None:
-        title = (f"{model} on {os.path.basename(source) if args.csv else 'the built-in data'}: "
+        title = (f"{model}{' in Keras' if in_keras else ''} on "
+                 f"{os.path.basename(source) if args.csv else 'the built-in data'}: "
                  f"lr {args.learning_rate:g}, batch {args.batch_size}, "
                  f"{_plural(args.seeds, 'seed')}"
                  f"{' (mean, band: min to max)' if args.seeds > 1 else ''}")
         try:
-            plot.plot_runs(runs, plot_path, title)
+            plot.plot_runs(runs, plot_path, title,
+                           styles=keras_compare.STYLES if in_keras else None)
         except OSError as exc:
             fail(f"--plot: cannot write {plot_path!r}: {exc.strerror or exc}")
         print(f"plot: {plot_path}")
@@ -442,6 +503,12 @@ def _add_compare(sub):
                    metavar="NAMES",
                    help=f"comma-separated, from: {', '.join(comparison.OPTIMIZERS)} "
                         f"(default: {','.join(comparison.DEFAULT_OPTIMIZERS)})")
+    p.add_argument("--framework", choices=("fastopt", "keras"), default="fastopt",
+                   help="fastopt: train with fastopt's NumPy trainer; keras: train a Keras "
+                        "model with model.fit, twice per optimizer, with keras.optimizers.X "
+                        "and with fastopt.keras.X, and compare the two (needs Keras 3 and "
+                        "torch: pip install 'fastopt[keras]'; not with --backend, "
+                        "--convention torch or --state-dtype) (default: fastopt)")
     p.add_argument("--learning-rate", type=_number(float, low=0.0), default=0.01,
                    metavar="LR", help="for every optimizer (default: 0.01)")
     p.add_argument("--momentum", type=_number(float, low=0.0, high=1.0),

@@ -36,6 +36,16 @@ def test_import_fastopt_loads_no_heavy_subpackage():
     assert loaded.strip() == "[]"
 
 
+def test_fastopt_compare_loads_keras_only_for_the_keras_framework():
+    # fastopt.train.keras_compare imports Keras only when --framework keras runs
+    out = _run("import sys\n"
+               "import fastopt.train.keras_compare\n"
+               "from fastopt.cli import main\n"
+               "main(['compare', '--optimizers', 'sgd', '--epochs', '1', '--no-plot'])\n"
+               f"print(sorted(m for m in {HEAVY!r} + ('keras',) if m in sys.modules))")
+    assert out.splitlines()[-1] == "['fastopt.train']"
+
+
 def test_heavy_subpackages_load_on_first_access():
     out = _run("import fastopt, sys\n"
                "assert 'fastopt.train' not in sys.modules\n"

@@ -1,5 +1,6 @@
-"""``fastopt compare``: table, JSON, plot, and every error case."""
+"""``fastopt compare``: table, JSON, plot, every error case, and ``--framework keras``."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -213,6 +214,20 @@ ERRORS = [
     (lambda t: ["--csv", _csv(t, "a,y\n1,0\n2,1\n3,0\n4,1\n"), "--target", "y",
                 "--batch-size", "1", "--momentum", "0.2", "--optimizers", "amsgrad"],
      "--momentum applies"),
+    # --framework keras: the options of fastopt's own trainer are refused before Keras loads
+    (lambda t: ["--framework", "jax"], "argument --framework: invalid choice: 'jax'"),
+    (lambda t: ["--framework", "keras", "--backend", "numpy"],
+     "--backend numpy applies to --framework fastopt only; fastopt.keras chooses"),
+    (lambda t: ["--framework", "keras", "--convention", "torch"],
+     "--convention torch applies to --framework fastopt only; Keras's optimizers and "
+     "fastopt.keras follow Keras's formulas"),
+    (lambda t: ["--framework", "keras", "--state-dtype", "bfloat16"],
+     "--state-dtype applies to --framework fastopt only"),
+    (lambda t: ["--framework", "keras", "--state-rounding", "stochastic"],
+     "--state-rounding applies to --framework fastopt only"),
+    (lambda t: ["--framework", "keras", "--optimizers", "adam,adamax"],
+     "unknown optimizer 'adamax'"),
+    (lambda t: ["--framework", "keras", "--hidden", "8"], "--hidden applies to --model mlp"),
 ]
 
 
@@ -330,3 +345,226 @@ def test_command_end_to_end_in_a_subprocess(tmp_path):
         "fastopt compare: error: --optimizers: unknown optimizer 'adamax'; valid names: sgd, "
         "momentum, nesterov, adam, adagrad, rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, "
         "lion"]
+
+
+# ---------------------------------------------------------------------------
+# --framework keras: the experiment in Keras, keras.optimizers.X next to fastopt.keras.X
+
+KERAS_ROW = re.compile(r"^\s*(\d+)\s+(\S+)\s+(keras|fastopt\.keras)\s+([\d.]+) ± ([\d.]+)"
+                       r"\s+([\d.]+) ± ([\d.]+)\s+([\d.]+) ± ([\d.]+)$")
+AGREEMENT_ROW = re.compile(r"^  (\S+)\s+(\d\.\de[+-]\d\d)\s+(\d\.\de[+-]\d\d)$")
+
+#: The largest relative difference allowed between the loss curves of
+#: keras.optimizers.X and fastopt.keras.X.  Measured on the built-in data, every
+#: optimizer, logistic and MLP, 5 epochs, seeds 0 and 1: in float32 at most
+#: 3.5e-6 (Adam, AdamW, AMSGrad: Keras computes the bias corrections in float32,
+#: fastopt in float64; 1.5e-6 already after Adam's first epoch), 3.4e-7 for
+#: SGD, Adagrad and RMSprop; in float64 the reported curves were identical
+#: (Keras's fit reports its figures rounded to float32, even in float64: at most
+#: one float32 rounding step, 2**-23 relative, could tell them apart).
+KERAS_RTOL = {"float32": 1e-5, "float64": 2.0**-23}
+
+
+@pytest.fixture
+def keras():
+    pytest.importorskip("torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":  # pragma: no cover - conftest sets torch
+        pytest.skip("--framework keras needs KERAS_BACKEND=torch")
+    return keras
+
+
+def _keras_table(out):
+    """``[(rank, optimizer, implementation, loss mean, ...)]`` from the printed table."""
+    return [(int(m[1]), m[2], m[3], *map(float, m.groups()[3:]))
+            for m in map(KERAS_ROW.match, out.splitlines()) if m]
+
+
+def _keras_runs(report, optimizers, seeds, epochs):
+    """Check the JSON of a --framework keras run; ``{(optimizer, seed):
+    {implementation: history}}``."""
+    assert set(report) == {"config", "runs", "agreement"}
+    config = report["config"]
+    assert config["framework"] == "keras" and config["optimizers"] == optimizers
+    assert config["keras"].startswith("3.") and config["torch"]
+    runs = report["runs"]
+    assert [(r["optimizer"], r["implementation"], r["seed"]) for r in runs] == \
+        [(name, impl, s) for name in optimizers for s in range(seeds)
+         for impl in ("keras", "fastopt.keras")]
+    pairs = {}
+    for r in runs:
+        assert set(r) == {"optimizer", "implementation", "seed", "history"}
+        assert list(r["history"]) == ["loss", "accuracy", "val_loss", "val_accuracy"]
+        assert all(len(v) == epochs and all(isinstance(x, float) for x in v)
+                   for v in r["history"].values())
+        pairs.setdefault((r["optimizer"], r["seed"]), {})[r["implementation"]] = r["history"]
+    return pairs
+
+
+def _largest_differences(pairs, name):
+    """(absolute, relative): fastopt.keras's loss curves against Keras's."""
+    absolute = relative = 0.0
+    for (optimizer, _), pair in pairs.items():
+        if optimizer != name:
+            continue
+        for key in ("loss", "val_loss"):
+            ours, theirs = np.array(pair["fastopt.keras"][key]), np.array(pair["keras"][key])
+            absolute = max(absolute, np.max(np.abs(ours - theirs)))
+            relative = max(relative, np.max(np.abs(ours - theirs) / np.abs(theirs)))
+    return absolute, relative
+
+
+def _float_type(keras):
+    """Keras's float settings: floatx, and the global dtype policy (None until
+    Keras first reads it; then fixed from floatx)."""
+    from keras.src.backend.common import global_state
+    return keras.config.floatx(), global_state.get_global_attribute("dtype_policy", None)
+
+
+def test_keras_framework_trains_both_implementations_and_they_agree(keras, tmp_path, capsys):
+    plot, js = tmp_path / "k.png", tmp_path / "k.json"
+    before = _float_type(keras)
+    assert main(["compare", "--framework", "keras", "--optimizers", "sgd,adam", "--epochs", "2",
+                 "--plot", str(plot), "--json", str(js)]) == 0
+    out, err = capsys.readouterr()
+    assert f"Training logistic regression in Keras {keras.__version__} (model.fit" in out
+    assert "each optimizer twice, as keras.optimizers.X and as fastopt.keras.X" in out
+    assert len(err.splitlines()) == 4 and "adam (fastopt.keras) seed 0: loss" in err
+    pairs = _keras_runs(json.loads(js.read_text()), ["sgd", "adam"], seeds=1, epochs=2)
+    report = json.loads(js.read_text())
+    rows = _keras_table(out)
+    assert sorted(r[1:3] for r in rows) == [("adam", "fastopt.keras"), ("adam", "keras"),
+                                            ("sgd", "fastopt.keras"), ("sgd", "keras")]
+    for _, name, impl, loss, _, acc, _, val_acc, _ in rows:
+        history = pairs[name, 0][impl]
+        assert loss == round(history["loss"][-1], 4) and acc == round(history["accuracy"][-1], 4)
+        assert val_acc == round(history["val_accuracy"][-1], 4)
+    printed = {m[1]: (float(m[2]), float(m[3]))
+               for m in map(AGREEMENT_ROW.match, out.splitlines()) if m}
+    assert list(printed) == ["sgd", "adam"]
+    for name in ("sgd", "adam"):
+        absolute, relative = _largest_differences(pairs, name)
+        assert relative < KERAS_RTOL["float32"], (name, relative)
+        assert report["agreement"][name] == pytest.approx(
+            {"absolute": absolute, "relative": relative}, rel=1e-12, abs=0)
+        assert printed[name] == (float(f"{absolute:.1e}"), float(f"{relative:.1e}"))
+    # the optimizers differ: the comparison measures something
+    assert pairs["sgd", 0]["keras"]["loss"] != pairs["adam", 0]["keras"]["loss"]
+    data = plot.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 10_000
+    assert _float_type(keras) == before
+
+
+def test_keras_framework_in_float64_with_an_mlp_and_seeds(keras, tmp_path, capsys):
+    js = tmp_path / "k.json"
+    before = _float_type(keras)
+    assert main(["compare", "--framework", "keras", "--model", "mlp", "--hidden", "4",
+                 "--activation", "tanh", "--dtype", "float64", "--optimizers", "adam",
+                 "--seeds", "2", "--epochs", "1", "--no-plot", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "an MLP (4 tanh units, sigmoid output) in Keras" in out and "float64" in out
+    report = json.loads(js.read_text())
+    assert (report["config"]["dtype"], report["config"]["hidden"]) == ("float64", [4])
+    pairs = _keras_runs(report, ["adam"], seeds=2, epochs=1)
+    assert _largest_differences(pairs, "adam")[1] <= KERAS_RTOL["float64"]
+    assert pairs["adam", 0]["keras"] != pairs["adam", 1]["keras"]  # the seeds differ
+    assert _float_type(keras) == before  # put back as found
+
+
+def test_keras_models_take_the_dtype_asked_for(keras):
+    """Keras fixes its global dtype policy from floatx when first read; the
+    models set it and put it back, so a float64 model after a float32 one is
+    float64, and Keras's settings are left as they were found."""
+    from fastopt.train import keras_compare
+    before = _float_type(keras)
+    w32 = keras_compare.make_model(keras, "mlp", 3, 0, hidden=(2,)).get_weights()
+    w64 = keras_compare.make_model(keras, "mlp", 3, 0, hidden=(2,),
+                                   dtype="float64").get_weights()
+    assert {w.dtype for w in w32} == {np.dtype("float32")}
+    assert {w.dtype for w in w64} == {np.dtype("float64")}
+    again = keras_compare.make_model(keras, "mlp", 3, 0, hidden=(2,)).get_weights()
+    for a, b in zip(w32, again):
+        np.testing.assert_array_equal(a, b)  # the seed fixes the weights
+    assert _float_type(keras) == before
+
+
+def test_keras_framework_reports_diverged_runs(keras, capsys):
+    code = main(["compare", "--framework", "keras", "--model", "mlp", "--learning-rate",
+                 "1e38", "--optimizers", "sgd", "--epochs", "1", "--no-plot"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "nan ± nan" in out
+    assert err.splitlines()[-1] == (
+        "fastopt compare: training diverged (the loss is not a finite number): sgd (keras) "
+        "seed 0 from epoch 1; sgd (fastopt.keras) seed 0 from epoch 1; try a smaller "
+        "--learning-rate")
+
+
+def _one_error_line(argv, capsys):
+    assert _exit_code(["compare", "--framework", "keras", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_keras_framework_without_keras_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "keras", None)  # `import keras` now fails
+    err = _one_error_line([], capsys)
+    assert "error: --framework keras: Keras 3 with the torch backend is not installed" in err
+    assert "pip install 'fastopt[keras]'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keras_framework_refuses_another_keras_backend(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "keras", raising=False)  # not imported yet
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    err = _one_error_line([], capsys)
+    assert ("--framework keras: fastopt.keras runs on Keras's torch backend, but "
+            "KERAS_BACKEND=jax here; unset KERAS_BACKEND or set KERAS_BACKEND=torch") in err
+
+
+def test_keras_framework_refuses_keras_loaded_with_another_backend(keras, monkeypatch, capsys):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    err = _one_error_line(["--no-plot"], capsys)
+    assert "but Keras was loaded with the 'jax' backend; set KERAS_BACKEND=torch" in err
+
+
+def test_keras_framework_end_to_end_in_a_subprocess(keras, tmp_path):
+    """The command sets KERAS_BACKEND=torch itself when it is not set."""
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    run = subprocess.run([*_command(), "compare", "--framework", "keras", "--optimizers", "sgd",
+                          "--epochs", "1", "--no-plot"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert sorted(r[2] for r in _keras_table(run.stdout)) == ["fastopt.keras", "keras"]
+    env["KERAS_BACKEND"] = "tensorflow"
+    bad = subprocess.run([*_command(), "compare", "--framework", "keras"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines() == [
+        "fastopt compare: error: --framework keras: fastopt.keras runs on Keras's torch "
+        "backend, but KERAS_BACKEND=tensorflow here; unset KERAS_BACKEND or set "
+        "KERAS_BACKEND=torch"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_with_an_implementation_are_ranked_reported_and_named_apart():
+    from fastopt.train import comparison
+    history = {"loss": [0.5, 0.4], "accuracy": [0.7, 0.8]}
+    runs = [{"optimizer": "adam", "implementation": impl, "seed": 0,
+             "history": {**history, "loss": [0.5, loss]}}
+            for impl, loss in (("keras", 0.41), ("fastopt.keras", float("nan")))]
+    rows = comparison.summarize(runs)
+    assert [(r["rank"], r["implementation"]) for r in rows] == [(1, "keras"),
+                                                                 (2, "fastopt.keras")]
+    table = comparison.format_table(rows).splitlines()
+    assert table[0].split()[:3] == ["rank", "optimizer", "implementation"]
+    assert table[1].split()[:4] == ["1", "adam", "keras", "0.4100"]
+    assert comparison.diverged(runs) == [("adam (fastopt.keras)", 0, 1)]
+    report = comparison.json_report({}, runs)["runs"]
+    assert [list(r) for r in report] == [["optimizer", "implementation", "seed", "history"]] * 2
+    assert report[1]["history"]["loss"] == [0.5, None]
+    plain = comparison.summarize([{"optimizer": "sgd", "seed": 0, "history": history}])
+    assert plain[0]["implementation"] is None
+    assert "implementation" not in comparison.format_table(plain)

@@ -2,7 +2,10 @@
 
 Every optimizer trains the same model from the same initial weights on the
 same batches (model seed and batch-order seed are both the run's seed), so
-the loss curves differ only by the optimizer.
+the loss curves differ only by the optimizer.  (``fastopt compare --framework
+keras`` trains in Keras instead: :mod:`fastopt.train.keras_compare`, whose runs
+also carry an ``"implementation"``; :func:`summarize`, :func:`format_table`,
+:func:`json_report` and :func:`diverged` take both kinds of run.)
 
 >>> runs = compare(X_train, y_train, (X_test, y_test), seeds=3)
 >>> print(format_table(summarize(runs)))
@@ -23,7 +26,7 @@ from .models import MLP, LogisticRegression
 
 __all__ = ["Recipe", "OPTIMIZERS", "DEFAULT_OPTIMIZERS", "MODELS", "make_optimizer",
            "check_optimizers", "make_model", "compare", "summarize", "format_table",
-           "json_report", "diverged"]
+           "json_report", "diverged", "run_label"]
 
 
 class Recipe(NamedTuple):
@@ -150,14 +153,23 @@ def compare(X, y, validation_data=None, optimizers=DEFAULT_OPTIMIZERS, learning_
     return runs
 
 
+def run_label(run):
+    """How a run is named to the user: its optimizer, followed by its
+    implementation in parentheses if it has one (``"adam (fastopt.keras)"``)."""
+    implementation = run.get("implementation")
+    return run["optimizer"] if implementation is None else \
+        f"{run['optimizer']} ({implementation})"
+
+
 def diverged(runs):
-    """``[(optimizer, seed, epoch)]``: the runs whose loss stopped being a finite
-    number (training diverged), each with the first epoch where it did."""
+    """``[(label, seed, epoch)]``: the runs whose loss stopped being a finite
+    number (training diverged), each with the first epoch where it did;
+    ``label`` is :func:`run_label`'s (the optimizer's name)."""
     out = []
     for run in runs:
         for epoch, value in enumerate(run["history"]["loss"]):
             if not math.isfinite(value):
-                out.append((run["optimizer"], run["seed"], epoch))
+                out.append((run_label(run), run["seed"], epoch))
                 break
     return out
 
@@ -167,20 +179,24 @@ def _mean_std(values):
 
 
 def summarize(runs):
-    """Per optimizer, mean and standard deviation over seeds of the last epoch's
-    ``loss``, ``accuracy`` and ``val_accuracy`` (if present), ranked by mean loss.
+    """Per optimizer (and implementation, for runs that have one), mean and
+    standard deviation over seeds of the last epoch's ``loss``, ``accuracy`` and
+    ``val_accuracy`` (if present), ranked by mean loss.
 
-    Returns a list of dicts ``{"rank", "optimizer", "seeds", "loss": (mean, std),
-    "accuracy": ..., "val_accuracy": ... or None}``, best first; a loss that is
-    NaN ranks last.  The standard deviation is the population one (0 for one seed).
+    Returns a list of dicts ``{"rank", "optimizer", "implementation": str or
+    None, "seeds", "loss": (mean, std), "accuracy": ..., "val_accuracy": ... or
+    None}``, best first; a loss that is NaN ranks last.  The standard deviation
+    is the population one (0 for one seed).
     """
     by_name = {}
     for run in runs:
-        by_name.setdefault(run["optimizer"], []).append(run["history"])
+        by_name.setdefault((run["optimizer"], run.get("implementation")), []).append(
+            run["history"])
     rows = []
-    for name, histories in by_name.items():
+    for (name, implementation), histories in by_name.items():
         last = {k: [h[k][-1] for h in histories] for k in histories[0]}
-        rows.append({"optimizer": name, "seeds": len(histories),
+        rows.append({"optimizer": name, "implementation": implementation,
+                     "seeds": len(histories),
                      "loss": _mean_std(last["loss"]),
                      "accuracy": _mean_std(last["accuracy"]),
                      "val_accuracy": _mean_std(last["val_accuracy"])
@@ -192,18 +208,23 @@ def summarize(runs):
 
 
 def format_table(rows):
-    """The rows of :func:`summarize` as an aligned text table."""
+    """The rows of :func:`summarize` as an aligned text table (with an
+    ``implementation`` column when the rows have implementations)."""
     columns = [("loss", "final loss"), ("accuracy", "accuracy"),
                ("val_accuracy", "val accuracy")]
     columns = [(k, title) for k, title in columns if rows and rows[0][k] is not None]
-    name_width = max(len("optimizer"), *(len(r["optimizer"]) for r in rows))
+    names = [("optimizer", "optimizer")]
+    if any(r.get("implementation") for r in rows):
+        names.append(("implementation", "implementation"))
+    widths = [max(len(title), *(len(r[k] or "") for r in rows)) for k, title in names]
     cell = "{:.4f} ± {:.4f}"
     width = len(cell.format(0, 0))
-    lines = [("rank  " + "optimizer".ljust(name_width) + "".join(
-        f"  {title:<{width}}" for _, title in columns)).rstrip()]
+    lines = [("rank" + "".join(f"  {title:<{w}}" for (_, title), w in zip(names, widths))
+              + "".join(f"  {title:<{width}}" for _, title in columns)).rstrip()]
     for r in rows:
-        lines.append(f"{r['rank']:>4}  {r['optimizer']:<{name_width}}" + "".join(
-            f"  {cell.format(*r[k]):>{width}}" for k, _ in columns))
+        lines.append(f"{r['rank']:>4}"
+                     + "".join(f"  {r[k] or '':<{w}}" for (k, _), w in zip(names, widths))
+                     + "".join(f"  {cell.format(*r[k]):>{width}}" for k, _ in columns))
     return "\n".join(lines)
 
 
@@ -213,9 +234,14 @@ def _finite_or_none(x):
 
 def json_report(config, runs):
     """``{"config": config, "runs": runs}``, with non-finite numbers as ``None``
-    so that the result is strict JSON."""
-    return {"config": config,
-            "runs": [{"optimizer": r["optimizer"], "seed": r["seed"],
-                      "history": {k: [_finite_or_none(v) for v in values]
-                                  for k, values in r["history"].items()}}
-                     for r in runs]}
+    so that the result is strict JSON.  A run is ``{"optimizer", "seed",
+    "history"}``, with its ``"implementation"`` after the optimizer if it has one."""
+    def one(r):
+        out = {"optimizer": r["optimizer"]}
+        if r.get("implementation") is not None:
+            out["implementation"] = r["implementation"]
+        out["seed"] = r["seed"]
+        out["history"] = {k: [_finite_or_none(v) for v in values]
+                          for k, values in r["history"].items()}
+        return out
+    return {"config": config, "runs": [one(r) for r in runs]}
