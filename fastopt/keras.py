@@ -1,7 +1,7 @@
 """fastopt's fused optimizers as Keras 3 optimizers.
 
 ``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW``,
-``Adamax`` and ``Lion`` subclass the ``keras.optimizers`` class of the same name: the
+``Adamax``, ``Lion`` and ``Adadelta`` subclass the ``keras.optimizers`` class of the same name: the
 constructor (arguments, defaults, checks and errors), ``get_config``,
 ``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
 variables and their names, ``save_own_variables``/``load_own_variables`` are
@@ -46,6 +46,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError("fastopt.keras needs Keras 3 with the torch backend: "
                       "pip install 'fastopt[keras]' and set KERAS_BACKEND=torch") from e
 
+from .algorithms.adadelta import Adadelta as _Adadelta
 from .algorithms.adagrad import Adagrad as _Adagrad
 from .algorithms.adam import Adam as _Adam, AdamW as _AdamW
 from .algorithms.adamax import Adamax as _Adamax
@@ -53,7 +54,7 @@ from .algorithms.lion import Lion as _Lion
 from .algorithms.rmsprop import RMSprop as _RMSprop
 from .algorithms.sgd import SGD as _SGD
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Lion"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Lion", "Adadelta"]
 
 #: float dtypes fastopt's kernels update
 _DTYPES = ("float32", "float64")
@@ -305,3 +306,4 @@ Adam = _fused(keras.optimizers.Adam, _Adam, _doc("Adam"))
 AdamW = _fused(keras.optimizers.AdamW, _AdamW, _doc("AdamW"))
 Adamax = _fused(keras.optimizers.Adamax, _Adamax, _doc("Adamax"))
 Lion = _fused(keras.optimizers.Lion, _Lion, _doc("Lion"))
+Adadelta = _fused(keras.optimizers.Adadelta, _Adadelta, _doc("Adadelta"))

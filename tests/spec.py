@@ -19,6 +19,7 @@ KERAS_DEFAULTS = {
                   epsilon=1e-7, amsgrad=False),
     "Adamax": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
     "Lion": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.99),
+    "Adadelta": dict(learning_rate=0.001, rho=0.95, epsilon=1e-7),
 }
 
 
@@ -40,6 +41,8 @@ class KerasSpec:
             names = ["momentum", "norm"]
         elif class_name == "Lion":
             names = ["momentum"]
+        elif class_name == "Adadelta":
+            names = ["accumulated_grad", "accumulated_delta_var"]
         else:
             names = ["momentum", "velocity"] + (["velocity_hat"] if h["amsgrad"] else [])
         init = h.get("initial_accumulator_value", 0.0)
@@ -90,6 +93,8 @@ class KerasSpec:
         if self.cls == "Adamax":
             return R.adamax(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"],
                             beta_2=h["beta_2"], epsilon=h["epsilon"], step=self.iterations + 1)
+        if self.cls == "Adadelta":
+            return R.adadelta(w, g, *slots, learning_rate=lr, rho=h["rho"], epsilon=h["epsilon"])
         if self.cls == "Lion":
             return R.lion(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"], beta_2=h["beta_2"])
         alpha = R.adam_alpha(lr, h["beta_1"], h["beta_2"], self.iterations)

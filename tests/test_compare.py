@@ -178,7 +178,7 @@ ERRORS = [
      "leaves an empty training or test set"),
     (lambda t: ["--optimizers", "adam,adamax"],
      "unknown optimizer 'adamax'; valid names: sgd, momentum, nesterov, adam, adagrad, "
-     "rmsprop, adamw, amsgrad, rmsprop_centered, lion"),
+     "rmsprop, adamw, amsgrad, rmsprop_centered, lion, adadelta"),
     (lambda t: ["--optimizers", "adam,lion", "--convention", "torch"],
      "--optimizers: lion: Lion: convention='torch' is not offered: Lion exists in Keras 3.15 "
      "only"),
@@ -326,4 +326,5 @@ def test_command_end_to_end_in_a_subprocess(tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.splitlines() == [
         "fastopt compare: error: --optimizers: unknown optimizer 'adamax'; valid names: sgd, "
-        "momentum, nesterov, adam, adagrad, rmsprop, adamw, amsgrad, rmsprop_centered, lion"]
+        "momentum, nesterov, adam, adagrad, rmsprop, adamw, amsgrad, rmsprop_centered, lion, "
+        "adadelta"]

@@ -34,6 +34,8 @@ CASES = [
     ("AdamW", {}),
     ("Adamax", {}),
     ("Lion", {}),
+    ("Adadelta", {}),
+    ("Adadelta", {"rho": 0.9, "epsilon": 1e-6}),
     ("Lion", {"beta_1": 0.5, "beta_2": 0.9}),
 ]
 IDS = [name + "".join(f"-{k}" for k in kw) for name, kw in CASES]

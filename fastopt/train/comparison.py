@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, AdamW, Lion, RMSprop
+from ..optimizers import SGD, Adadelta, Adagrad, Adam, AdamW, Lion, RMSprop
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -46,6 +46,7 @@ OPTIMIZERS = {
     "amsgrad": Recipe(Adam, False, {"amsgrad": True}),
     "rmsprop_centered": Recipe(RMSprop, False, {"centered": True}),
     "lion": Recipe(Lion, False, {}),
+    "adadelta": Recipe(Adadelta, False, {}),
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
