@@ -1,7 +1,8 @@
 """fastopt's fused optimizers as Keras 3 optimizers.
 
 ``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW``,
-``Adamax``, ``Ftrl`` and ``Lion`` subclass the ``keras.optimizers`` class of the same name: the
+``Adamax``, ``Ftrl``, ``Lion`` and ``Adadelta`` subclass the ``keras.optimizers`` class of the
+same name: the
 constructor (arguments, defaults, checks and errors), ``get_config``,
 ``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
 variables and their names, ``save_own_variables``/``load_own_variables`` are
@@ -46,6 +47,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError("fastopt.keras needs Keras 3 with the torch backend: "
                       "pip install 'fastopt[keras]' and set KERAS_BACKEND=torch") from e
 
+from .algorithms.adadelta import Adadelta as _Adadelta
 from .algorithms.adagrad import Adagrad as _Adagrad
 from .algorithms.adam import Adam as _Adam, AdamW as _AdamW
 from .algorithms.adamax import Adamax as _Adamax
@@ -54,7 +56,7 @@ from .algorithms.lion import Lion as _Lion
 from .algorithms.rmsprop import RMSprop as _RMSprop
 from .algorithms.sgd import SGD as _SGD
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion", "Adadelta"]
 
 #: float dtypes fastopt's kernels update
 _DTYPES = ("float32", "float64")
@@ -306,3 +308,4 @@ AdamW = _fused(keras.optimizers.AdamW, _AdamW, _doc("AdamW"))
 Adamax = _fused(keras.optimizers.Adamax, _Adamax, _doc("Adamax"))
 Ftrl = _fused(keras.optimizers.Ftrl, _Ftrl, _doc("Ftrl"))
 Lion = _fused(keras.optimizers.Lion, _Lion, _doc("Lion"))
+Adadelta = _fused(keras.optimizers.Adadelta, _Adadelta, _doc("Adadelta"))

@@ -94,6 +94,12 @@ class OptimizerInfo:
         ``torch.optim`` keywords for the adapter tests (tests/test_torch.py);
         the first is the plain one, translated by :func:`fastopt_kwargs` for
         the bit-equality tests.
+    torch_lr : float
+        The ``lr`` of the adapter tests that set their own (bfloat16/float16
+        parameters): one that moves the parameters well beyond those dtypes'
+        spacing in a few steps.  Adadelta's ``lr`` multiplies an RMS ratio
+        that starts near ``sqrt(eps)``, so it needs a few units where the
+        others take 0.01.
     golden : tuple of str
         Recordings in tests/golden of this variant (checked to exist and to
         build this class and rule).
@@ -117,6 +123,7 @@ class OptimizerInfo:
     torch_samples: tuple = ()
     torch_class: str | None = None
     torch_configs: tuple = ()
+    torch_lr: float = 0.01
     golden: tuple = ()
     error_inputs: tuple = ()
     search_space: dict = field(default_factory=dict)
@@ -418,6 +425,30 @@ DB = [
                       "l2_regularization_strength": st.floats(0.0, 0.1),
                       "l2_shrinkage_regularization_strength": st.floats(0.0, 0.1),
                       "beta": st.floats(0.0, 1.0)}),
+    OptimizerInfo(
+        "adadelta", fastopt.Adadelta, {}, 1.0,
+        rules={"keras": "adadelta", "torch": "adadelta_torch"},
+        scalars={"adadelta": (0.5, 0.95, 1e-7), "adadelta_torch": (1.0, 0.9, 1e-6)},
+        quadratic_lr=10.0, rosenbrock_lr=1.0,
+        torch_samples=(("adadelta", {"learning_rate": 1.0}),
+                       ("adadelta_l2_maximize", {"learning_rate": 0.5, "rho": 0.95,
+                                                 "epsilon": 1e-5, "weight_decay": 0.1,
+                                                 "maximize": True})),
+        torch_class="Adadelta", torch_lr=3.0,
+        torch_configs=(dict(lr=1.0),
+                       dict(lr=0.5, rho=0.95, eps=1e-5, weight_decay=0.1, maximize=True)),
+        golden=("keras_adadelta", "keras_adadelta_weight_decay", "torch_adadelta",
+                "torch_adadelta_weight_decay_maximize"),
+        error_inputs=(
+            ({"eps": 1e-6}, ValueError, r"'eps' \(did you mean epsilon\?\)"),
+            ({"alpha": 0.9}, ValueError, r"unknown hyperparameter\(s\) 'alpha'"),
+            ({"rho": 1.5}, ValueError, "rho must be <= 1"),
+            ({"rho": -0.1}, ValueError, "rho must be >= 0"),
+            ({"rho": float("nan")}, ValueError, "rho must be finite"),
+            ({"epsilon": -1e-7}, ValueError, "epsilon must be >= 0"),
+            ({"epsilon": "1e-7"}, TypeError, "epsilon must be a real number"),
+        ),
+        search_space={"rho": st.floats(0.0, 0.99), "epsilon": _EPSILON}),
     OptimizerInfo(
         "lion", fastopt.Lion, {}, 0.01,
         rules={"keras": "lion"},

@@ -22,6 +22,7 @@ KERAS_DEFAULTS = {
                  l1_regularization_strength=0.0, l2_regularization_strength=0.0,
                  l2_shrinkage_regularization_strength=0.0, beta=0.0),
     "Lion": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.99),
+    "Adadelta": dict(learning_rate=0.001, rho=0.95, epsilon=1e-7),
 }
 
 
@@ -45,6 +46,8 @@ class KerasSpec:
             names = ["accumulator", "linear"]
         elif class_name == "Lion":
             names = ["momentum"]
+        elif class_name == "Adadelta":
+            names = ["accumulated_grad", "accumulated_delta_var"]
         else:
             names = ["momentum", "velocity"] + (["velocity_hat"] if h["amsgrad"] else [])
         init = h.get("initial_accumulator_value", 0.0)
@@ -97,6 +100,8 @@ class KerasSpec:
                             beta_2=h["beta_2"], epsilon=h["epsilon"], step=self.iterations + 1)
         if self.cls == "Ftrl":
             return self._ftrl(w, g, *slots, lr)
+        if self.cls == "Adadelta":
+            return R.adadelta(w, g, *slots, learning_rate=lr, rho=h["rho"], epsilon=h["epsilon"])
         if self.cls == "Lion":
             return R.lion(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"], beta_2=h["beta_2"])
         alpha = R.adam_alpha(lr, h["beta_1"], h["beta_2"], self.iterations)

@@ -179,7 +179,7 @@ ERRORS = [
      "leaves an empty training or test set"),
     (lambda t: ["--optimizers", "adam,adamax"],
      "unknown optimizer 'adamax'; valid names: sgd, momentum, nesterov, adam, adagrad, "
-     "rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, lion"),
+     "rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, lion, adadelta"),
     (lambda t: ["--optimizers", "adam,ftrl", "--convention", "torch"],
      "ftrl: Ftrl: convention='torch' is not offered: Ftrl exists in Keras 3.15 only"),
     (lambda t: ["--optimizers", "adam,lion", "--convention", "torch"],
@@ -344,7 +344,7 @@ def test_command_end_to_end_in_a_subprocess(tmp_path):
     assert bad.stderr.splitlines() == [
         "fastopt compare: error: --optimizers: unknown optimizer 'adamax'; valid names: sgd, "
         "momentum, nesterov, adam, adagrad, rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, "
-        "lion"]
+        "lion, adadelta"]
 
 
 # ---------------------------------------------------------------------------

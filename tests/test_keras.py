@@ -38,6 +38,8 @@ CASES = [
               "l2_regularization_strength": 1e-3, "l2_shrinkage_regularization_strength": 1e-3,
               "beta": 0.5}),
     ("Lion", {}),
+    ("Adadelta", {}),
+    ("Adadelta", {"rho": 0.9, "epsilon": 1e-6}),
     ("Lion", {"beta_1": 0.5, "beta_2": 0.9}),
 ]
 IDS = [name + "".join(f"-{k}" for k in kw) for name, kw in CASES]

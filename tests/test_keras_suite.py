@@ -26,7 +26,8 @@ import fastopt.keras as fk  # noqa: E402
 SUITES = {"sgd": ("SGD", "SGDTest"), "adagrad": ("Adagrad", "AdagradTest"),
           "rmsprop": ("RMSprop", "RMSpropTest"), "adam": ("Adam", "AdamTest"),
           "adamw": ("AdamW", "AdamWTest"), "adamax": ("Adamax", "AdamaxTest"),
-          "ftrl": ("Ftrl", "FtrlTest"), "lion": ("Lion", "LionTest")}
+          "ftrl": ("Ftrl", "FtrlTest"), "lion": ("Lion", "LionTest"),
+          "adadelta": ("Adadelta", "AdadeltaTest")}
 
 _FOLDER = Path(keras.__file__).parent / "src" / "optimizers"
 

@@ -426,11 +426,12 @@ def test_low_precision_parameters_compute_in_float32(row, dtype):
     most), and, where torch has fused kernels (Adam, AdamW, Adagrad), against
     them too.  (torch 2.13's fused SGD with momentum leaves bfloat16/float16
     parameters unchanged on the first step in its vectorised part, so it is
-    no reference.)  Each row's plain torch configuration at lr=0.01.
+    no reference.)  Each row's plain torch configuration at its ``torch_lr``
+    (0.01, Adadelta 3.0).
     bfloat16 runs in one pass (numba_bf16), except centred RMSprop and
     float16, which go through float32 staging copies."""
     import inspect
-    name, kw = row.torch_class, {**row.torch_configs[0], "lr": 0.01}
+    name, kw = row.torch_class, {**row.torch_configs[0], "lr": row.torch_lr}
     init = _tensors(dtype)
     stream = _grad_stream(dtype, 6)
     fast, fo = _run(lambda ps: getattr(ft, name)(ps, **kw), init, stream)

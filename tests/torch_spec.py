@@ -23,6 +23,8 @@ TORCH_DEFAULTS = {
                   weight_decay=1e-2, amsgrad=False, maximize=False),
     "Adamax": dict(learning_rate=2e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                    weight_decay=0.0, maximize=False),
+    "Adadelta": dict(learning_rate=1.0, rho=0.9, epsilon=1e-6, weight_decay=0.0,
+                     maximize=False),
 }
 
 
@@ -89,6 +91,14 @@ class TorchSpec:
                 st["momentum"] = h["momentum"] * st.get("momentum", 0.0) + g / avg
                 return p - lr * st["momentum"]
             return p - lr * g / avg
+        if self.cls == "Adadelta":  # square_avg, acc_delta; eps inside both square roots
+            rho, eps = h["rho"], h["epsilon"]
+            st["accumulated_grad"] = rho * st.get("accumulated_grad", 0.0) + (1 - rho) * g * g
+            std = np.sqrt(st["accumulated_grad"] + eps)
+            delta = np.sqrt(st.get("accumulated_delta_var", 0.0) + eps) / std * g
+            st["accumulated_delta_var"] = (rho * st.get("accumulated_delta_var", 0.0)
+                                           + (1 - rho) * delta * delta)
+            return p - lr * delta
         b1, b2 = h["beta_1"], h["beta_2"]
         st["momentum"] = b1 * st.get("momentum", 0.0) + (1 - b1) * g
         if self.cls == "Adamax":  # exp_inf: an infinity norm, epsilon inside the max

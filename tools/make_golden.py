@@ -14,6 +14,9 @@ parameters, gradients, parameters after every step, final optimizer state)
 and ``tests/golden/<name>.json`` (versions, the exact constructor call, how
 to build the same optimizer in fastopt, the tolerance and the float32
 roundings found inside Keras).  ``tests/golden/README.md`` describes both.
+The slot names come from this checkout's registry (``fastopt.rule.RULES``,
+imported by path; its NumPy backend is enough): Keras's variable suffixes,
+and torch's ``state`` keys through each rule's ``torch_state``.
 """
 from __future__ import annotations
 
@@ -31,6 +34,10 @@ import keras  # after KERAS_BACKEND is set
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import fastopt  # noqa: E402 - this checkout's, for the slot names of its registry
+from fastopt.rule import RULES  # noqa: E402
+
 OUT = Path(__file__).resolve().parent.parent / "tests" / "golden"
 STEPS = 60
 SHAPES = [(3, 4), (5,), (2,)]
@@ -41,14 +48,10 @@ BIG_STEPS = (5, 33)                      # gradients scaled by 1e3
 SMALL_STEPS = (7, 41)                    # gradients scaled by 1e-4
 ZERO_TENSOR_STEP = 11                    # tensor 1 alone all zeros
 
-# torch state names -> fastopt slot names
-TORCH_SLOTS = {"exp_avg": "momentum", "exp_avg_sq": "velocity",
-               "max_exp_avg_sq": "velocity_hat", "momentum_buffer": "momentum",
-               "sum": "accumulator", "square_avg": "velocity",
-               "grad_avg": "average_gradient", "exp_inf": "norm"}
-# Keras optimizer-variable suffixes (already fastopt's names)
-KERAS_SLOTS = ("velocity_hat", "velocity", "momentum", "accumulator", "average_gradient",
-               "gradient_accumulator", "average", "norm", "linear")
+# Keras optimizer-variable suffixes: every rule's slot names (Keras's, which
+# fastopt uses), and Keras's EMA and accumulation variables
+KERAS_SLOTS = (*dict.fromkeys(s for rule in RULES.values() for s in rule.slots),
+               "gradient_accumulator", "average")
 # torch keyword -> fastopt keyword (betas is split into beta_1, beta_2)
 TORCH_TO_FASTOPT = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
 
@@ -118,6 +121,9 @@ CONFIGS = [
     torch_cfg("torch_adamax", "Adamax", lr=0.01),
     torch_cfg("torch_adamax_weight_decay", "Adamax", lr=0.01, betas=(0.8, 0.99),
               weight_decay=0.01, eps=1e-6),
+    torch_cfg("torch_adadelta", "Adadelta", lr=1.0),
+    torch_cfg("torch_adadelta_weight_decay_maximize", "Adadelta", lr=0.5, rho=0.95, eps=1e-5,
+              weight_decay=0.05, maximize=True),
     # --- keras.optimizers, convention="keras" --------------------------------------
     keras_cfg("keras_sgd", "SGD", learning_rate=0.05),
     keras_cfg("keras_sgd_momentum", "SGD", learning_rate=0.05, momentum=0.9),
@@ -135,6 +141,9 @@ CONFIGS = [
     keras_cfg("keras_adamax", "Adamax", learning_rate=0.01),
     keras_cfg("keras_adamax_weight_decay", "Adamax", learning_rate=0.01, beta_1=0.8,
               beta_2=0.99, weight_decay=0.1),
+    keras_cfg("keras_adadelta", "Adadelta", learning_rate=1.0),
+    keras_cfg("keras_adadelta_weight_decay", "Adadelta", learning_rate=0.5, rho=0.9,
+              epsilon=1e-6, weight_decay=0.1),
     keras_cfg("keras_lion", "Lion", learning_rate=0.01),
     keras_cfg("keras_lion_weight_decay", "Lion", learning_rate=0.01, beta_1=0.8, beta_2=0.95,
               weight_decay=0.5),
@@ -238,6 +247,19 @@ def _fastopt_value(v):
     return v
 
 
+def torch_slot_names(spec):
+    """torch ``state`` key -> fastopt slot name for the fastopt twin ``spec``
+    describes, from the registry (``Rule.torch_state`` against ``Rule.slots``
+    of the rule each parameter group runs)."""
+    groups = spec.get("groups") or [{}]
+    names = {}
+    for g in groups:
+        kwargs = {**spec["kwargs"], **{k: v for k, v in g.items() if k != "tensors"}}
+        rule = RULES[getattr(fastopt, spec["class"])(np.zeros(1), **kwargs).rule]
+        names.update(zip(rule.torch_state, rule.slots))
+    return names
+
+
 def record_torch(cfg):
     init, grads = make_data(cfg["name"], STEPS)
     params = [torch.tensor(a.copy(), dtype=torch.float64, requires_grad=True) for a in init]
@@ -269,12 +291,6 @@ def record_torch(cfg):
         opt.step()
         for k, p in enumerate(params):
             trajectory[k][t] = p.detach().numpy()
-    state = {}
-    for k, p in enumerate(params):
-        for key, value in opt.state[p].items():
-            if key in TORCH_SLOTS and value is not None:
-                state[f"state_{TORCH_SLOTS[key]}_{k}"] = value.detach().numpy().copy()
-
     fastopt_kw = {}
     for key, v in cfg["kw"].items():
         if key == "betas":
@@ -291,6 +307,12 @@ def record_torch(cfg):
         spec["params"] = "groups"
         spec["groups"] = [{TORCH_TO_FASTOPT.get(k, k): v for k, v in g.items()}
                           for g in cfg["groups"]]
+    slot_names = torch_slot_names(spec)
+    state = {}
+    for k, p in enumerate(params):
+        for key, value in opt.state[p].items():
+            if key in slot_names and value is not None:
+                state[f"state_{slot_names[key]}_{k}"] = value.detach().numpy().copy()
     meta = {"framework": "torch", "framework_version": torch.__version__,
             "constructor": ctor, "clip": clip_call,
             "step": "p.grad = g for every tensor; then the clip call if any; then opt.step()",
@@ -377,6 +399,11 @@ def _keras_roundings(cfg):
             "is float64; beta_1, beta_2 and epsilon are Python floats in torch._foreach_*",
             "keras/src/backend/torch/optimizers/torch_adamax.py "
             "Adamax._parallel_update_step")
+    if cfg["cls"] == "Adadelta":
+        add("none", "Adadelta: rho, 1 - rho and epsilon are Python floats in torch._foreach_*; "
+            "the learning rate is the variable above",
+            "keras/src/backend/torch/optimizers/torch_adadelta.py "
+            "Adadelta._parallel_update_step")
     if cfg["cls"] == "Lion":
         add("none", "Lion: beta_1, beta_2 and their complements are Python floats in "
             "torch._foreach_*; the learning rate is the variable above",

@@ -4,7 +4,7 @@
 the naive NumPy step it is compared with (:mod:`fastopt.bench.naive`, same
 name) and the ``torch.optim`` optimizer of the same update:
 ``fused=True`` where PyTorch has a fused CPU implementation (Adam, AdamW,
-SGD, Adagrad), ``foreach=True`` otherwise (RMSprop, Adamax); none where
+SGD, Adagrad), ``foreach=True`` otherwise (RMSprop, Adamax, Adadelta); none where
 torch has no such optimizer (Lion, Ftrl).  Hyperparameters are
 the Keras defaults of fastopt and of the naive steps, and the same values
 are given to torch, so all three run the same amount of arithmetic.
@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, RMSprop
+from ..optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, RMSprop
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -66,6 +66,8 @@ CASES = {
     # -0.5, square roots), and a general power (two pow per element)
     "ftrl_sqrt": Case(Ftrl, {}, "ftrl_sqrt", None),
     "ftrl": Case(Ftrl, {"learning_rate_power": -0.3}, "ftrl", None),
+    "adadelta": Case(Adadelta, {}, "adadelta",
+                     ("Adadelta", {"lr": 0.001, "rho": 0.95, "eps": 1e-7}, "foreach")),
     # Keras 3 only: torch.optim has no Lion
     "lion": Case(Lion, {}, "lion", None),
 }

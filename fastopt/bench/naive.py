@@ -24,8 +24,8 @@ import numpy as np
 
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-           "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "lion", "NAIVE",
-           "SLOTS", "init_state", "stepper"]
+           "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "lion", "adadelta",
+           "NAIVE", "SLOTS", "init_state", "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -138,17 +138,25 @@ def lion(w, g, m, t=1, lr=0.001, beta_1=0.9, beta_2=0.99):
     m[:] = beta_2 * m + (1 - beta_2) * g
 
 
+def adadelta(w, g, acc_g, acc_d, t=1, lr=0.001, rho=0.95, eps=1e-7):
+    """Adadelta: the step is ``sqrt(acc_d + eps)/sqrt(acc_g + eps) * g``."""
+    acc_g[:] = rho * acc_g + (1 - rho) * g * g
+    delta = np.sqrt(acc_d + eps) * g / np.sqrt(acc_g + eps)
+    acc_d[:] = rho * acc_d + (1 - rho) * delta * delta
+    w -= lr * delta
+
+
 #: name -> naive step function (fastopt's Keras rule names, and adamw)
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
-                                 adamw, ftrl_sqrt, ftrl, lion)}
+                                 adamw, ftrl_sqrt, ftrl, lion, adadelta)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
          "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "ftrl_sqrt": 2, "ftrl": 2,
-         "lion": 1}
+         "lion": 1, "adadelta": 2}
 
 
 def init_state(rule, w):

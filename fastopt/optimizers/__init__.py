@@ -1,5 +1,6 @@
 """The optimizer classes (each defined in its family module of
 :mod:`fastopt.algorithms`), on one base class."""
+from ..algorithms.adadelta import Adadelta
 from ..algorithms.adagrad import Adagrad
 from ..algorithms.adam import Adam, AdamW
 from ..algorithms.adamax import Adamax
@@ -9,4 +10,5 @@ from ..algorithms.rmsprop import RMSprop
 from ..algorithms.sgd import SGD
 from ..optimizer import Optimizer
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion",
+           "Adadelta"]

@@ -8,7 +8,7 @@ from ..rule import RULES
 from ._optim import FusedOptimizer, _decay, _f
 from ._state import _step_tensor
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta"]
 
 
 def _slot_keys(*rules):
@@ -174,5 +174,31 @@ class Adamax(FusedOptimizer, _torch.optim.Adamax):
         if "step" not in st:
             st["step"] = _step_tensor()
         for key in self._SLOT_KEYS["adamax_torch"]:
+            if key not in st:
+                st[key] = self._slot_zeros(p)
+
+
+class Adadelta(FusedOptimizer, _torch.optim.Adadelta):
+    """``torch.optim.Adadelta`` (L2 weight decay, maximize) on fastopt's fused
+    kernels; see :mod:`fastopt.torch`."""
+
+    _SLOT_KEYS = _slot_keys("adadelta_torch")
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
+                 capturable=False, maximize=False, differentiable=False, state_dtype=None,
+                 state_rounding=None):
+        super().__init__(params, lr, rho, eps, weight_decay, foreach, capturable=capturable,
+                         maximize=maximize, differentiable=differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        keep, l2 = _decay(group, False)
+        return ("adadelta_torch", (_f(group["lr"]), _f(group["rho"]), _f(group["eps"])),
+                keep, l2)
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        for key in self._SLOT_KEYS["adadelta_torch"]:
             if key not in st:
                 st[key] = self._slot_zeros(p)

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, AdamW, Ftrl, Lion, RMSprop
+from ..optimizers import SGD, Adadelta, Adagrad, Adam, AdamW, Ftrl, Lion, RMSprop
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -50,6 +50,7 @@ OPTIMIZERS = {
     "rmsprop_centered": Recipe(RMSprop, False, {"centered": True}),
     "ftrl": Recipe(Ftrl, False, {}),  # Keras only: refused with --convention torch
     "lion": Recipe(Lion, False, {}),
+    "adadelta": Recipe(Adadelta, False, {}),
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
