@@ -30,20 +30,26 @@ COMMON_OPTIONS = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "glo
 _GROUP_COMMON = ("learning_rate", "weight_decay", "maximize")
 
 
-def check_arguments(owner, unknown, hyper, torch_only, convention, backend, torch_names=None):
+def check_arguments(owner, unknown, hyper, torch_only, convention, backend, torch_names=None,
+                    conventions=CONVENTIONS):
     """Check what decides how the rest is read; return the convention.
 
     Raises for unknown keywords (with a hint where ``torch_names``, PyTorch's
     argument names mapped to fastopt's, knows the spelling), an unknown
-    convention or backend, and a PyTorch-only option given under the Keras
-    convention."""
+    convention or backend, a convention the class does not offer
+    (``conventions``, its default first: a class of one framework only), and a
+    PyTorch-only option given under the Keras convention."""
     if unknown:
         raise unknown_keywords(owner, unknown, (*COMMON_OPTIONS, *hyper, "backend",
                                                 "convention", "state_dtype", "state_rounding"),
                                torch_names)
-    convention = "keras" if convention is None else convention
+    convention = conventions[0] if convention is None else convention
     if convention not in CONVENTIONS:
         raise ValueError(f"{owner}: convention must be one of {CONVENTIONS}, got {convention!r}")
+    if convention not in conventions:
+        framework = {"keras": "Keras", "torch": "PyTorch"}[conventions[0]]
+        raise ValueError(f"{owner}: {owner} is {framework}'s optimizer only: convention must "
+                         f"be {conventions[0]!r}, got {convention!r}")
     if convention == "keras":
         given = [k for k in torch_only if hyper.get(k) is not None]
         if given:

@@ -361,6 +361,47 @@ DB = [
             ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
         ),
         search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON}),
+    OptimizerInfo(
+        "nadam", fastopt.Nadam, {}, 0.01,
+        rules={"keras": "nadam"},
+        # the running product u_product (host state) last, after the step count
+        scalars={"nadam": (0.01, 0.9, 0.999, 1e-7, 0.3)},
+        quadratic_lr=0.05, rosenbrock_lr=0.02, bf16_nearest_stalls=True,
+        golden=("keras_nadam", "keras_nadam_weight_decay", "keras_nadam_accumulation"),
+        error_inputs=(
+            ({"convention": "torch"}, ValueError, "Nadam is Keras's optimizer only"),
+            ({"momentum_decay": 0.004}, ValueError, r"unknown hyperparameter\(s\) 'momentum_decay'"),
+            ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),
+            ({"beta_2": -0.1}, ValueError, "beta_2 must be >= 0"),
+            ({"epsilon": -1e-7}, ValueError, "epsilon must be >= 0"),
+            ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
+        ),
+        search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON}),
+    OptimizerInfo(
+        "nadam_torch", fastopt.NAdam, {}, 0.01,
+        rules={"torch": "nadam_torch"},
+        # the running product mu_product (host state) last, after the step count
+        scalars={"nadam_torch": (0.01, 0.9, 0.999, 1e-8, 4e-3, 0.3)},
+        quadratic_lr=0.05, rosenbrock_lr=0.02, bf16_nearest_stalls=True,
+        torch_samples=(("nadam", {"learning_rate": 0.01}),
+                       ("nadam_l2_maximize", {"learning_rate": 0.01, "beta_1": 0.8,
+                                              "momentum_decay": 0.01, "weight_decay": 0.05,
+                                              "maximize": True}),
+                       ("nadamw", {"learning_rate": 0.01, "weight_decay": 0.1,
+                                   "decoupled_weight_decay": True})),
+        golden=("torch_nadam", "torch_nadam_l2_maximize", "torch_nadamw"),
+        error_inputs=(
+            ({"convention": "keras"}, ValueError, "NAdam is PyTorch's optimizer only"),
+            ({"betas": (0.9, 0.99)}, ValueError, r"'betas' \(did you mean beta_1 and beta_2"),
+            ({"momentum_decay": -1.0}, ValueError, "momentum_decay must be >= 0"),
+            ({"decoupled_weight_decay": 1}, TypeError,
+             "decoupled_weight_decay must be True or False"),
+            ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),
+            ({"epsilon": float("nan")}, ValueError, "epsilon must be finite"),
+        ),
+        search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON,
+                      "momentum_decay": st.floats(0.0, 0.1),
+                      "decoupled_weight_decay": st.booleans()}),
 ]
 
 BY_ID = {row.id: row for row in DB}
@@ -399,9 +440,19 @@ def scalar(rule, name):
     return KERNEL_SCALARS[rule][names.index(name)]
 
 
+def with_step(rule, values, step):
+    """``values`` (a rule's scalars without the step count) with the step
+    count ``step`` in its place: last, or before a rule's host state
+    (:attr:`fastopt.rule.Rule.host_state`, Nadam's running product)."""
+    if "step" not in rule.scalars:
+        return tuple(values)
+    k = rule.scalars.index("step")
+    return (*values[:k], step, *values[k:])
+
+
 def scalars_at(rule, step):
     """The rule's scalars for the step after ``step`` steps (step counts from 1)."""
-    return KERNEL_SCALARS[rule.name] + ((step + 1,) if "step" in rule.scalars else ())
+    return with_step(rule, KERNEL_SCALARS[rule.name], step + 1)
 
 
 def step_inputs(rng, rule, size, dtype, step):

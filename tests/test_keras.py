@@ -33,6 +33,7 @@ CASES = [
     ("Adam", {"amsgrad": True}),
     ("AdamW", {}),
     ("Adamax", {}),
+    ("Nadam", {}),
 ]
 IDS = [name + "".join(f"-{k}" for k in kw) for name, kw in CASES]
 

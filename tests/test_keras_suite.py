@@ -25,7 +25,8 @@ import fastopt.keras as fk  # noqa: E402
 #: Keras's test file, the class it tests and its unittest case
 SUITES = {"sgd": ("SGD", "SGDTest"), "adagrad": ("Adagrad", "AdagradTest"),
           "rmsprop": ("RMSprop", "RMSpropTest"), "adam": ("Adam", "AdamTest"),
-          "adamw": ("AdamW", "AdamWTest"), "adamax": ("Adamax", "AdamaxTest")}
+          "adamw": ("AdamW", "AdamWTest"), "adamax": ("Adamax", "AdamaxTest"),
+          "nadam": ("Nadam", "NadamTest")}
 
 _FOLDER = Path(keras.__file__).parent / "src" / "optimizers"
 

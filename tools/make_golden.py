@@ -46,6 +46,12 @@ TORCH_SLOTS = {"exp_avg": "momentum", "exp_avg_sq": "velocity",
                "max_exp_avg_sq": "velocity_hat", "momentum_buffer": "momentum",
                "sum": "accumulator", "square_avg": "velocity",
                "grad_avg": "average_gradient", "exp_inf": "norm"}
+# torch state that is a scalar per parameter (host-side state in fastopt,
+# :attr:`fastopt.rule.Rule.host_state`): recorded as ``host_<name>_<k>``
+TORCH_HOST = ("mu_product",)
+# Keras optimizer-wide scalar variables (host-side state in fastopt): recorded
+# as ``host_<name>`` from the optimizer attribute ``_<name>``
+KERAS_HOST = ("u_product",)
 # Keras optimizer-variable suffixes (already fastopt's names)
 KERAS_SLOTS = ("velocity_hat", "velocity", "momentum", "accumulator", "average_gradient",
                "gradient_accumulator", "average", "norm")
@@ -118,6 +124,11 @@ CONFIGS = [
     torch_cfg("torch_adamax", "Adamax", lr=0.01),
     torch_cfg("torch_adamax_weight_decay", "Adamax", lr=0.01, betas=(0.8, 0.99),
               weight_decay=0.01, eps=1e-6),
+    torch_cfg("torch_nadam", "NAdam", lr=0.01),
+    torch_cfg("torch_nadam_l2_maximize", "NAdam", lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+              weight_decay=0.05, momentum_decay=0.01, maximize=True),
+    torch_cfg("torch_nadamw", "NAdam", lr=0.01, weight_decay=0.1,
+              decoupled_weight_decay=True),
     # --- keras.optimizers, convention="keras" --------------------------------------
     keras_cfg("keras_sgd", "SGD", learning_rate=0.05),
     keras_cfg("keras_sgd_momentum", "SGD", learning_rate=0.05, momentum=0.9),
@@ -132,6 +143,11 @@ CONFIGS = [
     keras_cfg("keras_adam_amsgrad", "Adam", learning_rate=0.01, beta_1=0.8, beta_2=0.99,
               amsgrad=True),
     keras_cfg("keras_adamw", "AdamW", learning_rate=0.01, weight_decay=0.1),
+    keras_cfg("keras_nadam", "Nadam", learning_rate=0.01),
+    keras_cfg("keras_nadam_weight_decay", "Nadam", learning_rate=0.01, beta_1=0.8,
+              beta_2=0.99, epsilon=1e-6, weight_decay=0.1),
+    keras_cfg("keras_nadam_accumulation", "Nadam", learning_rate=0.01,
+              gradient_accumulation_steps=3, steps=62),
     keras_cfg("keras_adamax", "Adamax", learning_rate=0.01),
     keras_cfg("keras_adamax_weight_decay", "Adamax", learning_rate=0.01, beta_1=0.8,
               beta_2=0.99, weight_decay=0.1),
@@ -256,6 +272,8 @@ def record_torch(cfg):
         for key, value in opt.state[p].items():
             if key in TORCH_SLOTS and value is not None:
                 state[f"state_{TORCH_SLOTS[key]}_{k}"] = value.detach().numpy().copy()
+            elif key in TORCH_HOST:
+                state[f"host_{key}_{k}"] = np.array(float(value), dtype=np.float64)
 
     fastopt_kw = {}
     for key, v in cfg["kw"].items():
@@ -285,6 +303,19 @@ def record_torch(cfg):
                            "where": f"torch/optim/{cfg['cls'].lower().rstrip('w')}.py, "
                                     "torch/nn/utils/clip_grad.py",
                            "action": "none needed", "bound": None}]}
+    if cfg["cls"] == "NAdam":
+        meta["roundings"] = [{
+            "what": "mu_product is a 0-d tensor of torch's default dtype (float32 here, as "
+                    "by default): mu_product *= mu rounds the running product to float32 "
+                    "after every step, and the update reads that float32 value; the rest is "
+                    "float64 with Python-float hyperparameters and a float32 step count "
+                    "(exact for integers)",
+            "where": "torch/optim/nadam.py NAdam._init_group (_get_scalar_dtype) and "
+                     "_single_tensor_nadam",
+            "action": "reproduced, not bounded: fastopt's NAdam keeps mu_product as torch "
+                      "does, float32(float32(mu_product) * float32(mu)) "
+                      "(fastopt/algorithms/nadam.py advance_nadam_torch)",
+            "bound": None}]
     arrays = _arrays(init, grads, trajectory, state)
     return meta, arrays
 
@@ -354,6 +385,13 @@ def _keras_roundings(cfg):
         add("none", "Adam: ops.cast(beta, float64) and ops.cast(iterations + 1, float64) are "
             "exact; the m, v updates and epsilon use Python floats in torch._foreach_*",
             "keras/src/backend/torch/optimizers/torch_adam.py Adam._parallel_update_step")
+    if cfg["cls"] == "Nadam":
+        add("none", "Nadam: u_t, u_{t+1}, 0.96^t and beta_2^t are computed from "
+            "ops.cast(..., float64) values, and the running product _u_product is a "
+            "variable of the first variable's dtype (float64 here); beta_1, beta_2 and "
+            "epsilon are Python floats in torch._foreach_*",
+            "keras/src/backend/torch/optimizers/torch_nadam.py Nadam._parallel_update_step, "
+            "keras/src/optimizers/nadam.py build")
     if cfg["cls"] == "Adamax":
         add("none", "Adamax: ops.cast(beta_1, float64) ** ops.cast(iterations + 1, float64) "
             "is float64; beta_1, beta_2 and epsilon are Python floats in torch._foreach_*",
@@ -443,6 +481,10 @@ def _run_keras(cfg):
                 if ov.name == f"{n}_{slot}":
                     state[f"state_{slot}_{k}"] = np.array(ov.numpy(), dtype=np.float64)
                     break
+    for name in KERAS_HOST:
+        if hasattr(opt, f"_{name}"):
+            state[f"host_{name}"] = np.array(float(getattr(opt, f"_{name}").numpy()),
+                                             dtype=np.float64)
     final = None
     if cfg["kw"].get("use_ema"):
         opt.finalize_variable_values(variables)
@@ -577,6 +619,9 @@ def main(argv=None):
                    "steps": int(arrays["grads_0"].shape[0]),
                    "shapes": [list(s) for s in SHAPES],
                    "state_keys": sorted(k for k in arrays if k.startswith("state_"))}
+        host_keys = sorted(k for k in arrays if k.startswith("host_"))
+        if host_keys:
+            sidecar["host_keys"] = host_keys
         np.savez_compressed(OUT / f"{cfg['name']}.npz", **arrays)
         (OUT / f"{cfg['name']}.json").write_text(json.dumps(sidecar, indent=1) + "\n")
         print(f"{cfg['name']}: {sidecar['steps']} steps, {len(sidecar['state_keys'])} slots")
