@@ -389,6 +389,11 @@ DB = [
                                               "maximize": True}),
                        ("nadamw", {"learning_rate": 0.01, "weight_decay": 0.1,
                                    "decoupled_weight_decay": True})),
+        torch_class="NAdam",
+        torch_configs=(dict(lr=0.01),
+                       dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1,
+                            momentum_decay=0.01, maximize=True),
+                       dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
         golden=("torch_nadam", "torch_nadam_l2_maximize", "torch_nadamw"),
         error_inputs=(
             ({"convention": "keras"}, ValueError, "NAdam is PyTorch's optimizer only"),

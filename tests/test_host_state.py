@@ -212,3 +212,34 @@ def test_the_rule_declares_host_state_as_its_last_scalars():
              host_init=(1.0,), advance=len)
     with pytest.raises(ValueError, match="one host_init value each and an advance"):
         Rule("bad", scalars=("learning_rate", "p"), host_state=("p",), host_init=(1.0,))
+
+
+def test_torch_adapter_keeps_torch_mu_product_per_parameter():
+    """fastopt.torch.NAdam: one running product per parameter, as torch's,
+    also when parameters have taken different numbers of steps (a gradient
+    missing at one step), and checkpoints load into torch.optim.NAdam."""
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as ft
+    torch.manual_seed(0)
+    ps = [torch.randn(3, 4, dtype=torch.float64, requires_grad=True),
+          torch.randn(5, dtype=torch.float64, requires_grad=True)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    kw = dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, decoupled_weight_decay=True,
+              momentum_decay=0.01)
+    fast, ref = ft.NAdam(ps, **kw), torch.optim.NAdam(qs, foreach=False, **kw)
+    for t in range(12):
+        for p, q in zip(ps, qs):
+            g = torch.randn_like(p)
+            p.grad, q.grad = (None, None) if (t in (2, 5) and p is ps[1]) else (g, g.clone())
+        fast.step()
+        ref.step()
+    for p, q in zip(ps, qs):
+        assert torch.equal(fast.state[p]["mu_product"], ref.state[q]["mu_product"])
+        assert fast.state[p]["mu_product"].dtype == ref.state[q]["mu_product"].dtype
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-15)
+    assert float(fast.state[ps[0]]["step"]) == 12 and float(fast.state[ps[1]]["step"]) == 10
+    assert fast.state[ps[0]]["mu_product"] != fast.state[ps[1]]["mu_product"]
+    back = torch.optim.NAdam([q.detach().clone().requires_grad_() for q in qs], **kw)
+    back.load_state_dict(fast.state_dict())
+    assert torch.equal(back.state[back.param_groups[0]["params"][1]]["mu_product"],
+                       fast.state[ps[1]]["mu_product"])

@@ -6,9 +6,9 @@ import torch as _torch
 
 from ..rule import RULES
 from ._optim import FusedOptimizer, _decay, _f
-from ._state import _step_tensor
+from ._state import _scalar_dtype, _step_tensor
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "NAdam"]
 
 
 def _slot_keys(*rules):
@@ -174,5 +174,42 @@ class Adamax(FusedOptimizer, _torch.optim.Adamax):
         if "step" not in st:
             st["step"] = _step_tensor()
         for key in self._SLOT_KEYS["adamax_torch"]:
+            if key not in st:
+                st[key] = self._slot_zeros(p)
+
+
+class NAdam(FusedOptimizer, _torch.optim.NAdam):
+    """``torch.optim.NAdam`` (``momentum_decay``, L2 or decoupled weight
+    decay, maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`.
+
+    Each parameter's ``state["mu_product"]`` is torch's running product, a
+    0-d tensor of torch's scalar dtype, advanced by fastopt as torch does (in
+    float32; see :func:`fastopt.algorithms.nadam.advance_nadam_torch`), so
+    checkpoints move between this class and ``torch.optim.NAdam``."""
+
+    _SLOT_KEYS = _slot_keys("nadam_torch")
+    _HOST_KEYS = {"nadam_torch": RULES["nadam_torch"].host_state}
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
+                 maximize=False, capturable=False, differentiable=False, state_dtype=None,
+                 state_rounding=None):
+        super().__init__(params, lr, betas, eps, weight_decay, momentum_decay,
+                         decoupled_weight_decay, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        b1, b2 = group["betas"]
+        keep, l2 = _decay(group, group["decoupled_weight_decay"])
+        return ("nadam_torch", (_f(group["lr"]), _f(b1), _f(b2), _f(group["eps"]),
+                                _f(group["momentum_decay"])), keep, l2)
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        if "mu_product" not in st:
+            st["mu_product"] = _torch.ones((), dtype=_scalar_dtype())
+        for key in self._SLOT_KEYS["nadam_torch"]:
             if key not in st:
                 st[key] = self._slot_zeros(p)
