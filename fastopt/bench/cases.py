@@ -9,7 +9,8 @@ the Keras defaults of fastopt and of the naive steps, and the same values
 are given to torch, so all three run the same amount of arithmetic.
 
 The benchmark names are the names of fastopt's Keras rules
-(:data:`fastopt.rule.RULES`) plus ``adamw``.
+(:data:`fastopt.rule.RULES`) plus ``adamw`` and, for an optimizer of PyTorch
+only, its torch rule (``nadam_torch``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RMSprop
+from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, NAdam, Nadam, RMSprop
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -60,16 +61,25 @@ CASES = {
     "adamw": Case(AdamW, {}, "adam", ("AdamW", {**_ADAM_T, "weight_decay": 0.004}, "fused")),
     # torch 2.13 has no fused Adamax: its multi-tensor (foreach) path
     "adamax": Case(Adamax, {}, "adamax", ("Adamax", _ADAM_T, "foreach")),
+    # torch has no Keras Nadam: its NAdam (foreach), the same traffic and
+    # nearly the same arithmetic
+    "nadam": Case(Nadam, {}, "nadam", ("NAdam", _ADAM_T, "foreach")),
+    # torch's own NAdam, at torch's defaults on both sides
+    "nadam_torch": Case(NAdam, {}, "nadam_torch", ("NAdam", {"lr": 0.002}, "foreach")),
 }
 
 
 def make_optimizer(name, params, backend="auto", convention=None, **options):
-    """The fastopt optimizer of benchmark ``name`` over ``params``.
+    """The fastopt optimizer of benchmark ``name`` over ``params``
+    (``convention`` is ignored for a class of one framework, Nadam and
+    NAdam, which runs its own).
 
     ``options`` are extra keyword arguments for the optimizer class, on top
     of the case's own (:attr:`Case.options`).
     """
     case = CASES[name]
+    if len(case.cls._CONVENTIONS) == 1:  # a class of one framework: its own convention
+        convention = case.cls._CONVENTIONS[0]
     return case.cls(params, backend=backend, convention=convention,
                     **{**case.options, **options})
 

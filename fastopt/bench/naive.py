@@ -105,6 +105,33 @@ def adamax(w, g, m, u, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7):
     w -= lr / (1 - beta_1 ** t) * m / (u + eps)
 
 
+def nadam(w, g, m, v, prod, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7):
+    """Keras Nadam: ``prod`` (one element) the running product of the
+    momentum schedule ``u_t = beta_1 * (1 - 0.5 * 0.96^t)``."""
+    u = beta_1 * (1 - 0.5 * 0.96 ** t)
+    u_next = beta_1 * (1 - 0.5 * 0.96 ** (t + 1))
+    prod *= u
+    m[:] = beta_1 * m + (1 - beta_1) * g
+    v[:] = beta_2 * v + (1 - beta_2) * g * g
+    mhat = u_next * m / (1 - prod * u_next) + (1 - u) * g / (1 - prod)
+    w -= lr * mhat / (np.sqrt(v / (1 - beta_2 ** t)) + eps)
+
+
+def nadam_torch(w, g, m, v, prod, t=1, lr=0.002, beta_1=0.9, beta_2=0.999, eps=1e-8,
+                momentum_decay=4e-3):
+    """PyTorch NAdam: ``prod`` (one element) the running product of
+    ``mu_t = beta_1 * (1 - 0.5 * 0.96^(t * momentum_decay))``, kept in
+    float32 as torch keeps it."""
+    mu = beta_1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+    mu_next = beta_1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+    prod[0] = np.float32(prod[0]) * np.float32(mu)
+    prod = float(np.float32(prod[0]))
+    m[:] = m + (1 - beta_1) * (g - m)
+    v[:] = beta_2 * v + (1 - beta_2) * g * g
+    d = np.sqrt(v / (1 - beta_2 ** t)) + eps
+    w -= lr * (1 - mu) / (1 - prod) * g / d + lr * mu_next / (1 - prod * mu_next) * m / d
+
+
 def adamw(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_decay=0.004):
     """AdamW: decoupled weight decay ``w <- w - lr * wd * w``, then Adam."""
     w -= lr * weight_decay * w
@@ -115,18 +142,21 @@ def adamw(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
-                                 adamw)}
+                                 nadam, nadam_torch, adamw)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
-         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2}
+         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "nadam": 2, "nadam_torch": 2, "adamw": 2}
+#: steps that also keep a running product (one element per tensor, after the slots)
+PRODUCTS = ("nadam", "nadam_torch")
 
 
 def init_state(rule, w):
     """Fresh slots for ``rule`` shaped like ``w`` (Adagrad's accumulator at 0.1, as Keras)."""
     fill = 0.1 if rule == "adagrad" else 0.0
-    return [np.full_like(w, fill) for _ in range(SLOTS[rule])]
+    state = [np.full_like(w, fill) for _ in range(SLOTS[rule])]
+    return state + [np.ones(1)] if rule in PRODUCTS else state
 
 
 def stepper(name, params, grads):
