@@ -407,6 +407,31 @@ DB = [
         search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON,
                       "momentum_decay": st.floats(0.0, 0.1),
                       "decoupled_weight_decay": st.booleans()}),
+    OptimizerInfo(
+        "asgd_torch", fastopt.ASGD, {"t0": 3}, 0.05,
+        rules={"torch": "asgd_torch"},
+        # the host state (eta_now, mu_now, eta, mu) last, after the step count
+        scalars={"asgd_torch": (0.05, 0.01, 0.75, 3.0, 0.04, 0.5, 0.039, 0.25)},
+        quadratic_lr=0.05, rosenbrock_lr=1e-3,
+        torch_samples=(("asgd", {"learning_rate": 0.05}),
+                       ("asgd_averaging", {"learning_rate": 0.05, "lambd": 0.01, "alpha": 0.5,
+                                           "t0": 5}),
+                       ("asgd_l2_maximize", {"learning_rate": 0.05, "t0": 2,
+                                             "weight_decay": 0.05, "maximize": True})),
+        torch_class="ASGD",
+        torch_configs=(dict(lr=0.05, t0=3),
+                       dict(lr=0.05, lambd=0.01, alpha=0.5, t0=2, weight_decay=0.1,
+                            maximize=True)),
+        golden=("torch_asgd", "torch_asgd_averaging", "torch_asgd_l2_maximize"),
+        error_inputs=(
+            ({"convention": "keras"}, ValueError, "ASGD is PyTorch's optimizer only"),
+            ({"lambda": 0.1}, ValueError, r"'lambda' \(did you mean lambd"),
+            ({"lambd": -1.0}, ValueError, "lambd must be >= 0"),
+            ({"alpha": float("inf")}, ValueError, "alpha must be finite"),
+            ({"t0": "5"}, TypeError, "t0 must be a real number"),
+        ),
+        search_space={"lambd": st.floats(0.0, 0.1), "alpha": st.floats(0.0, 1.0),
+                      "t0": st.floats(0.0, 20.0)}),
 ]
 
 BY_ID = {row.id: row for row in DB}

@@ -137,7 +137,9 @@ def replay(name, backend, place=np.copy, fetch=np.asarray):
         check_close(f"{name} [{backend}] final {slot_key(meta, key)}", got, want,
                     float(np.max(np.abs(want))), tol)
     host = opt.host_state()
-    assert len(host) == len({host_key(meta, key) for key in meta.get("host_keys", ())}), name
+    # every host state the framework keeps is recorded (fastopt may keep more:
+    # ASGD's eta_now and mu_now, the values of the last step, torch does not)
+    assert bool(host) == bool(meta.get("host_keys")), name
     for key in meta.get("host_keys", ()):
         # torch keeps a running product per parameter, Keras one per optimizer;
         # fastopt one per parameter group (all parameters step together)

@@ -45,6 +45,7 @@ OPTIMIZERS = {
         [{"params": [p[0]], "beta_1": 0.8}, {"params": [p[1]]}], learning_rate=0.01, **kw),
     "nadam_torch": lambda p, **kw: fastopt.NAdam(p, learning_rate=0.01, weight_decay=0.1,
                                                  decoupled_weight_decay=True, **kw),
+    "asgd": lambda p, **kw: fastopt.ASGD(p, learning_rate=0.05, lambd=0.01, t0=3, **kw),
 }
 
 
@@ -206,7 +207,8 @@ def test_the_rule_declares_host_state_as_its_last_scalars():
     nadam = RULES["nadam"]
     assert nadam.host_state == ("u_product",) and nadam.scalars[-1] == "u_product"
     assert RULES["nadam_torch"].host_state == ("mu_product",)
-    assert all(not r.host_state for r in RULES.values() if r.family != "nadam")
+    assert RULES["asgd_torch"].host_state == ("eta_now", "mu_now", "eta", "mu")
+    assert all(not r.host_state for r in RULES.values() if r.family not in ("nadam", "asgd"))
     with pytest.raises(ValueError, match="host_state must be the last scalars"):
         Rule("bad", scalars=("learning_rate", "p", "step"), host_state=("p",),
              host_init=(1.0,), advance=len)
@@ -243,3 +245,42 @@ def test_torch_adapter_keeps_torch_mu_product_per_parameter():
     back.load_state_dict(fast.state_dict())
     assert torch.equal(back.state[back.param_groups[0]["params"][1]]["mu_product"],
                        fast.state[ps[1]]["mu_product"])
+
+
+def test_asgd_averaged_params_are_the_ax_slot_in_the_params_structure():
+    w = {"kernel": np.ones((3, 2)), "bias": np.zeros(2, np.float32)}
+    opt = fastopt.ASGD(w, learning_rate=0.1, t0=0)
+    assert set(opt.averaged_params) == {"kernel", "bias"}
+    np.testing.assert_array_equal(opt.averaged_params["kernel"], 0.0)  # before any step
+    history = []
+    for t in range(5):
+        opt.step({"kernel": np.full((3, 2), 0.5), "bias": np.ones(2, np.float32)})
+        history.append(w["kernel"].copy())
+    avg = opt.averaged_params
+    slots = opt.state_dict()["slots"]
+    np.testing.assert_array_equal(avg["kernel"], slots["ax/kernel"])
+    assert avg["bias"].dtype == np.float32
+    # t0 = 0: step t averages with mu = 1/max(1, t - 1), torch's mu of the step
+    # before, so ax is the running mean of the iterates from the second on (to
+    # float32 rounding: torch keeps mu = 1/3 in float32)
+    np.testing.assert_allclose(avg["kernel"], np.mean(history[1:], axis=0), rtol=1e-8)
+    avg["kernel"][...] = 7.0  # a copy
+    assert not (opt.averaged_params["kernel"] == 7.0).any()
+
+
+def test_asgd_bfloat16_averaged_params_are_decoded():
+    w = [np.ones(4, np.float32)]
+    opt = fastopt.ASGD(w, learning_rate=0.1, t0=0, state_dtype="bfloat16")
+    for _ in range(3):
+        opt.step([np.full(4, 0.5, np.float32)])
+    avg = opt.averaged_params[0]
+    assert avg.dtype == np.float32 and 0.8 < avg[0] < 1.0
+
+
+def test_asgd_eta_and_mu_as_torch_keeps_them():
+    opt = fastopt.ASGD(params(), learning_rate=0.05, lambd=0.01, alpha=0.5, t0=2)
+    for t in range(1, 6):
+        _step(opt, t)
+        host = opt.host_state()
+        assert host["eta/0"] == float(np.float32(0.05 / (1 + 0.01 * 0.05 * t) ** 0.5))
+        assert host["mu/0"] == float(np.float32(1 / max(1, t - 2)))

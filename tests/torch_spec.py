@@ -23,6 +23,8 @@ TORCH_DEFAULTS = {
                   weight_decay=1e-2, amsgrad=False, maximize=False),
     "Adamax": dict(learning_rate=2e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                    weight_decay=0.0, maximize=False),
+    "ASGD": dict(learning_rate=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0,
+                 maximize=False),
     "NAdam": dict(learning_rate=2e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                   weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
                   maximize=False),
@@ -66,6 +68,14 @@ class TorchSpec:
             g = g + wd * p
         st["step"] = st.get("step", 0) + 1
         t = st["step"]
+        if self.cls == "ASGD":  # eta and mu: float32 0-d tensors, from the step before
+            eta = float(st.get("eta", np.float32(lr)))
+            p = p * (1 - h["lambd"] * eta) - eta * g
+            mu = float(st.get("mu", 1.0))
+            st["ax"] = p.copy() if mu == 1 else st.get("ax", 0.0) + mu * (p - st.get("ax", 0.0))
+            st["eta"] = np.float32(lr / (1 + h["lambd"] * lr * t) ** h["alpha"])
+            st["mu"] = np.float32(1 / max(1, t - h["t0"]))
+            return p
         if self.cls == "SGD":
             mu = h["momentum"]
             if mu:

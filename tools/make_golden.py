@@ -45,10 +45,10 @@ ZERO_TENSOR_STEP = 11                    # tensor 1 alone all zeros
 TORCH_SLOTS = {"exp_avg": "momentum", "exp_avg_sq": "velocity",
                "max_exp_avg_sq": "velocity_hat", "momentum_buffer": "momentum",
                "sum": "accumulator", "square_avg": "velocity",
-               "grad_avg": "average_gradient", "exp_inf": "norm"}
+               "grad_avg": "average_gradient", "exp_inf": "norm", "ax": "ax"}
 # torch state that is a scalar per parameter (host-side state in fastopt,
 # :attr:`fastopt.rule.Rule.host_state`): recorded as ``host_<name>_<k>``
-TORCH_HOST = ("mu_product",)
+TORCH_HOST = ("mu_product", "eta", "mu")
 # Keras optimizer-wide scalar variables (host-side state in fastopt): recorded
 # as ``host_<name>`` from the optimizer attribute ``_<name>``
 KERAS_HOST = ("u_product",)
@@ -129,6 +129,10 @@ CONFIGS = [
               weight_decay=0.05, momentum_decay=0.01, maximize=True),
     torch_cfg("torch_nadamw", "NAdam", lr=0.01, weight_decay=0.1,
               decoupled_weight_decay=True),
+    torch_cfg("torch_asgd", "ASGD", lr=0.05),
+    torch_cfg("torch_asgd_averaging", "ASGD", lr=0.05, lambd=0.01, alpha=0.5, t0=10),
+    torch_cfg("torch_asgd_l2_maximize", "ASGD", lr=0.05, t0=25, weight_decay=0.05,
+              maximize=True),
     # --- keras.optimizers, convention="keras" --------------------------------------
     keras_cfg("keras_sgd", "SGD", learning_rate=0.05),
     keras_cfg("keras_sgd_momentum", "SGD", learning_rate=0.05, momentum=0.9),
@@ -280,7 +284,9 @@ def record_torch(cfg):
         if key == "betas":
             fastopt_kw["beta_1"], fastopt_kw["beta_2"] = v
         else:
-            fastopt_kw[TORCH_TO_FASTOPT.get(key, key)] = v
+            # ASGD's alpha is its own (RMSprop's alpha is fastopt's rho)
+            own = cfg["cls"] == "ASGD" and key == "alpha"
+            fastopt_kw[key if own else TORCH_TO_FASTOPT.get(key, key)] = v
     if cfg["clip"]:
         option, value = cfg["clip"]
         fastopt_kw[option] = value
@@ -303,6 +309,18 @@ def record_torch(cfg):
                            "where": f"torch/optim/{cfg['cls'].lower().rstrip('w')}.py, "
                                     "torch/nn/utils/clip_grad.py",
                            "action": "none needed", "bound": None}]}
+    if cfg["cls"] == "ASGD":
+        meta["roundings"] = [{
+            "what": "eta and mu are 0-d tensors of torch's default dtype (float32 here, as "
+                    "by default): the first eta is float32(lr), and each step stores "
+                    "float32(lr / (1 + lambd*lr*t)^alpha) and float32(1 / max(1, t - t0)), "
+                    "which the next step reads; the rest is float64 with Python-float "
+                    "hyperparameters and a float32 step count (exact for integers)",
+            "where": "torch/optim/asgd.py ASGD._init_group (_get_scalar_dtype) and "
+                     "_single_tensor_asgd",
+            "action": "reproduced, not bounded: fastopt's ASGD keeps eta and mu as torch "
+                      "does (fastopt/algorithms/asgd.py advance_asgd_torch)",
+            "bound": None}]
     if cfg["cls"] == "NAdam":
         meta["roundings"] = [{
             "what": "mu_product is a 0-d tensor of torch's default dtype (float32 here, as "

@@ -10,7 +10,7 @@ are given to torch, so all three run the same amount of arithmetic.
 
 The benchmark names are the names of fastopt's Keras rules
 (:data:`fastopt.rule.RULES`) plus ``adamw`` and, for an optimizer of PyTorch
-only, its torch rule (``nadam_torch``).
+only, its torch rule (``nadam_torch``, ``asgd_torch``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, NAdam, Nadam, RMSprop
+from ..optimizers import ASGD, SGD, Adagrad, Adam, Adamax, AdamW, NAdam, Nadam, RMSprop
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -66,13 +66,14 @@ CASES = {
     "nadam": Case(Nadam, {}, "nadam", ("NAdam", _ADAM_T, "foreach")),
     # torch's own NAdam, at torch's defaults on both sides
     "nadam_torch": Case(NAdam, {}, "nadam_torch", ("NAdam", {"lr": 0.002}, "foreach")),
+    "asgd_torch": Case(ASGD, {}, "asgd_torch", ("ASGD", {"lr": 0.01}, "foreach")),
 }
 
 
 def make_optimizer(name, params, backend="auto", convention=None, **options):
     """The fastopt optimizer of benchmark ``name`` over ``params``
-    (``convention`` is ignored for a class of one framework, Nadam and
-    NAdam, which runs its own).
+    (``convention`` is ignored for a class of one framework, Nadam, NAdam
+    and ASGD, which runs its own).
 
     ``options`` are extra keyword arguments for the optimizer class, on top
     of the case's own (:attr:`Case.options`).

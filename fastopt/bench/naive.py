@@ -132,6 +132,21 @@ def nadam_torch(w, g, m, v, prod, t=1, lr=0.002, beta_1=0.9, beta_2=0.999, eps=1
     w -= lr * (1 - mu) / (1 - prod) * g / d + lr * mu_next / (1 - prod * mu_next) * m / d
 
 
+def asgd_torch(w, g, ax, em, t=1, lr=0.01, lambd=1e-4, alpha=0.75, t0=1e6):
+    """PyTorch ASGD: ``em`` holds ``eta`` and ``mu`` from the step before,
+    float32 values as torch keeps them (``eta = lr``, ``mu = 1`` at first)."""
+    if t == 1:
+        em[:] = (np.float32(lr), 1.0)
+    eta, mu = float(em[0]), float(em[1])
+    w *= 1 - lambd * eta
+    w -= eta * g
+    if mu == 1:
+        ax[:] = w
+    else:
+        ax += mu * (w - ax)
+    em[:] = (np.float32(lr / (1 + lambd * lr * t) ** alpha), np.float32(1 / max(1, t - t0)))
+
+
 def adamw(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_decay=0.004):
     """AdamW: decoupled weight decay ``w <- w - lr * wd * w``, then Adam."""
     w -= lr * weight_decay * w
@@ -142,21 +157,23 @@ def adamw(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
-                                 nadam, nadam_torch, adamw)}
+                                 nadam, nadam_torch, asgd_torch, adamw)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
-         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "nadam": 2, "nadam_torch": 2, "adamw": 2}
-#: steps that also keep a running product (one element per tensor, after the slots)
-PRODUCTS = ("nadam", "nadam_torch")
+         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "nadam": 2, "nadam_torch": 2,
+         "asgd_torch": 1, "adamw": 2}
+#: steps that also keep scalars across steps (running products, ASGD's eta and
+#: mu): their number, in one array per tensor after the slots
+SCALARS = {"nadam": 1, "nadam_torch": 1, "asgd_torch": 2}
 
 
 def init_state(rule, w):
     """Fresh slots for ``rule`` shaped like ``w`` (Adagrad's accumulator at 0.1, as Keras)."""
     fill = 0.1 if rule == "adagrad" else 0.0
     state = [np.full_like(w, fill) for _ in range(SLOTS[rule])]
-    return state + [np.ones(1)] if rule in PRODUCTS else state
+    return state + [np.ones(SCALARS[rule])] if rule in SCALARS else state
 
 
 def stepper(name, params, grads):

@@ -3,9 +3,11 @@
 from ..algorithms.adagrad import Adagrad
 from ..algorithms.adam import Adam, AdamW
 from ..algorithms.adamax import Adamax
+from ..algorithms.asgd import ASGD
 from ..algorithms.nadam import NAdam, Nadam
 from ..algorithms.rmsprop import RMSprop
 from ..algorithms.sgd import SGD
 from ..optimizer import Optimizer
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Nadam", "NAdam"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Nadam", "NAdam",
+           "ASGD"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from ._optim import FusedOptimizer
 from .offload import CPUOffload
-from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, NAdam, RMSprop
+from .optimizers import ASGD, SGD, Adagrad, Adam, Adamax, AdamW, NAdam, RMSprop
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "NAdam", "FusedOptimizer",
-           "CPUOffload"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "NAdam", "ASGD",
+           "FusedOptimizer", "CPUOffload"]

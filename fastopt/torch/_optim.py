@@ -84,7 +84,10 @@ class FusedOptimizer:
     #: whether the rule counts ``state["step"]`` (SGD does not)
     _COUNTS_STEPS = True
     #: per rule with host-side state: the per-parameter state keys of its
-    #: ``host_state`` values, in order (NAdam: ``("mu_product",)``)
+    #: ``host_state`` values, in order (NAdam: ``("mu_product",)``); None for
+    #: a value torch does not keep (ASGD's ``eta_now``, ``mu_now``: the rule's
+    #: ``advance`` derives them from the others), which starts at its
+    #: ``host_init`` value and is not stored
     _HOST_KEYS: dict = {}
 
     def _fastopt_init(self, capturable=False, differentiable=False, state_dtype=None,
@@ -342,7 +345,8 @@ class FusedOptimizer:
             for it, values in zip(items, host_new):
                 st = state[it.param]
                 for key, value in zip(self._HOST_KEYS[rule], values):
-                    st[key].fill_(value)
+                    if key is not None:
+                        st[key].fill_(value)
         direct = [it.param for it in items if not it.staged]
         if direct:
             torch._C._increment_version(direct)
@@ -366,7 +370,8 @@ class FusedOptimizer:
         buckets, new = {}, []
         for it, n in zip(items, steps):
             st = state[it.param]
-            full, values = rule.advanced((*scalars, n), tuple(float(st[k]) for k in keys))
+            full, values = rule.advanced((*scalars, n), tuple(
+                init if k is None else float(st[k]) for k, init in zip(keys, rule.host_init)))
             new.append(values)
             buckets.setdefault((it.work.dtype, it.staged, full), ([], None))[0].append(it)
         return buckets, new

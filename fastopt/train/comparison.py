@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, AdamW, NAdam, Nadam, RMSprop
+from ..optimizers import ASGD, SGD, Adagrad, Adam, AdamW, NAdam, Nadam, RMSprop
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -47,6 +47,7 @@ OPTIMIZERS = {
     "rmsprop_centered": Recipe(RMSprop, False, {"centered": True}),
     "nadam": Recipe(Nadam, False, {}),        # Keras's Nadam (Keras convention only)
     "nadam_torch": Recipe(NAdam, False, {}),  # torch's NAdam (torch convention only)
+    "asgd": Recipe(ASGD, False, {}),          # torch's ASGD (torch convention only)
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
