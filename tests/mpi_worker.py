@@ -467,7 +467,8 @@ def scenario_errors(comm):
 
 
 SCENARIOS = [f"{name}/{kind}" for name in CASES for kind in ("exact", "general")] + [
-    "state", "state_mid_accumulation", "state_nadam_mid_accumulation", "state_bytes", "fit_checkpoint_resume", "errors"]
+    "state", "state_mid_accumulation", "state_nadam_mid_accumulation", "state_bytes",
+    "fit_checkpoint_resume", "errors"]
 
 
 def main():

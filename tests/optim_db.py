@@ -370,7 +370,8 @@ DB = [
         golden=("keras_nadam", "keras_nadam_weight_decay", "keras_nadam_accumulation"),
         error_inputs=(
             ({"convention": "torch"}, ValueError, "Nadam is Keras's optimizer only"),
-            ({"momentum_decay": 0.004}, ValueError, r"unknown hyperparameter\(s\) 'momentum_decay'"),
+            ({"momentum_decay": 0.004}, ValueError,
+             r"unknown hyperparameter\(s\) 'momentum_decay'"),
             ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),
             ({"beta_2": -0.1}, ValueError, "beta_2 must be >= 0"),
             ({"epsilon": -1e-7}, ValueError, "epsilon must be >= 0"),
