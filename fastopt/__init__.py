@@ -15,7 +15,8 @@ from . import reference, schedules
 from .backends import (available_backends, get_backend, get_num_threads,
                        get_parallel_threshold, set_num_threads, set_parallel_threshold)
 from .multi_tensor import MultiTensorStep
-from .optimizers import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, Optimizer,
+from .optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, NAdam,
+                         Nadam, Optimizer,
                          RMSprop)
 from .state import StateFileError, load_state, save_state
 
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion", "Adadelta",
+    "Nadam", "NAdam", "ASGD",
     "Optimizer", "MultiTensorStep",
     "available_backends", "get_backend", "set_num_threads", "get_num_threads",
     "set_parallel_threshold", "get_parallel_threshold",

@@ -33,6 +33,9 @@ class ParamGroup:
         The kernel rule its hyperparameters select.
     tensor_groups : list of TensorGroup
         One per dtype.
+    host : tuple of float
+        The rule's host-side scalar state (``rule.host_state``: running
+        products), as after the last applied step.
     """
 
     def __init__(self, indices, hyperparams, overrides, rule):
@@ -41,6 +44,7 @@ class ParamGroup:
         self.overrides = overrides
         self.rule = rule
         self.tensor_groups = []
+        self.host = tuple(float(v) for v in rule.host_init)
 
 
 class TensorGroup:

@@ -1,8 +1,8 @@
 """fastopt's fused optimizers as Keras 3 optimizers.
 
 ``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW``,
-``Adamax``, ``Ftrl``, ``Lion`` and ``Adadelta`` subclass the ``keras.optimizers`` class of the
-same name: the
+``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta`` and ``Nadam`` subclass the ``keras.optimizers``
+class of the same name: the
 constructor (arguments, defaults, checks and errors), ``get_config``,
 ``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
 variables and their names, ``save_own_variables``/``load_own_variables`` are
@@ -53,10 +53,12 @@ from .algorithms.adam import Adam as _Adam, AdamW as _AdamW
 from .algorithms.adamax import Adamax as _Adamax
 from .algorithms.ftrl import Ftrl as _Ftrl
 from .algorithms.lion import Lion as _Lion
+from .algorithms.nadam import Nadam as _Nadam
 from .algorithms.rmsprop import RMSprop as _RMSprop
 from .algorithms.sgd import SGD as _SGD
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion", "Adadelta"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion", "Adadelta",
+           "Nadam"]
 
 #: float dtypes fastopt's kernels update
 _DTYPES = ("float32", "float64")
@@ -175,13 +177,39 @@ class _Fused:
         if applied:
             core = engine.core
             core._iterations = int(counter)
+            # the rule's host-side scalars (Nadam's running product) live in
+            # Keras's optimizer variables: read before the step, written after
+            host = self._fastopt_host(core)
+            for pg, arrays in host:
+                pg.host = tuple(float(a) for a in arrays)
             core.step(full)
+            for pg, arrays in host:
+                for a, value in zip(arrays, pg.host):
+                    a[()] = value
             for variable in trainable_variables:
                 if variable.constraint is not None:
                     variable.assign(variable.constraint(variable))
             torch = _torch()
             torch._C._increment_version([engine.tensors[k] for k in applied])
         counter[()] += 1
+
+    def _fastopt_host(self, core):
+        """``[(parameter group, [array])]``: the memory of the Keras optimizer
+        variable ``_<name>`` of each host-state scalar of the group's rule
+        (:attr:`fastopt.rule.Rule.host_state`; Keras's Nadam: ``_u_product``)."""
+        out = []
+        for pg in core._param_groups:
+            arrays = []
+            for name in pg.rule.host_state:
+                variable = getattr(self, f"_{name}", None)
+                if not isinstance(variable, _kbackend.Variable):  # pragma: no cover
+                    raise RuntimeError(f"fastopt.keras.{type(self).__name__}: Keras keeps no "
+                                       f"optimizer variable _{name} for the rule's "
+                                       "host-side state")
+                arrays.append(_numpy(_tensor(variable)))
+            if arrays:
+                out.append((pg, arrays))
+        return out
 
     def _fastopt_gradient(self, g, param, variable):
         """A gradient as a NumPy array of the variable's dtype (its own memory
@@ -309,3 +337,4 @@ Adamax = _fused(keras.optimizers.Adamax, _Adamax, _doc("Adamax"))
 Ftrl = _fused(keras.optimizers.Ftrl, _Ftrl, _doc("Ftrl"))
 Lion = _fused(keras.optimizers.Lion, _Lion, _doc("Lion"))
 Adadelta = _fused(keras.optimizers.Adadelta, _Adadelta, _doc("Adadelta"))
+Nadam = _fused(keras.optimizers.Nadam, _Nadam, _doc("Nadam"))

@@ -137,7 +137,9 @@ class Optimizer(StateMethods):
     #: PyTorch's argument names that differ from fastopt's (Keras's), mapped to
     #: them: the hint of an unknown keyword, and the documented name table
     _TORCH_NAMES: dict = {"lr": "learning_rate"}
-    #: weight decay is decoupled under the torch convention too (AdamW)
+    #: weight decay is decoupled under the torch convention too (AdamW); a
+    #: class with a ``decoupled_weight_decay`` hyperparameter (torch's NAdam,
+    #: RAdam) decides it per parameter group instead
     _TORCH_DECOUPLED = False
     #: host parameters unless __init__ finds CUDA device arrays (class-level
     #: defaults, for subclasses that build themselves)
@@ -384,13 +386,18 @@ class Optimizer(StateMethods):
             for group in self._counted:
                 group.plan.updates = updates
             runs = []  # per parameter group: (group, learning rate, the kernel's scalars)
+            hosts = []  # per parameter group: its host state after this step
             if applying:
                 for pg in self._param_groups:
                     hyper = pg.hyperparams
                     lr = hyper["learning_rate"]
                     if lr.__class__ is not float:
                         lr = self._lr_at(lr)
-                    runs.append((pg, lr, self._scalars(hyper, lr, updates)))
+                    scalars = self._scalars(hyper, lr, updates)
+                    if pg.rule.host_state:  # running products: advanced, kept after the step
+                        scalars, host = pg.rule.advanced(scalars, pg.host)
+                        hosts.append((pg, host))
+                    runs.append((pg, lr, scalars))
             # Everything is validated; from here on only arithmetic runs.
             inv = 1.0 if self.loss_scale_factor is None else 1.0 / self.loss_scale_factor
             if accumulated is not None:  # NumPy arithmetic: never an exception halfway
@@ -399,6 +406,8 @@ class Optimizer(StateMethods):
                                             steps)
             if applying:
                 self._apply(grads, inv, runs)
+                for pg, host in hosts:
+                    pg.host = host
                 if accumulated is not None:
                     for acc in accumulated:
                         self._arrays.zero(acc)
@@ -422,14 +431,16 @@ class Optimizer(StateMethods):
         if self._one_tensor_group:  # then grads are the group's, as they are
             ((pg, lr, scalars),) = runs
             hyper = pg.hyperparams
-            keep, l2 = decay_factors(hyper["weight_decay"], lr, coupled)
+            keep, l2 = decay_factors(hyper["weight_decay"], lr,
+                                     coupled and not hyper.get("decoupled_weight_decay"))
             group = self._tensor_groups[0]
             group.set_factors(-scales[0] if hyper["maximize"] else scales[0], keep, l2)
             group.plan.step(grads, group.factors, scalars, clipvalue)
             return
         k = 0
         for pg, lr, scalars in runs:
-            keep, l2 = decay_factors(pg.hyperparams["weight_decay"], lr, coupled)
+            keep, l2 = decay_factors(pg.hyperparams["weight_decay"], lr,
+                                     coupled and not pg.hyperparams.get("decoupled_weight_decay"))
             negate = pg.hyperparams["maximize"]
             for group in pg.tensor_groups:
                 scale = -scales[k] if negate else scales[k]

@@ -2,9 +2,11 @@
 pickling and copies (a mixin the optimizer class inherits)."""
 from __future__ import annotations
 
+import numpy as np
+
 from . import hyperparams
-from .state import (check_slots, check_state_header, check_update_count, state_to_arrays,
-                    write_npz_atomic)
+from .state import (check_host_state, check_slots, check_state_header, check_update_count,
+                    state_to_arrays, write_npz_atomic)
 
 __all__ = ["StateMethods"]
 
@@ -33,6 +35,15 @@ class StateMethods:
                 add(slot, i, a)
         return live
 
+    def host_state(self):
+        """The rules' host-side scalar state (running products such as
+        Nadam's ``u_product``; :attr:`fastopt.rule.Rule.host_state`), by
+        state-dict key ``"<name>/<parameter group>"``, as float64 0-d arrays
+        (copies); empty for a rule without any."""
+        return {f"{name}/{g}": np.array(value, dtype=np.float64)
+                for g, pg in enumerate(self._param_groups)
+                for name, value in zip(pg.rule.host_state, pg.host)}
+
     def state_dict(self):
         """``{"config", "iterations", "calls", "slots": {"<slot>/<index or name>": array}}``.
 
@@ -45,14 +56,22 @@ class StateMethods:
         round-trip exactly); they
         include the moving averages (``average/...``) with ``use_ema`` and
         the gradient accumulators (``gradient_accumulator/...``).
+
+        A rule with host-side scalar state (Nadam's running product) adds
+        ``"host_state": {"<name>/<parameter group>": float64 0-d array}``
+        (:meth:`host_state`); the other rules' state dicts have no such key.
         """
         with self._lock:  # a snapshot between steps, never a torn one
             slots = {key: self._arrays.to_host(a) for key, a in self.state_arrays().items()}
-            return {"config": self.get_config(), "iterations": self.iterations,
-                    "calls": self._iterations, "slots": slots}
+            state = {"config": self.get_config(), "iterations": self.iterations,
+                     "calls": self._iterations, "slots": slots}
+            host = self.host_state()
+            if host:
+                state["host_state"] = host
+            return state
 
     def load_state_dict(self, state):
-        """Restore hyperparameters, counters and slots from
+        """Restore hyperparameters, counters, slots and host state from
         :meth:`state_dict`'s output.  Checked whole first: on error nothing
         changes.  A state without ``"calls"`` (written before ``calls``
         existed) is one whose ``"iterations"`` counted the ``step`` calls."""
@@ -76,9 +95,12 @@ class StateMethods:
         check_update_count(name, calls, iterations, twin.gradient_accumulation_steps)
         live = twin.state_arrays()
         check_slots(name, state["slots"], live)
+        host = check_host_state(name, state.get("host_state"), twin.host_state())
         # all checked: copy the slots into the twin, then take it over
         for key, dst in live.items():
             twin._arrays.assign(dst, state["slots"][key])
+        for g, pg in enumerate(twin._param_groups):
+            pg.host = tuple(host[f"{n}/{g}"] for n in pg.rule.host_state)
         twin._iterations = calls
         self.__dict__.update({k: v for k, v in twin.__dict__.items() if k != "_lock"})
 

@@ -68,6 +68,20 @@ class Rule:
         Why the rule cannot keep its state in bfloat16, or None if it can.
     kind : str
         One of :data:`KINDS`.
+    host_state : tuple of str
+        Scalars the rule keeps on the host across steps (running products
+        such as Nadam's ``u_product``): the last names of ``scalars``, kept
+        per parameter group, saved and restored with the slots by every state
+        path (``state_dict``, state files, ``ShardedOptimizer``, adapters).
+    host_init : tuple of float
+        Their values before the first step.
+    advance : callable
+        ``advance(*scalars) -> dict`` of the ``host_state`` values after this
+        step, given the public scalars with the host state as it was before
+        (plain Python on the host, float64; it may round where a framework
+        rounds, e.g. to float32).  Called once per *applied* step, before the
+        kernel, which reads the advanced values; they are kept only once the
+        step has run.
     """
 
     name: str
@@ -80,7 +94,28 @@ class Rule:
     torch_state: tuple = ()
     bf16_refusal: str | None = None
     kind: str = "elementwise"
+    host_state: tuple = ()
+    host_init: tuple = ()
+    advance: Callable = None
     family: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        n = len(self.host_state)
+        if n and (tuple(self.scalars[-n:]) != tuple(self.host_state)
+                  or len(self.host_init) != n or self.advance is None):
+            raise ValueError(f"rule {self.name!r}: host_state must be the last scalars, with "
+                             "one host_init value each and an advance function")
+
+    def advanced(self, scalars, host):
+        """The kernel's scalars for one applied step: ``scalars`` (the public
+        scalars without the host state), then the host state advanced from
+        ``host`` (the values before this step, in ``host_state`` order);
+        returns ``(scalars, new host values)``."""
+        if not self.host_state:
+            return scalars, host
+        new = self.advance(*scalars, *host)
+        values = tuple(float(new[k]) for k in self.host_state)
+        return (*scalars, *values), values
 
     @cached_property
     def prepared(self):

@@ -44,6 +44,7 @@ _CONFIG = "__config__"
 _ITERATIONS = "__iterations__"
 _VERSION = "__format_version__"
 _SLOT_PREFIX = "slot:"
+_HOST_PREFIX = "host:"
 
 #: the state-file format this fastopt writes and reads; a file without
 #: ``__format_version__`` (written before the field existed) is version 1
@@ -98,13 +99,17 @@ def as_json(array, what, where, kind):
 def state_to_arrays(state):
     """``Optimizer.state_dict()`` as a flat dict of arrays: the format
     version, the config as a JSON string, the call count (as
-    ``__iterations__``) and one array per slot."""
+    ``__iterations__``), one array per slot (``slot:<key>``) and one float64
+    0-d array per host-state scalar (``host:<key>``; only rules with running
+    products have any, so other optimizers' files are as before)."""
     calls = as_count(state["calls"] if "calls" in state else state["iterations"],
                      "the call count", "save_state")
     arrays = {_VERSION: np.array(FORMAT_VERSION, dtype=np.int64),
               _CONFIG: np.array(json.dumps(state["config"])),
               _ITERATIONS: np.array(calls, dtype=np.int64)}
     arrays.update({_SLOT_PREFIX + k: v for k, v in state["slots"].items()})
+    arrays.update({_HOST_PREFIX + k: np.asarray(v, dtype=np.float64)
+                   for k, v in (state.get("host_state") or {}).items()})
     return arrays
 
 
@@ -126,11 +131,15 @@ def state_from_arrays(z, where):
                     f"{where}: state-file format version {version}; this fastopt reads "
                     f"version {FORMAT_VERSION}" + (" (the file is from a newer fastopt)"
                                                    if version > FORMAT_VERSION else ""))
-        return {"config": as_json(z[_CONFIG], "the config", where, dict),
-                "calls": as_count(z[_ITERATIONS], f"the iteration count ({_ITERATIONS}, "
-                                  "the number of step calls)", where),
-                "slots": {k[len(_SLOT_PREFIX):]: z[k] for k in files
-                          if k.startswith(_SLOT_PREFIX)}}
+        state = {"config": as_json(z[_CONFIG], "the config", where, dict),
+                 "calls": as_count(z[_ITERATIONS], f"the iteration count ({_ITERATIONS}, "
+                                   "the number of step calls)", where),
+                 "slots": {k[len(_SLOT_PREFIX):]: z[k] for k in files
+                           if k.startswith(_SLOT_PREFIX)}}
+        host = {k[len(_HOST_PREFIX):]: z[k] for k in files if k.startswith(_HOST_PREFIX)}
+        if host:
+            state["host_state"] = host
+        return state
     except StateFileError:
         raise
     except MemoryError:
@@ -252,7 +261,7 @@ def read_npz(path, where, keep=None):
 
 
 def _state_keys(key):
-    return key.startswith("__") or key.startswith(_SLOT_PREFIX)
+    return key.startswith("__") or key.startswith(_SLOT_PREFIX) or key.startswith(_HOST_PREFIX)
 
 
 def read_state(path, where):
@@ -491,3 +500,31 @@ def check_slots(owner, slots, live):
                 f"{owner}.load_state_dict: slot {key!r} has "
                 f"shape {getattr(a, 'shape', None)} and dtype {getattr(a, 'dtype', None)}, "
                 f"expected {dst.shape} and {dst.dtype}")
+
+
+def check_host_state(owner, given, live):
+    """Check a state dict's ``"host_state"`` (``given``; None when the state
+    has none, as every state of a rule without host state) against an
+    optimizer's :meth:`~fastopt.Optimizer.host_state` (``live``): the same
+    keys, each a finite real number (a float, or a 0-d float array); return
+    them as Python floats (exact: the float64 values themselves)."""
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{owner}.load_state_dict: the state's 'host_state' must be a dict, "
+                         f"got {type(given).__name__}")
+    if set(given) != set(live):
+        raise ValueError(f"{owner}.load_state_dict: host state differs; missing "
+                         f"{sorted(set(live) - set(given))}, unexpected "
+                         f"{sorted(set(given) - set(live), key=str)}")
+    out = {}
+    for key in live:
+        v = given[key]
+        if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind == "f":
+            v = v.item()
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (float, np.floating)) \
+                or not np.isfinite(v):
+            raise ValueError(f"{owner}.load_state_dict: host state {key!r} must be a finite "
+                             f"float (or a 0-d float array), got {v!r:.80}")
+        out[key] = float(v)
+    return out

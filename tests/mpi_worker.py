@@ -210,6 +210,13 @@ CASES = {
         fastopt.Adam, [(k % 13,) if k % 3 else (k % 5, 4) for k in range(60)], [F32] * 60,
         learning_rate=schedules.CosineDecay(0.01, decay_steps=5)),
     "numpy_backend": Case(fastopt.SGD, SHAPES[:4], [F64] * 4, momentum=0.5, backend="numpy"),
+    # host-side state (running products), the same on every rank
+    "nadam_param_groups": Case(
+        fastopt.Nadam, SHAPES, MIXED, structure="groups", learning_rate=0.01,
+        groups=[([0, 2, 4], {"beta_1": 0.8}), ([1, 3], {})], backend="numba"),
+    "nadam_torch_decoupled": Case(fastopt.NAdam, SHAPES, MIXED, learning_rate=0.01,
+                                  weight_decay=0.1, decoupled_weight_decay=True,
+                                  backend="numba"),
 }
 
 
@@ -237,7 +244,9 @@ def scenario_state(comm, case=CASES["adam_ema_overwrite"]):
     if rank == size - 1:
         want = ref.state_dict()
         if list(full["slots"]) != list(want["slots"]) or full["config"] != want["config"] \
-                or full["iterations"] != want["iterations"] or full["calls"] != want["calls"]:
+                or full["iterations"] != want["iterations"] or full["calls"] != want["calls"] \
+                or full.get("host_state", {}).keys() != want.get("host_state", {}).keys() \
+                or any(full["host_state"][k] != v for k, v in want.get("host_state", {}).items()):
             raise AssertionError("consolidated state differs from the unsharded state_dict")
         compare_arrays(list(full["slots"].values()), list(want["slots"].values()), True,
                        "consolidated slots")
@@ -295,6 +304,14 @@ def scenario_state_mid_accumulation(comm):
                 learning_rate=schedules.ExponentialDecay(0.01, decay_steps=2, decay_rate=0.5),
                 backend="numba")
     assert STEPS % 4 and STEPS > 4
+    scenario_state(comm, case)
+
+
+def scenario_state_nadam_mid_accumulation(comm):
+    """The round trips of an optimizer with host state (Nadam's running
+    product), stopped in the middle of an accumulation cycle."""
+    case = Case(fastopt.Nadam, SHAPES, MIXED, gradient_accumulation_steps=4,
+                learning_rate=0.01, backend="numba")
     scenario_state(comm, case)
 
 
@@ -450,7 +467,8 @@ def scenario_errors(comm):
 
 
 SCENARIOS = [f"{name}/{kind}" for name in CASES for kind in ("exact", "general")] + [
-    "state", "state_mid_accumulation", "state_bytes", "fit_checkpoint_resume", "errors"]
+    "state", "state_mid_accumulation", "state_nadam_mid_accumulation", "state_bytes",
+    "fit_checkpoint_resume", "errors"]
 
 
 def main():

@@ -466,6 +466,78 @@ DB = [
             ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
         ),
         search_space={"beta_1": st.floats(0.01, 1.0), "beta_2": st.floats(0.0, 1.0)}),
+    OptimizerInfo(
+        "nadam", fastopt.Nadam, {}, 0.01,
+        rules={"keras": "nadam"},
+        # the running product u_product (host state) last, after the step count
+        scalars={"nadam": (0.01, 0.9, 0.999, 1e-7, 0.3)},
+        quadratic_lr=0.05, rosenbrock_lr=0.02, bf16_nearest_stalls=True,
+        golden=("keras_nadam", "keras_nadam_weight_decay", "keras_nadam_accumulation"),
+        error_inputs=(
+            ({"convention": "torch"}, ValueError, "convention='torch' is not offered: Nadam exists in Keras 3.15 only"),
+            ({"momentum_decay": 0.004}, ValueError,
+             r"unknown hyperparameter\(s\) 'momentum_decay'"),
+            ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),
+            ({"beta_2": -0.1}, ValueError, "beta_2 must be >= 0"),
+            ({"epsilon": -1e-7}, ValueError, "epsilon must be >= 0"),
+            ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
+        ),
+        search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON}),
+    OptimizerInfo(
+        "nadam_torch", fastopt.NAdam, {}, 0.01,
+        rules={"torch": "nadam_torch"},
+        # the running product mu_product (host state) last, after the step count
+        scalars={"nadam_torch": (0.01, 0.9, 0.999, 1e-8, 4e-3, 0.3)},
+        quadratic_lr=0.05, rosenbrock_lr=0.02, bf16_nearest_stalls=True,
+        torch_samples=(("nadam", {"learning_rate": 0.01}),
+                       ("nadam_l2_maximize", {"learning_rate": 0.01, "beta_1": 0.8,
+                                              "momentum_decay": 0.01, "weight_decay": 0.05,
+                                              "maximize": True}),
+                       ("nadamw", {"learning_rate": 0.01, "weight_decay": 0.1,
+                                   "decoupled_weight_decay": True})),
+        torch_class="NAdam",
+        torch_configs=(dict(lr=0.01),
+                       dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1,
+                            momentum_decay=0.01, maximize=True),
+                       dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+        golden=("torch_nadam", "torch_nadam_l2_maximize", "torch_nadamw"),
+        error_inputs=(
+            ({"convention": "keras"}, ValueError, "convention='keras' is not offered: NAdam exists in PyTorch 2.13 only"),
+            ({"betas": (0.9, 0.99)}, ValueError, r"'betas' \(did you mean beta_1 and beta_2"),
+            ({"momentum_decay": -1.0}, ValueError, "momentum_decay must be >= 0"),
+            ({"decoupled_weight_decay": 1}, TypeError,
+             "decoupled_weight_decay must be True or False"),
+            ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),
+            ({"epsilon": float("nan")}, ValueError, "epsilon must be finite"),
+        ),
+        search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON,
+                      "momentum_decay": st.floats(0.0, 0.1),
+                      "decoupled_weight_decay": st.booleans()}),
+    OptimizerInfo(
+        "asgd_torch", fastopt.ASGD, {"t0": 3}, 0.05,
+        rules={"torch": "asgd_torch"},
+        # the host state (eta_now, mu_now, eta, mu) last, after the step count
+        scalars={"asgd_torch": (0.05, 0.01, 0.75, 3.0, 0.04, 0.5, 0.039, 0.25)},
+        quadratic_lr=0.05, rosenbrock_lr=1e-3,
+        torch_samples=(("asgd", {"learning_rate": 0.05}),
+                       ("asgd_averaging", {"learning_rate": 0.05, "lambd": 0.01, "alpha": 0.5,
+                                           "t0": 5}),
+                       ("asgd_l2_maximize", {"learning_rate": 0.05, "t0": 2,
+                                             "weight_decay": 0.05, "maximize": True})),
+        torch_class="ASGD",
+        torch_configs=(dict(lr=0.05, t0=3),
+                       dict(lr=0.05, lambd=0.01, alpha=0.5, t0=2, weight_decay=0.1,
+                            maximize=True)),
+        golden=("torch_asgd", "torch_asgd_averaging", "torch_asgd_l2_maximize"),
+        error_inputs=(
+            ({"convention": "keras"}, ValueError, "convention='keras' is not offered: ASGD exists in PyTorch 2.13 only"),
+            ({"lambda": 0.1}, ValueError, r"'lambda' \(did you mean lambd"),
+            ({"lambd": -1.0}, ValueError, "lambd must be >= 0"),
+            ({"alpha": float("inf")}, ValueError, "alpha must be finite"),
+            ({"t0": "5"}, TypeError, "t0 must be a real number"),
+        ),
+        search_space={"lambd": st.floats(0.0, 0.1), "alpha": st.floats(0.0, 1.0),
+                      "t0": st.floats(0.0, 20.0)}),
 ]
 
 BY_ID = {row.id: row for row in DB}
@@ -515,9 +587,19 @@ def scalar(rule, name):
     return KERNEL_SCALARS[rule][names.index(name)]
 
 
+def with_step(rule, values, step):
+    """``values`` (a rule's scalars without the step count) with the step
+    count ``step`` in its place: last, or before a rule's host state
+    (:attr:`fastopt.rule.Rule.host_state`, Nadam's running product)."""
+    if "step" not in rule.scalars:
+        return tuple(values)
+    k = rule.scalars.index("step")
+    return (*values[:k], step, *values[k:])
+
+
 def scalars_at(rule, step):
     """The rule's scalars for the step after ``step`` steps (step counts from 1)."""
-    return KERNEL_SCALARS[rule.name] + ((step + 1,) if "step" in rule.scalars else ())
+    return with_step(rule, KERNEL_SCALARS[rule.name], step + 1)
 
 
 def step_inputs(rng, rule, size, dtype, step):

@@ -23,6 +23,7 @@ KERAS_DEFAULTS = {
                  l2_shrinkage_regularization_strength=0.0, beta=0.0),
     "Lion": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.99),
     "Adadelta": dict(learning_rate=0.001, rho=0.95, epsilon=1e-7),
+    "Nadam": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
 }
 
 
@@ -48,6 +49,9 @@ class KerasSpec:
             names = ["momentum"]
         elif class_name == "Adadelta":
             names = ["accumulated_grad", "accumulated_delta_var"]
+        elif class_name == "Nadam":
+            names = ["momentum", "velocity"]
+            self.u_product = 1.0  # Keras's optimizer variable, one per optimizer
         else:
             names = ["momentum", "velocity"] + (["velocity_hat"] if h["amsgrad"] else [])
         init = h.get("initial_accumulator_value", 0.0)
@@ -60,6 +64,9 @@ class KerasSpec:
 
     def step(self, grads):
         h, lr = self.h, self.lr()
+        if self.cls == "Nadam":  # once per apply, before the variables' updates
+            t = self.iterations + 1
+            self.u_product = self.u_product * (h["beta_1"] * (1.0 - 0.5 * 0.96 ** t))
         grads = [None if g is None else np.asarray(g, np.float64) for g in grads]
         if h.get("clipnorm") is not None:
             grads = [None if g is None else R.clip_by_norm(g, h["clipnorm"]) for g in grads]
@@ -104,6 +111,10 @@ class KerasSpec:
             return R.adadelta(w, g, *slots, learning_rate=lr, rho=h["rho"], epsilon=h["epsilon"])
         if self.cls == "Lion":
             return R.lion(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"], beta_2=h["beta_2"])
+        if self.cls == "Nadam":
+            return R.nadam(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"],
+                           beta_2=h["beta_2"], epsilon=h["epsilon"], step=self.iterations + 1,
+                           u_product=self.u_product)
         alpha = R.adam_alpha(lr, h["beta_1"], h["beta_2"], self.iterations)
         f = R.adam_amsgrad if h["amsgrad"] else R.adam
         return f(w, g, *slots, alpha=alpha, beta_1=h["beta_1"], beta_2=h["beta_2"],

@@ -179,7 +179,8 @@ ERRORS = [
      "leaves an empty training or test set"),
     (lambda t: ["--optimizers", "adam,adamax"],
      "unknown optimizer 'adamax'; valid names: sgd, momentum, nesterov, adam, adagrad, "
-     "rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, lion, adadelta"),
+     "rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, lion, adadelta, nadam, nadam_torch, "
+     "asgd"),
     (lambda t: ["--optimizers", "adam,ftrl", "--convention", "torch"],
      "ftrl: Ftrl: convention='torch' is not offered: Ftrl exists in Keras 3.15 only"),
     (lambda t: ["--optimizers", "adam,lion", "--convention", "torch"],
@@ -342,9 +343,9 @@ def test_command_end_to_end_in_a_subprocess(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.splitlines() == [
-        "fastopt compare: error: --optimizers: unknown optimizer 'adamax'; valid names: sgd, "
-        "momentum, nesterov, adam, adagrad, rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, "
-        "lion, adadelta"]
+        "fastopt compare: error: --optimizers: unknown optimizer 'adamax'; valid names: "
+        + ", ".join(train.comparison.OPTIMIZERS)]
+    assert "sgd, momentum, nesterov, adam, adagrad, rmsprop, adamw" in bad.stderr
 
 
 # ---------------------------------------------------------------------------

@@ -220,6 +220,8 @@ CONFIGS = [
     (fastopt.SGD, {"momentum": 0.9, "convention": "torch", "weight_decay": 0.01,
                    "global_clipnorm": 1.0}),
     (fastopt.RMSprop, {"use_ema": True, "gradient_accumulation_steps": 2}),
+    (fastopt.Nadam, {"learning_rate": 0.01, "gradient_accumulation_steps": 2}),
+    (fastopt.NAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True}),
 ]
 
 
@@ -249,6 +251,11 @@ def test_one_rank_is_the_plain_optimizer(cls, kw, dtype):
     assert list(full["slots"]) == list(want["slots"])
     for k in want["slots"]:
         np.testing.assert_array_equal(full["slots"][k], want["slots"][k])
+    # host-side state (running products): whole on every rank, the same values
+    assert ("host_state" in full) == ("host_state" in want) == (cls in (fastopt.Nadam,
+                                                                        fastopt.NAdam))
+    for k, v in want.get("host_state", {}).items():
+        assert full["host_state"][k] == v != 1.0
     assert opt.state_nbytes == sum(a.nbytes for a in want["slots"].values())
 
 

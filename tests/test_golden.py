@@ -82,6 +82,15 @@ def slot_key(meta, state_key):
     return f"{slot}/{spec['names'][int(k)] if spec['params'] == 'dict' else k}"
 
 
+def host_key(meta, key):
+    """``host_<name>`` (Keras, per optimizer) or ``host_<name>_<k>`` (torch,
+    per parameter) -> fastopt's ``"<name>/<parameter group>"`` (one group)."""
+    name = key[len("host_"):]
+    if meta["framework"] == "torch":
+        name = name.rsplit("_", 1)[0]
+    return f"{name}/0"
+
+
 def check_close(what, got, want, scale, tolerance):
     err = float(np.max(np.abs(got - want)))
     bound = tolerance * max(scale, TINY)
@@ -127,6 +136,17 @@ def replay(name, backend, place=np.copy, fetch=np.asarray):
                                  f"state_dict()['slots'] (has {sorted(slots)})")
         check_close(f"{name} [{backend}] final {slot_key(meta, key)}", got, want,
                     float(np.max(np.abs(want))), tol)
+    host = opt.host_state()
+    # every host state the framework keeps is recorded (fastopt may keep more:
+    # ASGD's eta_now and mu_now, the values of the last step, torch does not)
+    assert bool(host) == bool(meta.get("host_keys")), name
+    for key in meta.get("host_keys", ()):
+        # torch keeps a running product per parameter, Keras one per optimizer;
+        # fastopt one per parameter group (all parameters step together)
+        got = host.get(host_key(meta, key))
+        assert got is not None, f"{name}: no host state {host_key(meta, key)!r} ({sorted(host)})"
+        check_close(f"{name} [{backend}] final host state {key}", got, arrays[key],
+                    abs(float(arrays[key])), tol)
     if meta["fastopt"]["kwargs"].get("use_ema"):
         opt.finalize_variable_values()
         for k in range(n):
@@ -168,7 +188,7 @@ def test_sidecar_names_its_source_and_matches_its_arrays(name):
     steps, shapes = meta["steps"], [tuple(s) for s in meta["shapes"]]
     assert steps >= 50 and len(shapes) >= 2 and len(set(shapes)) == len(shapes)
     expected = {f"{kind}_{k}" for k in range(len(shapes)) for kind in ("init", "grads", "params")}
-    expected |= set(meta["state_keys"])
+    expected |= set(meta["state_keys"]) | set(meta.get("host_keys", ()))
     if meta["fastopt"]["kwargs"].get("use_ema"):
         expected |= {f"final_{k}" for k in range(len(shapes))}
     assert set(arrays) == expected
@@ -177,6 +197,8 @@ def test_sidecar_names_its_source_and_matches_its_arrays(name):
         assert arrays[f"grads_{k}"].shape == arrays[f"params_{k}"].shape == (steps, *shape)
     for key in meta["state_keys"]:
         assert arrays[key].shape == shapes[int(key.rsplit("_", 1)[1])]
+    for key in meta.get("host_keys", ()):
+        assert key.startswith("host_") and arrays[key].shape == ()
     assert all(a.dtype == np.float64 for a in arrays.values())
     # the gradient stream: whole zero steps, exact zeros, 1e3 and 1e-4 steps, a tiny coordinate
     grads = np.concatenate([arrays[f"grads_{k}"].reshape(steps, -1) for k in range(len(shapes))],

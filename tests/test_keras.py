@@ -41,6 +41,7 @@ CASES = [
     ("Adadelta", {}),
     ("Adadelta", {"rho": 0.9, "epsilon": 1e-6}),
     ("Lion", {"beta_1": 0.5, "beta_2": 0.9}),
+    ("Nadam", {}),
 ]
 IDS = [name + "".join(f"-{k}" for k in kw) for name, kw in CASES]
 

@@ -27,7 +27,7 @@ SUITES = {"sgd": ("SGD", "SGDTest"), "adagrad": ("Adagrad", "AdagradTest"),
           "rmsprop": ("RMSprop", "RMSpropTest"), "adam": ("Adam", "AdamTest"),
           "adamw": ("AdamW", "AdamWTest"), "adamax": ("Adamax", "AdamaxTest"),
           "ftrl": ("Ftrl", "FtrlTest"), "lion": ("Lion", "LionTest"),
-          "adadelta": ("Adadelta", "AdadeltaTest")}
+          "adadelta": ("Adadelta", "AdadeltaTest"), "nadam": ("Nadam", "NadamTest")}
 
 _FOLDER = Path(keras.__file__).parent / "src" / "optimizers"
 

@@ -14,7 +14,7 @@ from fastopt.backends import numpy_backend as ref
 from fastopt.reference import bf16_round, bf16_to_float
 
 from cases import HOST_BACKENDS
-from optim_db import KERNEL_SCALARS
+from optim_db import KERNEL_SCALARS, with_step
 
 BACKENDS = [b for b in HOST_BACKENDS if b in ("numba", "cython")]
 SIZES = [1, 7, 1025, 40_000]
@@ -50,8 +50,10 @@ def test_matches_the_single_tensor_kernels(rule, dtype, backend):
     expect = ([p.copy() for p in params], [[a.copy() for a in s] for s in slots])
     fused = fastopt.MultiTensorStep(rule, dtype, SIZES, backend=backend)
     assert fused.backend == backend
-    scalars = KERNEL_SCALARS[rule]
     per_tensor = fused.per_tensor_step
+    # a step count that is not per tensor (a rule with host state) is a scalar
+    scalars = KERNEL_SCALARS[rule] if per_tensor else with_step(RULES[rule],
+                                                                KERNEL_SCALARS[rule], 4.0)
     steps = np.array([1.0, 3.0, 1.0, 7.0]) if per_tensor else None
     pt = np.array([[1.0, -0.5, 2.0, 1.0], [1.0, 0.99, 1.0, 0.9], [0.0, 0.0, 0.1, 0.0]])
     skip = {1}
@@ -194,8 +196,10 @@ def test_two_byte_parameters_equal_float32_arithmetic_then_rounding(rule, fmt):
     ref = fastopt.MultiTensorStep(rule, np.float32, SIZES)
     steps = np.array([1.0, 3.0, 1.0, 7.0]) if fused.per_tensor_step else None
     pt = np.array([[1.0, -0.5, 2.0, 1.0], [1.0, 0.99, 1.0, 0.9], [0.0, 0.0, 0.1, 0.0]])
-    fused.step(_pointers(fused, *bits), KERNEL_SCALARS[rule], steps=steps, pt=pt)
-    ref.step(_pointers(ref, params, grads, slots), KERNEL_SCALARS[rule], steps=steps, pt=pt)
+    scalars = KERNEL_SCALARS[rule] if steps is not None else with_step(RULES[rule],
+                                                                       KERNEL_SCALARS[rule], 4.0)
+    fused.step(_pointers(fused, *bits), scalars, steps=steps, pt=pt)
+    ref.step(_pointers(ref, params, grads, slots), scalars, steps=steps, pt=pt)
     for t in range(len(SIZES)):
         np.testing.assert_array_equal(bits[0][t], _bits(params[t], fmt))
         for s, r in zip(bits[2], slots):

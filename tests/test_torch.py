@@ -36,6 +36,17 @@ CONFIG_IDS = [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for c, kw in 
 SHAPES = [(5, 3), (7,), (1,), (4, 3, 2, 2), (33,)]
 
 
+#: per-parameter state that is a 0-d tensor in torch's scalar dtype, not a
+#: tensor of the parameter's shape and dtype: the step count and the rules'
+#: host-side state (NAdam's mu_product)
+SCALAR_KEYS = {"step"} | {k for r in RULES.values() for k in r.host_state}
+
+
+def _torch_host_keys(row):
+    """The torch state keys of the row's rule's host state (those torch keeps)."""
+    rule = row.rules["torch"]
+    return {k for k in getattr(ft, row.torch_class)._HOST_KEYS.get(rule, ()) if k}
+
 def _tensors(dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in SHAPES]
@@ -411,7 +422,7 @@ def _rounded_torch(name, kw, init, stream, dtype):
             for p in params:
                 p.copy_(p.to(dtype).float())
                 for key, v in opt.state.get(p, {}).items():
-                    if key != "step":
+                    if key not in SCALAR_KEYS:
                         v.copy_(v.to(dtype).float())
     return params
 
@@ -448,7 +459,7 @@ def test_low_precision_parameters_compute_in_float32(row, dtype):
     assert moved > 0.02  # the parameters moved: the comparison is not vacuous
     for p in fast:
         for key, v in fo.state.get(p, {}).items():
-            if key != "step":
+            if key not in SCALAR_KEYS:
                 assert v.dtype == dtype
 
 
@@ -478,7 +489,7 @@ def test_state_dict_interop_both_ways_and_through_torch_save(row):
         _train(m3, o3, 5, seed=8)
         _assert_models_close(m2, m3, 1e-10)
     sd = o2.state_dict()
-    keys = set(RULES[row.rules["torch"]].torch_state)
+    keys = set(RULES[row.rules["torch"]].torch_state) | _torch_host_keys(row)
     if getattr(ft, name)._COUNTS_STEPS:
         keys.add("step")
     assert set(sd["state"].get(0, {})) == keys
@@ -503,7 +514,8 @@ def test_state_dict_keys_match_torch(row):
     for k in sds[1]["state"]:
         a, b = sds[0]["state"][k], sds[1]["state"][k]
         assert set(a) == set(b)
-        assert set(b) - {"step"} == set(RULES[row.rules["torch"]].torch_state)
+        assert set(b) - SCALAR_KEYS == set(RULES[row.rules["torch"]].torch_state)
+        assert set(b) & SCALAR_KEYS - {"step"} == _torch_host_keys(row)
         for key in b:
             assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
 
@@ -825,7 +837,7 @@ def test_bfloat16_state_same_bits_as_fastopt_optimizer(row, rounding):
         np.testing.assert_array_equal(p, q.detach().numpy())
     for p in fast:
         for key, v in fo.state[p].items():
-            if key != "step":
+            if key not in SCALAR_KEYS:
                 assert v.dtype == torch.bfloat16
 
 

@@ -25,6 +25,11 @@ TORCH_DEFAULTS = {
                    weight_decay=0.0, maximize=False),
     "Adadelta": dict(learning_rate=1.0, rho=0.9, epsilon=1e-6, weight_decay=0.0,
                      maximize=False),
+    "ASGD": dict(learning_rate=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0,
+                 maximize=False),
+    "NAdam": dict(learning_rate=2e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                  weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
+                  maximize=False),
 }
 
 
@@ -59,12 +64,20 @@ class TorchSpec:
         h, wd = self.h, self.h["weight_decay"] or 0.0
         if h["maximize"]:
             g = -g
-        if self.cls == "AdamW":
+        if self.cls == "AdamW" or (self.cls == "NAdam" and h["decoupled_weight_decay"]):
             p = p * (1 - lr * wd)
         elif wd:
             g = g + wd * p
         st["step"] = st.get("step", 0) + 1
         t = st["step"]
+        if self.cls == "ASGD":  # eta and mu: float32 0-d tensors, from the step before
+            eta = float(st.get("eta", np.float32(lr)))
+            p = p * (1 - h["lambd"] * eta) - eta * g
+            mu = float(st.get("mu", 1.0))
+            st["ax"] = p.copy() if mu == 1 else st.get("ax", 0.0) + mu * (p - st.get("ax", 0.0))
+            st["eta"] = np.float32(lr / (1 + h["lambd"] * lr * t) ** h["alpha"])
+            st["mu"] = np.float32(1 / max(1, t - h["t0"]))
+            return p
         if self.cls == "SGD":
             mu = h["momentum"]
             if mu:
@@ -100,6 +113,17 @@ class TorchSpec:
                                            + (1 - rho) * delta * delta)
             return p - lr * delta
         b1, b2 = h["beta_1"], h["beta_2"]
+        if self.cls == "NAdam":  # torch's mu_product: a float32 0-d tensor
+            psi = h["momentum_decay"]
+            mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
+            mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
+            st["mu_product"] = np.float32(st.get("mu_product", np.float32(1.0)) * np.float32(mu))
+            prod = float(st["mu_product"])
+            st["momentum"] = st.get("momentum", 0.0) * b1 + (1 - b1) * g
+            st["velocity"] = b2 * st.get("velocity", 0.0) + (1 - b2) * g * g
+            denom = np.sqrt(st["velocity"] / (1 - b2 ** t)) + h["epsilon"]
+            p = p - lr * (1 - mu) / (1 - prod) * g / denom
+            return p - lr * mu_next / (1 - prod * mu_next) * st["momentum"] / denom
         st["momentum"] = b1 * st.get("momentum", 0.0) + (1 - b1) * g
         if self.cls == "Adamax":  # exp_inf: an infinity norm, epsilon inside the max
             st["norm"] = np.maximum(b2 * st.get("norm", 0.0), np.abs(g) + h["epsilon"])

@@ -52,6 +52,12 @@ ZERO_TENSOR_STEP = 11                    # tensor 1 alone all zeros
 # fastopt uses), and Keras's EMA and accumulation variables
 KERAS_SLOTS = (*dict.fromkeys(s for rule in RULES.values() for s in rule.slots),
                "gradient_accumulator", "average")
+# torch state that is a scalar per parameter (host-side state in fastopt,
+# :attr:`fastopt.rule.Rule.host_state`): recorded as ``host_<name>_<k>``
+TORCH_HOST = ("mu_product", "eta", "mu")
+# Keras optimizer-wide scalar variables (host-side state in fastopt): recorded
+# as ``host_<name>`` from the optimizer attribute ``_<name>``
+KERAS_HOST = ("u_product",)
 # torch keyword -> fastopt keyword (betas is split into beta_1, beta_2)
 TORCH_TO_FASTOPT = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
 
@@ -124,6 +130,15 @@ CONFIGS = [
     torch_cfg("torch_adadelta", "Adadelta", lr=1.0),
     torch_cfg("torch_adadelta_weight_decay_maximize", "Adadelta", lr=0.5, rho=0.95, eps=1e-5,
               weight_decay=0.05, maximize=True),
+    torch_cfg("torch_nadam", "NAdam", lr=0.01),
+    torch_cfg("torch_nadam_l2_maximize", "NAdam", lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+              weight_decay=0.05, momentum_decay=0.01, maximize=True),
+    torch_cfg("torch_nadamw", "NAdam", lr=0.01, weight_decay=0.1,
+              decoupled_weight_decay=True),
+    torch_cfg("torch_asgd", "ASGD", lr=0.05),
+    torch_cfg("torch_asgd_averaging", "ASGD", lr=0.05, lambd=0.01, alpha=0.5, t0=10),
+    torch_cfg("torch_asgd_l2_maximize", "ASGD", lr=0.05, t0=25, weight_decay=0.05,
+              maximize=True),
     # --- keras.optimizers, convention="keras" --------------------------------------
     keras_cfg("keras_sgd", "SGD", learning_rate=0.05),
     keras_cfg("keras_sgd_momentum", "SGD", learning_rate=0.05, momentum=0.9),
@@ -138,6 +153,11 @@ CONFIGS = [
     keras_cfg("keras_adam_amsgrad", "Adam", learning_rate=0.01, beta_1=0.8, beta_2=0.99,
               amsgrad=True),
     keras_cfg("keras_adamw", "AdamW", learning_rate=0.01, weight_decay=0.1),
+    keras_cfg("keras_nadam", "Nadam", learning_rate=0.01),
+    keras_cfg("keras_nadam_weight_decay", "Nadam", learning_rate=0.01, beta_1=0.8,
+              beta_2=0.99, epsilon=1e-6, weight_decay=0.1),
+    keras_cfg("keras_nadam_accumulation", "Nadam", learning_rate=0.01,
+              gradient_accumulation_steps=3, steps=62),
     keras_cfg("keras_adamax", "Adamax", learning_rate=0.01),
     keras_cfg("keras_adamax_weight_decay", "Adamax", learning_rate=0.01, beta_1=0.8,
               beta_2=0.99, weight_decay=0.1),
@@ -296,7 +316,9 @@ def record_torch(cfg):
         if key == "betas":
             fastopt_kw["beta_1"], fastopt_kw["beta_2"] = v
         else:
-            fastopt_kw[TORCH_TO_FASTOPT.get(key, key)] = v
+            # ASGD's alpha is its own (RMSprop's alpha is fastopt's rho)
+            own = cfg["cls"] == "ASGD" and key == "alpha"
+            fastopt_kw[key if own else TORCH_TO_FASTOPT.get(key, key)] = v
     if cfg["clip"]:
         option, value = cfg["clip"]
         fastopt_kw[option] = value
@@ -313,6 +335,8 @@ def record_torch(cfg):
         for key, value in opt.state[p].items():
             if key in slot_names and value is not None:
                 state[f"state_{slot_names[key]}_{k}"] = value.detach().numpy().copy()
+            elif key in TORCH_HOST:
+                state[f"host_{key}_{k}"] = np.array(float(value), dtype=np.float64)
     meta = {"framework": "torch", "framework_version": torch.__version__,
             "constructor": ctor, "clip": clip_call,
             "step": "p.grad = g for every tensor; then the clip call if any; then opt.step()",
@@ -325,6 +349,31 @@ def record_torch(cfg):
                            "where": f"torch/optim/{cfg['cls'].lower().rstrip('w')}.py, "
                                     "torch/nn/utils/clip_grad.py",
                            "action": "none needed", "bound": None}]}
+    if cfg["cls"] == "ASGD":
+        meta["roundings"] = [{
+            "what": "eta and mu are 0-d tensors of torch's default dtype (float32 here, as "
+                    "by default): the first eta is float32(lr), and each step stores "
+                    "float32(lr / (1 + lambd*lr*t)^alpha) and float32(1 / max(1, t - t0)), "
+                    "which the next step reads; the rest is float64 with Python-float "
+                    "hyperparameters and a float32 step count (exact for integers)",
+            "where": "torch/optim/asgd.py ASGD._init_group (_get_scalar_dtype) and "
+                     "_single_tensor_asgd",
+            "action": "reproduced, not bounded: fastopt's ASGD keeps eta and mu as torch "
+                      "does (fastopt/algorithms/asgd.py advance_asgd_torch)",
+            "bound": None}]
+    if cfg["cls"] == "NAdam":
+        meta["roundings"] = [{
+            "what": "mu_product is a 0-d tensor of torch's default dtype (float32 here, as "
+                    "by default): mu_product *= mu rounds the running product to float32 "
+                    "after every step, and the update reads that float32 value; the rest is "
+                    "float64 with Python-float hyperparameters and a float32 step count "
+                    "(exact for integers)",
+            "where": "torch/optim/nadam.py NAdam._init_group (_get_scalar_dtype) and "
+                     "_single_tensor_nadam",
+            "action": "reproduced, not bounded: fastopt's NAdam keeps mu_product as torch "
+                      "does, float32(float32(mu_product) * float32(mu)) "
+                      "(fastopt/algorithms/nadam.py advance_nadam_torch)",
+            "bound": None}]
     arrays = _arrays(init, grads, trajectory, state)
     return meta, arrays
 
@@ -394,6 +443,13 @@ def _keras_roundings(cfg):
         add("none", "Adam: ops.cast(beta, float64) and ops.cast(iterations + 1, float64) are "
             "exact; the m, v updates and epsilon use Python floats in torch._foreach_*",
             "keras/src/backend/torch/optimizers/torch_adam.py Adam._parallel_update_step")
+    if cfg["cls"] == "Nadam":
+        add("none", "Nadam: u_t, u_{t+1}, 0.96^t and beta_2^t are computed from "
+            "ops.cast(..., float64) values, and the running product _u_product is a "
+            "variable of the first variable's dtype (float64 here); beta_1, beta_2 and "
+            "epsilon are Python floats in torch._foreach_*",
+            "keras/src/backend/torch/optimizers/torch_nadam.py Nadam._parallel_update_step, "
+            "keras/src/optimizers/nadam.py build")
     if cfg["cls"] == "Adamax":
         add("none", "Adamax: ops.cast(beta_1, float64) ** ops.cast(iterations + 1, float64) "
             "is float64; beta_1, beta_2 and epsilon are Python floats in torch._foreach_*",
@@ -501,6 +557,10 @@ def _run_keras(cfg):
                 if ov.name == f"{n}_{slot}":
                     state[f"state_{slot}_{k}"] = np.array(ov.numpy(), dtype=np.float64)
                     break
+    for name in KERAS_HOST:
+        if hasattr(opt, f"_{name}"):
+            state[f"host_{name}"] = np.array(float(getattr(opt, f"_{name}").numpy()),
+                                             dtype=np.float64)
     final = None
     if cfg["kw"].get("use_ema"):
         opt.finalize_variable_values(variables)
@@ -644,6 +704,9 @@ def main(argv=None):
                    "steps": int(arrays["grads_0"].shape[0]),
                    "shapes": [list(s) for s in SHAPES],
                    "state_keys": sorted(k for k in arrays if k.startswith("state_"))}
+        host_keys = sorted(k for k in arrays if k.startswith("host_"))
+        if host_keys:
+            sidecar["host_keys"] = host_keys
         np.savez_compressed(OUT / f"{cfg['name']}.npz", **arrays)
         (OUT / f"{cfg['name']}.json").write_text(json.dumps(sidecar, indent=1) + "\n")
         print(f"{cfg['name']}: {sidecar['steps']} steps, {len(sidecar['state_keys'])} slots")

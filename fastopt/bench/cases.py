@@ -10,7 +10,8 @@ the Keras defaults of fastopt and of the naive steps, and the same values
 are given to torch, so all three run the same amount of arithmetic.
 
 The benchmark names are the names of fastopt's Keras rules
-(:data:`fastopt.rule.RULES`) plus ``adamw``.
+(:data:`fastopt.rule.RULES`) plus ``adamw`` and, for an optimizer of PyTorch
+only, its torch rule (``nadam_torch``, ``asgd_torch``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, RMSprop
+from ..optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, NAdam,
+                          Nadam, RMSprop)
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -70,16 +72,26 @@ CASES = {
                      ("Adadelta", {"lr": 0.001, "rho": 0.95, "eps": 1e-7}, "foreach")),
     # Keras 3 only: torch.optim has no Lion
     "lion": Case(Lion, {}, "lion", None),
+    # torch has no Keras Nadam: its NAdam (foreach), the same traffic and
+    # nearly the same arithmetic
+    "nadam": Case(Nadam, {}, "nadam", ("NAdam", _ADAM_T, "foreach")),
+    # torch's own NAdam, at torch's defaults on both sides
+    "nadam_torch": Case(NAdam, {}, "nadam_torch", ("NAdam", {"lr": 0.002}, "foreach")),
+    "asgd_torch": Case(ASGD, {}, "asgd_torch", ("ASGD", {"lr": 0.01}, "foreach")),
 }
 
 
 def make_optimizer(name, params, backend="auto", convention=None, **options):
-    """The fastopt optimizer of benchmark ``name`` over ``params``.
+    """The fastopt optimizer of benchmark ``name`` over ``params``
+    (``convention`` is ignored for a class of one framework, Nadam, NAdam
+    and ASGD, which runs its own).
 
     ``options`` are extra keyword arguments for the optimizer class, on top
     of the case's own (:attr:`Case.options`).
     """
     case = CASES[name]
+    if len(case.cls._CONVENTIONS) == 1:  # a class of one framework: its own convention
+        convention = case.cls._CONVENTIONS[0]
     return case.cls(params, backend=backend, convention=convention,
                     **{**case.options, **options})
 

@@ -106,6 +106,48 @@ def adamax(w, g, m, u, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7):
     w -= lr / (1 - beta_1 ** t) * m / (u + eps)
 
 
+def nadam(w, g, m, v, prod, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7):
+    """Keras Nadam: ``prod`` (one element) the running product of the
+    momentum schedule ``u_t = beta_1 * (1 - 0.5 * 0.96^t)``."""
+    u = beta_1 * (1 - 0.5 * 0.96 ** t)
+    u_next = beta_1 * (1 - 0.5 * 0.96 ** (t + 1))
+    prod *= u
+    m[:] = beta_1 * m + (1 - beta_1) * g
+    v[:] = beta_2 * v + (1 - beta_2) * g * g
+    mhat = u_next * m / (1 - prod * u_next) + (1 - u) * g / (1 - prod)
+    w -= lr * mhat / (np.sqrt(v / (1 - beta_2 ** t)) + eps)
+
+
+def nadam_torch(w, g, m, v, prod, t=1, lr=0.002, beta_1=0.9, beta_2=0.999, eps=1e-8,
+                momentum_decay=4e-3):
+    """PyTorch NAdam: ``prod`` (one element) the running product of
+    ``mu_t = beta_1 * (1 - 0.5 * 0.96^(t * momentum_decay))``, kept in
+    float32 as torch keeps it."""
+    mu = beta_1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+    mu_next = beta_1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+    prod[0] = np.float32(prod[0]) * np.float32(mu)
+    prod = float(np.float32(prod[0]))
+    m[:] = m + (1 - beta_1) * (g - m)
+    v[:] = beta_2 * v + (1 - beta_2) * g * g
+    d = np.sqrt(v / (1 - beta_2 ** t)) + eps
+    w -= lr * (1 - mu) / (1 - prod) * g / d + lr * mu_next / (1 - prod * mu_next) * m / d
+
+
+def asgd_torch(w, g, ax, em, t=1, lr=0.01, lambd=1e-4, alpha=0.75, t0=1e6):
+    """PyTorch ASGD: ``em`` holds ``eta`` and ``mu`` from the step before,
+    float32 values as torch keeps them (``eta = lr``, ``mu = 1`` at first)."""
+    if t == 1:
+        em[:] = (np.float32(lr), 1.0)
+    eta, mu = float(em[0]), float(em[1])
+    w *= 1 - lambd * eta
+    w -= eta * g
+    if mu == 1:
+        ax[:] = w
+    else:
+        ax += mu * (w - ax)
+    em[:] = (np.float32(lr / (1 + lambd * lr * t) ** alpha), np.float32(1 / max(1, t - t0)))
+
+
 def adamw(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_decay=0.004):
     """AdamW: decoupled weight decay ``w <- w - lr * wd * w``, then Adam."""
     w -= lr * weight_decay * w
@@ -150,20 +192,25 @@ def adadelta(w, g, acc_g, acc_d, t=1, lr=0.001, rho=0.95, eps=1e-7):
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
-                                 adamw, ftrl_sqrt, ftrl, lion, adadelta)}
+                                 adamw, ftrl_sqrt, ftrl, lion, adadelta, nadam, nadam_torch,
+                                 asgd_torch)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
          "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "ftrl_sqrt": 2, "ftrl": 2,
-         "lion": 1, "adadelta": 2}
+         "lion": 1, "adadelta": 2, "nadam": 2, "nadam_torch": 2, "asgd_torch": 1}
+#: steps that also keep scalars across steps (running products, ASGD's eta and
+#: mu): their number, in one array per tensor after the slots
+SCALARS = {"nadam": 1, "nadam_torch": 1, "asgd_torch": 2}
 
 
 def init_state(rule, w):
     """Fresh slots for ``rule`` shaped like ``w`` (Adagrad's and Ftrl's
-    accumulators at 0.1, as Keras)."""
+    accumulators at 0.1, as Keras), then the scalars kept across steps."""
     fills = {"adagrad": (0.1,), "ftrl_sqrt": (0.1, 0.0), "ftrl": (0.1, 0.0)}
-    return [np.full_like(w, fill) for fill in fills.get(rule, (0.0,) * SLOTS[rule])]
+    state = [np.full_like(w, fill) for fill in fills.get(rule, (0.0,) * SLOTS[rule])]
+    return state + [np.ones(SCALARS[rule])] if rule in SCALARS else state
 
 
 def stepper(name, params, grads):

@@ -418,7 +418,8 @@ class ShardedOptimizer:
 
         Returns, on ``root``, exactly what the unsharded optimizer's
         ``state_dict()`` would (config, iterations, calls, full-shape slots under
-        the same keys), and None on the other ranks.  It loads into a plain
+        the same keys, the host state of rules that keep one, which every rank
+        holds whole), and None on the other ranks.  It loads into a plain
         optimizer or into a :class:`ShardedOptimizer` on any number of ranks.
         """
         where = "ShardedOptimizer.consolidated_state_dict"
@@ -430,6 +431,8 @@ class ShardedOptimizer:
                                  f"got {root!r}")
             return self._inner.state_arrays()
         live = agreed(self.comm, where, check)
+        # host-side scalars (running products) are the same on every rank
+        host = self._inner.host_state() if hasattr(self._inner, "host_state") else {}
         batches = {}  # (slot name, layout) -> keys, in the order they first appear
         full_slots = {}
         with or_abort(self.comm, where):
@@ -450,8 +453,11 @@ class ShardedOptimizer:
                                 full[L.starts[k]:L.starts[k + 1]].reshape(self._shapes[i])
         if self.rank != root:
             return None
-        return {"config": self._inner.get_config(), "iterations": self._inner.iterations,
-                "calls": self._inner.calls, "slots": {key: full_slots[key] for key in live}}
+        state = {"config": self._inner.get_config(), "iterations": self._inner.iterations,
+                 "calls": self._inner.calls, "slots": {key: full_slots[key] for key in live}}
+        if host:
+            state["host_state"] = host
+        return state
 
     def _tensor_of(self, key):
         return self._label_index[key.split("/", 1)[1]]
@@ -481,7 +487,8 @@ class ShardedOptimizer:
         if not is_state_dict(state):
             raise ValueError(f"{name}: expected a dict with keys {STATE_KEYS}")
         # the counters as given: the wrapped optimizer checks them
-        base = {key: state[key] for key in ("config", "iterations", "calls") if key in state}
+        base = {key: state[key] for key in ("config", "iterations", "calls", "host_state")
+                if key in state}
         if "shard" in state:
             if state["shard"] != self._shard_info():
                 raise ValueError(f"{name}: this state_dict is rank {state['shard'].get('rank')}'s "

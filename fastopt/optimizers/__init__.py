@@ -6,9 +6,11 @@ from ..algorithms.adam import Adam, AdamW
 from ..algorithms.adamax import Adamax
 from ..algorithms.ftrl import Ftrl
 from ..algorithms.lion import Lion
+from ..algorithms.asgd import ASGD
+from ..algorithms.nadam import NAdam, Nadam
 from ..algorithms.rmsprop import RMSprop
 from ..algorithms.sgd import SGD
 from ..optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion",
-           "Adadelta"]
+           "Adadelta", "Nadam", "NAdam", "ASGD"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from ._optim import FusedOptimizer
 from .offload import CPUOffload
-from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, RMSprop
+from .optimizers import ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RMSprop
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "FusedOptimizer",
-           "CPUOffload"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD",
+           "FusedOptimizer", "CPUOffload"]

@@ -83,6 +83,12 @@ class FusedOptimizer:
     _SLOT_KEYS: dict = {}
     #: whether the rule counts ``state["step"]`` (SGD does not)
     _COUNTS_STEPS = True
+    #: per rule with host-side state: the per-parameter state keys of its
+    #: ``host_state`` values, in order (NAdam: ``("mu_product",)``); None for
+    #: a value torch does not keep (ASGD's ``eta_now``, ``mu_now``: the rule's
+    #: ``advance`` derives them from the others), which starts at its
+    #: ``host_init`` value and is not stored
+    _HOST_KEYS: dict = {}
 
     def _fastopt_init(self, capturable=False, differentiable=False, state_dtype=None,
                       state_rounding=None):
@@ -308,9 +314,13 @@ class FusedOptimizer:
                                    st and st.get("step"), p.to(work).contiguous(), True,
                                    fresh))
         steps = self._count(items) if counts else [1.0 if it.fresh else 2.0 for it in items]
+        host_rule = RULES[rule] if RULES[rule].host_state else None
         # one kernel call per working dtype, direct or staged (and per distinct step count)
         first = items[0]
-        if all(it.work.dtype is first.work.dtype and it.staged == first.staged for it in items):
+        if host_rule is not None:  # and per distinct step count and host state
+            by_kind, host_new = self._host_buckets(host_rule, scalars, items, steps)
+        elif all(it.work.dtype is first.work.dtype and it.staged == first.staged
+                 for it in items):
             by_kind = {(first.work.dtype, first.staged): (items, steps)}
         else:
             by_kind = {}
@@ -318,7 +328,10 @@ class FusedOptimizer:
                 its, ns = by_kind.setdefault((it.work.dtype, it.staged), ([], []))
                 its.append(it)
                 ns.append(n)
-        for (dtype, is_staged), (its, counts_) in by_kind.items():
+        for kind, (its, counts_) in by_kind.items():
+            dtype, is_staged = kind[:2]
+            if host_rule is not None:
+                scalars = kind[2]
             sizes = tuple([it.work.numel() for it in its])
             fused = self._stepper(rule, _DIRECT[dtype], sizes, is_staged)
             ptrs = np.array([[it.work.data_ptr() for it in its],
@@ -328,6 +341,12 @@ class FusedOptimizer:
             fused.updates = self._fastopt_updates
             fused.launch(ptrs, scalars, counts_ if fused.per_tensor_step else None,
                          fused.rows(sign, keep, l2), math.inf)
+        if host_rule is not None:
+            for it, values in zip(items, host_new):
+                st = state[it.param]
+                for key, value in zip(self._HOST_KEYS[rule], values):
+                    if key is not None:
+                        st[key].fill_(value)
         direct = [it.param for it in items if not it.staged]
         if direct:
             torch._C._increment_version(direct)
@@ -339,6 +358,23 @@ class FusedOptimizer:
                         st = state.get(it.param, {})
                         for k, s in zip(keys, it.slots):
                             st[k].copy_(s)
+
+    def _host_buckets(self, rule, scalars, items, steps):
+        """For a rule with host-side state (:attr:`fastopt.rule.Rule.host_state`;
+        torch keeps it per parameter, ``state[p]["mu_product"]``): the kernel
+        calls, one per working dtype, direct or staged, and distinct step
+        count and host state, as ``{(dtype, staged, full scalars): (items,
+        None)}``, and each item's advanced host values (stored after the step)."""
+        keys = self._HOST_KEYS[rule.name]
+        state = self.state
+        buckets, new = {}, []
+        for it, n in zip(items, steps):
+            st = state[it.param]
+            full, values = rule.advanced((*scalars, n), tuple(
+                init if k is None else float(st[k]) for k, init in zip(keys, rule.host_init)))
+            new.append(values)
+            buckets.setdefault((it.work.dtype, it.staged, full), ([], None))[0].append(it)
+        return buckets, new
 
     def _count(self, items):
         """Advance each parameter's ``state["step"]`` by one; the new counts.

@@ -45,6 +45,8 @@ class _GroupPlan:
         dtype = params[0].dtype
         if dtype not in _DIRECT or (dtype in _NARROW and not _narrow_direct(rule)):
             return None
+        if RULES[rule].host_state:  # per-parameter host state: the general way
+            return None
         keys = opt._SLOT_KEYS[rule]
         counts = opt._COUNTS_STEPS
         stateful = bool(keys) or counts

@@ -6,9 +6,9 @@ import torch as _torch
 
 from ..rule import RULES
 from ._optim import FusedOptimizer, _decay, _f
-from ._state import _step_tensor
+from ._state import _scalar_dtype, _step_tensor
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD"]
 
 
 def _slot_keys(*rules):
@@ -202,3 +202,76 @@ class Adadelta(FusedOptimizer, _torch.optim.Adadelta):
         for key in self._SLOT_KEYS["adadelta_torch"]:
             if key not in st:
                 st[key] = self._slot_zeros(p)
+
+
+class NAdam(FusedOptimizer, _torch.optim.NAdam):
+    """``torch.optim.NAdam`` (``momentum_decay``, L2 or decoupled weight
+    decay, maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`.
+
+    Each parameter's ``state["mu_product"]`` is torch's running product, a
+    0-d tensor of torch's scalar dtype, advanced by fastopt as torch does (in
+    float32; see :func:`fastopt.algorithms.nadam.advance_nadam_torch`), so
+    checkpoints move between this class and ``torch.optim.NAdam``."""
+
+    _SLOT_KEYS = _slot_keys("nadam_torch")
+    _HOST_KEYS = {"nadam_torch": RULES["nadam_torch"].host_state}
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
+                 maximize=False, capturable=False, differentiable=False, state_dtype=None,
+                 state_rounding=None):
+        super().__init__(params, lr, betas, eps, weight_decay, momentum_decay,
+                         decoupled_weight_decay, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        b1, b2 = group["betas"]
+        keep, l2 = _decay(group, group["decoupled_weight_decay"])
+        return ("nadam_torch", (_f(group["lr"]), _f(b1), _f(b2), _f(group["eps"]),
+                                _f(group["momentum_decay"])), keep, l2)
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        if "mu_product" not in st:
+            st["mu_product"] = _torch.ones((), dtype=_scalar_dtype())
+        for key in self._SLOT_KEYS["nadam_torch"]:
+            if key not in st:
+                st[key] = self._slot_zeros(p)
+
+
+class ASGD(FusedOptimizer, _torch.optim.ASGD):
+    """``torch.optim.ASGD`` (``lambd``, ``alpha``, ``t0``, L2 weight decay,
+    maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`.
+
+    Each parameter's ``state["eta"]``, ``state["mu"]`` (0-d tensors of torch's
+    scalar dtype) and ``state["ax"]`` (the averaged parameter) are torch's,
+    advanced as torch does, so checkpoints move between this class and
+    ``torch.optim.ASGD``."""
+
+    _SLOT_KEYS = _slot_keys("asgd_torch")
+    #: eta_now, mu_now (the values of the step itself) are not torch state
+    _HOST_KEYS = {"asgd_torch": (None, None, "eta", "mu")}
+
+    def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0,
+                 foreach=None, maximize=False, differentiable=False, capturable=False, *,
+                 state_dtype=None, state_rounding=None):
+        super().__init__(params, lr, lambd, alpha, t0, weight_decay, foreach, maximize,
+                         differentiable, capturable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        keep, l2 = _decay(group, False)
+        return ("asgd_torch", (_f(group["lr"]), _f(group["lambd"]), _f(group["alpha"]),
+                               _f(group["t0"])), keep, l2)
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        if "eta" not in st:
+            st["eta"] = _torch.as_tensor(_f(group["lr"]), dtype=_scalar_dtype()).clone()
+        if "mu" not in st:
+            st["mu"] = _torch.ones((), dtype=_scalar_dtype())
+        if "ax" not in st:
+            st["ax"] = self._slot_zeros(p)

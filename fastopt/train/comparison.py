@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adadelta, Adagrad, Adam, AdamW, Ftrl, Lion, RMSprop
+from ..optimizers import ASGD, SGD, Adadelta, Adagrad, Adam, AdamW, Ftrl, Lion, NAdam, Nadam, RMSprop
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -51,6 +51,9 @@ OPTIMIZERS = {
     "ftrl": Recipe(Ftrl, False, {}),  # Keras only: refused with --convention torch
     "lion": Recipe(Lion, False, {}),
     "adadelta": Recipe(Adadelta, False, {}),
+    "nadam": Recipe(Nadam, False, {}),        # Keras's Nadam (Keras convention only)
+    "nadam_torch": Recipe(NAdam, False, {}),  # torch's NAdam (torch convention only)
+    "asgd": Recipe(ASGD, False, {}),          # torch's ASGD (torch convention only)
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
