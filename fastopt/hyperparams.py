@@ -16,7 +16,7 @@ from ._validation import boolean, real, unknown_keywords
 from .backends import BACKEND_NAMES, STATE_DTYPES, resolve_state_backend
 
 __all__ = ["CONVENTIONS", "COMMON_OPTIONS", "check_arguments", "check_group_hyperparams",
-           "check_group_keys", "check_placement",
+           "check_group_keys", "check_placement", "convention_for",
            "check_clipping", "checked_lr", "scheduled_lr", "lr_config",
            "learning_rate_from_config", "config_arguments", "with_current_callables",
            "state_options", "check_state_rules", "count"]
@@ -30,20 +30,32 @@ COMMON_OPTIONS = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "glo
 _GROUP_COMMON = ("learning_rate", "weight_decay", "maximize")
 
 
-def check_arguments(owner, unknown, hyper, torch_only, convention, backend, torch_names=None):
+#: where each convention's optimizers live, for the error of a class that
+#: exists in one framework only
+_FRAMEWORKS = {"keras": "keras.optimizers", "torch": "torch.optim"}
+
+
+def check_arguments(owner, unknown, hyper, torch_only, convention, backend, torch_names=None,
+                    conventions=CONVENTIONS):
     """Check what decides how the rest is read; return the convention.
 
-    Raises for unknown keywords (with a hint where ``torch_names``, PyTorch's
-    argument names mapped to fastopt's, knows the spelling), an unknown
+    ``conventions`` are the ones the class offers, its default first (a class
+    that exists in one framework only offers that framework's).  Raises for
+    unknown keywords (with a hint where ``torch_names``, PyTorch's argument
+    names mapped to fastopt's, knows the spelling), an unknown or unoffered
     convention or backend, and a PyTorch-only option given under the Keras
     convention."""
     if unknown:
         raise unknown_keywords(owner, unknown, (*COMMON_OPTIONS, *hyper, "backend",
                                                 "convention", "state_dtype", "state_rounding"),
                                torch_names)
-    convention = "keras" if convention is None else convention
+    convention = conventions[0] if convention is None else convention
     if convention not in CONVENTIONS:
         raise ValueError(f"{owner}: convention must be one of {CONVENTIONS}, got {convention!r}")
+    if convention not in conventions:
+        (only,) = conventions
+        raise ValueError(f"{owner}: convention must be {only!r} ({owner} exists in "
+                         f"{_FRAMEWORKS[only]} only), got {convention!r}")
     if convention == "keras":
         given = [k for k in torch_only if hyper.get(k) is not None]
         if given:
@@ -53,6 +65,15 @@ def check_arguments(owner, unknown, hyper, torch_only, convention, backend, torc
         raise ValueError(f"{owner}: backend must be one of "
                          f"{('auto', *BACKEND_NAMES)}, got {backend!r}")
     return convention
+
+
+def convention_for(cls, convention):
+    """The convention a tool that builds several optimizers under one
+    ``convention`` (``fastopt bench``, ``fastopt compare``) builds ``cls``
+    under: that one where the class offers it, else the class's own (a class
+    that exists in one framework only, such as RAdam, has that one alone)."""
+    offered = cls._CONVENTIONS
+    return convention if convention is None or convention in offered else offered[0]
 
 
 def check_group_hyperparams(owner, check_own, hyperparams):

@@ -361,6 +361,42 @@ DB = [
             ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
         ),
         search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON}),
+    OptimizerInfo(
+        "radam", fastopt.RAdam, {}, 0.01,
+        rules={"torch": "radam_torch"},
+        scalars={"radam_torch": (0.01, 0.9, 0.999, 1e-8)},
+        # its first five steps are unrectified (SGD with momentum, step lr/bc1), and
+        # Rosenbrock's gradients of ~200 throw them far away at lr=0.01
+        quadratic_lr=0.05, rosenbrock_lr=0.005, bf16_nearest_stalls=True,
+        torch_samples=(
+            ("radam", {"learning_rate": 0.01}),
+            ("radam_l2", {"learning_rate": 0.01, "weight_decay": 0.05}),
+            ("radam_decoupled_maximize", {"learning_rate": 0.01, "weight_decay": 0.1,
+                                          "decoupled_weight_decay": True, "maximize": True}),
+            ("radam_betas_clipvalue", {"learning_rate": 0.01, "beta_1": 0.8, "beta_2": 0.9,
+                                       "clipvalue": 0.5}),
+        ),
+        torch_class="RAdam",
+        torch_configs=(dict(lr=0.01),
+                       dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True,
+                            maximize=True),
+                       dict(lr=Tensor(0.01), betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+        golden=("torch_radam", "torch_radam_weight_decay",
+                "torch_radam_decoupled_weight_decay_maximize"),
+        error_inputs=(
+            ({"convention": "keras"}, ValueError,
+             r"convention must be 'torch' \(RAdam exists in torch.optim only\)"),
+            ({"betas": (0.9, 0.99)}, ValueError, r"'betas' \(did you mean beta_1 and beta_2"),
+            ({"eps": 1e-8}, ValueError, r"'eps' \(did you mean epsilon\?\)"),
+            ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),
+            ({"beta_2": -0.1}, ValueError, "beta_2 must be >= 0"),
+            ({"epsilon": -1e-8}, ValueError, "epsilon must be >= 0"),
+            ({"decoupled_weight_decay": 1}, TypeError,
+             "decoupled_weight_decay must be True or False"),
+            ({"amsgrad": True}, ValueError, r"unknown hyperparameter\(s\) 'amsgrad'"),
+        ),
+        search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON,
+                      "decoupled_weight_decay": st.booleans()}),
 ]
 
 BY_ID = {row.id: row for row in DB}
@@ -368,6 +404,19 @@ assert len(BY_ID) == len(DB), "two rows share an id"
 
 #: every class under test, in table order
 CLASSES = list(dict.fromkeys(row.cls for row in DB))
+
+#: rows with the Keras convention (a class that exists in torch.optim only,
+#: such as RAdam, has none), and their classes in table order
+KERAS_ROWS = [row for row in DB if "keras" in row.conventions]
+KERAS_CLASSES = list(dict.fromkeys(row.cls for row in KERAS_ROWS))
+
+
+def with_conventions(rows=DB):
+    """``(row, convention)`` pairs, each row under each of its conventions:
+    the parameters of a test that runs every variant under both frameworks'
+    formulas, with ids ``<row>-<convention>``."""
+    import pytest
+    return [pytest.param(row, c, id=f"{row.id}-{c}") for row in rows for c in row.conventions]
 
 #: rows with a torch.optim twin, and those classes in table order
 TORCH_ROWS = [row for row in DB if row.torch_class]
@@ -422,8 +471,6 @@ def fastopt_kwargs(torch_kwargs):
     for key, value in torch_kwargs.items():
         if key == "betas":
             out["beta_1"], out["beta_2"] = (float(b) for b in value)
-        elif key in ("decoupled_weight_decay",):
-            raise ValueError("fastopt spells torch's decoupled Adam as AdamW")
         else:
             value = float(value) if isinstance(value, Tensor) else value
             out[_TORCH_TO_FASTOPT.get(key, key)] = value

@@ -49,7 +49,7 @@ from cases import gradient
 from cuda_helpers import SIMULATOR, Foreign, cb, cuda, dev, host, needs_cuda, step_launches
 from test_cuda_ptx import EVERY_CALL
 from test_golden import NAMES as GOLDEN_NAMES, replay
-from optim_db import DB, scalars_at, step_inputs
+from optim_db import DB, scalars_at, step_inputs, with_conventions
 from test_kernels import assert_close, initial_state, kappa
 
 pytestmark = needs_cuda
@@ -317,8 +317,7 @@ def assert_twins(opt_cpu, opt_gpu, cpu, gpu, p0, exact):
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [None], ids=["f32", "f64", "mixed"])
-@pytest.mark.parametrize("convention", ["keras", "torch"])
-@pytest.mark.parametrize("row", DB, ids=str)
+@pytest.mark.parametrize("row, convention", with_conventions())
 def test_optimizer_matches_numba_backend(row, convention, dtype):
     kwargs = {"learning_rate": row.learning_rate, **row.kwargs, "convention": convention}
     twins = run_twins(row.cls, kwargs, dtype)

@@ -23,7 +23,7 @@ from fastopt.rule import RULES
 from fastopt.backends import numpy_backend as ref_backend
 
 from cases import gradient
-from optim_db import DB, step_inputs
+from optim_db import DB, step_inputs, with_conventions
 from test_kernels import assert_close, initial_state, kappa
 
 HAVE_CYTHON = "cython" in fastopt.available_backends()
@@ -58,9 +58,8 @@ def restore_threads():
 
 
 @needs_cython
-@pytest.mark.parametrize("convention", ["keras", "torch"])
 @pytest.mark.parametrize("clip", [None, "clipnorm", "global_clipnorm"])
-@pytest.mark.parametrize("row", DB, ids=str)
+@pytest.mark.parametrize("row, convention", with_conventions())
 def test_results_do_not_depend_on_threads_or_threshold(restore_threads, row, clip, convention):
     """Bit-identical with 1, 2 or 3 OpenMP threads and the serial or parallel
     driver, over tensors of several chunks (so the chunked sums of squares of

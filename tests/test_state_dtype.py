@@ -40,7 +40,7 @@ from fastopt import reference as R
 from fastopt.rule import RULES
 
 from cases import gradient
-from optim_db import DB, KERNEL_SCALARS, step_inputs
+from optim_db import DB, KERNEL_SCALARS, step_inputs, with_conventions
 from test_kernels import assert_close
 
 pytestmark = pytest.mark.skipif("numba" not in fastopt.available_backends(),
@@ -398,9 +398,8 @@ def build(row, variant, params, **options):
 
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)
-@pytest.mark.parametrize("convention", ["keras", "torch"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("row", TAKES_BF16, ids=str)
+@pytest.mark.parametrize("row, convention", with_conventions(TAKES_BF16))
 def test_optimizer_is_the_float32_step_then_the_rounding(row, variant, convention, rounding):
     rng = np.random.default_rng(3)
     params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]

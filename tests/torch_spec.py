@@ -23,6 +23,8 @@ TORCH_DEFAULTS = {
                   weight_decay=1e-2, amsgrad=False, maximize=False),
     "Adamax": dict(learning_rate=2e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                    weight_decay=0.0, maximize=False),
+    "RAdam": dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                  weight_decay=0.0, decoupled_weight_decay=False, maximize=False),
 }
 
 
@@ -57,7 +59,7 @@ class TorchSpec:
         h, wd = self.h, self.h["weight_decay"] or 0.0
         if h["maximize"]:
             g = -g
-        if self.cls == "AdamW":
+        if self.cls == "AdamW" or h.get("decoupled_weight_decay"):
             p = p * (1 - lr * wd)
         elif wd:
             g = g + wd * p
@@ -91,6 +93,17 @@ class TorchSpec:
             return p - lr * g / avg
         b1, b2 = h["beta_1"], h["beta_2"]
         st["momentum"] = b1 * st.get("momentum", 0.0) + (1 - b1) * g
+        if self.cls == "RAdam":  # variance rectification, or none while rho_t <= 5
+            st["velocity"] = b2 * st.get("velocity", 0.0) + (1 - b2) * g * g
+            m_hat = st["momentum"] / (1 - b1 ** t)
+            rho_inf = 2 / (1 - b2) - 1
+            rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+            if rho_t <= 5:
+                return p - lr * m_hat
+            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                             / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            adaptive = math.sqrt(1 - b2 ** t) / (np.sqrt(st["velocity"]) + h["epsilon"])
+            return p - lr * m_hat * rect * adaptive
         if self.cls == "Adamax":  # exp_inf: an infinity norm, epsilon inside the max
             st["norm"] = np.maximum(b2 * st.get("norm", 0.0), np.abs(g) + h["epsilon"])
             return p - lr / (1 - b1 ** t) * st["momentum"] / st["norm"]

@@ -118,6 +118,11 @@ CONFIGS = [
     torch_cfg("torch_adamax", "Adamax", lr=0.01),
     torch_cfg("torch_adamax_weight_decay", "Adamax", lr=0.01, betas=(0.8, 0.99),
               weight_decay=0.01, eps=1e-6),
+    torch_cfg("torch_radam", "RAdam", lr=0.01),
+    torch_cfg("torch_radam_weight_decay", "RAdam", lr=0.01, betas=(0.8, 0.99),
+              weight_decay=0.02, eps=1e-6),
+    torch_cfg("torch_radam_decoupled_weight_decay_maximize", "RAdam", lr=0.01, betas=(0.9, 0.95),
+              weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
     # --- keras.optimizers, convention="keras" --------------------------------------
     keras_cfg("keras_sgd", "SGD", learning_rate=0.05),
     keras_cfg("keras_sgd_momentum", "SGD", learning_rate=0.05, momentum=0.9),

@@ -9,7 +9,9 @@ the Keras defaults of fastopt and of the naive steps, and the same values
 are given to torch, so all three run the same amount of arithmetic.
 
 The benchmark names are the names of fastopt's Keras rules
-(:data:`fastopt.rule.RULES`) plus ``adamw``.
+(:data:`fastopt.rule.RULES`) plus ``adamw``, and ``radam`` (torch's rule: it
+has no Keras twin).  An optimizer that exists in one framework only runs
+under that framework's convention whatever the benchmark's.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RMSprop
+from ..hyperparams import convention_for
+from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -29,7 +32,7 @@ class Case(NamedTuple):
 
     cls: type           # the fastopt optimizer class
     options: dict       # its keyword arguments (besides params, backend, convention)
-    rule: str           # the Keras rule it runs: its bytes per parameter
+    rule: str           # the (Keras) rule it runs: its bytes per parameter
     torch: tuple        # (torch.optim class name, keyword arguments, "fused" or "foreach")
 
 
@@ -60,6 +63,8 @@ CASES = {
     "adamw": Case(AdamW, {}, "adam", ("AdamW", {**_ADAM_T, "weight_decay": 0.004}, "fused")),
     # torch 2.13 has no fused Adamax: its multi-tensor (foreach) path
     "adamax": Case(Adamax, {}, "adamax", ("Adamax", _ADAM_T, "foreach")),
+    # torch only, at torch's defaults; torch 2.13 has no fused RAdam
+    "radam": Case(RAdam, {}, "radam_torch", ("RAdam", {"lr": 0.001, "eps": 1e-8}, "foreach")),
 }
 
 
@@ -70,7 +75,7 @@ def make_optimizer(name, params, backend="auto", convention=None, **options):
     of the case's own (:attr:`Case.options`).
     """
     case = CASES[name]
-    return case.cls(params, backend=backend, convention=convention,
+    return case.cls(params, backend=backend, convention=convention_for(case.cls, convention),
                     **{**case.options, **options})
 
 

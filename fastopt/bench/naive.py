@@ -24,7 +24,8 @@ import numpy as np
 
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-           "adam", "adam_amsgrad", "adamax", "adamw", "NAIVE", "SLOTS", "init_state", "stepper"]
+           "adam", "adam_amsgrad", "adamax", "adamw", "radam", "NAIVE", "SLOTS", "init_state",
+           "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -111,16 +112,31 @@ def adamw(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_
     adam(w, g, m, v, t, lr, beta_1, beta_2, eps)
 
 
-#: name -> naive step function (fastopt's Keras rule names, and adamw)
+def radam(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-8):
+    """RAdam (PyTorch's): Adam with a rectified step once ``rho_t > 5``,
+    bias-corrected momentum SGD before."""
+    m[:] = beta_1 * m + (1 - beta_1) * g
+    v[:] = beta_2 * v + (1 - beta_2) * g * g
+    mhat = m / (1 - beta_1 ** t)
+    rho_inf = 2 / (1 - beta_2) - 1
+    rho_t = rho_inf - 2 * t * beta_2 ** t / (1 - beta_2 ** t)
+    if rho_t > 5:
+        r = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        w -= lr * r * mhat * (1 - beta_2 ** t) ** 0.5 / (np.sqrt(v) + eps)
+    else:
+        w -= lr * mhat
+
+
+#: name -> naive step function (fastopt's Keras rule names, adamw and radam)
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
-                                 adamw)}
+                                 adamw, radam)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
-         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2}
+         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "radam": 2}
 
 
 def init_state(rule, w):

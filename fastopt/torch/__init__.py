@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from ._optim import FusedOptimizer
 from .offload import CPUOffload
-from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RMSprop
+from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "FusedOptimizer",
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "RAdam", "FusedOptimizer",
            "CPUOffload"]

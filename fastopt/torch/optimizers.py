@@ -8,7 +8,7 @@ from ..rule import RULES
 from ._optim import FusedOptimizer, _decay, _f
 from ._state import _step_tensor
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "RAdam"]
 
 
 def _slot_keys(*rules):
@@ -176,3 +176,32 @@ class Adamax(FusedOptimizer, _torch.optim.Adamax):
         for key in self._SLOT_KEYS["adamax_torch"]:
             if key not in st:
                 st[key] = self._slot_zeros(p)
+
+
+class RAdam(FusedOptimizer, _torch.optim.RAdam):
+    """``torch.optim.RAdam`` (L2 or decoupled weight decay, maximize) on
+    fastopt's fused kernels; see :mod:`fastopt.torch`."""
+
+    _SLOT_KEYS = _slot_keys("radam_torch")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 decoupled_weight_decay=False, *, foreach=None, maximize=False,
+                 capturable=False, differentiable=False, state_dtype=None,
+                 state_rounding=None):
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay,
+                         foreach=foreach, maximize=maximize, capturable=capturable,
+                         differentiable=differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        b1, b2 = group["betas"]
+        keep, l2 = _decay(group, group["decoupled_weight_decay"])
+        return "radam_torch", (_f(group["lr"]), _f(b1), _f(b2), _f(group["eps"])), keep, l2
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        for key in self._SLOT_KEYS["radam_torch"]:
+            if key not in st:
+                st[key] = self._slot_zeros(p)
+

@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
+from ..hyperparams import convention_for
+from ..optimizers import SGD, Adagrad, Adam, AdamW, RAdam, RMSprop
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -45,6 +46,7 @@ OPTIMIZERS = {
     "adamw": Recipe(AdamW, False, {}),
     "amsgrad": Recipe(Adam, False, {"amsgrad": True}),
     "rmsprop_centered": Recipe(RMSprop, False, {"centered": True}),
+    "radam": Recipe(RAdam, False, {}),
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
@@ -57,7 +59,8 @@ def make_optimizer(name, params, learning_rate=0.01, momentum=0.3, backend="auto
 
     ``learning_rate`` is always passed; ``momentum`` only to the names that
     take it (``momentum``, ``nesterov``); everything else keeps the
-    optimizer's defaults under ``convention``.  ``state_dtype`` and
+    optimizer's defaults under ``convention`` (an optimizer that exists in
+    one framework only, such as RAdam, under its own).  ``state_dtype`` and
     ``state_rounding`` (reduced-precision optimizer state) go to every
     optimizer.
     """
@@ -68,7 +71,7 @@ def make_optimizer(name, params, learning_rate=0.01, momentum=0.3, backend="auto
     if recipe.takes_momentum:
         options["momentum"] = momentum
     return recipe.cls(params, learning_rate=learning_rate, backend=backend,
-                      convention=convention, state_dtype=state_dtype,
+                      convention=convention_for(recipe.cls, convention), state_dtype=state_dtype,
                       state_rounding=state_rounding, **options)
 
 
