@@ -15,13 +15,13 @@ from . import reference, schedules
 from .backends import (available_backends, get_backend, get_num_threads,
                        get_parallel_threshold, set_num_threads, set_parallel_threshold)
 from .multi_tensor import MultiTensorStep
-from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, Optimizer, RAdam, RMSprop
+from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, Optimizer, RAdam, RMSprop, Rprop
 from .state import StateFileError, load_state, save_state
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "RAdam", "Optimizer",
+    "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "RAdam", "Rprop", "Optimizer",
     "MultiTensorStep",
     "available_backends", "get_backend", "set_num_threads", "get_num_threads",
     "set_parallel_threshold", "get_parallel_threshold",

@@ -416,7 +416,7 @@ def _add_bench(sub):
                    help="fewer and shorter samples: a rough answer fast")
     p.add_argument("--convention", choices=("keras", "torch"), default="keras",
                    help="of the fastopt optimizers; one that exists in one framework only "
-                        "(radam: torch) runs under its own (default: keras)")
+                        "(radam, rprop: torch) runs under its own (default: keras)")
     p.add_argument("--state-dtype", choices=("bfloat16",),
                    help="optimizer state as bfloat16 (float32 params, numba backend; see the "
                         "README, Reduced-precision optimizer state)")
@@ -462,7 +462,8 @@ def _add_compare(sub):
                    help="(default: auto)")
     p.add_argument("--convention", choices=("keras", "torch"), default="keras",
                    help="the optimizers' formulas and defaults; one that exists in one "
-                        "framework only (radam: torch) runs under its own (default: keras)")
+                        "framework only (radam, rprop: torch) runs under its own "
+                        "(default: keras)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="of the model and optimizer (default: float32)")
     p.add_argument("--state-dtype", choices=("bfloat16",),

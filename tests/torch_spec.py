@@ -25,6 +25,8 @@ TORCH_DEFAULTS = {
                    weight_decay=0.0, maximize=False),
     "RAdam": dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                   weight_decay=0.0, decoupled_weight_decay=False, maximize=False),
+    "Rprop": dict(learning_rate=1e-2, eta_minus=0.5, eta_plus=1.2, step_size_min=1e-6,
+                  step_size_max=50.0, weight_decay=0.0, maximize=False),
 }
 
 
@@ -74,6 +76,16 @@ class TorchSpec:
                     st["momentum"] = mu * st["momentum"] + (1 - h["dampening"]) * g
                 g = g + mu * st["momentum"] if h["nesterov"] else st["momentum"]
             return p - lr * g
+        if self.cls == "Rprop":  # torch.sign is 0 for NaN, np.sign is not: none here
+            if "step_size" not in st:
+                st["prev"], st["step_size"] = np.zeros_like(p), np.full(p.shape, lr)
+            s = np.sign(g * st["prev"])
+            factor = np.select([s > 0, s < 0], [h["eta_plus"], h["eta_minus"]], 1.0)
+            st["step_size"] = np.clip(st["step_size"] * factor, h["step_size_min"],
+                                      h["step_size_max"])
+            g = np.where(s < 0, 0.0, g)
+            st["prev"] = g
+            return p - np.sign(g) * st["step_size"]
         if self.cls == "Adagrad":
             st.setdefault("accumulator", np.full(p.shape, h["initial_accumulator_value"]))
             clr = lr / (1 + (t - 1) * h["lr_decay"])

@@ -45,12 +45,15 @@ ZERO_TENSOR_STEP = 11                    # tensor 1 alone all zeros
 TORCH_SLOTS = {"exp_avg": "momentum", "exp_avg_sq": "velocity",
                "max_exp_avg_sq": "velocity_hat", "momentum_buffer": "momentum",
                "sum": "accumulator", "square_avg": "velocity",
-               "grad_avg": "average_gradient", "exp_inf": "norm"}
+               "grad_avg": "average_gradient", "exp_inf": "norm", "prev": "prev",
+               "step_size": "step_size"}
 # Keras optimizer-variable suffixes (already fastopt's names)
 KERAS_SLOTS = ("velocity_hat", "velocity", "momentum", "accumulator", "average_gradient",
                "gradient_accumulator", "average", "norm")
-# torch keyword -> fastopt keyword (betas is split into beta_1, beta_2)
+# torch keyword -> fastopt keyword; torch's pairs -> two fastopt keywords each
 TORCH_TO_FASTOPT = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
+TORCH_PAIRS = {"betas": ("beta_1", "beta_2"), "etas": ("eta_minus", "eta_plus"),
+               "step_sizes": ("step_size_min", "step_size_max")}
 
 
 # ---------------------------------------------------------------------------
@@ -123,6 +126,10 @@ CONFIGS = [
               weight_decay=0.02, eps=1e-6),
     torch_cfg("torch_radam_decoupled_weight_decay_maximize", "RAdam", lr=0.01, betas=(0.9, 0.95),
               weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+    torch_cfg("torch_rprop", "Rprop", lr=0.01),
+    torch_cfg("torch_rprop_etas_step_sizes", "Rprop", lr=0.05, etas=(0.3, 1.5),
+              step_sizes=(1e-3, 0.2)),
+    torch_cfg("torch_rprop_maximize", "Rprop", lr=0.001, maximize=True),
     # --- keras.optimizers, convention="keras" --------------------------------------
     keras_cfg("keras_sgd", "SGD", learning_rate=0.05),
     keras_cfg("keras_sgd_momentum", "SGD", learning_rate=0.05, momentum=0.9),
@@ -264,8 +271,9 @@ def record_torch(cfg):
 
     fastopt_kw = {}
     for key, v in cfg["kw"].items():
-        if key == "betas":
-            fastopt_kw["beta_1"], fastopt_kw["beta_2"] = v
+        if key in TORCH_PAIRS:
+            first, second = TORCH_PAIRS[key]
+            fastopt_kw[first], fastopt_kw[second] = v
         else:
             fastopt_kw[TORCH_TO_FASTOPT.get(key, key)] = v
     if cfg["clip"]:

@@ -9,4 +9,4 @@ reads the registry (:data:`fastopt.rule.RULES`), in this order.
 
 #: The family modules, in registry order.  ``setup.py`` reads this tuple (by
 #: parsing this file, never importing it) to render the Cython backend.
-FAMILIES = ("sgd", "adagrad", "rmsprop", "adam", "adamax", "radam")
+FAMILIES = ("sgd", "adagrad", "rmsprop", "adam", "adamax", "radam", "rprop")

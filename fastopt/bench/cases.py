@@ -9,8 +9,8 @@ the Keras defaults of fastopt and of the naive steps, and the same values
 are given to torch, so all three run the same amount of arithmetic.
 
 The benchmark names are the names of fastopt's Keras rules
-(:data:`fastopt.rule.RULES`) plus ``adamw``, and ``radam`` (torch's rule: it
-has no Keras twin).  An optimizer that exists in one framework only runs
+(:data:`fastopt.rule.RULES`) plus ``adamw``, and ``radam`` and ``rprop``
+(torch's rules: they have no Keras twin).  An optimizer that exists in one framework only runs
 under that framework's convention whatever the benchmark's.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..hyperparams import convention_for
-from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop
+from ..optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop, Rprop
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -63,8 +63,9 @@ CASES = {
     "adamw": Case(AdamW, {}, "adam", ("AdamW", {**_ADAM_T, "weight_decay": 0.004}, "fused")),
     # torch 2.13 has no fused Adamax: its multi-tensor (foreach) path
     "adamax": Case(Adamax, {}, "adamax", ("Adamax", _ADAM_T, "foreach")),
-    # torch only, at torch's defaults; torch 2.13 has no fused RAdam
+    # torch only, at torch's defaults; torch 2.13 has no fused RAdam or Rprop
     "radam": Case(RAdam, {}, "radam_torch", ("RAdam", {"lr": 0.001, "eps": 1e-8}, "foreach")),
+    "rprop": Case(Rprop, {}, "rprop_torch", ("Rprop", {"lr": 0.01}, "foreach")),
 }
 
 

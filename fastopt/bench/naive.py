@@ -24,8 +24,8 @@ import numpy as np
 
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-           "adam", "adam_amsgrad", "adamax", "adamw", "radam", "NAIVE", "SLOTS", "init_state",
-           "stepper"]
+           "adam", "adam_amsgrad", "adamax", "adamw", "radam", "rprop", "NAIVE", "SLOTS",
+           "init_state", "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -127,16 +127,33 @@ def radam(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-8):
         w -= lr * mhat
 
 
-#: name -> naive step function (fastopt's Keras rule names, adamw and radam)
+def rprop(w, g, prev, step_size, t=1, lr=0.01, eta_minus=0.5, eta_plus=1.2,
+          step_size_min=1e-6, step_size_max=50.0):
+    """Rprop (PyTorch's): per-element step sizes, grown while the gradient
+    keeps its sign, shrunk (and that gradient dropped) when it flips."""
+    if t == 1:
+        step_size[:] = lr
+    s = np.sign(g * prev)
+    factor = np.ones_like(step_size)
+    factor[s > 0] = eta_plus
+    factor[s < 0] = eta_minus
+    step_size[:] = np.clip(step_size * factor, step_size_min, step_size_max)
+    g = g.copy()
+    g[s < 0] = 0
+    w -= np.sign(g) * step_size
+    prev[:] = g
+
+
+#: name -> naive step function (fastopt's Keras rule names, adamw, radam and rprop)
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
-                                 adamw, radam)}
+                                 adamw, radam, rprop)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
-         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "radam": 2}
+         "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "radam": 2, "rprop": 2}
 
 
 def init_state(rule, w):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from ._optim import FusedOptimizer
 from .offload import CPUOffload
-from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop
+from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop, Rprop
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "RAdam", "FusedOptimizer",
-           "CPUOffload"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "RAdam", "Rprop",
+           "FusedOptimizer", "CPUOffload"]

@@ -8,7 +8,7 @@ from ..rule import RULES
 from ._optim import FusedOptimizer, _decay, _f
 from ._state import _step_tensor
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "RAdam"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "RAdam", "Rprop"]
 
 
 def _slot_keys(*rules):
@@ -205,3 +205,30 @@ class RAdam(FusedOptimizer, _torch.optim.RAdam):
             if key not in st:
                 st[key] = self._slot_zeros(p)
 
+
+class Rprop(FusedOptimizer, _torch.optim.Rprop):
+    """``torch.optim.Rprop`` (``etas``, ``step_sizes``, maximize) on fastopt's
+    fused kernels; see :mod:`fastopt.torch`."""
+
+    _SLOT_KEYS = _slot_keys("rprop_torch")
+
+    def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *,
+                 capturable=False, foreach=None, maximize=False, differentiable=False,
+                 state_dtype=None, state_rounding=None):
+        super().__init__(params, lr, etas, step_sizes, capturable=capturable, foreach=foreach,
+                         maximize=maximize, differentiable=differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        eta_minus, eta_plus = group["etas"]
+        low, high = group["step_sizes"]
+        return ("rprop_torch", (_f(group["lr"]), _f(eta_minus), _f(eta_plus), _f(low), _f(high)),
+                1.0, 0.0)
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        if "prev" not in st:
+            st["prev"] = self._slot_zeros(p)
+        if "step_size" not in st:  # as torch: the learning rate when the state is made
+            st["step_size"] = self._slot_zeros(p).fill_(_f(group["lr"]))

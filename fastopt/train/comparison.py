@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..hyperparams import convention_for
-from ..optimizers import SGD, Adagrad, Adam, AdamW, RAdam, RMSprop
+from ..optimizers import SGD, Adagrad, Adam, AdamW, RAdam, RMSprop, Rprop
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -47,6 +47,7 @@ OPTIMIZERS = {
     "amsgrad": Recipe(Adam, False, {"amsgrad": True}),
     "rmsprop_centered": Recipe(RMSprop, False, {"centered": True}),
     "radam": Recipe(RAdam, False, {}),
+    "rprop": Recipe(Rprop, False, {}),
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
