@@ -323,4 +323,5 @@ def test_command_end_to_end_in_a_subprocess(tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.splitlines() == [
         "fastopt compare: error: --optimizers: unknown optimizer 'adamax'; valid names: sgd, "
-        "momentum, nesterov, adam, adagrad, rmsprop, adamw, amsgrad, rmsprop_centered"]
+        "momentum, nesterov, adam, adagrad, rmsprop, adamw, amsgrad, rmsprop_centered, radam, "
+        "rprop"]
