@@ -47,12 +47,13 @@ def optimizers(draw):
     noise of the old ``v``; drawing beta_2 in [0, 0.3] gives float32 errors
     ~1e10 times the bound below, float64 stays inside it), and epsilon >= 1e-8
     (epsilon = 0 with an all-zero gradient gives 0/0 = NaN in both backends,
-    which says nothing about agreement).
+    which says nothing about agreement).  A row may draw its own
+    ``weight_decay`` (its ``search_space`` says how: Rprop's).
     """
     row = draw(st.sampled_from(DB))
     kw = {name: draw(strategy) for name, strategy in row.search_space.items()}
     kw["learning_rate"] = draw(learning_rate)
-    if draw(st.booleans()):
+    if "weight_decay" not in kw and draw(st.booleans()):
         kw["weight_decay"] = draw(st.floats(0.0, 0.5))
     clip = draw(st.sampled_from([None, "clipnorm", "clipvalue", "global_clipnorm"]))
     if clip is not None:
