@@ -31,6 +31,8 @@ class ParamGroup:
         What the group dict set itself (kept for ``get_config``).
     rule : fastopt.rule.Rule
         The kernel rule its hyperparameters select.
+    coupled_decay : bool
+        Its weight decay is L2 (``g += wd*w``), not decoupled.
     tensor_groups : list of TensorGroup
         One per dtype.
     host : tuple of float
@@ -38,11 +40,12 @@ class ParamGroup:
         products), as after the last applied step.
     """
 
-    def __init__(self, indices, hyperparams, overrides, rule):
+    def __init__(self, indices, hyperparams, overrides, rule, coupled_decay=False):
         self.indices = indices
         self.hyperparams = hyperparams
         self.overrides = overrides
         self.rule = rule
+        self.coupled_decay = coupled_decay
         self.tensor_groups = []
         self.host = tuple(float(v) for v in rule.host_init)
 

@@ -476,7 +476,8 @@ def _add_bench(sub):
     p.add_argument("--quick", action="store_true",
                    help="fewer and shorter samples: a rough answer fast")
     p.add_argument("--convention", choices=("keras", "torch"), default="keras",
-                   help="of the fastopt optimizers (default: keras)")
+                   help="of the fastopt optimizers; one that exists in one framework only "
+                        "(radam, rprop: torch) runs under its own (default: keras)")
     p.add_argument("--state-dtype", choices=("bfloat16",),
                    help="optimizer state as bfloat16 (float32 params, numba backend; see the "
                         "README, Reduced-precision optimizer state)")
@@ -527,7 +528,9 @@ def _add_compare(sub):
     p.add_argument("--backend", choices=("auto", *BACKEND_NAMES), default="auto",
                    help="(default: auto)")
     p.add_argument("--convention", choices=("keras", "torch"), default="keras",
-                   help="the optimizers' formulas and defaults (default: keras)")
+                   help="the optimizers' formulas and defaults; one that exists in one "
+                        "framework only (radam, rprop: torch) runs under its own "
+                        "(default: keras)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="of the model and optimizer (default: float32)")
     p.add_argument("--state-dtype", choices=("bfloat16",),

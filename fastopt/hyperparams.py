@@ -16,7 +16,7 @@ from ._validation import boolean, real, unknown_keywords
 from .backends import BACKEND_NAMES, STATE_DTYPES, resolve_state_backend
 
 __all__ = ["CONVENTIONS", "FRAMEWORKS", "COMMON_OPTIONS", "check_arguments", "check_group_hyperparams",
-           "check_group_keys", "check_placement",
+           "check_group_keys", "check_placement", "convention_for",
            "check_clipping", "checked_lr", "scheduled_lr", "lr_config",
            "learning_rate_from_config", "config_arguments", "with_current_callables",
            "state_options", "check_state_rules", "count"]
@@ -66,6 +66,15 @@ def check_arguments(owner, unknown, hyper, torch_only, convention, backend, torc
         raise ValueError(f"{owner}: backend must be one of "
                          f"{('auto', *BACKEND_NAMES)}, got {backend!r}")
     return convention
+
+
+def convention_for(cls, convention):
+    """The convention a tool that builds several optimizers under one
+    ``convention`` (``fastopt bench``, ``fastopt compare``) builds ``cls``
+    under: that one where the class offers it, else the class's own (a class
+    that exists in one framework only, such as RAdam, has that one alone)."""
+    offered = cls._CONVENTIONS
+    return convention if convention is None or convention in offered else offered[0]
 
 
 def check_group_hyperparams(owner, check_own, hyperparams):

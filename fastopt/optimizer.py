@@ -71,7 +71,8 @@ class Optimizer(StateMethods):
     weight_decay : float, optional
         Keras convention, and AdamW under both: decoupled,
         ``w <- w * (1 - weight_decay * lr)`` before each update.  PyTorch
-        convention (except AdamW): L2, ``g <- g + weight_decay * w``.
+        convention (except AdamW, and RAdam with ``decoupled_weight_decay``):
+        L2, ``g <- g + weight_decay * w``.
     exclude_from_weight_decay : list of int or str, optional
         Parameters (by index, or by name when params is a dict) that get no
         weight decay.
@@ -141,6 +142,9 @@ class Optimizer(StateMethods):
     #: class with a ``decoupled_weight_decay`` hyperparameter (torch's NAdam,
     #: RAdam) decides it per parameter group instead
     _TORCH_DECOUPLED = False
+    #: the conventions the class offers, its default first: a class that
+    #: exists in one framework only (torch's RAdam) names that one alone
+    _CONVENTIONS: tuple = hyperparams.CONVENTIONS
     #: host parameters unless __init__ finds CUDA device arrays (class-level
     #: defaults, for subclasses that build themselves)
     _device = False
@@ -193,7 +197,8 @@ class Optimizer(StateMethods):
             hyperparams.check_group_keys(name, g, overrides, hyper)
             merged = self._check_group({**self._defaults, **overrides}, f" (param group {g})")
             self._param_groups.append(ParamGroup(indices, merged, overrides,
-                                                 RULES[self._rule_name(merged)]))
+                                                 RULES[self._rule_name(merged)],
+                                                 not self._decoupled(merged)))
         if self.state_dtype is not None:
             hyperparams.check_state_rules(name, self._param_groups, backend, self.state_dtype)
         # one step, state_dict() or load_state_dict() at a time (thread safety)
@@ -210,6 +215,15 @@ class Optimizer(StateMethods):
 
     def _scalars(self, hyper, lr, updates):  # pragma: no cover
         raise NotImplementedError
+
+    def _decoupled(self, hyper):
+        """Whether a group's weight decay is decoupled (``w *= 1 - wd*lr``)
+        rather than L2 (``g += wd*w``): under the Keras convention always,
+        under the torch one for AdamW (``_TORCH_DECOUPLED``), and for a group
+        whose ``decoupled_weight_decay`` hyperparameter (torch's NAdam and
+        RAdam) is true."""
+        return (self.convention == "keras" or self._TORCH_DECOUPLED
+                or bool(hyper.get("decoupled_weight_decay")))
 
     def _slot_init(self, hyper):
         """Initial value of each slot that does not start at zero."""
@@ -286,7 +300,6 @@ class Optimizer(StateMethods):
             self._ema = [zeros_like(p) for p in self._params] if self.use_ema else None
             self._accumulated = ([zeros_like(p) for p in self._params]
                                  if self.gradient_accumulation_steps else None)
-        self._coupled_decay = self.convention == "torch" and not self._TORCH_DECOUPLED
         self._counted = [g for g in self._tensor_groups if g.counted]
         self._one_tensor_group = len(self._tensor_groups) == 1
         self._no_clip_scales = [1.0] * len(self._tensor_groups)
@@ -427,20 +440,17 @@ class Optimizer(StateMethods):
             scales = two_phase.decide(clip, self._tensor_groups, grads, inv,
                                       self.reduce_tensor_sums)
         clipvalue = math.inf if self._clipvalue is None else self._clipvalue
-        coupled = self._coupled_decay
         if self._one_tensor_group:  # then grads are the group's, as they are
             ((pg, lr, scalars),) = runs
             hyper = pg.hyperparams
-            keep, l2 = decay_factors(hyper["weight_decay"], lr,
-                                     coupled and not hyper.get("decoupled_weight_decay"))
+            keep, l2 = decay_factors(hyper["weight_decay"], lr, pg.coupled_decay)
             group = self._tensor_groups[0]
             group.set_factors(-scales[0] if hyper["maximize"] else scales[0], keep, l2)
             group.plan.step(grads, group.factors, scalars, clipvalue)
             return
         k = 0
         for pg, lr, scalars in runs:
-            keep, l2 = decay_factors(pg.hyperparams["weight_decay"], lr,
-                                     coupled and not pg.hyperparams.get("decoupled_weight_decay"))
+            keep, l2 = decay_factors(pg.hyperparams["weight_decay"], lr, pg.coupled_decay)
             negate = pg.hyperparams["maximize"]
             for group in pg.tensor_groups:
                 scale = -scales[k] if negate else scales[k]

@@ -52,7 +52,8 @@ def accumulate(arrays, accumulators, grads, inv, applying, steps):
 def decay_factors(weight_decay, lr, coupled):
     """``(keep, l2)``: the decoupled decay factor and the coupled (L2)
     coefficient of weight decay; ``coupled`` under the torch convention
-    (except AdamW)."""
+    (except AdamW, and RAdam with ``decoupled_weight_decay``: see
+    ``Optimizer._decoupled``)."""
     if not weight_decay:
         return 1.0, 0.0
     if coupled:

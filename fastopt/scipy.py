@@ -38,9 +38,9 @@ import math
 
 import numpy as np
 
-from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RMSprop
+from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop, Rprop
 
-__all__ = ["sgd", "adagrad", "rmsprop", "adam", "adamw", "adamax"]
+__all__ = ["sgd", "adagrad", "rmsprop", "adam", "adamw", "adamax", "radam", "rprop"]
 
 #: scipy's status codes used here
 _SUCCESS, _MAXITER, _NOT_FINITE, _CALLBACK = 0, 1, 3, 99
@@ -177,3 +177,5 @@ rmsprop = _make(RMSprop)
 adam = _make(Adam)
 adamw = _make(AdamW)
 adamax = _make(Adamax)
+radam = _make(RAdam)
+rprop = _make(Rprop)

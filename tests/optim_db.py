@@ -75,6 +75,11 @@ class OptimizerInfo:
         another row's rules (AdamW) leaves this empty.
     quadratic_lr, rosenbrock_lr : float
         Learning rates for the convergence problems (tests/test_convergence.py).
+    sign_only : bool
+        The update reads only the gradient's sign, torch's ``sign`` (0 for
+        NaN): a NaN gradient leaves its element unchanged, and +-inf moves it
+        as any gradient of that sign does (Rprop).  Otherwise non-finite
+        gradients propagate into the parameters (tests/test_errors.py).
     bf16_nearest_stalls : bool
         A slot decays by ``beta_2 = 0.999`` per step, less than half a
         bfloat16 spacing, so with ``state_rounding="nearest"`` it cannot
@@ -120,6 +125,7 @@ class OptimizerInfo:
     rosenbrock_lr: float
     bf16_nearest_stalls: bool = False
     bounded_update: bool = False
+    sign_only: bool = False
     torch_samples: tuple = ()
     torch_class: str | None = None
     torch_configs: tuple = ()
@@ -538,6 +544,83 @@ DB = [
         ),
         search_space={"lambd": st.floats(0.0, 0.1), "alpha": st.floats(0.0, 1.0),
                       "t0": st.floats(0.0, 20.0)}),
+    OptimizerInfo(
+        "radam", fastopt.RAdam, {}, 0.01,
+        rules={"torch": "radam_torch"},
+        scalars={"radam_torch": (0.01, 0.9, 0.999, 1e-8)},
+        # its first five steps are unrectified (SGD with momentum, step lr/bc1), and
+        # Rosenbrock's gradients of ~200 throw them far away at lr=0.01
+        quadratic_lr=0.05, rosenbrock_lr=0.005, bf16_nearest_stalls=True,
+        torch_samples=(
+            ("radam", {"learning_rate": 0.01}),
+            ("radam_l2", {"learning_rate": 0.01, "weight_decay": 0.05}),
+            ("radam_decoupled_maximize", {"learning_rate": 0.01, "weight_decay": 0.1,
+                                          "decoupled_weight_decay": True, "maximize": True}),
+            ("radam_betas_clipvalue", {"learning_rate": 0.01, "beta_1": 0.8, "beta_2": 0.9,
+                                       "clipvalue": 0.5}),
+        ),
+        torch_class="RAdam",
+        torch_configs=(dict(lr=0.01),
+                       dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True,
+                            maximize=True),
+                       dict(lr=Tensor(0.01), betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+        golden=("torch_radam", "torch_radam_weight_decay",
+                "torch_radam_decoupled_weight_decay_maximize"),
+        error_inputs=(
+            ({"convention": "keras"}, ValueError,
+             "convention='keras' is not offered: RAdam exists in PyTorch 2.13 only"),
+            ({"betas": (0.9, 0.99)}, ValueError, r"'betas' \(did you mean beta_1 and beta_2"),
+            ({"eps": 1e-8}, ValueError, r"'eps' \(did you mean epsilon\?\)"),
+            ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),
+            ({"beta_2": -0.1}, ValueError, "beta_2 must be >= 0"),
+            ({"epsilon": -1e-8}, ValueError, "epsilon must be >= 0"),
+            ({"decoupled_weight_decay": 1}, TypeError,
+             "decoupled_weight_decay must be True or False"),
+            ({"amsgrad": True}, ValueError, r"unknown hyperparameter\(s\) 'amsgrad'"),
+        ),
+        search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON,
+                      "decoupled_weight_decay": st.booleans()}),
+    OptimizerInfo(
+        "rprop", fastopt.Rprop, {}, 0.02,
+        rules={"torch": "rprop_torch"},
+        scalars={"rprop_torch": (0.01, 0.5, 1.2, 1e-6, 50.0)},
+        quadratic_lr=0.01, rosenbrock_lr=1e-3, sign_only=True,
+        torch_samples=(
+            ("rprop", {"learning_rate": 0.01}),
+            ("rprop_etas_step_sizes", {"learning_rate": 0.05, "eta_minus": 0.3, "eta_plus": 1.5,
+                                       "step_size_min": 1e-3, "step_size_max": 0.2}),
+            ("rprop_maximize_clipvalue", {"learning_rate": 0.01, "maximize": True,
+                                          "clipvalue": 0.5}),
+            ("rprop_l2", {"learning_rate": 0.01, "weight_decay": 0.1}),
+        ),
+        torch_class="Rprop",
+        torch_configs=(dict(lr=0.01),
+                       dict(lr=0.02, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2), maximize=True),
+                       dict(lr=Tensor(0.01), step_sizes=(0.02, 0.01))),
+        golden=("torch_rprop", "torch_rprop_etas_step_sizes", "torch_rprop_maximize"),
+        error_inputs=(
+            ({"convention": "keras"}, ValueError,
+             "convention='keras' is not offered: Rprop exists in PyTorch 2.13 only"),
+            ({"etas": (0.5, 1.2)}, ValueError, r"'etas' \(did you mean eta_minus and eta_plus"),
+            ({"step_sizes": (1e-6, 50)}, ValueError,
+             r"'step_sizes' \(did you mean step_size_min and step_size_max"),
+            ({"eta_minus": 1.0}, ValueError, "eta_minus must be < 1"),
+            ({"eta_minus": 0.0}, ValueError, "eta_minus must be > 0"),
+            ({"eta_plus": 1.0}, ValueError, "eta_plus must be > 1"),
+            ({"step_size_min": -1.0}, ValueError, "step_size_min must be >= 0"),
+            ({"step_size_min": 0.1, "step_size_max": 0.01}, ValueError,
+             "step_size_max must be >= 0.1"),
+            ({"step_size_max": float("inf")}, ValueError, "step_size_max must be finite"),
+            ({"eta_plus": "1.2"}, TypeError, "eta_plus must be a real number"),
+        ),
+        # the update is the gradient's sign: an L2 term below float32's range
+        # (weight_decay ~1e-280) makes an exact-zero gradient nonzero in the float64
+        # reference and leaves it zero in float32, a whole step apart, so the
+        # drawn weight decay is 0 or a float32-sized one
+        search_space={"eta_minus": st.floats(0.1, 0.9), "eta_plus": st.floats(1.05, 2.0),
+                      "step_size_min": st.sampled_from([0.0, 1e-6, 1e-3]),
+                      "step_size_max": st.sampled_from([0.1, 1.0, 50.0]),
+                      "weight_decay": st.sampled_from([0.0]) | st.floats(1e-3, 0.5)}),
 ]
 
 BY_ID = {row.id: row for row in DB}
@@ -555,6 +638,12 @@ def with_conventions(rows=None):
     (default: every row of :data:`DB`) offers."""
     return [pytest.param(row, c, id=f"{row.id}-{c}") for row in (DB if rows is None else rows)
             for c in row.conventions]
+
+
+#: rows with the Keras convention (a class that exists in torch.optim only,
+#: such as RAdam, has none), and their classes in table order
+KERAS_ROWS = [row for row in DB if "keras" in row.conventions]
+KERAS_CLASSES = list(dict.fromkeys(row.cls for row in KERAS_ROWS))
 
 
 #: rows with a torch.optim twin, and those classes in table order
@@ -612,16 +701,18 @@ def step_inputs(rng, rule, size, dtype, step):
 
 
 _TORCH_TO_FASTOPT = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
+#: torch's pairs, and the two fastopt hyperparameters each one is
+_TORCH_PAIRS = {"betas": ("beta_1", "beta_2"), "etas": ("eta_minus", "eta_plus"),
+                "step_sizes": ("step_size_min", "step_size_max")}
 
 
 def fastopt_kwargs(torch_kwargs):
     """``torch.optim`` keywords as fastopt keywords (``convention="torch"``)."""
     out = {}
     for key, value in torch_kwargs.items():
-        if key == "betas":
-            out["beta_1"], out["beta_2"] = (float(b) for b in value)
-        elif key in ("decoupled_weight_decay",):
-            raise ValueError("fastopt spells torch's decoupled Adam as AdamW")
+        if key in _TORCH_PAIRS:
+            first, second = _TORCH_PAIRS[key]
+            out[first], out[second] = (float(b) for b in value)
         else:
             value = float(value) if isinstance(value, Tensor) else value
             out[_TORCH_TO_FASTOPT.get(key, key)] = value

@@ -181,11 +181,6 @@ ERRORS = [
      "unknown optimizer 'adamax'; valid names: sgd, momentum, nesterov, adam, adagrad, "
      "rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, lion, adadelta, nadam, nadam_torch, "
      "asgd"),
-    (lambda t: ["--optimizers", "adam,ftrl", "--convention", "torch"],
-     "ftrl: Ftrl: convention='torch' is not offered: Ftrl exists in Keras 3.15 only"),
-    (lambda t: ["--optimizers", "adam,lion", "--convention", "torch"],
-     "--optimizers: lion: Lion: convention='torch' is not offered: Lion exists in Keras 3.15 "
-     "only"),
     (lambda t: ["--optimizers", ","], "--optimizers needs at least one name"),
     (lambda t: ["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
     (lambda t: ["--epochs", "five"], "argument --epochs: expected an integer >= 1, got 'five'"),
@@ -569,3 +564,9 @@ def test_runs_with_an_implementation_are_ranked_reported_and_named_apart():
     plain = comparison.summarize([{"optimizer": "sgd", "seed": 0, "history": history}])
     assert plain[0]["implementation"] is None
     assert "implementation" not in comparison.format_table(plain)
+
+
+def test_keras_framework_refuses_an_optimizer_keras_does_not_have(keras, capsys):
+    err = _one_error_line(["--optimizers", "adam,radam", "--no-plot"], capsys)
+    assert ("radam: RAdam is not a Keras optimizer (it exists in torch.optim only); "
+            "--framework keras runs Keras's optimizers") in err

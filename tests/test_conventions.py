@@ -101,6 +101,24 @@ def fastopt_config(opt):
     return opt.get_config()
 
 
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_a_class_of_one_framework_has_that_convention_only(cls):
+    """A class that exists in one framework (torch's RAdam) defaults to its
+    convention and refuses the other, naming the framework; the others
+    default to Keras's and take both."""
+    offered = cls._CONVENTIONS
+    assert cls(np.zeros(3)).convention == ("keras" if "keras" in offered else "torch")
+    for convention in ("keras", "torch"):
+        if convention in offered:
+            assert cls(np.zeros(3), convention=convention).convention == convention
+            continue
+        name = cls.__name__
+        with pytest.raises(ValueError, match=rf"{name}: convention='{convention}' is not "
+                                             rf"offered: {name} exists in (PyTorch 2\.13|Keras "
+                                             rf"3\.15) only"):
+            cls(np.ones(3), convention=convention)
+
+
 def test_every_row_has_torch_samples_under_its_own_rule():
     """Every variant that supports the torch convention is run against the
     spec, and each sample selects the row's torch rule."""
@@ -168,6 +186,38 @@ def test_param_groups_match_separate_optimizers_with_one_call_per_group(backend)
     assert structure[0]["learning_rate"] == 0.1 and structure[0]["params"][0] is a
     assert structure[1]["params"]["c"] is c
     assert [g["learning_rate"] for g in opt.param_groups] == [0.1, 0.05]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weight_decay_coupling_is_per_group(backend):
+    """RAdam's ``decoupled_weight_decay`` set per group: each group decays as
+    an optimizer of its own would (L2 in one, decoupled in the other)."""
+    rng = np.random.default_rng(12)
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal(5)
+    twins = [a.copy(), b.copy()]
+    opt = fastopt.RAdam([{"params": [a]}, {"params": [b], "decoupled_weight_decay": True}],
+                        learning_rate=0.05, weight_decay=0.3, backend=backend)
+    l2 = fastopt.RAdam([twins[0]], learning_rate=0.05, weight_decay=0.3, backend=backend)
+    decoupled = fastopt.RAdam([twins[1]], learning_rate=0.05, weight_decay=0.3,
+                              decoupled_weight_decay=True, backend=backend)
+    for step in range(8):
+        ga, gb = (gradient(rng, x.shape, np.float64, step) for x in (a, b))
+        opt.step([[ga], [gb]])
+        l2.step([ga])
+        decoupled.step([gb])
+    np.testing.assert_array_equal(a, twins[0])
+    np.testing.assert_array_equal(b, twins[1])
+    assert [g["decoupled_weight_decay"] for g in opt.param_groups] == [False, True]
+    # and the two forms differ (the flag is not ignored): the same run both ways
+    runs = []
+    for flag in (False, True):
+        x = np.linspace(-1.0, 1.0, 5)
+        one = fastopt.RAdam(x, learning_rate=0.05, weight_decay=0.3,
+                            decoupled_weight_decay=flag, backend=backend)
+        for step in range(8):
+            one.step(np.full(5, 0.5))
+        runs.append(x)
+    assert np.max(np.abs(runs[0] - runs[1])) > 1e-3
 
 
 def test_param_groups_state_round_trip(tmp_path):

@@ -250,6 +250,18 @@ REQUIRED = [
     ("torch", "AdamW", "plain", lambda m: _has(m, amsgrad=False)),
     ("torch", "Adamax", "plain", lambda m: _has(m, weight_decay=False)),
     ("torch", "Adamax", "weight_decay (L2)", lambda m: _has(m, weight_decay=True)),
+    ("torch", "RAdam", "plain", lambda m: _has(m, weight_decay=False, maximize=False)),
+    ("torch", "RAdam", "weight_decay (L2)",
+     lambda m: _has(m, weight_decay=True, decoupled_weight_decay=False)),
+    ("torch", "RAdam", "decoupled_weight_decay",
+     lambda m: _has(m, weight_decay=True, decoupled_weight_decay=True)),
+    ("torch", "RAdam", "maximize", lambda m: _has(m, maximize=True)),
+    ("torch", "Rprop", "plain", lambda m: _has(m, maximize=False, eta_minus=False,
+                                                step_size_min=False)),
+    ("torch", "Rprop", "etas and step_sizes", lambda m: _has(m, eta_minus=True, eta_plus=True,
+                                                              step_size_min=True,
+                                                              step_size_max=True)),
+    ("torch", "Rprop", "maximize", lambda m: _has(m, maximize=True)),
     ("torch", None, "param groups with different learning_rate and weight_decay",
      lambda m: m["fastopt"]["params"] == "groups" and len(m["fastopt"]["groups"]) >= 2
      and len({g.get("learning_rate") for g in m["fastopt"]["groups"]}) >= 2

@@ -49,13 +49,14 @@ def optimizers(draw):
     (epsilon = 0 with an all-zero gradient gives 0/0 = NaN in both backends,
     which says nothing about agreement).  Ftrl's learning rate stays >= 1e-3
     and its initial accumulator >= 0.01 for the same reason (it divides by
-    the learning rate, and by ``sqrt(n)/lr`` where ``n`` is still 0).
+    the learning rate, and by ``sqrt(n)/lr`` where ``n`` is still 0).  A row
+    may draw its own ``weight_decay`` (its ``search_space`` says how: Rprop's).
     """
     row = draw(st.sampled_from(DB))
     kw = {name: draw(strategy) for name, strategy in row.search_space.items()}
     if "learning_rate" not in kw:  # a row may bound it (Ftrl divides by it)
         kw["learning_rate"] = draw(learning_rate)
-    if draw(st.booleans()):
+    if "weight_decay" not in kw and draw(st.booleans()):
         kw["weight_decay"] = draw(st.floats(0.0, 0.5))
     clip = draw(st.sampled_from([None, "clipnorm", "clipvalue", "global_clipnorm"]))
     if clip is not None:

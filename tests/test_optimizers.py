@@ -18,7 +18,7 @@ import fastopt
 from fastopt import schedules
 
 from cases import HOST_BACKENDS, gradient
-from optim_db import CLASSES, DB
+from optim_db import KERAS_CLASSES, KERAS_ROWS, with_conventions
 from spec import KERAS_DEFAULTS, KerasSpec
 
 BACKENDS = HOST_BACKENDS
@@ -61,7 +61,7 @@ def assert_trajectory(opt, spec, p0, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("row", DB, ids=str)
+@pytest.mark.parametrize("row", KERAS_ROWS, ids=str)
 def test_trajectory_matches_keras_spec(row, backend, dtype):
     if "keras" not in row.conventions:
         pytest.skip(f"{row.id} is PyTorch's only (tests/test_conventions.py runs it)")
@@ -199,7 +199,7 @@ def test_results_do_not_depend_on_threads_or_threshold(clip):
         assert np.array_equal(r, results[0])
 
 
-@pytest.mark.parametrize("name", [cls.__name__ for cls in CLASSES if "keras" in cls._CONVENTIONS])
+@pytest.mark.parametrize("name", [cls.__name__ for cls in KERAS_CLASSES])
 def test_defaults_are_keras_defaults(name):
     opt = getattr(fastopt, name)(np.zeros(3))
     config = opt.get_config()
@@ -232,13 +232,10 @@ def test_under_accumulation_iterations_counts_updates_and_schedules_see_calls(co
     assert opt.current_learning_rate() == 0.1 and seen[-1] == 8
 
 
-@pytest.mark.parametrize("convention", ["keras", "torch"])
-@pytest.mark.parametrize("row", DB, ids=str)
+@pytest.mark.parametrize("row, convention", with_conventions())
 def test_each_row_selects_its_kernel(row, convention):
     """The kernel rule tests/optim_db.py names for a variant is the one its
     class picks (the kernel tests feed that rule the row's scalars)."""
-    if convention not in row.conventions:
-        pytest.skip(f"{row.id} has no {convention} convention")
     assert row.cls(np.zeros(1), convention=convention, **row.kwargs).rule == \
         row.rules[convention]
 

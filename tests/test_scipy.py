@@ -8,7 +8,7 @@ from scipy.optimize import Bounds, minimize, rosen, rosen_der  # noqa: E402
 import fastopt  # noqa: E402
 import fastopt.scipy as fs  # noqa: E402
 
-METHODS = [fs.sgd, fs.adagrad, fs.rmsprop, fs.adam, fs.adamw, fs.adamax]
+METHODS = [fs.sgd, fs.adagrad, fs.rmsprop, fs.adam, fs.adamw, fs.adamax, fs.radam]
 
 
 def test_rosenbrock_with_adam_reaches_the_minimum():

@@ -30,6 +30,10 @@ TORCH_DEFAULTS = {
     "NAdam": dict(learning_rate=2e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                   weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
                   maximize=False),
+    "RAdam": dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                  weight_decay=0.0, decoupled_weight_decay=False, maximize=False),
+    "Rprop": dict(learning_rate=1e-2, eta_minus=0.5, eta_plus=1.2, step_size_min=1e-6,
+                  step_size_max=50.0, weight_decay=0.0, maximize=False),
 }
 
 
@@ -64,7 +68,7 @@ class TorchSpec:
         h, wd = self.h, self.h["weight_decay"] or 0.0
         if h["maximize"]:
             g = -g
-        if self.cls == "AdamW" or (self.cls == "NAdam" and h["decoupled_weight_decay"]):
+        if self.cls == "AdamW" or h.get("decoupled_weight_decay"):
             p = p * (1 - lr * wd)
         elif wd:
             g = g + wd * p
@@ -87,6 +91,16 @@ class TorchSpec:
                     st["momentum"] = mu * st["momentum"] + (1 - h["dampening"]) * g
                 g = g + mu * st["momentum"] if h["nesterov"] else st["momentum"]
             return p - lr * g
+        if self.cls == "Rprop":  # torch.sign is 0 for NaN, np.sign is not: none here
+            if "step_size" not in st:
+                st["prev"], st["step_size"] = np.zeros_like(p), np.full(p.shape, lr)
+            s = np.sign(g * st["prev"])
+            factor = np.select([s > 0, s < 0], [h["eta_plus"], h["eta_minus"]], 1.0)
+            st["step_size"] = np.clip(st["step_size"] * factor, h["step_size_min"],
+                                      h["step_size_max"])
+            g = np.where(s < 0, 0.0, g)
+            st["prev"] = g
+            return p - np.sign(g) * st["step_size"]
         if self.cls == "Adagrad":
             st.setdefault("accumulator", np.full(p.shape, h["initial_accumulator_value"]))
             clr = lr / (1 + (t - 1) * h["lr_decay"])
@@ -125,6 +139,17 @@ class TorchSpec:
             p = p - lr * (1 - mu) / (1 - prod) * g / denom
             return p - lr * mu_next / (1 - prod * mu_next) * st["momentum"] / denom
         st["momentum"] = b1 * st.get("momentum", 0.0) + (1 - b1) * g
+        if self.cls == "RAdam":  # variance rectification, or none while rho_t <= 5
+            st["velocity"] = b2 * st.get("velocity", 0.0) + (1 - b2) * g * g
+            m_hat = st["momentum"] / (1 - b1 ** t)
+            rho_inf = 2 / (1 - b2) - 1
+            rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+            if rho_t <= 5:
+                return p - lr * m_hat
+            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                             / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            adaptive = math.sqrt(1 - b2 ** t) / (np.sqrt(st["velocity"]) + h["epsilon"])
+            return p - lr * m_hat * rect * adaptive
         if self.cls == "Adamax":  # exp_inf: an infinity norm, epsilon inside the max
             st["norm"] = np.maximum(b2 * st.get("norm", 0.0), np.abs(g) + h["epsilon"])
             return p - lr / (1 - b1 ** t) * st["momentum"] / st["norm"]

@@ -59,7 +59,19 @@ TORCH_HOST = ("mu_product", "eta", "mu")
 # as ``host_<name>`` from the optimizer attribute ``_<name>``
 KERAS_HOST = ("u_product",)
 # torch keyword -> fastopt keyword (betas is split into beta_1, beta_2)
+# torch state names -> fastopt slot names
+TORCH_SLOTS = {"exp_avg": "momentum", "exp_avg_sq": "velocity",
+               "max_exp_avg_sq": "velocity_hat", "momentum_buffer": "momentum",
+               "sum": "accumulator", "square_avg": "velocity",
+               "grad_avg": "average_gradient", "exp_inf": "norm", "prev": "prev",
+               "step_size": "step_size"}
+# Keras optimizer-variable suffixes (already fastopt's names)
+KERAS_SLOTS = ("velocity_hat", "velocity", "momentum", "accumulator", "average_gradient",
+               "gradient_accumulator", "average", "norm")
+# torch keyword -> fastopt keyword; torch's pairs -> two fastopt keywords each
 TORCH_TO_FASTOPT = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
+TORCH_PAIRS = {"betas": ("beta_1", "beta_2"), "etas": ("eta_minus", "eta_plus"),
+               "step_sizes": ("step_size_min", "step_size_max")}
 
 
 # ---------------------------------------------------------------------------
@@ -139,6 +151,15 @@ CONFIGS = [
     torch_cfg("torch_asgd_averaging", "ASGD", lr=0.05, lambd=0.01, alpha=0.5, t0=10),
     torch_cfg("torch_asgd_l2_maximize", "ASGD", lr=0.05, t0=25, weight_decay=0.05,
               maximize=True),
+    torch_cfg("torch_radam", "RAdam", lr=0.01),
+    torch_cfg("torch_radam_weight_decay", "RAdam", lr=0.01, betas=(0.8, 0.99),
+              weight_decay=0.02, eps=1e-6),
+    torch_cfg("torch_radam_decoupled_weight_decay_maximize", "RAdam", lr=0.01, betas=(0.9, 0.95),
+              weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+    torch_cfg("torch_rprop", "Rprop", lr=0.01),
+    torch_cfg("torch_rprop_etas_step_sizes", "Rprop", lr=0.05, etas=(0.3, 1.5),
+              step_sizes=(1e-3, 0.2)),
+    torch_cfg("torch_rprop_maximize", "Rprop", lr=0.001, maximize=True),
     # --- keras.optimizers, convention="keras" --------------------------------------
     keras_cfg("keras_sgd", "SGD", learning_rate=0.05),
     keras_cfg("keras_sgd_momentum", "SGD", learning_rate=0.05, momentum=0.9),
@@ -313,8 +334,9 @@ def record_torch(cfg):
             trajectory[k][t] = p.detach().numpy()
     fastopt_kw = {}
     for key, v in cfg["kw"].items():
-        if key == "betas":
-            fastopt_kw["beta_1"], fastopt_kw["beta_2"] = v
+        if key in TORCH_PAIRS:
+            first, second = TORCH_PAIRS[key]
+            fastopt_kw[first], fastopt_kw[second] = v
         else:
             # ASGD's alpha is its own (RMSprop's alpha is fastopt's rho)
             own = cfg["cls"] == "ASGD" and key == "alpha"

@@ -11,7 +11,9 @@ are given to torch, so all three run the same amount of arithmetic.
 
 The benchmark names are the names of fastopt's Keras rules
 (:data:`fastopt.rule.RULES`) plus ``adamw`` and, for an optimizer of PyTorch
-only, its torch rule (``nadam_torch``, ``asgd_torch``).
+only, its torch rule (``nadam_torch``, ``asgd_torch``, ``radam``, ``rprop``).  An
+optimizer that exists in one framework only runs under that framework's
+convention whatever the benchmark's.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..hyperparams import convention_for
 from ..optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, NAdam,
-                          Nadam, RMSprop)
+                          Nadam, RAdam, RMSprop, Rprop)
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -78,6 +81,9 @@ CASES = {
     # torch's own NAdam, at torch's defaults on both sides
     "nadam_torch": Case(NAdam, {}, "nadam_torch", ("NAdam", {"lr": 0.002}, "foreach")),
     "asgd_torch": Case(ASGD, {}, "asgd_torch", ("ASGD", {"lr": 0.01}, "foreach")),
+    # torch only, at torch's defaults; torch 2.13 has no fused RAdam or Rprop
+    "radam": Case(RAdam, {}, "radam_torch", ("RAdam", {"lr": 0.001, "eps": 1e-8}, "foreach")),
+    "rprop": Case(Rprop, {}, "rprop_torch", ("Rprop", {"lr": 0.01}, "foreach")),
 }
 
 
@@ -90,9 +96,7 @@ def make_optimizer(name, params, backend="auto", convention=None, **options):
     of the case's own (:attr:`Case.options`).
     """
     case = CASES[name]
-    if len(case.cls._CONVENTIONS) == 1:  # a class of one framework: its own convention
-        convention = case.cls._CONVENTIONS[0]
-    return case.cls(params, backend=backend, convention=convention,
+    return case.cls(params, backend=backend, convention=convention_for(case.cls, convention),
                     **{**case.options, **options})
 
 

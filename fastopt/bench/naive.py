@@ -25,7 +25,7 @@ import numpy as np
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
            "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "lion", "adadelta",
-           "NAIVE", "SLOTS", "init_state", "stepper"]
+           "radam", "rprop", "NAIVE", "SLOTS", "init_state", "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -174,6 +174,8 @@ def ftrl(w, g, n, z, t=1, lr=0.001, lr_power=-0.3, l1=0.0, l2=0.0, beta=0.0):
     z += g - (n_new ** -lr_power - n ** -lr_power) / lr * w
     n[:] = n_new
     _ftrl_weights(w, z, n ** -lr_power, lr, l1, l2, beta)
+
+
 def lion(w, g, m, t=1, lr=0.001, beta_1=0.9, beta_2=0.99):
     """Lion: the sign of ``beta_1 m + (1 - beta_1) g``, then ``m`` decays by ``beta_2``."""
     w -= lr * np.sign(beta_1 * m + (1 - beta_1) * g)
@@ -188,18 +190,52 @@ def adadelta(w, g, acc_g, acc_d, t=1, lr=0.001, rho=0.95, eps=1e-7):
     w -= lr * delta
 
 
-#: name -> naive step function (fastopt's Keras rule names, and adamw)
+def radam(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-8):
+    """RAdam (PyTorch's): Adam with a rectified step once ``rho_t > 5``,
+    bias-corrected momentum SGD before."""
+    m[:] = beta_1 * m + (1 - beta_1) * g
+    v[:] = beta_2 * v + (1 - beta_2) * g * g
+    mhat = m / (1 - beta_1 ** t)
+    rho_inf = 2 / (1 - beta_2) - 1
+    rho_t = rho_inf - 2 * t * beta_2 ** t / (1 - beta_2 ** t)
+    if rho_t > 5:
+        r = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        w -= lr * r * mhat * (1 - beta_2 ** t) ** 0.5 / (np.sqrt(v) + eps)
+    else:
+        w -= lr * mhat
+
+
+def rprop(w, g, prev, step_size, t=1, lr=0.01, eta_minus=0.5, eta_plus=1.2,
+          step_size_min=1e-6, step_size_max=50.0):
+    """Rprop (PyTorch's): per-element step sizes, grown while the gradient
+    keeps its sign, shrunk (and that gradient dropped) when it flips."""
+    if t == 1:
+        step_size[:] = lr
+    s = np.sign(g * prev)
+    factor = np.ones_like(step_size)
+    factor[s > 0] = eta_plus
+    factor[s < 0] = eta_minus
+    step_size[:] = np.clip(step_size * factor, step_size_min, step_size_max)
+    g = g.copy()
+    g[s < 0] = 0
+    w -= np.sign(g) * step_size
+    prev[:] = g
+
+
+#: name -> naive step function (fastopt's Keras rule names, adamw, and the
+#: rules of optimizers PyTorch alone has)
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
                                  adamw, ftrl_sqrt, ftrl, lion, adadelta, nadam, nadam_torch,
-                                 asgd_torch)}
+                                 asgd_torch, radam, rprop)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
          "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "ftrl_sqrt": 2, "ftrl": 2,
-         "lion": 1, "adadelta": 2, "nadam": 2, "nadam_torch": 2, "asgd_torch": 1}
+         "lion": 1, "adadelta": 2, "nadam": 2, "nadam_torch": 2, "asgd_torch": 1, "radam": 2,
+         "rprop": 2}
 #: steps that also keep scalars across steps (running products, ASGD's eta and
 #: mu): their number, in one array per tensor after the slots
 SCALARS = {"nadam": 1, "nadam_torch": 1, "asgd_torch": 2}

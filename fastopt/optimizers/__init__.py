@@ -8,9 +8,11 @@ from ..algorithms.ftrl import Ftrl
 from ..algorithms.lion import Lion
 from ..algorithms.asgd import ASGD
 from ..algorithms.nadam import NAdam, Nadam
+from ..algorithms.radam import RAdam
+from ..algorithms.rprop import Rprop
 from ..algorithms.rmsprop import RMSprop
 from ..algorithms.sgd import SGD
 from ..optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion",
-           "Adadelta", "Nadam", "NAdam", "ASGD"]
+           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop"]

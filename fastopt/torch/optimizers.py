@@ -8,7 +8,8 @@ from ..rule import RULES
 from ._optim import FusedOptimizer, _decay, _f
 from ._state import _scalar_dtype, _step_tensor
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD",
+           "RAdam", "Rprop"]
 
 
 def _slot_keys(*rules):
@@ -275,3 +276,59 @@ class ASGD(FusedOptimizer, _torch.optim.ASGD):
             st["mu"] = _torch.ones((), dtype=_scalar_dtype())
         if "ax" not in st:
             st["ax"] = self._slot_zeros(p)
+
+
+class RAdam(FusedOptimizer, _torch.optim.RAdam):
+    """``torch.optim.RAdam`` (L2 or decoupled weight decay, maximize) on
+    fastopt's fused kernels; see :mod:`fastopt.torch`."""
+
+    _SLOT_KEYS = _slot_keys("radam_torch")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 decoupled_weight_decay=False, *, foreach=None, maximize=False,
+                 capturable=False, differentiable=False, state_dtype=None,
+                 state_rounding=None):
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay,
+                         foreach=foreach, maximize=maximize, capturable=capturable,
+                         differentiable=differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        b1, b2 = group["betas"]
+        keep, l2 = _decay(group, group["decoupled_weight_decay"])
+        return "radam_torch", (_f(group["lr"]), _f(b1), _f(b2), _f(group["eps"])), keep, l2
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        for key in self._SLOT_KEYS["radam_torch"]:
+            if key not in st:
+                st[key] = self._slot_zeros(p)
+
+
+class Rprop(FusedOptimizer, _torch.optim.Rprop):
+    """``torch.optim.Rprop`` (``etas``, ``step_sizes``, maximize) on fastopt's
+    fused kernels; see :mod:`fastopt.torch`."""
+
+    _SLOT_KEYS = _slot_keys("rprop_torch")
+
+    def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *,
+                 capturable=False, foreach=None, maximize=False, differentiable=False,
+                 state_dtype=None, state_rounding=None):
+        super().__init__(params, lr, etas, step_sizes, capturable=capturable, foreach=foreach,
+                         maximize=maximize, differentiable=differentiable)
+        self._fastopt_init(capturable, differentiable, state_dtype, state_rounding)
+
+    def _rule(self, group):
+        eta_minus, eta_plus = group["etas"]
+        low, high = group["step_sizes"]
+        return ("rprop_torch", (_f(group["lr"]), _f(eta_minus), _f(eta_plus), _f(low), _f(high)),
+                1.0, 0.0)
+
+    def _new_state(self, group, p, st):
+        if "step" not in st:
+            st["step"] = _step_tensor()
+        if "prev" not in st:
+            st["prev"] = self._slot_zeros(p)
+        if "step_size" not in st:  # as torch: the learning rate when the state is made
+            st["step_size"] = self._slot_zeros(p).fill_(_f(group["lr"]))

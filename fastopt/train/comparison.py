@@ -19,7 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..optimizers import ASGD, SGD, Adadelta, Adagrad, Adam, AdamW, Ftrl, Lion, NAdam, Nadam, RMSprop
+from ..hyperparams import convention_for
+from ..optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, AdamW, Ftrl, Lion, NAdam, Nadam,
+                          RAdam, RMSprop, Rprop)
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -54,6 +56,8 @@ OPTIMIZERS = {
     "nadam": Recipe(Nadam, False, {}),        # Keras's Nadam (Keras convention only)
     "nadam_torch": Recipe(NAdam, False, {}),  # torch's NAdam (torch convention only)
     "asgd": Recipe(ASGD, False, {}),          # torch's ASGD (torch convention only)
+    "radam": Recipe(RAdam, False, {}),
+    "rprop": Recipe(Rprop, False, {}),
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
@@ -66,7 +70,8 @@ def make_optimizer(name, params, learning_rate=0.01, momentum=0.3, backend="auto
 
     ``learning_rate`` is always passed; ``momentum`` only to the names that
     take it (``momentum``, ``nesterov``); everything else keeps the
-    optimizer's defaults under ``convention``.  ``state_dtype`` and
+    optimizer's defaults under ``convention`` (an optimizer that exists in
+    one framework only, such as RAdam, under its own).  ``state_dtype`` and
     ``state_rounding`` (reduced-precision optimizer state) go to every
     optimizer.
     """
@@ -77,7 +82,7 @@ def make_optimizer(name, params, learning_rate=0.01, momentum=0.3, backend="auto
     if recipe.takes_momentum:
         options["momentum"] = momentum
     return recipe.cls(params, learning_rate=learning_rate, backend=backend,
-                      convention=convention, state_dtype=state_dtype,
+                      convention=convention_for(recipe.cls, convention), state_dtype=state_dtype,
                       state_rounding=state_rounding, **options)
 
 
