@@ -48,6 +48,10 @@ OPTIMIZERS = [
     ("Adam", {}),
     ("AdamW", {}),
     ("Adamax", {}),
+    ("Nadam", {}),
+    ("Adadelta", {}),
+    ("Lion", {}),
+    ("Ftrl", {}),
     ("Adam", {"weight_decay": 0.004, "clipnorm": 1.0}),
 ]
 
