@@ -422,6 +422,15 @@ def test_torch_twins_exist_for_every_case():
         step, got = cases.torch_stepper(name, params, [np.full(6, 0.5, np.float32)])
         step()
         assert got == impl and params[0][0] != 1.0     # the numpy array itself moved
+        impls = cases.torch_implementations(name)
+        assert impls == (("fused",) if has_fused else ("foreach", "for-loop")), name
+        if not has_fused:  # the for-loop path: the same step
+            loop = [np.ones(6, np.float32)]
+            step, got = cases.torch_stepper(name, loop, [np.full(6, 0.5, np.float32)],
+                                            "for-loop")
+            step()
+            assert got == "for-loop"
+            np.testing.assert_allclose(loop[0], params[0], rtol=1e-6)
     assert torch.get_num_threads() >= 1
 
 

@@ -151,13 +151,24 @@ def naive_stepper(name, params, grads):
     return naive.stepper(name, params, grads)
 
 
-def torch_stepper(name, params, grads):
+def torch_implementations(name):
+    """The ``torch.optim`` implementations of ``name``'s twin worth timing:
+    ``("fused",)`` where torch has a fused CPU one, else ``("foreach",
+    "for-loop")`` (the faster of the two is the one to beat: for some
+    optimizers, Adadelta among them, torch's for-loop beats its foreach)."""
+    twin = CASES[name].torch
+    if twin is None:
+        return (None,)  # torch_stepper says that torch has no such optimizer
+    return ("fused",) if twin[2] == "fused" else ("foreach", "for-loop")
+
+
+def torch_stepper(name, params, grads, implementation=None):
     """``(step, implementation)`` for the ``torch.optim`` twin of ``name``.
 
     ``params`` and ``grads`` (NumPy arrays) are shared with torch tensors, not
-    copied; ``implementation`` is ``"fused"`` or ``"foreach"``.  Raises
-    ImportError when torch cannot be imported, LookupError when torch.optim
-    has no such optimizer.
+    copied; ``implementation`` is ``"fused"``, ``"foreach"`` or ``"for-loop"``
+    (default: the case's fused or foreach one).  Raises ImportError when torch
+    cannot be imported, LookupError when torch.optim has no such optimizer.
     """
     import torch
 
@@ -165,10 +176,14 @@ def torch_stepper(name, params, grads):
         raise LookupError(f"torch.optim {torch.__version__} has no "
                           f"{CASES[name].cls.__name__}")
     cls, kwargs, impl = CASES[name].torch
+    impl = impl if implementation is None else implementation
     tensors = []
     for p, g in zip(params, grads):
         t = torch.nn.Parameter(torch.from_numpy(p))
         t.grad = torch.from_numpy(g)
         tensors.append(t)
-    opt = getattr(torch.optim, cls)(tensors, **kwargs, **{impl: True})
+    flags = {"foreach": False} if impl == "for-loop" else {impl: True}
+    if impl == "for-loop" and cls in ("Adam", "AdamW"):
+        flags["fused"] = False
+    opt = getattr(torch.optim, cls)(tensors, **kwargs, **flags)
     return opt.step, impl
