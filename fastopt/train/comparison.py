@@ -26,8 +26,8 @@ from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
 
-__all__ = ["Recipe", "OPTIMIZERS", "DEFAULT_OPTIMIZERS", "MODELS", "make_optimizer",
-           "check_optimizers", "make_model", "compare", "summarize", "format_table",
+__all__ = ["Recipe", "OPTIMIZERS", "DEFAULT_OPTIMIZERS", "MODELS", "recipe_options",
+           "make_optimizer", "check_optimizers", "make_model", "compare", "summarize", "format_table",
            "json_report", "diverged", "run_label"]
 
 
@@ -64,6 +64,18 @@ DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop
 MODELS = ("logistic", "mlp")
 
 
+def recipe_options(name, momentum=0.3):
+    """``(recipe, options)`` of the name ``name`` (a key of :data:`OPTIMIZERS`):
+    the recipe's own options, and ``momentum`` for the names that take it."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
+    recipe = OPTIMIZERS[name]
+    options = dict(recipe.options)
+    if recipe.takes_momentum:
+        options["momentum"] = momentum
+    return recipe, options
+
+
 def make_optimizer(name, params, learning_rate=0.01, momentum=0.3, backend="auto",
                    convention=None, state_dtype=None, state_rounding=None):
     """The optimizer ``name`` (a key of :data:`OPTIMIZERS`) over ``params``.
@@ -75,12 +87,7 @@ def make_optimizer(name, params, learning_rate=0.01, momentum=0.3, backend="auto
     ``state_rounding`` (reduced-precision optimizer state) go to every
     optimizer.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
-    recipe = OPTIMIZERS[name]
-    options = dict(recipe.options)
-    if recipe.takes_momentum:
-        options["momentum"] = momentum
+    recipe, options = recipe_options(name, momentum)
     return recipe.cls(params, learning_rate=learning_rate, backend=backend,
                       convention=convention_for(recipe.cls, convention), state_dtype=state_dtype,
                       state_rounding=state_rounding, **options)

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from . import _checks
-from .comparison import DEFAULT_OPTIMIZERS, MODELS, OPTIMIZERS
+from .comparison import DEFAULT_OPTIMIZERS, MODELS, OPTIMIZERS, recipe_options
 
 __all__ = ["KerasUnavailable", "IMPLEMENTATIONS", "STYLES", "load", "versions", "make_optimizer",
            "check_optimizers", "make_model", "compare", "curve_differences"]
@@ -98,12 +98,7 @@ def make_optimizer(module, name, learning_rate=0.01, momentum=0.3):
     (``keras.optimizers`` or ``fastopt.keras``): the class of the same name as
     the recipe's fastopt class, with the recipe's options, ``learning_rate``,
     and ``momentum`` for the names that take it; Keras's defaults otherwise."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
-    recipe = OPTIMIZERS[name]
-    options = dict(recipe.options)
-    if recipe.takes_momentum:
-        options["momentum"] = momentum
+    recipe, options = recipe_options(name, momentum)
     cls = getattr(module, recipe.cls.__name__, None)
     if cls is None:
         raise ValueError(f"{recipe.cls.__name__} is not a Keras optimizer (it exists in "
