@@ -112,7 +112,8 @@ class OptimizerInfo:
         Bad hyperparameters of this class and the error they must raise.
     search_space : dict
         Keyword -> hypothesis strategy: the variant with random valid
-        hyperparameters (tests/test_hypothesis.py).
+        hyperparameters (tests/test_hypothesis.py); a ``learning_rate``
+        entry replaces the test's own range (Ftrl divides by it).
     """
 
     id: str

@@ -167,6 +167,12 @@ def test_a_schedule_reaching_zero_raises_and_changes_nothing():
         assert np.array_equal(v, before[1]["slots"][k])
 
 
+def test_a_learning_rate_whose_reciprocal_overflows_is_refused():
+    with pytest.raises(ValueError, match="learning_rate must be > 0 .*got 5e-310"):
+        fastopt.Ftrl(np.ones(2), learning_rate=5e-310)
+    fastopt.Ftrl(np.ones(2), learning_rate=1e-300).step(np.ones(2))
+
+
 def test_learning_rate_zero_is_refused_in_groups_and_by_assignment():
     with pytest.raises(ValueError, match=r"Ftrl \(param group 1\): learning_rate must be > 0"):
         fastopt.Ftrl([{"params": [np.ones(2)]},

@@ -46,8 +46,9 @@ class Ftrl(Optimizer):
     ----------
     params : array, list/tuple of arrays, dict of arrays, or parameter groups
     learning_rate : float > 0 or schedule, default 0.001
-        The update divides by it, so 0 is refused (also when a schedule
-        returns it: that step raises and changes nothing).
+        The update divides by it, so 0 is refused, and so is a value below
+        5.6e-309, whose reciprocal overflows (also when a schedule returns
+        one: that step raises and changes nothing).
     learning_rate_power : float <= 0, default -0.5
         ``n^(-learning_rate_power)`` scales the step; 0 gives a fixed
         learning rate.
@@ -116,45 +117,50 @@ class Ftrl(Optimizer):
 
 
 def _positive_lr(owner, lr, when):
-    if not lr > 0.0:
+    # the kernels multiply by 1/lr, which must be finite (lr > 5.6e-309)
+    if not (lr > 0.0 and 1.0 / lr < float("inf")):
         raise ValueError(f"{owner}: learning_rate must be > 0 (Ftrl divides by it), got "
                          f"{lr!r}{when}")
 
 
 # ---------------------------------------------------------------------------
 # Per-step scalars and the element functions.  The two rules differ only in
-# n^p: pow() in general, sqrt() for p = 0.5, which vectorises.
+# n^p: pow() in general, sqrt() for p = 0.5, which vectorises.  Keras divides
+# by lr twice per element; here 1/lr is computed once per step and multiplied
+# (one division per element is left; the results differ from Keras's order by
+# an ulp or so, 1e-16 of the displacement in the float64 recordings).
 
 def prepare_ftrl(learning_rate, learning_rate_power, l1_regularization_strength,
                  l2_regularization_strength, l2_shrinkage_regularization_strength, beta):
-    return {"lr": learning_rate, "power": -learning_rate_power,
+    return {"inv_lr": 1.0 / learning_rate, "power": -learning_rate_power,
             "two_shrinkage": 2.0 * l2_shrinkage_regularization_strength,
             "l1": l1_regularization_strength,
             "two_l2": 2.0 * (l2_regularization_strength + beta / (2.0 * learning_rate))}
 
 
-def element_ftrl(g, w, accumulator, linear, lr, power, two_shrinkage, l1, two_l2):
+def element_ftrl(g, w, accumulator, linear, inv_lr, power, two_shrinkage, l1, two_l2):
     old_power = pow(accumulator, power)
     accumulator = accumulator + g * g
     new_power = pow(accumulator, power)
-    linear = linear + ((g + two_shrinkage * w) - (new_power - old_power) / lr * w)
-    w = (min(max(linear, -l1), l1) - linear) / (new_power / lr + two_l2)
+    linear = linear + ((g + two_shrinkage * w) - (new_power - old_power) * inv_lr * w)
+    w = (min(max(linear, -l1), l1) - linear) / (new_power * inv_lr + two_l2)
     return w, accumulator, linear
 
 
 def prepare_ftrl_sqrt(learning_rate, l1_regularization_strength, l2_regularization_strength,
                       l2_shrinkage_regularization_strength, beta):
-    return {"lr": learning_rate, "two_shrinkage": 2.0 * l2_shrinkage_regularization_strength,
+    return {"inv_lr": 1.0 / learning_rate,
+            "two_shrinkage": 2.0 * l2_shrinkage_regularization_strength,
             "l1": l1_regularization_strength,
             "two_l2": 2.0 * (l2_regularization_strength + beta / (2.0 * learning_rate))}
 
 
-def element_ftrl_sqrt(g, w, accumulator, linear, lr, two_shrinkage, l1, two_l2):
+def element_ftrl_sqrt(g, w, accumulator, linear, inv_lr, two_shrinkage, l1, two_l2):
     old_root = sqrt(accumulator)
     accumulator = accumulator + g * g
     new_root = sqrt(accumulator)
-    linear = linear + ((g + two_shrinkage * w) - (new_root - old_root) / lr * w)
-    w = (min(max(linear, -l1), l1) - linear) / (new_root / lr + two_l2)
+    linear = linear + ((g + two_shrinkage * w) - (new_root - old_root) * inv_lr * w)
+    w = (min(max(linear, -l1), l1) - linear) / (new_root * inv_lr + two_l2)
     return w, accumulator, linear
 
 
