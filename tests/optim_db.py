@@ -34,6 +34,14 @@ _BETA_1 = st.floats(0.0, 0.99)
 _BETA_2 = st.floats(0.5, 0.9999)
 _MOMENTUM = st.sampled_from([0.0, 0.9]) | st.floats(0.0, 1.0)
 _RMS_MOMENTUM = st.sampled_from([0.0]) | st.floats(0.0, 0.99)
+# Ftrl's hyperparameters; its learning rate and first accumulator stay away
+# from 0 (it divides by both)
+_FTRL_SPACE = {"learning_rate": st.floats(1e-3, 0.3),
+               "initial_accumulator_value": st.floats(0.01, 1.0),
+               "l1_regularization_strength": st.floats(0.0, 0.1),
+               "l2_regularization_strength": st.floats(0.0, 0.1),
+               "l2_shrinkage_regularization_strength": st.floats(0.0, 0.1),
+               "beta": st.floats(0.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -409,12 +417,7 @@ DB = [
             ({"beta": True}, TypeError, "beta must be a real number"),
             ({"lr_power": -0.5}, ValueError, r"unknown hyperparameter\(s\) 'lr_power'"),
         ),
-        search_space={"learning_rate": st.floats(1e-3, 0.3),
-                      "initial_accumulator_value": st.floats(0.01, 1.0),
-                      "l1_regularization_strength": st.floats(0.0, 0.1),
-                      "l2_regularization_strength": st.floats(0.0, 0.1),
-                      "l2_shrinkage_regularization_strength": st.floats(0.0, 0.1),
-                      "beta": st.floats(0.0, 1.0)}),
+        search_space=_FTRL_SPACE),
     OptimizerInfo(
         "ftrl_power", fastopt.Ftrl,
         {"learning_rate_power": -0.3, "l1_regularization_strength": 1e-3,
@@ -425,13 +428,8 @@ DB = [
         quadratic_lr=0.1, rosenbrock_lr=0.1,
         golden=("keras_ftrl_power_l1_l2_shrinkage_beta",
                 "keras_ftrl_power_zero_zero_accumulator"),
-        search_space={"learning_rate": st.floats(1e-3, 0.3),
-                      "learning_rate_power": st.floats(-1.0, 0.0).filter(lambda p: p != -0.5),
-                      "initial_accumulator_value": st.floats(0.01, 1.0),
-                      "l1_regularization_strength": st.floats(0.0, 0.1),
-                      "l2_regularization_strength": st.floats(0.0, 0.1),
-                      "l2_shrinkage_regularization_strength": st.floats(0.0, 0.1),
-                      "beta": st.floats(0.0, 1.0)}),
+        search_space={**_FTRL_SPACE, "learning_rate_power":
+                      st.floats(-1.0, 0.0).filter(lambda p: p != -0.5)}),
     OptimizerInfo(
         "adadelta", fastopt.Adadelta, {}, 1.0,
         rules={"keras": "adadelta", "torch": "adadelta_torch"},
