@@ -28,6 +28,12 @@ step reach.  ``--json PATH`` writes everything.
     python benchmarks/torch_bench.py [--cases gpt2,resnet50,many,one]
         [--rounds 7] [--threads N] [--param-dtype bfloat16] [--json out.json]
 
+``--optimizers adadelta,nadam,asgd,radam,rprop`` (any of :data:`CATALOGUE`)
+times those instead of AdamW and RMSprop: ``fastopt.torch``'s class against
+torch's foreach and for-loop implementations (torch 2.13 fuses none of them),
+at torch's defaults, one optimizer at a time so that only one set of state
+is allocated besides the parameters.
+
 ``--param-dtype bfloat16`` (or ``float16``) runs AdamW on parameters,
 gradients and state of that dtype (fastopt against torch's fused, foreach and
 for-loop implementations).
@@ -95,6 +101,22 @@ def make_params(shapes, seed=0, dtype=torch.float32):
 
 versions = {}
 
+#: ``--optimizers`` names beyond AdamW/RMSprop: torch class name and the
+#: fastopt rule that counts the traffic (at torch's defaults)
+CATALOGUE = {"adadelta": ("Adadelta", "adadelta_torch"), "nadam": ("NAdam", "nadam_torch"),
+             "asgd": ("ASGD", "asgd_torch"), "radam": ("RAdam", "radam_torch"),
+             "rprop": ("Rprop", "rprop_torch")}
+
+
+def catalogue_candidates(params, name):
+    """fastopt.torch's ``name`` against torch's foreach and for-loop steps."""
+    cls, rule = CATALOGUE[name]
+    return {f"{name}/fastopt": (getattr(ft, cls)(params), rule, None),
+            f"{name}/torch-foreach": (getattr(torch.optim, cls)(params, foreach=True), rule,
+                                      None),
+            f"{name}/torch-for-loop": (getattr(torch.optim, cls)(params, foreach=False), rule,
+                                       None)}
+
 
 def candidates(params):
     """name -> (optimizer, rule for the traffic count, state dtype)."""
@@ -135,11 +157,11 @@ def candidates(params):
     return out
 
 
-def run_case(name, rounds, ceiling, dtype=torch.float32):
+def run_case(name, rounds, ceiling, dtype=torch.float32, optimizer=None):
     shapes = CASES[name]()
     params = make_params(shapes, dtype=dtype)
     n = sum(p.numel() for p in params)
-    cands = candidates(params)
+    cands = candidates(params) if optimizer is None else catalogue_candidates(params, optimizer)
     for opt, _, _ in cands.values():  # state allocated and first-touched
         opt.step()
     small = n < 1_000_000
@@ -153,7 +175,7 @@ def run_case(name, rounds, ceiling, dtype=torch.float32):
             moved //= 2
         rows[key] = {"median_s": med, "samples_s": times[key],
                      "gbps": moved / med / 1e9, "ceiling_fraction": moved / med / 1e9 / ceiling}
-    for family in ("adamw", "rmsprop"):
+    for family in ("adamw", "rmsprop", *CATALOGUE):
         if not any(k.startswith(family + "/torch") for k in rows):
             continue
         torch_best = min(r["median_s"] for k, r in rows.items()
@@ -172,8 +194,17 @@ def main(argv=None):
     ap.add_argument("--param-dtype", choices=["float32", "bfloat16", "float16"],
                     default="float32", help="bfloat16 or float16: parameters, gradients "
                     "and state in that dtype (AdamW only)")
+    ap.add_argument("--optimizers", default="adamw,rmsprop",
+                    help="adamw,rmsprop (together, with AdamW's bfloat16-state row), or any "
+                         f"of {', '.join(CATALOGUE)}, each timed on its own")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    names = args.optimizers.split(",")
+    bad = [x for x in names if x not in ("adamw", "rmsprop", *CATALOGUE)]
+    if bad:
+        ap.error(f"unknown optimizers {bad}")
+    groups = ([None] if {"adamw", "rmsprop"} & set(names) else []) + \
+        [x for x in names if x in CATALOGUE]
     torch.set_num_threads(args.threads)
     fastopt.set_num_threads(args.threads)
     info = machine_info()
@@ -185,9 +216,17 @@ def main(argv=None):
           f"{args.threads} threads each; rmw ceiling {ceiling:.1f} GB/s")
     results = {"machine": info, "rmw_ceiling_gbps": ceiling, "rounds": args.rounds,
                "param_dtype": args.param_dtype, "cases": {}}
-    for name in args.cases.split(","):
-        res = run_case(name, args.rounds, ceiling, getattr(torch, args.param_dtype))
-        results["cases"][name] = res
+    for name, group in [(c, g) for c in args.cases.split(",") for g in groups]:
+        res = run_case(name, args.rounds, ceiling, getattr(torch, args.param_dtype), group)
+        if group is not None:  # one optimizer per run_case: merge the rows per case
+            old = results["cases"].get(name)
+            if old is not None:
+                old["rows"].update(res["rows"])
+                res = {**old, "rows": res["rows"]}
+            else:
+                results["cases"][name] = dict(res)
+        else:
+            results["cases"][name] = res
         print(f"\n## {name}: {res['tensors']} tensors, {res['params']:,} parameters")
         print(f"{'candidate':28s} {'median':>11s} {'GB/s':>7s} {'ceiling':>8s} "
               f"{'vs torch best':>14s}")
@@ -196,7 +235,7 @@ def main(argv=None):
             unit = f"{med * 1e3:8.2f} ms" if med >= 1e-3 else f"{med * 1e6:8.1f} us"
             print(f"{key:28s} {unit:>11s} {r['gbps']:7.1f} {r['ceiling_fraction']:7.0%} "
                   f"{r.get('speedup_vs_torch_best', float('nan')):13.2f}x")
-        if name == "many":
+        if name == "many" and "adamw/fastopt" in res["rows"]:
             per = res["rows"]["adamw/fastopt"]["median_s"] / res["tensors"]
             print(f"# fastopt AdamW: {per * 1e6:.2f} us per tensor, kernel and wrapper together")
     info["loadavg_at_end"] = os.getloadavg()

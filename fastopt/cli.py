@@ -445,6 +445,7 @@ def _bench(args):
 def _add_bench(sub):
     from fastopt import bench
     from fastopt.backends import BACKEND_NAMES
+    from fastopt.hyperparams import own_conventions
 
     p = sub.add_parser(
         "bench", help="time the optimizer steps against the memory ceiling, NumPy and PyTorch",
@@ -477,7 +478,8 @@ def _add_bench(sub):
                    help="fewer and shorter samples: a rough answer fast")
     p.add_argument("--convention", choices=("keras", "torch"), default="keras",
                    help="of the fastopt optimizers; one that exists in one framework only "
-                        "(radam, rprop: torch) runs under its own (default: keras)")
+                        f"({own_conventions({n: c.cls for n, c in bench.CASES.items()})}) runs "
+                        "under its own (default: keras)")
     p.add_argument("--state-dtype", choices=("bfloat16",),
                    help="optimizer state as bfloat16 (float32 params, numba backend; see the "
                         "README, Reduced-precision optimizer state)")
@@ -494,6 +496,7 @@ def _add_bench(sub):
 
 def _add_compare(sub):
     from fastopt.backends import BACKEND_NAMES
+    from fastopt.hyperparams import own_conventions
     from fastopt.train import comparison
 
     p = sub.add_parser(
@@ -529,8 +532,9 @@ def _add_compare(sub):
                    help="(default: auto)")
     p.add_argument("--convention", choices=("keras", "torch"), default="keras",
                    help="the optimizers' formulas and defaults; one that exists in one "
-                        "framework only (radam, rprop: torch) runs under its own "
-                        "(default: keras)")
+                        "framework only "
+                        f"({own_conventions({n: r.cls for n, r in comparison.OPTIMIZERS.items()})})"
+                        " runs under its own (default: keras)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="of the model and optimizer (default: float32)")
     p.add_argument("--state-dtype", choices=("bfloat16",),

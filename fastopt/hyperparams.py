@@ -16,7 +16,7 @@ from ._validation import boolean, real, unknown_keywords
 from .backends import BACKEND_NAMES, STATE_DTYPES, resolve_state_backend
 
 __all__ = ["CONVENTIONS", "FRAMEWORKS", "COMMON_OPTIONS", "check_arguments", "check_group_hyperparams",
-           "check_group_keys", "check_placement", "convention_for",
+           "check_group_keys", "check_placement", "convention_for", "own_conventions",
            "check_clipping", "checked_lr", "scheduled_lr", "lr_config",
            "learning_rate_from_config", "config_arguments", "with_current_callables",
            "state_options", "check_state_rules", "count"]
@@ -75,6 +75,17 @@ def convention_for(cls, convention):
     that exists in one framework only, such as RAdam, has that one alone)."""
     offered = cls._CONVENTIONS
     return convention if convention is None or convention in offered else offered[0]
+
+
+def own_conventions(classes):
+    """``"ftrl, lion: keras; radam, rprop: torch"`` for a ``{name: class}``
+    mapping: the names whose class exists in one framework only, by that
+    framework (help texts and reports of tools that take a ``convention``)."""
+    by = {}
+    for name, cls in classes.items():
+        if len(cls._CONVENTIONS) == 1:
+            by.setdefault(cls._CONVENTIONS[0], []).append(name)
+    return "; ".join(f"{', '.join(sorted(names))}: {c}" for c, names in sorted(by.items()))
 
 
 def check_group_hyperparams(owner, check_own, hyperparams):

@@ -24,7 +24,8 @@ from fastopt.cli import _Progress, main
 # tiny and fast: a few ms per measurement
 TINY = ["--sizes", "64,300", "--tensors", "3", "--repeats", "2", "--warmup", "1", "--quick",
         "--quiet"]
-ROW_KEYS = {"optimizer", "rule", "backend", "backend_used", "size", "tensors", "dtype",
+ROW_KEYS = {"optimizer", "convention", "rule", "backend", "backend_used", "size", "tensors",
+            "dtype",
             "bytes_per_param", "time_s", "ns_per_param", "gbps", "ceiling_gbps",
             "pct_of_ceiling", "naive_time_s", "speedup_vs_naive", "torch_impl", "torch_time_s",
             "speedup_vs_torch", "torch_note", "max_rel_error", "tolerance", "numerics_ok"}
@@ -442,3 +443,30 @@ def test_time_calls_interleaves_and_rotates():
     assert order[:6] == list("aabbcc")                      # warm-up, untimed
     assert order[6:] == list("abc" "bca" "cab")             # each round starts later
     assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_step_error_leaves_out_rprop_products_that_underflow_in_float32(monkeypatch):
+    # the last gradient times the kept one is 9e-47: zero in float32 (Rprop
+    # keeps the step size there, as torch does in float32), positive in
+    # float64; every other element must still agree
+    draws = iter([np.array([1.0, -0.7, 2.0], np.float32),    # parameters
+                  np.array([0.5, 0.0, 1.0], np.float32),     # steps 1, 2
+                  np.array([0.5, 3.657e-21, -1.0], np.float32),
+                  np.array([0.25, 2.56e-26, -1.0], np.float32)])  # the compared step
+    monkeypatch.setattr(numerics, "awkward_values", lambda rng, shape, dtype: next(draws))
+    assert numerics.step_error("rprop", [(3,)], "float32", "numba") <= 1e-7
+    draws = iter([np.array([1.0, -0.7, 2.0], np.float32), np.array([0.5, 0.0, 1.0], np.float32),
+                  np.array([0.5, 3.657e-21, -1.0], np.float32),
+                  np.array([0.25, 2.56e-26, -1.0], np.float32)])
+    monkeypatch.setattr(numerics, "UNDERFLOW_DECISIONS", {})
+    assert numerics.step_error("rprop", [(3,)], "float32", "numba") > 0.1
+
+
+def test_report_names_the_rows_run_under_their_own_convention(capsys):
+    code, out, err = _run(["--optimizers", "adam,lion,rprop", "--backends", "numba", *TINY,
+                           "--no-torch", "--no-numerics", "--convention", "torch"], capsys)
+    assert code == 0, err
+    assert "torch convention (lion: keras, its only one)" in out
+    code, out, err = _run(["--optimizers", "adam,lion,rprop", "--backends", "numba", *TINY,
+                           "--no-torch", "--no-numerics"], capsys)
+    assert "keras convention (rprop: torch, its only one)" in out

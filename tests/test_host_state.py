@@ -10,6 +10,7 @@ for bit the uninterrupted one, a bad or missing host state is refused with
 nothing changed, and the state of optimizers without host state -- dicts
 and files written before it existed -- is as before.
 """
+import copy
 import pickle
 
 import numpy as np
@@ -284,3 +285,47 @@ def test_asgd_eta_and_mu_as_torch_keeps_them():
         host = opt.host_state()
         assert host["eta/0"] == float(np.float32(0.05 / (1 + 0.01 * 0.05 * t) ** 0.5))
         assert host["mu/0"] == float(np.float32(1 / max(1, t - 2)))
+
+
+@pytest.mark.parametrize("name", ["ASGD", "NAdam"])
+def test_torch_adapter_short_way_keeps_per_parameter_host_state(name):
+    """The prepared short way of fastopt.torch (one advance for a group whose
+    parameters share count and host values) against torch.optim, through
+    steps where the parameters drift apart (a missing gradient), a host value
+    written in place by the user, and a checkpoint loaded mid-run."""
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as ft
+    from fastopt.torch._plan import _GroupPlan
+    torch.manual_seed(1)
+    kw = {"ASGD": dict(lr=0.05, lambd=0.01, alpha=0.6, t0=3),
+          "NAdam": dict(lr=0.01, momentum_decay=0.01)}[name]
+    ps = [torch.randn(4, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    fast, ref = getattr(ft, name)(ps, **kw), getattr(torch.optim, name)(qs, foreach=False, **kw)
+    short = 0
+    for t in range(14):
+        for p, q in zip(ps, qs):
+            g = torch.randn_like(p)
+            p.grad, q.grad = (None, None) if (t == 9 and p is ps[2]) else (g, g.clone())
+        plan = fast._fastopt_plans.get(id(fast.param_groups[0]))
+        short += plan is not None and plan.grads(fast.state, plan.rule) is not None
+        if t == 6:  # the user writes a host value in place, in both
+            key = "eta" if name == "ASGD" else "mu_product"
+            for p, q in zip(ps, qs):
+                fast.state[p][key].fill_(0.5)
+                ref.state[q][key].fill_(0.5)
+        if t == 11:  # (a copy: torch's state_dict holds its live tensors)
+            fast.load_state_dict(copy.deepcopy(ref.state_dict()))
+        fast.step()
+        ref.step()
+        for p, q in zip(ps, qs):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-14)
+    for p, q in zip(ps, qs):
+        for k, v in ref.state[q].items():
+            if v.ndim:  # slots: the parameters' rounding (torch does not fuse)
+                torch.testing.assert_close(fast.state[p][k], v, rtol=0, atol=1e-14)
+            else:       # the count and the host values: exactly torch's
+                assert torch.equal(fast.state[p][k], v), k
+    # steps 1 to 8 the short way (step 0 builds the plan; from step 9 on the
+    # parameters' counts differ)
+    assert isinstance(plan, _GroupPlan) and short == 8

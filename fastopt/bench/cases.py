@@ -89,8 +89,8 @@ CASES = {
 
 def make_optimizer(name, params, backend="auto", convention=None, **options):
     """The fastopt optimizer of benchmark ``name`` over ``params``
-    (``convention`` is ignored for a class of one framework, Nadam, NAdam
-    and ASGD, which runs its own).
+    (``convention`` is ignored for a class of one framework only, such as
+    Lion or RAdam, which runs its own).
 
     ``options`` are extra keyword arguments for the optimizer class, on top
     of the case's own (:attr:`Case.options`).

@@ -19,6 +19,13 @@ whose update cancels to almost nothing (a zero parameter whose momentum
 nearly cancels the gradient) from counting its rounding as a large
 relative error; a wrong formula still shows on every typical element.
 
+Rprop decides per element on the sign of ``g * prev``.  Where that product
+underflows to zero in the row's dtype but not in float64 (two values of the
+1e-20 kind times a small one: float32 products below 1.4e-45), the kernel
+decides as torch does in that dtype (no sign: the step size is kept) and the
+float64 reference decides otherwise; such elements (one in 1.24e8 in the
+benchmark's draw) are left out of the comparison (:data:`UNDERFLOW_DECISIONS`).
+
 With ``state_dtype="bfloat16"`` in the options, the slots are decoded from
 their bfloat16 bit patterns for the reference, and the result covers the
 parameters only: the kernel updates each parameter from the new slot values
@@ -41,6 +48,10 @@ __all__ = ["awkward_values", "step_error", "TOLERANCE"]
 #: measured errors are 1e-7 and below in float32, 1e-16 in float64).
 TOLERANCE = {"float32": 2e-5, "float64": 4e-14}
 
+#: rule -> the slot multiplied by the gradient for a per-element decision on
+#: the product's sign (see the module docstring)
+UNDERFLOW_DECISIONS = {"rprop_torch": "prev"}
+
 
 def awkward_values(rng, shape, dtype):
     """Standard normal values with about 10% exact zeros, 1% times 1e3 and 1%
@@ -53,7 +64,20 @@ def awkward_values(rng, shape, dtype):
     return x.astype(dtype)
 
 
-def _relative_error(x, ref, old):
+def _undecidable(grads, old_slots, slot, dtype):
+    """Per tensor, the elements where ``g * slot`` is zero in ``dtype`` but
+    not in float64 (None when there are none)."""
+    out = []
+    for i, g in enumerate(grads):
+        other = old_slots[f"{slot}/{i}"]
+        with np.errstate(under="ignore"):
+            low = g.astype(dtype) * other.astype(dtype)
+        mask = (low == 0) & (g.astype(np.float64) * other != 0)
+        out.append(mask if mask.any() else None)
+    return out
+
+
+def _relative_error(x, ref, old, skip=None):
     x = np.asarray(x, np.float64)
     scale = np.maximum(np.abs(ref), np.abs(old))
     floor = max(float(np.median(scale)) if scale.size else 0.0, np.finfo(np.float64).tiny)
@@ -62,6 +86,8 @@ def _relative_error(x, ref, old):
     same = (x == ref) | (np.isnan(x) & np.isnan(ref))   # infinities and NaNs that agree
     err[same] = 0.0
     err[np.isnan(err)] = np.inf
+    if skip is not None:
+        err[skip.reshape(err.shape)] = 0.0
     return float(err.max()) if err.size else 0.0
 
 
@@ -87,9 +113,14 @@ def step_error(name, shapes, dtype, backend, convention=None, options=None, seed
     grads = [awkward_values(rng, s, dtype) for s in shapes]
     opt.step(grads)
     ref.step([g.astype(np.float64) for g in grads])
-    errors = [_relative_error(p, r, o) for p, r, o in zip(params, ref_params, old_params)]
+    decision = UNDERFLOW_DECISIONS.get(opt.rule)
+    skip = (_undecidable(grads, old_slots, decision, dtype) if decision
+            else [None] * len(grads))
+    errors = [_relative_error(p, r, o, m)
+              for p, r, o, m in zip(params, ref_params, old_params, skip)]
     if low:
         return max(errors)
     new_slots, ref_slots = opt.state_dict()["slots"], ref.state_dict()["slots"]
-    errors += [_relative_error(new_slots[k], ref_slots[k], old_slots[k]) for k in old_slots]
+    errors += [_relative_error(new_slots[k], ref_slots[k], old_slots[k],
+                               skip[int(k.rsplit("/", 1)[1])]) for k in old_slots]
     return max(errors)

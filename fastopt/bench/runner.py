@@ -257,7 +257,8 @@ def _group(name, n, config, rmw_form, torch):
     for b in config.backends:
         t = med[b]
         gbps = bpp * n / t / 1e9
-        row = {"optimizer": name, "rule": opts[b].rule, "backend": b,
+        row = {"optimizer": name, "convention": opts[b].convention, "rule": opts[b].rule,
+               "backend": b,
                "backend_used": opts[b].backends[config.dtype], "size": n,
                "tensors": len(shapes), "dtype": config.dtype, "bytes_per_param": bpp,
                "time_s": t, "ns_per_param": t / n * 1e9, "gbps": gbps,
@@ -378,6 +379,22 @@ def _table(header, rows, right):
     return out
 
 
+def _own_conventions(rows, convention):
+    """``" (lion: keras, its only one)"``: the rows that ran under another
+    convention than the configured one (a class of one framework only)."""
+    other = {}
+    for r in rows:
+        if r.get("convention", convention) != convention:
+            other.setdefault(r["convention"], []).append(r["optimizer"])
+    if not other:
+        return ""
+    parts = []
+    for c, names in sorted(other.items()):
+        names = list(dict.fromkeys(names))
+        parts.append(f"{', '.join(names)}: {c}, {'its' if len(names) == 1 else 'their'} only one")
+    return " (" + "; ".join(parts) + ")"
+
+
 def format_report(result):
     """The human-readable report of a :func:`run` result (a string)."""
     m, cfg = result["machine"], result["config"]
@@ -389,6 +406,7 @@ def format_report(result):
              else f"torch: n/a, {t['reason']}",
              f"{cfg['dtype']}, {cfg['tensors']} tensor{'s' if cfg['tensors'] != 1 else ''} per "
              f"step, {cfg['convention']} convention"
+             + _own_conventions(result["rows"], cfg["convention"])
              + "".join(f", {k} {v}" for k, v in cfg["optimizer_options"].items())
              + f"; medians of {cfg['repeats']} samples (a "
              f"sample: back-to-back steps for at least {cfg['sample_time'] * 1e3:g} ms) after "

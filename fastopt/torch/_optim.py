@@ -342,11 +342,10 @@ class FusedOptimizer:
             fused.launch(ptrs, scalars, counts_ if fused.per_tensor_step else None,
                          fused.rows(sign, keep, l2), math.inf)
         if host_rule is not None:
-            for it, values in zip(items, host_new):
-                st = state[it.param]
-                for key, value in zip(self._HOST_KEYS[rule], values):
-                    if key is not None:
-                        st[key].fill_(value)
+            for locs, values in host_new:
+                for loc, value in zip(locs, values):
+                    if loc is not None:
+                        loc[0][loc[1]] = value
         direct = [it.param for it in items if not it.staged]
         if direct:
             torch._C._increment_version(direct)
@@ -367,12 +366,19 @@ class FusedOptimizer:
         None)}``, and each item's advanced host values (stored after the step)."""
         keys = self._HOST_KEYS[rule.name]
         state = self.state
-        buckets, new = {}, []
+        where = self._fastopt_counters.location
+        buckets, new, done = {}, [], {}
         for it, n in zip(items, steps):
             st = state[it.param]
-            full, values = rule.advanced((*scalars, n), tuple(
-                init if k is None else float(st[k]) for k, init in zip(keys, rule.host_init)))
-            new.append(values)
+            locs = tuple(None if k is None else where(st, k) for k in keys)
+            host = tuple(init if loc is None else float(loc[0][loc[1]])
+                         for loc, init in zip(locs, rule.host_init))
+            key = (n, host)  # parameters that share their count and state share the result
+            advanced = done.get(key)
+            if advanced is None:
+                advanced = done[key] = rule.advanced((*scalars, n), host)
+            full, values = advanced
+            new.append((locs, values))
             buckets.setdefault((it.work.dtype, it.staged, full), ([], None))[0].append(it)
         return buckets, new
 

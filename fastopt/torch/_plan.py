@@ -45,7 +45,8 @@ class _GroupPlan:
         dtype = params[0].dtype
         if dtype not in _DIRECT or (dtype in _NARROW and not _narrow_direct(rule)):
             return None
-        if RULES[rule].host_state:  # per-parameter host state: the general way
+        host_rule = RULES[rule] if RULES[rule].host_state else None
+        if host_rule is not None and not opt._COUNTS_STEPS:
             return None
         keys = opt._SLOT_KEYS[rule]
         counts = opt._COUNTS_STEPS
@@ -99,6 +100,22 @@ class _GroupPlan:
                 if st:
                     st["step"] = v
             self.views = [v if st else None for st, v in zip(states, views)]
+        # per-parameter host state (torch's mu_product, eta, mu): one block per
+        # key, like the counts; the short way runs when every parameter has a
+        # gradient and all share their count and host values (one advance)
+        self.host_rule, self.host = host_rule, None
+        if host_rule is not None:
+            if not all(states):
+                return None
+            self.host = []
+            for key, init in zip(opt._HOST_KEYS[rule], host_rule.host_init):
+                if key is None:
+                    self.host.append((None, init, None))
+                    continue
+                array, views = opt._fastopt_counters.adopt_all([st[key] for st in states])
+                for st, v in zip(states, views):
+                    st[key] = v
+                self.host.append((array, key, views))
         self.version = opt.state.version
         return self
 
@@ -138,7 +155,28 @@ class _GroupPlan:
                 out.append(g.data_ptr())
         except (RuntimeError, KeyError):  # e.g. a sparse gradient: the general way says
             return None
+        if self.host is not None and not self._uniform_host(out):
+            return None
         return out if any(out) else None
+
+    def _uniform_host(self, gptrs):
+        """Whether every parameter has a gradient and the same count and host
+        values, and the host tensors are still the plan's views."""
+        if not all(gptrs):
+            return False
+        single = self.n == 1
+        counts = self.counts
+        if not (single or counts.min() == counts.max()):
+            return False
+        for array, key, views in self.host:
+            if array is None:
+                continue
+            if not (single or array.min() == array.max()):  # (NaN: the general way)
+                return False
+            for st, v in zip(self.states, views):
+                if st[key] is not v:
+                    return False
+        return True
 
     def run(self, opt, rule, gptrs, inv_scale, maximize):
         _, scalars, keep, l2 = rule
@@ -149,6 +187,17 @@ class _GroupPlan:
         else:
             ptrs[1] = gptrs
         steps = None
+        if self.host is not None:  # uniform (checked by grads): advanced once
+            counts = self.counts
+            counts += 1
+            host = tuple(init if array is None else float(array[0])
+                         for array, init, _ in self.host)
+            scalars, values = self.host_rule.advanced((*scalars, float(counts[0])), host)
+            self._launch(opt, ptrs, scalars, keep, l2, None, inv_scale, maximize, True, gptrs)
+            for (array, _, _), value in zip(self.host, values):
+                if array is not None:
+                    array[:] = value
+            return
         if self.counts is not None:
             counts = self.counts
             if self.n <= 8:
@@ -165,6 +214,9 @@ class _GroupPlan:
                 steps = counts.tolist()
         elif self.fused.per_tensor_step:  # SGD's momentum: every buffer exists
             steps = self.twos
+        self._launch(opt, ptrs, scalars, keep, l2, steps, inv_scale, maximize, every, gptrs)
+
+    def _launch(self, opt, ptrs, scalars, keep, l2, steps, inv_scale, maximize, every, gptrs):
         fused = self.fused
         fused.updates = opt._fastopt_updates
         sign = -inv_scale if maximize else inv_scale

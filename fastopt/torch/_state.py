@@ -106,6 +106,18 @@ class _Counters:
             self.where[id(v)] = (array, i, v)
         return array, views
 
+    def location(self, st, key):
+        """``(block array, index)`` of the 0-d tensor ``st[key]``, adopting it
+        first when it is not a view of a block (the host-side state of a rule,
+        :attr:`fastopt.rule.Rule.host_state`, is kept like the step counts:
+        read and written with NumPy, no torch operator call per parameter)."""
+        t = st[key]
+        loc = self.where.get(id(t))
+        if loc is None or loc[2] is not t:
+            t = st[key] = self.adopt(t)
+            loc = self.where[id(t)]
+        return loc[0], loc[1]
+
     def advance(self, state, items):
         where = self.where
         out = []
