@@ -37,6 +37,8 @@ the last bits.
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 
 try:
@@ -314,9 +316,12 @@ class _Fused:
 
 
 def _fused(keras_cls, core_cls, doc):
-    cls = type(keras_cls.__name__, (_Fused, keras_cls),
-               {"_CORE": core_cls, "__module__": __name__, "__qualname__": keras_cls.__name__,
-                "__doc__": doc})
+    # types.new_class, as a class statement does (and unlike type()), resolves
+    # the bases' __mro_entries__: the API reference builds with keras mocked
+    body = {"_CORE": core_cls, "__module__": __name__, "__qualname__": keras_cls.__name__,
+            "__doc__": doc}
+    cls = types.new_class(keras_cls.__name__, (_Fused, keras_cls),
+                          exec_body=lambda ns: ns.update(body))
     return keras.saving.register_keras_serializable(package="fastopt")(cls)
 
 

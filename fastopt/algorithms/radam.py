@@ -51,6 +51,8 @@ class RAdam(Optimizer):
         See :class:`fastopt.Optimizer` (``weight_decay``, ``maximize``,
         clipping, ...).  ``convention`` may only be ``"torch"``.
 
+    Notes
+    -----
     PyTorch's names and fastopt's:
 
     ==========================  =========================

@@ -51,6 +51,8 @@ class Rprop(Optimizer):
         weight decay; fastopt's ``weight_decay`` is the torch convention's
         L2 term, ``g <- g + weight_decay * w``, as for every class.
 
+    Notes
+    -----
     PyTorch's names and fastopt's:
 
     ==========================  ==========================================
