@@ -322,7 +322,10 @@ def _fused(keras_cls, core_cls, doc):
             "__doc__": doc}
     cls = types.new_class(keras_cls.__name__, (_Fused, keras_cls),
                           exec_body=lambda ns: ns.update(body))
-    return keras.saving.register_keras_serializable(package="fastopt")(cls)
+    # registered as "fastopt>Name"; the decorator returns the class itself, which
+    # is what is kept (so the class stays the class where keras is mocked)
+    keras.saving.register_keras_serializable(package="fastopt")(cls)
+    return cls
 
 
 def _doc(name):
