@@ -245,6 +245,34 @@ def _rows_pytest_bench(d):
     return _table(["benchmark", "median us", "min us", "rounds"], out)
 
 
+def _rows_drift(d):
+    """benchmarks/reduced_precision.py drift: mean of v by state and step."""
+    mean_v = d["mean_v"]
+    steps = list(next(iter(mean_v.values())))
+    rows = [[state, *(_fmt(v.get(k), 4) for k in steps)] for state, v in mean_v.items()]
+    return _table(["state", *(f"step {k}" for k in steps)], rows)
+
+
+def _rows_convergence(d):
+    """benchmarks/reduced_precision.py convergence: final loss, mean ± std over seeds."""
+    import statistics
+    rows, states = [], None
+    for setup in d["setups"]:
+        loss = setup["final_loss"]
+        states = list(loss)
+        for opt in next(iter(loss.values())):
+            cells = []
+            for state in states:
+                v = loss[state][opt]
+                v = v if isinstance(v, list) else [v]
+                sd = statistics.pstdev(v) if len(v) > 1 else 0.0
+                cells.append(f"{_fmt(statistics.fmean(v), 4)} ± {_fmt(sd, 2)}")
+            rows.append([f"{setup.get('data')}, {setup.get('model')}, {setup.get('epochs')}",
+                         _code(opt), *cells])
+    return _table(["data, model, epochs", "optimizer", *(f"final loss, {s} state"
+                                                         for s in states or [])], rows)
+
+
 def _rows_generic(d, key="rows"):
     rows = d[key]
     if isinstance(rows, dict):
@@ -288,9 +316,14 @@ def result_markdown(path: Path) -> str:
                 "- command: not recorded in the file (see `benchmarks/README.md` for the "
                 "script that writes this kind of file)")
     body_skip = {"machine", "machine_info", "date", "datetime", "command", "rows", "cases",
-                 "benchmarks", "commit_info", "config", "ceiling", "warnings"}
-    if "rows" in d and isinstance(d["rows"], list) and d["rows"] and "ns_per_param" in d["rows"][0]:
+                 "benchmarks", "commit_info", "config", "ceiling", "warnings", "mean_v",
+                 "setups"}
+    if "config" in d and "rows" in d:
         body = _rows_bench(d)
+    elif "mean_v" in d:
+        body = _rows_drift(d)
+    elif "setups" in d:
+        body = _rows_convergence(d)
     elif "cases" in d:
         body = _rows_torch(d)
     elif "keras" in d and "rows" in d:
@@ -312,6 +345,13 @@ def performance_markdown() -> str:
     for f in files:
         out.append(result_markdown(f))
     return "\n".join(out)
+
+
+def write_results():
+    """``_generated/results/<file stem>.md`` for each results file, so that a page
+    can ``{include}`` the rendering of the files it discusses."""
+    for f in sorted(RESULTS.glob("*.json")):
+        _write(GENERATED / "results" / f"{f.stem}.md", result_markdown(f))
 
 
 # ---------------------------------------------------------------------------
@@ -366,6 +406,7 @@ def generate(app=None):
     _write(GENERATED / "optimizers.md", optimizers_markdown())
     _write(GENERATED / "performance.md", performance_markdown())
     _write(GENERATED / "goldens.md", goldens_markdown())
+    write_results()
     _write(GENERATED / "compare.md", compare_markdown(GENERATED / "compare.png"))
 
 
