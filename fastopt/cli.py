@@ -481,8 +481,8 @@ def _add_bench(sub):
                         f"({own_conventions({n: c.cls for n, c in bench.CASES.items()})}) runs "
                         "under its own (default: keras)")
     p.add_argument("--state-dtype", choices=("bfloat16",),
-                   help="optimizer state as bfloat16 (float32 params, numba backend; see the "
-                        "README, Reduced-precision optimizer state)")
+                   help="optimizer state as bfloat16 (float32 params, numba backend; see "
+                        "docs/reduced-precision.md)")
     p.add_argument("--state-rounding", choices=("nearest", "stochastic"),
                    help="with --state-dtype: round to nearest (default) or stochastically")
     p.add_argument("--no-torch", action="store_true", help="do not time torch.optim")

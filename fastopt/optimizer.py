@@ -115,8 +115,9 @@ class Optimizer(StateMethods):
         20 instead of 28 bytes per parameter per step); the arithmetic stays
         float32.  Needs float32 parameters and the numba backend (``"auto"``
         picks it); not offered for centred RMSprop.  The EMA and gradient
-        accumulators stay in the parameters' dtype.  See the README,
-        "Reduced-precision optimizer state", for what it does to training.
+        accumulators stay in the parameters' dtype.  See the documentation's
+        "Reduced-precision optimizer state" (``docs/reduced-precision.md``) for
+        what it does to training.
     state_rounding : "nearest" or "stochastic", default "nearest"
         With ``state_dtype="bfloat16"``: round to nearest (ties to even), or
         stochastically (unbiased; reproducible, the random numbers are a hash

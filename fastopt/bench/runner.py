@@ -287,7 +287,7 @@ def run(config=None, progress=None):
     (``{"version", "threads"}`` or ``{"version": None, "reason"}``),
     ``ceiling`` (one entry per size: ``size``, ``rmw_gbps``, ``rmw_form``,
     ``rmw_forms_gbps``, ``copy_gbps``), ``rows`` (one per optimizer, backend
-    and size; see README) , ``warnings`` and ``seconds``.
+    and size; see ``docs/performance.md``), ``warnings`` and ``seconds``.
 
     ``progress(done, total, label)``, if given, is called before each
     measurement and once at the end (``done == total``).

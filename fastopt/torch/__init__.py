@@ -23,7 +23,8 @@ with float32 arithmetic (:mod:`fastopt.backends.numba_bf16`), and
 (fastopt always runs its fused kernels); ``capturable=True`` and
 ``differentiable=True`` are refused.  CPU tensors only for now.  The thread
 count follows ``torch.get_num_threads()`` unless :func:`fastopt.set_num_threads`
-was called.  See the README, "PyTorch", for what is measured.
+was called.  See the documentation's "Performance" page
+(``docs/performance.md``) for what is measured.
 """
 from __future__ import annotations
 
