@@ -18,19 +18,24 @@ sys.path.insert(0, str(ROOT))           # this checkout's fastopt, whatever is i
 sys.path.insert(0, str(DOCS / "_ext"))
 
 # How the API reference builds without torch, keras, mpi4py or a GPU: both
-# mechanisms, each where it is the right one.
+# mechanisms, each for what it fits.
 #
-# * torch, keras and mpi4py: ``autodoc_mock_imports`` (below).  Nothing of them
-#   runs at import time in fastopt.torch, fastopt.keras or fastopt.distributed
-#   beyond subclassing and attribute access, which autodoc's mocks stand in for;
-#   the pages document fastopt's own signatures and docstrings, which the mocks
-#   leave intact.
-# * CUDA: ``NUMBA_ENABLE_CUDASIM=1``, set before anything imports Numba.  The
-#   CUDA backend is then imported for real, on Numba's simulator (as the tests
-#   run it), so its documented kernels are the real functions, not mocks; and
-#   without numba-cuda installed the backend is simply absent, as
-#   ``import fastopt`` promises.  Mocking ``numba.cuda`` instead would hide
-#   ``numba`` itself, which the CPU backends need for real.
+# * torch, keras and mpi4py: ``autodoc_mock_imports`` (below).  autodoc must
+#   import fastopt.torch, fastopt.keras and fastopt.distributed to read their
+#   docstrings, and those modules import the frameworks at the top.  Nothing of
+#   them runs at import time beyond attribute access and subclassing, which
+#   autodoc's mocks stand in for; fastopt's own signatures and docstrings, which
+#   the pages show, are untouched.  (Checked: the docs extra's environment has
+#   none of the three, and ``.ci/run`` builds the site in such an environment.)
+# * CUDA: not mocked.  ``NUMBA_ENABLE_CUDASIM=1`` is set before anything imports
+#   Numba, so that where numba-cuda is installed without a GPU (building the
+#   site from the test environment, say), whatever touches the CUDA backend
+#   while the pages are built (``fastopt.available_backends()``, the
+#   ``fastopt compare`` run of the training page) runs on Numba's simulator, as
+#   the tests do, instead of needing a driver.  In the docs extra's environment
+#   numba-cuda is absent and the backend is simply missing, as ``import fastopt``
+#   promises.  Mocking ``numba.cuda`` instead would risk hiding ``numba``
+#   itself, which the CPU backends need for real.
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 # fastopt.keras reads the backend when it is imported; the mock does not care,
 # but the value makes the pages describe the supported set-up.
