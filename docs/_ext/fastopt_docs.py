@@ -28,6 +28,7 @@ import inspect
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1]
@@ -109,9 +110,20 @@ def _bf16_bytes(rule):
 
 
 def _summary(doc):
-    """The first sentence(s) of a docstring: its first paragraph, on one line."""
+    """The first paragraph of a docstring on one line, its reST roles
+    (``:class:`x```) in MyST's spelling (``{class}`x```)."""
     doc = inspect.cleandoc(doc or "")
-    return " ".join(doc.split("\n\n", 1)[0].split())
+    text = " ".join(doc.split("\n\n", 1)[0].split())
+    return re.sub(r":(\w+(?::\w+)?):`", r"{\1}`", text)
+
+
+def _formula(rule):
+    """The reference's docstring, its ``"Title::"`` shown as ``"Title:"``."""
+    text = rule.formula or "(no formula in the reference's docstring)"
+    first, _, rest = text.partition("\n")
+    if first.endswith("::"):
+        first = first[:-1]
+    return first + ("\n" + rest if rest else "")
 
 
 def _span(values):
@@ -169,8 +181,7 @@ def optimizers_markdown() -> str:
                             rows))
         for r in class_rules(cls):
             lines.append(f"`{r.name}` ({{func}}`fastopt.reference.{r.name}`):\n")
-            lines.append("```text\n" + (r.formula or "(no formula in the reference's docstring)")
-                         + "\n```\n")
+            lines.append("```text\n" + _formula(r) + "\n```\n")
     return "\n".join(lines) + "\n"
 
 
