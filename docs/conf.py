@@ -32,7 +32,10 @@ sys.path.insert(0, str(DOCS / "_ext"))
 #   site from the test environment, say), whatever touches the CUDA backend
 #   while the pages are built (``fastopt.available_backends()``, the
 #   ``fastopt compare`` run of the training page) runs on Numba's simulator, as
-#   the tests do, instead of needing a driver.  In the docs extra's environment
+#   the tests do, and the pages are built with the backend present rather than
+#   reported missing for want of a driver (checked: with numba-cuda and no GPU,
+#   ``available_backends()`` includes ``"cuda"`` here and the -W build passes).
+#   In the docs extra's environment
 #   numba-cuda is absent and the backend is simply missing, as ``import fastopt``
 #   promises.  Mocking ``numba.cuda`` instead would risk hiding ``numba``
 #   itself, which the CPU backends need for real.
