@@ -33,7 +33,10 @@ Newton--Schulz) declares instead, in its family module::
   keep=, gscale=, l2=, clipvalue=)``, contiguous 1-D arrays) run the
   elementwise parts as generated loops.  It returns nothing and must not
   raise (everything was checked before the step began; NaN and inf
-  propagate, floating-point warnings are off).
+  propagate, floating-point warnings are off).  A rule declared with
+  ``host_decay=True`` gets ``w`` *before* the decoupled weight decay and the
+  factor as ``keep=`` (a float; 1.0 without decay), and applies it itself
+  (torch's Adafactor reads the parameter's RMS first).
 * ``shardable=False`` with ``shard_refusal``: a state that cannot be cut by
   flat element index; :class:`fastopt.distributed.ShardedOptimizer` refuses
   the rule with that sentence.
@@ -137,6 +140,9 @@ class Plan:
                 else:
                     g = g.view()
                 g.flags.writeable = False
+                if rule.host_decay:
+                    rule.host_step(w, g, self._state[t], named, backend, keep=keep)
+                    continue
                 if keep != 1.0:
                     w *= dt(keep)
                 rule.host_step(w, g, self._state[t], named, backend)

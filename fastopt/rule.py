@@ -92,6 +92,10 @@ class Rule:
         ``per_tensor`` rules: ``host_step(w, g, state, scalars, backend)``,
         one tensor's update on the host, in place (see
         :mod:`fastopt.per_tensor` for what it receives).
+    host_decay : bool
+        ``per_tensor`` rules: the rule applies the decoupled weight-decay
+        factor itself (``host_step`` then gets ``keep=`` and an undecayed
+        ``w``: torch's Adafactor reads the parameter's RMS before decaying).
     shardable : bool
         False when the rule's state cannot be cut by flat element index
         (a factored moment): :class:`fastopt.distributed.ShardedOptimizer`
@@ -115,6 +119,7 @@ class Rule:
     advance: Callable = None
     slot_shapes: Callable = None
     host_step: Callable = None
+    host_decay: bool = False
     shardable: bool = True
     shard_refusal: str | None = None
     family: str = field(default="", compare=False)
