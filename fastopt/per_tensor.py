@@ -132,7 +132,7 @@ class Plan:
                 g = g.reshape(w.shape)
                 gs, keep, l2 = float(pt[0, t]), float(pt[1, t]), float(pt[2, t])
                 if gs != 1.0 or clipvalue != math.inf or l2 != 0.0:
-                    g = g * dt(gs)
+                    g = np.multiply(g, dt(gs), out=np.empty_like(w))
                     if clipvalue != math.inf:
                         np.clip(g, dt(-clipvalue), dt(clipvalue), out=g)
                     if l2 != 0.0:
