@@ -28,9 +28,10 @@ was called.  See the README, "PyTorch", for what is measured.
 from __future__ import annotations
 
 from ._optim import FusedOptimizer
+from .adafactor import Adafactor
 from .offload import CPUOffload
 from .optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop,
                          Rprop)
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD",
-           "RAdam", "Rprop", "FusedOptimizer", "CPUOffload"]
+           "RAdam", "Rprop", "Adafactor", "FusedOptimizer", "CPUOffload"]
