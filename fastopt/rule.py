@@ -182,9 +182,13 @@ class Rule:
     def bytes_per_param(self, dtype="float32", state_dtype=None):
         """Bytes one step moves per parameter: the parameter read and written,
         the gradient read, each slot read and written (``state_dtype``: the
-        slots' dtype when it differs from the parameters')."""
+        slots' dtype when it differs from the parameters').  A ``per_tensor``
+        rule's slots are not parameter-shaped: it counts the parameter and the
+        gradient only (its least traffic; the host work makes more)."""
         import numpy as np
         item = np.dtype(dtype).itemsize
+        if self.kind == "per_tensor":
+            return 3 * item
         state_item = item if state_dtype is None else np.dtype(state_dtype).itemsize
         return 3 * item + 2 * len(self.slots) * state_item
 

@@ -170,34 +170,70 @@ def prepare_adafactor(learning_rate, beta_2_decay, epsilon_1, epsilon_2, clip_th
             "epsilon_2": epsilon_2, "clip_threshold": clip_threshold}
 
 
-def _mean_sq(x):
-    """mean(x*x) over the whole tensor, accumulated in its dtype (a dot product)."""
+_BLOCK = 4096
+
+
+def _sumsq(x):
+    """sum(x*x) over the whole tensor, as a Python float: float32 blocks of
+    4096 (vectorised, short sums) added in float64, so a large float32
+    tensor's sum is as accurate as its elements."""
     flat = x.reshape(-1)
-    return np.dot(flat, flat) / flat.size
+    if flat.dtype == np.float64:
+        return float(np.dot(flat, flat))
+    head = flat.size - flat.size % _BLOCK
+    blocks = flat[:head].reshape(-1, _BLOCK)
+    tail = flat[head:]
+    return float(np.einsum("ij,ij->i", blocks, blocks).sum(dtype=np.float64)
+                 + np.dot(tail, tail))
+
+
+_ALONG = {-1: "...ij,...ij->...i", -2: "...ij,...ij->...j"}
+
+
+def _sumsq_along(g, axis):
+    """sum(g*g) along ``axis`` (-1: per row, -2: per column).  A float32 sum
+    longer than 4096 runs in blocks of 4096 added in float64 (einsum's
+    float32 sums accumulate straight, losing ~1e-5 over 1e5 terms)."""
+    n = g.shape[axis]
+    if g.dtype == np.float64 or n <= _BLOCK:
+        return np.einsum(_ALONG[axis], g, g)
+    total = 0.0
+    for start in range(0, n, _BLOCK):
+        part = g[..., start:start + _BLOCK] if axis == -1 else g[..., start:start + _BLOCK, :]
+        total = total + np.einsum(_ALONG[axis], part, part).astype(np.float64)
+    return total.astype(g.dtype)
+
+
+def _row_col_sumsq(g):
+    """Per row and per column (the last two dimensions) of ``g``: sum(g*g)."""
+    return _sumsq_along(g, -1), _sumsq_along(g, -2)
 
 
 def adafactor_step(w, g, state, s, backend):
     if w.size == 0:
         return
     dt = w.dtype.type
-    beta, omb = dt(s["beta_2"]), dt(s["one_minus_beta_2"])
+    beta, omb, eps1 = dt(s["beta_2"]), dt(s["one_minus_beta_2"]), dt(s["epsilon_1"])
     # ops.maximum: a NaN wins
-    alpha = float(np.maximum(s["epsilon_2"], math.sqrt(_mean_sq(w)))) * s["rho"]
-    sq = np.multiply(g, g, out=np.empty_like(w))
-    sq += dt(s["epsilon_1"])
+    alpha = float(np.maximum(s["epsilon_2"], math.sqrt(_sumsq(w) / w.size))) * s["rho"]
     if w.ndim >= 2:
+        # r = mean_-1(g*g + eps1), c = mean_-2(...): sums of squares, no g*g array;
+        # v = r_i c_j / mean(r), so u = g * sqrt(mean(r)/r_i) * (1/sqrt(c_j)):
+        # square roots of the vectors only
         r, c = state["r"], state["c"]
+        rows, cols = _row_col_sumsq(g)
         r *= beta
-        r += omb * sq.mean(axis=-1)
+        r += omb * (rows / dt(g.shape[-1]) + eps1)
         c *= beta
-        c += omb * sq.mean(axis=-2)
-        v = (r / r.mean(axis=-1, keepdims=True))[..., :, None] * c[..., None, :]
+        c += omb * (cols / dt(g.shape[-2]) + eps1)
+        u = np.multiply(g, np.sqrt(r.mean(axis=-1, keepdims=True) / r)[..., :, None])
+        u *= (1 / np.sqrt(c))[..., None, :]
     else:
         v = state["velocity"]
         v *= beta
-        v += omb * sq
-    u = np.divide(g, np.sqrt(v), out=sq)
-    ratio = math.sqrt(_mean_sq(u)) / s["clip_threshold"]
+        v += omb * (np.multiply(g, g, out=np.empty_like(w)) + eps1)
+        u = np.divide(g, np.sqrt(v), out=np.empty_like(w))
+    ratio = math.sqrt(_sumsq(u) / u.size) / s["clip_threshold"]
     denom = ratio if ratio != ratio else max(1.0, ratio)
     backend.sgd(w.reshape(-1), u.reshape(-1), alpha / denom)
 
@@ -228,27 +264,26 @@ def adafactor_torch_step(w, g, state, s, backend, keep=1.0):
     eps1 = s["epsilon_1"]
     if eps1 != eps1:  # None: the dtype's machine epsilon
         eps1 = float(np.finfo(w.dtype).eps)
-    alpha = max(s["epsilon_2"], float(np.sqrt(np.dot(w.reshape(-1), w.reshape(-1))))
-                / n ** 0.5) * s["rho"]
+    alpha = max(s["epsilon_2"], math.sqrt(_sumsq(w)) / n ** 0.5) * s["rho"]
     if keep != 1.0:
         w *= dt(keep)
     weight = s["weight"]
     if w.ndim >= 2:
         row, col = state["row_var"], state["col_var"]
-        _lerp(row, np.einsum("...j,...j->...", g, g)[..., None] / dt(g.shape[-1]), weight)
-        _lerp(col, np.einsum("...ij,...ij->...j", g, g)[..., None, :] / dt(g.shape[-2]),
-              weight)
+        rows, cols = _row_col_sumsq(g)
+        _lerp(row, rows[..., None] / dt(g.shape[-1]), weight)
+        _lerp(col, cols[..., None, :] / dt(g.shape[-2]), weight)
         var = row * col
         var /= np.maximum(row.mean(axis=-2, keepdims=True), dt(eps1))
     else:
         var = state["variance"]
-        _lerp(var, g * g, weight)
+        _lerp(var, np.multiply(g, g, out=np.empty_like(w)), weight)
         var = var.copy()
     np.maximum(var, dt(eps1 * eps1), out=var)
     update = np.sqrt(var, out=var)
     np.divide(g, update, out=update)
     flat = update.reshape(-1)
-    denom = max(1.0, float(np.sqrt(np.dot(flat, flat))) / (n ** 0.5 * s["clip_threshold"]))
+    denom = max(1.0, math.sqrt(_sumsq(flat)) / (n ** 0.5 * s["clip_threshold"]))
     backend.sgd(w.reshape(-1), flat, alpha / denom)
 
 
