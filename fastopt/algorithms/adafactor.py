@@ -205,7 +205,14 @@ def _sumsq_along(g, axis):
 
 
 def _row_col_sumsq(g):
-    """Per row and per column (the last two dimensions) of ``g``: sum(g*g)."""
+    """Per row and per column (the last two dimensions) of ``g``: sum(g*g).
+
+    Rows shorter than 64 (a tall, narrow matrix) make einsum's inner loop
+    too short: then ``g*g`` is transposed once and both sums run along
+    contiguous axes (NumPy's pairwise sums, accurate in float32 too)."""
+    if g.shape[-1] < 64:
+        t = np.ascontiguousarray(np.swapaxes(np.multiply(g, g), -1, -2))  # (..., n, m)
+        return t.sum(axis=-2), t.sum(axis=-1)
     return _sumsq_along(g, -1), _sumsq_along(g, -2)
 
 
