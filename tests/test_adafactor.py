@@ -269,3 +269,36 @@ def test_torch_adapter_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="backend must be"):
         fastopt.torch.Adafactor([torch.zeros(2)], backend="cuda")
     assert math.isclose(fastopt.torch.Adafactor([torch.zeros(2)]).defaults["lr"], 1e-2)
+
+
+# ---------------------------------------------------------------------------
+# fastopt.keras.Adafactor
+
+def test_keras_adapter_matches_keras_and_keeps_r_c_in_keras_variables():
+    """float64 variables, 12 steps, decay: within the golden recordings'
+    bound (Keras computes its means and extrema in float32, ~1e-7); r and c
+    are Keras's own variables, updated in place."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":  # pragma: no cover - conftest sets torch
+        pytest.skip("fastopt.keras needs KERAS_BACKEND=torch")
+    import fastopt.keras as fk
+    runs = []
+    keras.config.set_floatx("float64")  # Python floats as float64 (the golden recordings')
+    try:
+        for cls in (keras.optimizers.Adafactor, fk.Adafactor):
+            variables = [keras.Variable(p, dtype="float64") for p in params()]
+            opt = cls(learning_rate=0.05, weight_decay=0.1)
+            for t in range(12):
+                opt.apply([torch.tensor(g) for g in grads_at(t)], variables)
+            runs.append((variables, opt))
+    finally:
+        keras.config.set_floatx("float32")
+    (kv, kopt), (fv, fopt) = runs
+    init = params()
+    for a, b, w0 in zip(fv, kv, init):
+        moved = np.max(np.abs(b.numpy() - w0))
+        assert np.max(np.abs(a.numpy() - b.numpy())) <= 3e-7 * max(moved, 1e-300)
+    for k in (0, 1, 2):  # the matrices' factored moments, in Keras's variables
+        np.testing.assert_allclose(fopt._r[k].numpy(), kopt._r[k].numpy(), rtol=1e-6)
+        np.testing.assert_allclose(fopt._c[k].numpy(), kopt._c[k].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fopt._v[3].numpy(), kopt._v[3].numpy(), rtol=1e-6)
