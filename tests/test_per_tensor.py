@@ -295,3 +295,20 @@ def test_sharded_optimizer_refuses_with_the_rules_reason():
     from fastopt.distributed import ShardedOptimizer
     with pytest.raises(ValueError, match="cannot be sharded.*row moments cannot be cut"):
         ShardedOptimizer(RowSGD, make_params())
+
+
+def test_accumulation_and_ema_around_a_per_tensor_rule():
+    """Gradient accumulation feeds host_step the mean gradient every k-th
+    call; the moving average of the parameters follows the updates."""
+    p = make_params()
+    opt = RowSGD(p, gradient_accumulation_steps=2, use_ema=True, ema_momentum=0.5)
+    g0, g1 = grads_at(0), grads_at(1)
+    opt.step(g0)
+    assert all(np.array_equal(a, b) for a, b in zip(p, make_params()))  # accumulated only
+    opt.step(g1)
+    for k in range(len(SHAPES)):
+        want, _, _ = rowsgd_reference(make_params()[k], (g0[k] + g1[k]) / 2,
+                                      np.zeros(SHAPES[k][:-1]), np.zeros(SHAPES[k]),
+                                      0.1, 0.9, 0.5)
+        np.testing.assert_allclose(p[k], want, rtol=1e-13, atol=1e-15)
+    assert opt.iterations == 1 and opt.ema_params is not None
