@@ -1,8 +1,8 @@
 """fastopt's fused optimizers as Keras 3 optimizers.
 
 ``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW``,
-``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta`` and ``Nadam`` subclass the ``keras.optimizers``
-class of the same name: the
+``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta``, ``Nadam`` and ``Adafactor``
+subclass the ``keras.optimizers`` class of the same name: the
 constructor (arguments, defaults, checks and errors), ``get_config``,
 ``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
 variables and their names, ``save_own_variables``/``load_own_variables`` are
@@ -50,6 +50,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
                       "pip install 'fastopt[keras]' and set KERAS_BACKEND=torch") from e
 
 from .algorithms.adadelta import Adadelta as _Adadelta
+from .algorithms.adafactor import Adafactor as _Adafactor
 from .algorithms.adagrad import Adagrad as _Adagrad
 from .algorithms.adam import Adam as _Adam, AdamW as _AdamW
 from .algorithms.adamax import Adamax as _Adamax
@@ -60,7 +61,7 @@ from .algorithms.rmsprop import RMSprop as _RMSprop
 from .algorithms.sgd import SGD as _SGD
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion", "Adadelta",
-           "Nadam"]
+           "Nadam", "Adafactor"]
 
 #: float dtypes fastopt's kernels update
 _DTYPES = ("float32", "float64")
@@ -291,7 +292,8 @@ class _Fused:
         params = [_numpy(t) for t in owned]
         state = {}
         for slot, lst in state_vars.items():
-            state["ema" if slot == "average" else slot] = [_numpy(_tensor(s)) for s in lst]
+            state["ema" if slot == "average" else slot] = self._fastopt_slot_arrays(
+                slot, lst, params)
         excluded = [i for i, d in enumerate(use_decay) if not d]
         core = self._CORE._over_state(params, state, learning_rate=self._fastopt_lr,
                                     exclude_from_weight_decay=excluded or None, **config)
@@ -302,6 +304,11 @@ class _Fused:
         engine = _Engine(key, core, index, counter, owned, params, variables)
         self.__dict__["_fastopt_engine_cache"] = engine
         return engine
+
+    def _fastopt_slot_arrays(self, slot, variables, params):
+        """The memory of the slot variables ``variables`` of ``slot`` (one per
+        parameter in ``params``), as the fastopt optimizer takes them."""
+        return [_numpy(_tensor(s)) for s in variables]
 
     def _fastopt_lr(self, _iteration):
         """The learning rate Keras would use now (its schedule sees Keras's
@@ -346,3 +353,33 @@ Ftrl = _fused(keras.optimizers.Ftrl, _Ftrl, _doc("Ftrl"))
 Lion = _fused(keras.optimizers.Lion, _Lion, _doc("Lion"))
 Adadelta = _fused(keras.optimizers.Adadelta, _Adadelta, _doc("Adadelta"))
 Nadam = _fused(keras.optimizers.Nadam, _Nadam, _doc("Nadam"))
+
+
+class _FusedFactored(_Fused):
+    """Keras's Adafactor keeps ``r``, ``c`` (built with ``add_variable``) and
+    ``velocity``; fastopt's rule keeps the factored ``r``, ``c`` of a matrix
+    and ``velocity`` of a vector only (``fastopt.algorithms.adafactor``)."""
+
+    def build(self, var_list):
+        super().build(var_list)
+        self.__dict__["_fastopt_slots"] = {"r": self._r, "c": self._c, "velocity": self._v}
+
+    def _fastopt_slot_arrays(self, slot, variables, params):
+        from .algorithms.adafactor import slot_shapes_keras
+        out = []
+        for s, p in zip(variables, params):
+            shape = slot_shapes_keras(p.shape)[slot]
+            # Keras's dummy r, c of a vector and its v of a matrix (recomputed
+            # from r and c before Keras reads it) are not fastopt's state
+            out.append(_numpy(_tensor(s)) if tuple(s.shape) == shape
+                       else np.zeros(shape, p.dtype))
+        return out
+
+
+Adafactor = keras.saving.register_keras_serializable(package="fastopt")(
+    type("Adafactor", (_FusedFactored, keras.optimizers.Adafactor),
+         {"_CORE": _Adafactor, "__module__": __name__, "__qualname__": "Adafactor",
+          "__doc__": _doc("Adafactor") + "\n\nThe ``velocity`` variable of a matrix "
+          "(Keras's by-product ``r/mean(r) x c``) is not kept up to date: fastopt "
+          "keeps the factored ``r`` and ``c`` only, from which Keras recomputes it "
+          "before reading it."}))

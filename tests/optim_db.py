@@ -716,3 +716,11 @@ def fastopt_kwargs(torch_kwargs):
             value = float(value) if isinstance(value, Tensor) else value
             out[_TORCH_TO_FASTOPT.get(key, key)] = value
     return out
+
+
+#: Optimizers of ``per_tensor`` rules (fastopt.per_tensor): their state is not
+#: parameter-shaped and their update is not one element loop, so the generic
+#: kernel, bfloat16, CUDA and adapter tests of :data:`DB` do not apply; each
+#: has its own test file (tests/test_adafactor.py) and golden recordings under
+#: both conventions (tests/test_golden.py replays them).
+TENSOR_CLASSES = (fastopt.Adafactor,)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..hyperparams import convention_for
-from ..optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, NAdam,
+from ..optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, NAdam,
                           Nadam, RAdam, RMSprop, Rprop)
 from . import naive
 
@@ -84,6 +84,10 @@ CASES = {
     # torch only, at torch's defaults; torch 2.13 has no fused RAdam or Rprop
     "radam": Case(RAdam, {}, "radam_torch", ("RAdam", {"lr": 0.001, "eps": 1e-8}, "foreach")),
     "rprop": Case(Rprop, {}, "rprop_torch", ("Rprop", {"lr": 0.01}, "foreach")),
+    # per-tensor: factored moments; torch's Adafactor (another epsilon
+    # placement, the same passes) at the Keras learning rate; torch defaults
+    # to its for-loop, foreach is timed too
+    "adafactor": Case(Adafactor, {}, "adafactor", ("Adafactor", {"lr": 0.001}, "foreach")),
 }
 
 

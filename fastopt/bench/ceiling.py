@@ -39,7 +39,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..rule import RULES
+from ..rule import get_rule
 from ..backends._numba_util import _FLAGS
 
 __all__ = ["bytes_per_param", "machine_info", "machine_line", "time_calls", "rmw_step",
@@ -58,7 +58,7 @@ def bytes_per_param(rule, dtype="float32", state_dtype=None):
     (its weight decay is a factor inside the same pass).
     """
     rule = {"adamw": "adam", "adamw_amsgrad": "adam_amsgrad"}.get(rule, rule)
-    return RULES[rule].bytes_per_param(dtype, state_dtype)
+    return get_rule(rule).bytes_per_param(dtype, state_dtype)
 
 
 #: bytes per element of the rmw kernel and of the copy, float32

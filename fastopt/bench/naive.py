@@ -25,7 +25,7 @@ import numpy as np
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
            "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "lion", "adadelta",
-           "radam", "rprop", "NAIVE", "SLOTS", "init_state", "stepper"]
+           "radam", "rprop", "adafactor", "NAIVE", "SLOTS", "init_state", "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -182,6 +182,25 @@ def lion(w, g, m, t=1, lr=0.001, beta_1=0.9, beta_2=0.99):
     m[:] = beta_2 * m + (1 - beta_2) * g
 
 
+def adafactor(w, g, r, c, v, t=1, lr=0.001, beta_2_decay=-0.8, eps_1=1e-30, eps_2=1e-3,
+              d=1.0):
+    """Adafactor (Keras): row and column means of ``g*g + eps_1`` for a
+    matrix (``v`` their outer product over the mean row), a full ``v`` for a
+    vector; ``u = g/sqrt(v)`` clipped by its RMS, the step ``max(eps_2,
+    RMS(w)) * min(lr, 1/sqrt(t))``."""
+    b = 1 - t ** beta_2_decay
+    sq = g * g + eps_1
+    if w.ndim >= 2:
+        r[:] = b * r + (1 - b) * sq.mean(axis=-1)
+        c[:] = b * c + (1 - b) * sq.mean(axis=-2)
+        v = (r / r.mean(axis=-1, keepdims=True))[..., None] * c[..., None, :]
+    else:
+        v[:] = b * v + (1 - b) * sq
+    u = g / np.sqrt(v)
+    alpha = max(eps_2, np.sqrt(np.mean(w * w))) * min(lr, 1 / np.sqrt(t))
+    w -= alpha * u / max(1.0, np.sqrt(np.mean(u * u)) / d)
+
+
 def adadelta(w, g, acc_g, acc_d, t=1, lr=0.001, rho=0.95, eps=1e-7):
     """Adadelta: the step is ``sqrt(acc_d + eps)/sqrt(acc_g + eps) * g``."""
     acc_g[:] = rho * acc_g + (1 - rho) * g * g
@@ -228,14 +247,14 @@ NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmspr
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
                                  adamw, ftrl_sqrt, ftrl, lion, adadelta, nadam, nadam_torch,
-                                 asgd_torch, radam, rprop)}
+                                 asgd_torch, radam, rprop, adafactor)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
          "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "ftrl_sqrt": 2, "ftrl": 2,
          "lion": 1, "adadelta": 2, "nadam": 2, "nadam_torch": 2, "asgd_torch": 1, "radam": 2,
-         "rprop": 2}
+         "rprop": 2, "adafactor": 3}
 #: steps that also keep scalars across steps (running products, ASGD's eta and
 #: mu): their number, in one array per tensor after the slots
 SCALARS = {"nadam": 1, "nadam_torch": 1, "asgd_torch": 2}
@@ -244,6 +263,11 @@ SCALARS = {"nadam": 1, "nadam_torch": 1, "asgd_torch": 2}
 def init_state(rule, w):
     """Fresh slots for ``rule`` shaped like ``w`` (Adagrad's and Ftrl's
     accumulators at 0.1, as Keras), then the scalars kept across steps."""
+    if rule == "adafactor":  # factored: a row and a column vector, or a full v
+        if w.ndim >= 2:
+            return [np.zeros(w.shape[:-1], w.dtype),
+                    np.zeros(w.shape[:-2] + w.shape[-1:], w.dtype), None]
+        return [None, None, np.zeros_like(w)]
     fills = {"adagrad": (0.1,), "ftrl_sqrt": (0.1, 0.0), "ftrl": (0.1, 0.0)}
     state = [np.full_like(w, fill) for fill in fills.get(rule, (0.0,) * SLOTS[rule])]
     return state + [np.ones(SCALARS[rule])] if rule in SCALARS else state

@@ -1,6 +1,7 @@
 """The optimizer classes (each defined in its family module of
 :mod:`fastopt.algorithms`), on one base class."""
 from ..algorithms.adadelta import Adadelta
+from ..algorithms.adafactor import Adafactor
 from ..algorithms.adagrad import Adagrad
 from ..algorithms.adam import Adam, AdamW
 from ..algorithms.adamax import Adamax
@@ -15,4 +16,4 @@ from ..algorithms.sgd import SGD
 from ..optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion",
-           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop"]
+           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop", "Adafactor"]

@@ -29,9 +29,10 @@ was called.  See the documentation's "Performance" page
 from __future__ import annotations
 
 from ._optim import FusedOptimizer
+from .adafactor import Adafactor
 from .offload import CPUOffload
 from .optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop,
                          Rprop)
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD",
-           "RAdam", "Rprop", "FusedOptimizer", "CPUOffload"]
+           "RAdam", "Rprop", "Adafactor", "FusedOptimizer", "CPUOffload"]

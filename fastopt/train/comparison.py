@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..hyperparams import convention_for
-from ..optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, AdamW, Ftrl, Lion, NAdam, Nadam,
+from ..optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, AdamW, Ftrl, Lion, NAdam, Nadam,
                           RAdam, RMSprop, Rprop)
 from . import _checks
 from .fit import fit
@@ -58,6 +58,7 @@ OPTIMIZERS = {
     "asgd": Recipe(ASGD, False, {}),          # torch's ASGD (torch convention only)
     "radam": Recipe(RAdam, False, {}),
     "rprop": Recipe(Rprop, False, {}),
+    "adafactor": Recipe(Adafactor, False, {}),  # factored moments (per_tensor rule)
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
