@@ -74,7 +74,8 @@ class TensorGroup:
         patterns (host only).
     slot_arrays : dict of str to list of arrays, optional
         The slots in arrays the caller owns (per slot, per tensor: the
-        tensor's shape and dtype, C-contiguous, writeable), used as they are
+        tensor's shape -- a ``per_tensor`` rule's: the slot's own shape,
+        ``rule.slot_shapes`` -- and dtype, C-contiguous, writeable), used as they are
         instead of buffers of the group's own: how a framework adapter keeps
         the state in the framework's variables.  Checked by
         :func:`fastopt.params.check_state_arrays`.
@@ -98,6 +99,9 @@ class TensorGroup:
                  reduced_state=None, slot_arrays=None):
         self.indices = indices
         self.dtype = arrays[0].dtype
+        if rule.kind == "per_tensor":
+            self._per_tensor(rule, arrays, slot_init, backend, decays, device, slot_arrays)
+            return
         sizes = [a.size for a in arrays]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         reduced = reduced_state is not None and bool(rule.slots)
@@ -130,6 +134,26 @@ class TensorGroup:
         self.factors[2] = 0.0
         self.set_decays(decays)
         self._written = (1.0, 1.0, 0.0)  # what the rows hold, when uniform
+
+    def _per_tensor(self, rule, arrays, slot_init, backend, decays, device, slot_arrays):
+        """A ``per_tensor`` rule's group: slots in their own shapes, the plan
+        of :mod:`fastopt.per_tensor` (host arrays only)."""
+        from . import per_tensor
+        if device:
+            raise ValueError(f"the {rule.name!r} rule does not run on CUDA device arrays: "
+                             f"{per_tensor.DEVICE_REFUSAL}")
+        self.backend = resolve_backend(backend, self.dtype, sum(a.size for a in arrays))
+        if slot_arrays is not None:
+            self.slot_views = {name: list(slot_arrays[name]) for name in rule.slots}
+        else:
+            self.slot_views = per_tensor.make_slots(rule, arrays, slot_init, self.dtype)
+        self.plan = per_tensor.Plan(rule, arrays, [self.slot_views[n] for n in rule.slots],
+                                    self.backend)
+        self.counted = False
+        self.factors = np.ones((3, len(arrays)))
+        self.factors[2] = 0.0
+        self.set_decays(decays)
+        self._written = (1.0, 1.0, 0.0)
 
     def set_decays(self, decays):
         """Which tensors take weight decay (per tensor, False: excluded)."""

@@ -28,7 +28,7 @@ import threading
 import numpy as np
 
 from . import hyperparams, two_phase
-from .rule import RULES
+from .rule import get_rule
 from ._validation import boolean, real
 from .backends import get_backend
 from .buffers import HostArrays, ParamGroup, TensorGroup
@@ -197,7 +197,7 @@ class Optimizer(StateMethods):
             hyperparams.check_group_keys(name, g, overrides, hyper)
             merged = self._check_group({**self._defaults, **overrides}, f" (param group {g})")
             self._param_groups.append(ParamGroup(indices, merged, overrides,
-                                                 RULES[self._rule_name(merged)],
+                                                 get_rule(self._rule_name(merged)),
                                                  not self._decoupled(merged)))
         if self.state_dtype is not None:
             hyperparams.check_state_rules(name, self._param_groups, backend, self.state_dtype)
@@ -252,8 +252,10 @@ class Optimizer(StateMethods):
         cls.__init__(self, params, **kwargs)
         return self
 
-    def _state_arrays(self, key, needed):
-        """The caller's arrays for ``key`` (see :meth:`_over_state`), checked."""
+    def _state_arrays(self, key, needed, shapes=None):
+        """The caller's arrays for ``key`` (see :meth:`_over_state`), checked
+        (``shapes``: per parameter, the expected shape when it is not the
+        parameter's: a ``per_tensor`` rule's slots)."""
         owner = type(self).__name__
         if key not in self._given_state:
             raise ValueError(f"{owner}: no {key!r} arrays given for its state")
@@ -262,10 +264,11 @@ class Optimizer(StateMethods):
             raise ValueError(f"{owner}: {len(arrays)} {key} arrays for {len(self._params)} "
                              "parameters")
         for i, (a, p) in enumerate(zip(arrays, self._params)):
-            if not (isinstance(a, np.ndarray) and a.shape == p.shape and a.dtype == p.dtype
+            shape = p.shape if shapes is None else shapes[i]
+            if not (isinstance(a, np.ndarray) and a.shape == shape and a.dtype == p.dtype
                     and a.flags.c_contiguous and a.flags.writeable):
                 raise ValueError(f"{owner}: the {key} array of parameter {i} must be a "
-                                 f"writeable C-contiguous {p.dtype} array of shape {p.shape}")
+                                 f"writeable C-contiguous {p.dtype} array of shape {shape}")
         return arrays if needed else None
 
     def _build(self):
@@ -281,7 +284,13 @@ class Optimizer(StateMethods):
                 by_dtype.setdefault(self._params[i].dtype, []).append(i)
             slot_arrays = None
             if given is not None:
-                slot_arrays = {name: self._state_arrays(name, True) for name in pg.rule.slots}
+                shapes = None
+                if pg.rule.kind == "per_tensor":
+                    from .per_tensor import slot_shapes
+                    shapes = [slot_shapes(pg.rule, p.shape) for p in self._params]
+                slot_arrays = {name: self._state_arrays(
+                    name, True, None if shapes is None else [s[name] for s in shapes])
+                    for name in pg.rule.slots}
             pg.tensor_groups = [
                 TensorGroup(idx, [self._params[i] for i in idx], pg.rule,
                             self._slot_init(pg.hyperparams), self._backend_name,

@@ -28,15 +28,17 @@ from typing import Callable
 
 from . import _codegen
 
-__all__ = ["Rule", "RULES", "KINDS"]
+__all__ = ["Rule", "RULES", "TENSOR_RULES", "KINDS", "get_rule"]
 
 #: Rule kinds.  ``elementwise``: the update of an element depends on that
 #: element only (every rule today).  ``two_phase``: per-tensor reductions
 #: computed in the fused pass, a decision per tensor on the host, then an
 #: elementwise apply (clipping by norm is expressed this way in
 #: :mod:`fastopt.pipeline`; Lamb's trust ratio is the next user).
-#: ``per_tensor`` (specified in the contributor guide, not implemented yet):
-#: state that is not parameter-shaped and host work per tensor.
+#: ``per_tensor``: state that need not be parameter-shaped and host work per
+#: tensor (:mod:`fastopt.per_tensor`; Adafactor, Muon).  Such rules are kept
+#: in :data:`TENSOR_RULES`, not in :data:`RULES` (nothing is compiled from
+#: them: their elementwise parts are rules of :data:`RULES` they call).
 KINDS = ("elementwise", "two_phase", "per_tensor")
 
 
@@ -82,6 +84,20 @@ class Rule:
         rounds, e.g. to float32).  Called once per *applied* step, before the
         kernel, which reads the advanced values; they are kept only once the
         step has run.
+    slot_shapes : callable
+        ``per_tensor`` rules: ``slot_shapes(shape) -> {slot: shape}``, the
+        state of one tensor of shape ``shape`` (every slot of ``slots``, in
+        order; shapes are tuples of ints, ``()`` for a scalar slot).
+    host_step : callable
+        ``per_tensor`` rules: ``host_step(w, g, state, scalars, backend)``,
+        one tensor's update on the host, in place (see
+        :mod:`fastopt.per_tensor` for what it receives).
+    shardable : bool
+        False when the rule's state cannot be cut by flat element index
+        (a factored moment): :class:`fastopt.distributed.ShardedOptimizer`
+        then refuses the rule, giving ``shard_refusal``.
+    shard_refusal : str or None
+        Why the rule cannot be sharded (required when ``shardable`` is False).
     """
 
     name: str
@@ -97,9 +113,30 @@ class Rule:
     host_state: tuple = ()
     host_init: tuple = ()
     advance: Callable = None
+    slot_shapes: Callable = None
+    host_step: Callable = None
+    shardable: bool = True
+    shard_refusal: str | None = None
     family: str = field(default="", compare=False)
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"rule {self.name!r}: kind must be one of {KINDS}, got "
+                             f"{self.kind!r}")
+        if self.kind == "per_tensor":
+            if self.slot_shapes is None or self.host_step is None:
+                raise ValueError(f"rule {self.name!r}: a per_tensor rule declares "
+                                 "slot_shapes and host_step")
+            if self.bf16_refusal is None:  # state in the parameters' dtype, always
+                object.__setattr__(self, "bf16_refusal", (
+                    "its state is not parameter-shaped and is kept in the parameters' "
+                    "dtype (per_tensor rule)"))
+        elif self.slot_shapes is not None or self.host_step is not None:
+            raise ValueError(f"rule {self.name!r}: slot_shapes and host_step belong to "
+                             "per_tensor rules")
+        if not self.shardable and not self.shard_refusal:
+            raise ValueError(f"rule {self.name!r}: shardable=False needs a shard_refusal "
+                             "saying why")
         n = len(self.host_state)
         if n and (tuple(self.scalars[-n:]) != tuple(self.host_state)
                   or len(self.host_init) != n or self.advance is None):
@@ -146,6 +183,14 @@ class Rule:
         state_item = item if state_dtype is None else np.dtype(state_dtype).itemsize
         return 3 * item + 2 * len(self.slots) * state_item
 
+    def host_scalars(self, scalars):
+        """``per_tensor`` rules: the named per-step scalars ``host_step``
+        reads, ``prepare(*scalars)`` (plain Python is fine here: nothing is
+        compiled from it), or the public scalars by name without one."""
+        if self.prepare is None:
+            return dict(zip(self.scalars, scalars))
+        return self.prepare(*scalars)
+
     def pack(self, scalars, clipvalue=math.inf):
         """``(clipvalue, *prepare(*scalars).values())``: what the kernels read."""
         return (clipvalue, *self.prepare(*scalars).values())
@@ -154,24 +199,37 @@ class Rule:
         return f"Rule({self.name!r}, family={self.family!r})"
 
 
-class _Registry(Mapping):
-    """name -> :class:`Rule`, filled from the family modules on first use."""
+_LOADED = None
 
-    def __init__(self):
+
+def _load_all():
+    """Every family module's ``RULES``, by name: ``(compiled, per_tensor)``."""
+    global _LOADED
+    if _LOADED is None:
+        from .algorithms import FAMILIES
+        compiled, tensor = {}, {}
+        for fam in FAMILIES:
+            module = importlib.import_module(f"fastopt.algorithms.{fam}")
+            for rule in module.RULES:
+                if rule.name in compiled or rule.name in tensor:
+                    raise RuntimeError(f"rule {rule.name!r} declared twice")
+                object.__setattr__(rule, "family", fam)
+                (tensor if rule.kind == "per_tensor" else compiled)[rule.name] = rule
+        _LOADED = compiled, tensor
+    return _LOADED
+
+
+class _Registry(Mapping):
+    """name -> :class:`Rule`, filled from the family modules on first use
+    (``per_tensor``: which half of the registry)."""
+
+    def __init__(self, per_tensor=False):
         self._rules = None
+        self._half = int(per_tensor)
 
     def _load(self):
         if self._rules is None:
-            from .algorithms import FAMILIES
-            rules = {}
-            for fam in FAMILIES:
-                module = importlib.import_module(f"fastopt.algorithms.{fam}")
-                for rule in module.RULES:
-                    if rule.name in rules:
-                        raise RuntimeError(f"rule {rule.name!r} declared twice")
-                    object.__setattr__(rule, "family", fam)
-                    rules[rule.name] = rule
-            self._rules = rules
+            self._rules = _load_all()[self._half]
         return self._rules
 
     def __getitem__(self, name):
@@ -187,5 +245,16 @@ class _Registry(Mapping):
         return f"RULES({list(self)})"
 
 
-#: Every rule, by kernel name, in registry order.
+#: Every compiled rule (kinds ``elementwise`` and ``two_phase``), by kernel
+#: name, in registry order: what the backends generate kernels from.
 RULES = _Registry()
+
+#: Every ``per_tensor`` rule, by name, in registry order (nothing is compiled
+#: from them; :mod:`fastopt.per_tensor` runs them).
+TENSOR_RULES = _Registry(per_tensor=True)
+
+
+def get_rule(name):
+    """The rule called ``name``, compiled or ``per_tensor`` (KeyError if none)."""
+    compiled, tensor = _load_all()
+    return compiled[name] if name in compiled else tensor[name]

@@ -29,8 +29,9 @@ def _literal(node):
 
 
 def read_family(path):
-    """The rules declared in one family module (``Rule(...)`` calls at module
-    level, keyword arguments: literals, or names of functions of the module)."""
+    """The compiled rules declared in one family module (``Rule(...)`` calls at
+    module level, keyword arguments: literals, or names of functions of the
+    module; ``kind="per_tensor"`` rules, which compile nothing, are left out)."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
@@ -49,6 +50,8 @@ def read_family(path):
             continue
         kw = {k.arg: k.value for k in node.keywords}
         name = _literal(node.args[0]) if node.args else _literal(kw["name"])
+        if "kind" in kw and _literal(kw["kind"]) == "per_tensor":
+            continue  # run on the host (fastopt.per_tensor): nothing to compile
 
         def value(key, default=None):
             v = kw.get(key)

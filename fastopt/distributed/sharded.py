@@ -160,6 +160,12 @@ class ShardedOptimizer:
                 piece_grads[i] = L.gshard[g0:g0 + b - a]
         self._piece_grads = piece_grads
         self._inner = optimizer_cls(tree.rebuild(pieces), **hyperparameters)
+        for pg in getattr(self._inner, "_param_groups", ()):
+            if not pg.rule.shardable:
+                raise ValueError(f"{owner}: {optimizer_cls.__name__}'s {pg.rule.name!r} rule "
+                                 "cannot be sharded by flat index (ZeRO-1 cuts tensors "
+                                 f"anywhere): {pg.rule.shard_refusal}; use the optimizer "
+                                 "unsharded")
         self._label_index = {(str(i) if nm is None else nm): i
                              for i, nm in enumerate(self._names)}
         self._copies = [L.copy_plan([self._params[i] for i in L.indices],
