@@ -171,10 +171,6 @@ class Muon(Optimizer):
     _TORCH_DECOUPLED = True
     _TORCH_NAMES = {**Optimizer._TORCH_NAMES, "eps": "epsilon",
                     "ns_coefficients": "muon_a, muon_b and muon_c"}
-    #: why :class:`fastopt.ShardedOptimizer` refuses it
-    SHARD_REFUSAL = ("Newton–Schulz needs each whole momentum matrix on one rank, and "
-                     "ZeRO-1 cuts tensors by flat index; gathering every matrix on every "
-                     "step would cost more than the sharding saves, so Muon is not sharded")
 
     def __init__(self, params, learning_rate=None, adam_beta_1=None, adam_beta_2=None,
                  adam_weight_decay=None, epsilon=None, exclude_layers=None,
@@ -253,11 +249,15 @@ class Muon(Optimizer):
         return out
 
     def _rule_name(self, h):
-        base = "muon_nesterov" if h["nesterov"] else "muon_plain"
-        return base + "_torch" if self.convention == "torch" else base
+        return "muon_torch" if self.convention == "torch" else "muon"
 
     def _scalars(self, h, lr, updates):
-        return (h["momentum"],)
+        self._updates = updates  # for the AdamW part's bias correction (_apply)
+        common = (lr, h["momentum"], h["muon_a"], h["muon_b"], h["muon_c"], h["ns_steps"],
+                  h["nesterov"])
+        if self.convention == "torch":
+            return (*common, h["epsilon"], h["adjust_lr_fn"])
+        return (*common, None if h["rms_rate"] == _NO_RMS else h["rms_rate"])
 
     def get_config(self):
         config = super().get_config()
@@ -286,25 +286,19 @@ class Muon(Optimizer):
                 return pg
         raise IndexError(i)  # pragma: no cover
 
-    # -- the per-tensor step ------------------------------------------------------
-    # Muon's host work per tensor (a ``per_tensor`` rule's host_step): the
-    # momentum runs as the rule's generated element loop over all Muon
-    # matrices of a group at once, writing the Newton–Schulz input into a
-    # scratch array per matrix (the loop's "parameter"); then, per matrix,
-    # Newton–Schulz through BLAS and the update.  Keras's AdamW parameters run
-    # the "adam" element loop with their own decay and learning rate.
+    # -- the step -------------------------------------------------------------------
+    # The matrices run the per_tensor rule ("muon" or "muon_torch", host_step
+    # :func:`muon_step`) through :mod:`fastopt.per_tensor`; under the Keras
+    # convention the parameters AdamW takes run the compiled "adam" rule in
+    # tensor groups of their own, with their own decay and learning rate.
 
     def _build(self):
         owner = type(self).__name__
         if self._device:
             raise ValueError(f"{owner}: the params are CUDA device arrays; Muon's "
                              "Newton–Schulz runs through NumPy's BLAS on the host, so it takes "
-                             "host NumPy arrays only (copy them to the host, or use another "
-                             "optimizer on the device)")
-        if self.state_dtype is not None:
-            raise ValueError(f"{owner}: state_dtype={self.state_dtype!r} is not offered "
-                             "(the Newton–Schulz input is read from a full-precision momentum); "
-                             "leave state_dtype=None")
+                             "host NumPy arrays only (staging every matrix through the host "
+                             "each step would cost more than the update)")
         if getattr(self, "_given_state", None) is not None:
             raise ValueError(f"{owner}: state in the caller's arrays is not offered")
         if self.convention == "torch":
@@ -321,17 +315,13 @@ class Muon(Optimizer):
                 (adamw if self._adamw_of(i) else muon).setdefault(
                     self._params[i].dtype, []).append(i)
             pg.tensor_groups = []
-            for idx in muon.values():
-                scratch = [np.zeros_like(self._params[i]) for i in idx]
-                group = TensorGroup(idx, scratch, pg.rule, {}, self._backend_name,
-                                    [i not in self._excluded for i in idx])
-                group.scratch, group.work, group.adamw = scratch, {}, False
-                pg.tensor_groups.append(group)
-            for idx in adamw.values():
-                group = TensorGroup(idx, [self._params[i] for i in idx], adam, {},
-                                    self._backend_name, [i not in self._excluded for i in idx])
-                group.adamw = True
-                pg.tensor_groups.append(group)
+            for rule, by_dtype in ((pg.rule, muon), (adam, adamw)):
+                for idx in by_dtype.values():
+                    group = TensorGroup(idx, [self._params[i] for i in idx], rule, {},
+                                        self._backend_name,
+                                        [i not in self._excluded for i in idx])
+                    group.adamw = rule is adam
+                    pg.tensor_groups.append(group)
         self._tensor_groups = [g for pg in self._param_groups for g in pg.tensor_groups]
         zeros_like = self._arrays.zeros_like
         self._ema = [zeros_like(p) for p in self._params] if self.use_ema else None
@@ -342,10 +332,6 @@ class Muon(Optimizer):
         self._no_clip_scales = [1.0] * len(self._tensor_groups)
         self._updates = 0
 
-    def _scalars(self, h, lr, updates):
-        self._updates = updates  # for the AdamW part's bias correction (_apply)
-        return (h["momentum"],)
-
     def _apply(self, grads, inv, runs):
         if self._clipnorm is None and self._global_clipnorm is None:
             scales = [inv] * len(self._tensor_groups)
@@ -355,49 +341,27 @@ class Muon(Optimizer):
             scales = two_phase.decide(clip, self._tensor_groups, grads, inv,
                                       self.reduce_tensor_sums)
         clipvalue = math.inf if self._clipvalue is None else self._clipvalue
-        threads = get_num_threads() if num_threads_set() else None
         k = 0
-        for pg, lr, scalars in runs:
-            h = pg.hyperparams
-            for group in pg.tensor_groups:
-                scale = -scales[k] if h["maximize"] else scales[k]
-                k += 1
-                group_grads = [grads[i] for i in group.indices]
-                if all(g is None for g in group_grads):
-                    continue
-                if group.adamw:
-                    keep, _ = decay_factors(h["adam_weight_decay"], lr, False)
-                    alpha = adam_alpha(lr * h["adam_lr_ratio"], h["adam_beta_1"],
-                                       h["adam_beta_2"], self._updates)
+        # the matrix products on fastopt's thread count, when one was set
+        with blas.limit(get_num_threads() if num_threads_set() else None):
+            for pg, lr, scalars in runs:
+                h = pg.hyperparams
+                for group in pg.tensor_groups:
+                    scale = -scales[k] if h["maximize"] else scales[k]
+                    k += 1
+                    group_grads = [grads[i] for i in group.indices]
+                    if all(g is None for g in group_grads):
+                        continue
+                    if group.adamw:
+                        keep, _ = decay_factors(h["adam_weight_decay"], lr, False)
+                        scalars_now = (adam_alpha(lr * h["adam_lr_ratio"], h["adam_beta_1"],
+                                                  h["adam_beta_2"], self._updates),
+                                       h["adam_beta_1"], h["adam_beta_2"], h["epsilon"])
+                    else:
+                        keep, _ = decay_factors(h["weight_decay"], lr, False)
+                        scalars_now = scalars
                     group.set_factors(scale, keep, 0.0)
-                    group.plan.step(group_grads, group.factors,
-                                    (alpha, h["adam_beta_1"], h["adam_beta_2"], h["epsilon"]),
-                                    clipvalue)
-                    continue
-                group.set_factors(scale, 1.0, 0.0)
-                group.plan.step(group_grads, group.factors, scalars, clipvalue)
-                keep, _ = decay_factors(h["weight_decay"], lr, False)
-                with np.errstate(all="ignore"), blas.limit(threads):
-                    for j, i in enumerate(group.indices):
-                        if group_grads[j] is not None:
-                            self._orthogonal_step(self._params[i], group.scratch[j],
-                                                  keep if group.decays[j] else 1.0, lr, h,
-                                                  group.work)
-
-    def _orthogonal_step(self, w, u, keep, lr, h, work):
-        """``w <- keep * w - lr * factor * NS(u)`` for one matrix (in place)."""
-        a, b, c, steps = h["muon_a"], h["muon_b"], h["muon_c"], h["ns_steps"]
-        if self.convention == "torch":
-            o = newton_schulz(u, steps, a, b, c, eps=h["epsilon"], clamp=True, work=work)
-            coef = lr * torch_lr_ratio(w.shape, h["adjust_lr_fn"])
-        else:
-            o = newton_schulz(u, steps, a, b, c, work=work)
-            rms = None if h["rms_rate"] == _NO_RMS else h["rms_rate"]
-            coef = lr * keras_update_scale(w.shape, rms)
-        if keep != 1.0:
-            w *= keep
-        o *= coef
-        w -= o
+                    group.plan.step(group_grads, group.factors, scalars_now, clipvalue)
 
 
 # ---------------------------------------------------------------------------
@@ -685,9 +649,57 @@ def muon_momentum_plain_torch(param, grad, b, *, momentum):
     return b.copy(), b
 
 
+# ---------------------------------------------------------------------------
+# The per_tensor rules: slot shapes, per-step scalars and the host step
+
+def muon_slot_shapes(shape):
+    return {"momentum": tuple(shape)}
+
+
+def prepare_muon(learning_rate, momentum, muon_a, muon_b, muon_c, ns_steps, nesterov,
+                 rms_rate):
+    return {"kernel": "muon_nesterov" if nesterov else "muon_plain", "momentum": momentum,
+            "a": muon_a, "b": muon_b, "c": muon_c, "steps": ns_steps, "eps": NS_EPS,
+            "clamp": False, "lr": learning_rate, "rms_rate": rms_rate, "adjust_lr_fn": None}
+
+
+def prepare_muon_torch(learning_rate, momentum, muon_a, muon_b, muon_c, ns_steps, nesterov,
+                       epsilon, adjust_lr_fn):
+    return {"kernel": "muon_nesterov_torch" if nesterov else "muon_plain_torch",
+            "momentum": momentum, "a": muon_a, "b": muon_b, "c": muon_c, "steps": ns_steps,
+            "eps": epsilon, "clamp": True, "lr": learning_rate, "rms_rate": None,
+            "adjust_lr_fn": adjust_lr_fn}
+
+
+def muon_step(w, g, state, scalars, backend):
+    """One matrix's Muon step (``w`` already decayed, ``g`` already scaled):
+    the momentum through the backend's generated loop (it writes the
+    Newton–Schulz input ``u``), Newton–Schulz through BLAS, the update."""
+    m = state["momentum"]
+    u = np.empty_like(w)
+    getattr(backend, scalars["kernel"])(u.reshape(-1), g.reshape(-1), m.reshape(-1),
+                                        scalars["momentum"])
+    o = newton_schulz(u, scalars["steps"], scalars["a"], scalars["b"], scalars["c"],
+                      eps=scalars["eps"], clamp=scalars["clamp"])
+    if scalars["clamp"]:  # torch
+        coef = scalars["lr"] * torch_lr_ratio(w.shape, scalars["adjust_lr_fn"])
+    else:
+        coef = scalars["lr"] * keras_update_scale(w.shape, scalars["rms_rate"])
+    o *= coef
+    w -= o
+
+
 _MOMENTUM = ("momentum",)
+_MUON_K = ("learning_rate", "momentum", "muon_a", "muon_b", "muon_c", "ns_steps", "nesterov",
+           "rms_rate")
+_MUON_T = ("learning_rate", "momentum", "muon_a", "muon_b", "muon_c", "ns_steps", "nesterov",
+           "epsilon", "adjust_lr_fn")
+_SHARD_REFUSAL = ("Newton–Schulz needs each whole momentum matrix on one rank, and ZeRO-1 "
+                  "cuts tensors by flat index; gathering every matrix on every rank each "
+                  "step would cost more than sharding saves")
 
 RULES = (
+    # the momentum parts, compiled (the per_tensor rules call them)
     Rule("muon_nesterov", slots=("momentum",), scalars=_MOMENTUM,
          prepare=prepare_muon_momentum, element=element_muon_nesterov,
          reference=muon_momentum_nesterov),
@@ -700,4 +712,12 @@ RULES = (
     Rule("muon_plain_torch", slots=("momentum",), scalars=_MOMENTUM, convention="torch",
          prepare=prepare_muon_momentum_torch, element=element_muon_plain_torch,
          reference=muon_momentum_plain_torch, torch_state=("momentum_buffer",)),
+    # the matrices' rules, run on the host per tensor
+    Rule("muon", kind="per_tensor", slots=("momentum",), scalars=_MUON_K,
+         prepare=prepare_muon, slot_shapes=muon_slot_shapes, host_step=muon_step,
+         reference=muon, shardable=False, shard_refusal=_SHARD_REFUSAL),
+    Rule("muon_torch", kind="per_tensor", slots=("momentum",), scalars=_MUON_T,
+         convention="torch", prepare=prepare_muon_torch, slot_shapes=muon_slot_shapes,
+         host_step=muon_step, reference=muon_torch, torch_state=("momentum_buffer",),
+         shardable=False, shard_refusal=_SHARD_REFUSAL),
 )
