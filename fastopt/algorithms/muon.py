@@ -489,13 +489,13 @@ def prepare_muon_momentum_torch(momentum):
 
 
 def element_muon_nesterov_torch(g, w, momentum, mu, one_minus_mu):
-    # torch's lerp: start + weight * (end - start) for weight < 0.5, else
+    # torch's lerp: start + weight * (end - start) for |weight| < 0.5, else
     # end - (end - start) * (1 - weight)
-    if one_minus_mu < 0.5:
+    if abs(one_minus_mu) < 0.5:
         momentum = momentum + one_minus_mu * (g - momentum)
     else:
         momentum = g - (g - momentum) * mu
-    if mu < 0.5:
+    if abs(mu) < 0.5:
         w = g + mu * (momentum - g)
     else:
         w = momentum - (momentum - g) * one_minus_mu
@@ -503,7 +503,7 @@ def element_muon_nesterov_torch(g, w, momentum, mu, one_minus_mu):
 
 
 def element_muon_plain_torch(g, w, momentum, mu, one_minus_mu):
-    if one_minus_mu < 0.5:
+    if abs(one_minus_mu) < 0.5:
         momentum = momentum + one_minus_mu * (g - momentum)
     else:
         momentum = g - (g - momentum) * mu
@@ -605,15 +605,26 @@ def muon_torch(param, grad, b, *, learning_rate, momentum, muon_a, muon_b, muon_
     return _f64(param) - learning_rate * ratio * o, b
 
 
+def _torch_lerp(start, end, weight):
+    """``torch.lerp`` as torch computes it (CPU): ``start + weight * (end -
+    start)`` for ``|weight| < 0.5``, else ``end - (end - start) * (1 -
+    weight)`` (the two differ for infinite inputs: ``inf - inf``)."""
+    if abs(weight) < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1.0 - weight)
+
+
 def muon_momentum_nesterov(param, grad, m, *, momentum):
     """The momentum part of Keras Muon with Nesterov momentum (what it
-    writes in place of the parameter is the Newton–Schulz input ``u``)::
+    writes in place of the parameter is the Newton–Schulz input ``u``;
+    Keras's ``m += g + m * (momentum - 1)``)::
 
         m <- momentum * m + g
         u = g + momentum * m
     """
     g = _f64(grad)
-    m = momentum * _f64(m) + g
+    m = _f64(m)
+    m = m + (g + m * (momentum - 1.0))
     return g + momentum * m, m
 
 
@@ -623,19 +634,21 @@ def muon_momentum_plain(param, grad, m, *, momentum):
         m <- momentum * m + g
         u = m
     """
-    m = momentum * _f64(m) + _f64(grad)
+    m = _f64(m)
+    m = m + (_f64(grad) + m * (momentum - 1.0))
     return m.copy(), m
 
 
 def muon_momentum_nesterov_torch(param, grad, b, *, momentum):
-    """The momentum part of PyTorch Muon with Nesterov momentum::
+    """The momentum part of PyTorch Muon with Nesterov momentum
+    (``b.lerp_(g, 1 - momentum)``, ``u = g.lerp(b, momentum)``)::
 
         b <- b + (1 - momentum) * (g - b)
         u = g + momentum * (b - g)
     """
     g = _f64(grad)
-    b = _f64(b) + (1.0 - momentum) * (g - _f64(b))
-    return g + momentum * (b - g), b
+    b = _torch_lerp(_f64(b), g, 1.0 - momentum)
+    return _torch_lerp(g, b, momentum), b
 
 
 def muon_momentum_plain_torch(param, grad, b, *, momentum):
@@ -644,8 +657,7 @@ def muon_momentum_plain_torch(param, grad, b, *, momentum):
         b <- b + (1 - momentum) * (g - b)
         u = b
     """
-    g = _f64(grad)
-    b = _f64(b) + (1.0 - momentum) * (g - _f64(b))
+    b = _torch_lerp(_f64(b), _f64(grad), 1.0 - momentum)
     return b.copy(), b
 
 
