@@ -421,3 +421,81 @@ def test_blas_threads_follow_fastopts_count_during_the_step_only(monkeypatch):
     with blas.limit(1):
         assert blas.get_num_threads() == 1
     assert blas.get_num_threads() == before
+
+
+# ---------------------------------------------------------------------------
+# fastopt.torch.Muon against torch.optim.Muon
+
+def _torch_pair(float64_ns, **kw):
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as ft
+    import torch.optim._muon as tm
+
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal(s) for s in [(6, 4), (3, 7), (5, 5)]]
+    grads = [[rng.standard_normal(a.shape) for a in init] for _ in range(8)]
+    grads[2] = [np.zeros_like(a) for a in init]
+
+    def run(cls, patch):
+        params = [torch.tensor(a.copy(), requires_grad=True) for a in init]
+        opt = cls(params, lr=0.02, **kw)
+        saved = tm._zeropower_via_newtonschulz
+        if patch:  # torch's iteration with the same operations in float64
+            def ns(grad, coefficients, steps, eps):
+                a, b, c = coefficients
+                x = grad.T if grad.size(0) > grad.size(1) else grad
+                x = x / x.norm().clamp(min=eps)
+                for _ in range(steps):
+                    gram = x @ x.T
+                    x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x,
+                                    beta=a)
+                return x.T if grad.size(0) > grad.size(1) else x
+            tm._zeropower_via_newtonschulz = ns
+        try:
+            for g in grads:
+                for p, gk in zip(params, g):
+                    p.grad = torch.tensor(gk)
+                opt.step()
+        finally:
+            tm._zeropower_via_newtonschulz = saved
+        return params, opt
+    return run(torch.optim.Muon, float64_ns), run(ft.Muon, False), init
+
+
+@pytest.mark.parametrize("kw", [{}, {"nesterov": False, "adjust_lr_fn": "match_rms_adamw",
+                                     "momentum": 0.3, "ns_steps": 3, "weight_decay": 0.0}])
+def test_torch_adapter_matches_torch_with_its_iteration_in_float64(kw):
+    (tp, topt), (fp, fopt), init = _torch_pair(True, **kw)
+    for t, f, a in zip(tp, fp, init):
+        moved = np.max(np.abs(t.detach().numpy() - a))
+        np.testing.assert_allclose(f.detach().numpy(), t.detach().numpy(), rtol=0,
+                                   atol=1e-12 * moved)
+    ts, fs = topt.state_dict(), fopt.state_dict()
+    assert ts["param_groups"] == fs["param_groups"]
+    for k in ts["state"]:
+        assert set(ts["state"][k]) == set(fs["state"][k]) == {"momentum_buffer"}
+        np.testing.assert_allclose(fs["state"][k]["momentum_buffer"].numpy(),
+                                   ts["state"][k]["momentum_buffer"].numpy(), rtol=1e-13)
+
+
+def test_torch_adapter_against_torchs_bfloat16_iteration_and_refusals():
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as ft
+    (tp, _), (fp, fopt), init = _torch_pair(False)
+    # torch's bfloat16 Newton–Schulz: ~1e-2 of the displacement after 8 steps
+    for t, f, a in zip(tp, fp, init):
+        moved = np.max(np.abs(t.detach().numpy() - a))
+        err = np.max(np.abs(f.detach().numpy() - t.detach().numpy()))
+        assert 1e-5 * moved < err < 5e-2 * moved
+    with pytest.raises(ValueError, match="2D parameters"):
+        ft.Muon([torch.zeros(3)])
+    with pytest.raises(ValueError, match=r"ns_steps must be an int in \[0, 100\)"):
+        ft.Muon([torch.zeros(3, 2)], ns_steps=100)
+    with pytest.raises(ValueError, match="backend must be"):
+        ft.Muon([torch.zeros(3, 2)], backend="cuda")
+    p = torch.zeros(3, 2, dtype=torch.float16, requires_grad=True)
+    p.grad = torch.ones(3, 2, dtype=torch.float16)
+    opt = ft.Muon([p])
+    with pytest.raises(TypeError, match="CPU float32 or float64"):
+        opt.step()
+    assert not p.any() and not opt.state  # nothing changed

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from ._optim import FusedOptimizer
 from .offload import CPUOffload
-from .optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop,
-                         Rprop)
+from .optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Muon, NAdam, RAdam,
+                         RMSprop, Rprop)
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD",
-           "RAdam", "Rprop", "FusedOptimizer", "CPUOffload"]
+           "RAdam", "Rprop", "Muon", "FusedOptimizer", "CPUOffload"]
