@@ -1,7 +1,7 @@
 """fastopt's fused optimizers as Keras 3 optimizers.
 
 ``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW``,
-``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta`` and ``Nadam`` subclass the ``keras.optimizers``
+``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta``, ``Nadam`` and ``Muon`` subclass the ``keras.optimizers``
 class of the same name: the
 constructor (arguments, defaults, checks and errors), ``get_config``,
 ``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
@@ -53,12 +53,13 @@ from .algorithms.adam import Adam as _Adam, AdamW as _AdamW
 from .algorithms.adamax import Adamax as _Adamax
 from .algorithms.ftrl import Ftrl as _Ftrl
 from .algorithms.lion import Lion as _Lion
+from .algorithms.muon import Muon as _Muon
 from .algorithms.nadam import Nadam as _Nadam
 from .algorithms.rmsprop import RMSprop as _RMSprop
 from .algorithms.sgd import SGD as _SGD
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion", "Adadelta",
-           "Nadam"]
+           "Nadam", "Muon"]
 
 #: float dtypes fastopt's kernels update
 _DTYPES = ("float32", "float64")
@@ -289,7 +290,8 @@ class _Fused:
         params = [_numpy(t) for t in owned]
         state = {}
         for slot, lst in state_vars.items():
-            state["ema" if slot == "average" else slot] = [_numpy(_tensor(s)) for s in lst]
+            state["ema" if slot == "average" else slot] = self._fastopt_slot_arrays(
+                slot, lst, params)
         excluded = [i for i, d in enumerate(use_decay) if not d]
         core = self._CORE._over_state(params, state, learning_rate=self._fastopt_lr,
                                     exclude_from_weight_decay=excluded or None, **config)
@@ -300,6 +302,11 @@ class _Fused:
         engine = _Engine(key, core, index, counter, owned, params, variables)
         self.__dict__["_fastopt_engine_cache"] = engine
         return engine
+
+    def _fastopt_slot_arrays(self, slot, variables, params):
+        """The memory of the slot variables ``variables`` of ``slot`` (one per
+        parameter in ``params``), as the fastopt optimizer takes them."""
+        return [_numpy(_tensor(s)) for s in variables]
 
     def _fastopt_lr(self, _iteration):
         """The learning rate Keras would use now (its schedule sees Keras's
@@ -338,3 +345,46 @@ Ftrl = _fused(keras.optimizers.Ftrl, _Ftrl, _doc("Ftrl"))
 Lion = _fused(keras.optimizers.Lion, _Lion, _doc("Lion"))
 Adadelta = _fused(keras.optimizers.Adadelta, _Adadelta, _doc("Adadelta"))
 Nadam = _fused(keras.optimizers.Nadam, _Nadam, _doc("Nadam"))
+
+
+class _FusedMuon(_Fused):
+    """Keras's Muon keeps ``momentums`` (every variable) and
+    ``adam_velocities`` (None but for the variables AdamW takes), built with
+    ``add_variable_from_reference``; fastopt's Muon routes the variables the
+    same way, by shape and by their paths."""
+
+    def build(self, var_list):
+        super().build(var_list)
+        slots = self.__dict__.setdefault("_fastopt_slots", {})
+        slots.update(momentum=self.momentums, velocity=self.adam_velocities)
+
+    def _fastopt_slot_arrays(self, slot, variables, params):
+        return [None if s is None else _numpy(_tensor(s)) for s in variables]
+
+    def _fastopt_config(self):
+        def clip(value):
+            return value if value and value > 0 else None
+        variables = [v for v in self._trainable_variables
+                     if not self._overwrite_variable_with_gradient(v)]
+        return dict(adam_beta_1=self.adam_beta_1, adam_beta_2=self.adam_beta_2,
+                    adam_weight_decay=self.adam_weight_decay or 0.0, epsilon=self.epsilon,
+                    exclude_layers=list(self.exclude_layers),
+                    exclude_embeddings=bool(self.exclude_embeddings), muon_a=self.muon_a,
+                    muon_b=self.muon_b, muon_c=self.muon_c, adam_lr_ratio=self.adam_lr_ratio,
+                    momentum=self.momentum, ns_steps=self.ns_steps, nesterov=self.nesterov,
+                    rms_rate=self.rms_rate, weight_decay=self.weight_decay or 0.0,
+                    clipnorm=clip(self.clipnorm), clipvalue=clip(self.clipvalue),
+                    global_clipnorm=clip(self.global_clipnorm), use_ema=bool(self.use_ema),
+                    ema_momentum=self.ema_momentum,
+                    ema_overwrite_frequency=self.ema_overwrite_frequency or None,
+                    loss_scale_factor=self.loss_scale_factor,
+                    gradient_accumulation_steps=self.gradient_accumulation_steps or None,
+                    names=[v.path for v in variables])
+
+
+Muon = keras.saving.register_keras_serializable(package="fastopt")(
+    type("Muon", (_FusedMuon, keras.optimizers.Muon),
+         {"_CORE": _Muon, "__module__": __name__, "__qualname__": "Muon",
+          "__doc__": _doc("Muon") + "\n\nNewton–Schulz runs in the variables' dtype, its "
+          "Frobenius norm included (Keras takes the norm in float32 even for float64 "
+          "variables: see :class:`fastopt.Muon`)."}))

@@ -499,3 +499,35 @@ def test_torch_adapter_against_torchs_bfloat16_iteration_and_refusals():
     with pytest.raises(TypeError, match="CPU float32 or float64"):
         opt.step()
     assert not p.any() and not opt.state  # nothing changed
+
+
+# ---------------------------------------------------------------------------
+# fastopt.keras.Muon against the Keras recordings
+
+@pytest.mark.parametrize("name", ["keras_muon", "keras_muon_options"])
+def test_keras_adapter_replays_the_keras_recordings(name):
+    keras = pytest.importorskip("keras")
+    torch = pytest.importorskip("torch")
+    if keras.backend.backend() != "torch":
+        pytest.skip("fastopt.keras needs KERAS_BACKEND=torch")
+    import fastopt.keras as fk
+    meta = json.loads((GOLDEN / f"{name}.json").read_text())
+    with np.load(GOLDEN / f"{name}.npz") as data:
+        arrays = dict(data)
+    spec, n = meta["fastopt"], len(meta["shapes"])
+    keras.config.set_floatx("float64")
+    try:
+        variables = [keras.Variable(arrays[f"init_{k}"].copy(), dtype="float64", name=nm)
+                     for k, nm in enumerate(spec["names"])]
+        opt = fk.Muon(**spec["kwargs"])
+        moved = [0.0] * n
+        for t in range(meta["steps"]):
+            opt.apply([torch.tensor(arrays[f"grads_{k}"][t]) for k in range(n)], variables)
+            for k, v in enumerate(variables):
+                want = arrays[f"params_{k}"][t]
+                moved[k] = max(moved[k], float(np.max(np.abs(want - arrays[f"init_{k}"]))))
+                err = float(np.max(np.abs(v.numpy() - want)))
+                assert err <= meta["tolerance"] * moved[k], (t, k, err / moved[k])
+        assert [opt._should_use_adamw(v) for v in variables] == meta["keras_uses_adamw"]
+    finally:
+        keras.config.set_floatx("float32")

@@ -277,8 +277,21 @@ class Muon(Optimizer):
         if self.convention == "torch":
             return False
         h = self._group_of(i).hyperparams
-        return uses_adamw(self._params[i].shape, self._tree.names[i], h["exclude_layers"],
+        names = getattr(self, "_given_names", None) or self._tree.names
+        return uses_adamw(self._params[i].shape, names[i], h["exclude_layers"],
                           h["exclude_embeddings"])
+
+    @classmethod
+    def _over_state(cls, params, state, names=None, **kwargs):
+        """:meth:`fastopt.Optimizer._over_state`, and ``names``: one per
+        parameter (list params), what Keras's routing matches (the Keras
+        variables' paths, from :mod:`fastopt.keras`).  ``state["velocity"]``
+        holds None for the parameters that do not go to AdamW."""
+        self = cls.__new__(cls)
+        self._given_state = state
+        self._given_names = None if names is None else list(names)
+        cls.__init__(self, params, **kwargs)
+        return self
 
     def _group_of(self, i):
         for pg in self._param_groups:
@@ -299,8 +312,9 @@ class Muon(Optimizer):
                              "Newton–Schulz runs through NumPy's BLAS on the host, so it takes "
                              "host NumPy arrays only (staging every matrix through the host "
                              "each step would cost more than the update)")
-        if getattr(self, "_given_state", None) is not None:
-            raise ValueError(f"{owner}: state in the caller's arrays is not offered")
+        given = getattr(self, "_given_state", None)
+        if given is not None and len(self._param_groups) > 1:
+            raise ValueError(f"{owner}: state in the caller's arrays needs one parameter group")
         if self.convention == "torch":
             for label, shape in zip(self._tree.labels, self._tree.shapes):
                 if len(shape) != 2:
@@ -309,6 +323,23 @@ class Muon(Optimizer):
                                      "(give biases and embeddings to another optimizer, or "
                                      "use convention='keras', which gives them to AdamW)")
         adam = REGISTRY["adam"]
+        slots = None
+        if given is not None:  # Keras's variables (fastopt.keras.Muon): momentum for
+            # every parameter, velocity for AdamW's (None for the others)
+            adamw_of = [self._adamw_of(i) for i in range(len(self._params))]
+            slots = {"momentum": self._state_arrays("momentum", True)}
+            velocity = list(given.get("velocity") or [None] * len(self._params))
+            if len(velocity) != len(self._params):
+                raise ValueError(f"{owner}: {len(velocity)} velocity arrays for "
+                                 f"{len(self._params)} parameters")
+            for i, (a, p) in enumerate(zip(velocity, self._params)):
+                if adamw_of[i] and not (isinstance(a, np.ndarray) and a.shape == p.shape
+                                        and a.dtype == p.dtype and a.flags.c_contiguous
+                                        and a.flags.writeable):
+                    raise ValueError(f"{owner}: the velocity array of parameter {i} (AdamW) "
+                                     f"must be a writeable C-contiguous {p.dtype} array of "
+                                     f"shape {p.shape}")
+            slots["velocity"] = velocity
         for pg in self._param_groups:
             muon, adamw = {}, {}
             for i in pg.indices:
@@ -319,14 +350,22 @@ class Muon(Optimizer):
                 for idx in by_dtype.values():
                     group = TensorGroup(idx, [self._params[i] for i in idx], rule, {},
                                         self._backend_name,
-                                        [i not in self._excluded for i in idx])
+                                        [i not in self._excluded for i in idx],
+                                        slot_arrays=None if slots is None else
+                                        {name: [slots[name][i] for i in idx]
+                                         for name in rule.slots})
                     group.adamw = rule is adam
                     pg.tensor_groups.append(group)
         self._tensor_groups = [g for pg in self._param_groups for g in pg.tensor_groups]
-        zeros_like = self._arrays.zeros_like
-        self._ema = [zeros_like(p) for p in self._params] if self.use_ema else None
-        self._accumulated = ([zeros_like(p) for p in self._params]
-                             if self.gradient_accumulation_steps else None)
+        if given is not None:
+            self._ema = self._state_arrays("ema", self.use_ema) if self.use_ema else None
+            self._accumulated = (self._state_arrays("accumulated", True)
+                                 if self.gradient_accumulation_steps else None)
+        else:
+            zeros_like = self._arrays.zeros_like
+            self._ema = [zeros_like(p) for p in self._params] if self.use_ema else None
+            self._accumulated = ([zeros_like(p) for p in self._params]
+                                 if self.gradient_accumulation_steps else None)
         self._counted = []
         self._one_tensor_group = False
         self._no_clip_scales = [1.0] * len(self._tensor_groups)
