@@ -531,3 +531,19 @@ def test_keras_adapter_replays_the_keras_recordings(name):
         assert [opt._should_use_adamw(v) for v in variables] == meta["keras_uses_adamw"]
     finally:
         keras.config.set_floatx("float32")
+
+
+def test_gradient_accumulation():
+    # every second call applies the mean of two gradients: the same as plain
+    # steps on the means (AdamW's bias correction counts the updates)
+    a, b = make_params(), make_params()
+    acc = fastopt.Muon(a, learning_rate=0.02, gradient_accumulation_steps=2)
+    plain = fastopt.Muon(b, learning_rate=0.02)
+    for t in range(0, 4, 2):
+        acc.step(grads_at(t))
+        acc.step(grads_at(t + 1))
+        plain.step({n: (grads_at(t)[n] + grads_at(t + 1)[n]) / 2 for n in SHAPES})
+    assert acc.iterations == plain.iterations == 2
+    for n in SHAPES:
+        np.testing.assert_allclose(a[n], b[n], rtol=1e-12, atol=1e-14)
+        assert not np.array_equal(a[n], make_params()[n])
