@@ -395,9 +395,32 @@ class _Progress:
         self.stream.flush()
 
 
+def _bench_muon(args):
+    from fastopt.bench import muon
+
+    if len(args.backends) != 1:
+        args.parser.error("--muon: give one backend")
+    result = muon.run(dtype=args.dtype, threads=args.threads, backend=args.backends[0],
+                      convention=args.convention,
+                      repeats=args.repeats if args.repeats is not None else 7,
+                      warmup=args.warmup if args.warmup is not None else 2,
+                      torch=not args.no_torch)
+    result["command"] = "fastopt bench" + "".join(f" {a}" for a in args.argv)
+    print(muon.format_report(result))
+    if args.json is not None:
+        _writable(args.json, "--json", args.parser.error)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        print(f"json: {args.json}")
+    return 0
+
+
 def _bench(args):
     from fastopt import bench
 
+    if args.muon:
+        return _bench_muon(args)
     fail = args.parser.error
     quick = args.quick
     config = bench.Config(
@@ -491,6 +514,12 @@ def _add_bench(sub):
                    help="skip the check against the float64 reference")
     p.add_argument("--json", metavar="PATH", help="also write every number as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--muon", action="store_true",
+                   help="time Muon instead (a transformer block's matrices at width 256): "
+                        "the step split into Newton-Schulz and the elementwise rest, against "
+                        "torch.optim.Muon at the same thread count; takes --threads, --dtype, "
+                        "--convention, one of --backends, --repeats, --warmup, --no-torch, "
+                        "--json")
     p.set_defaults(func=_bench, parser=p)
 
 

@@ -1,8 +1,8 @@
 """fastopt's fused optimizers as Keras 3 optimizers.
 
 ``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW``,
-``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta``, ``Nadam`` and ``Adafactor``
-subclass the ``keras.optimizers`` class of the same name: the
+``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta``, ``Nadam``, ``Adafactor`` and
+``Muon`` subclass the ``keras.optimizers`` class of the same name: the
 constructor (arguments, defaults, checks and errors), ``get_config``,
 ``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
 variables and their names, ``save_own_variables``/``load_own_variables`` are
@@ -56,12 +56,13 @@ from .algorithms.adam import Adam as _Adam, AdamW as _AdamW
 from .algorithms.adamax import Adamax as _Adamax
 from .algorithms.ftrl import Ftrl as _Ftrl
 from .algorithms.lion import Lion as _Lion
+from .algorithms.muon import Muon as _Muon
 from .algorithms.nadam import Nadam as _Nadam
 from .algorithms.rmsprop import RMSprop as _RMSprop
 from .algorithms.sgd import SGD as _SGD
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion", "Adadelta",
-           "Nadam", "Adafactor"]
+           "Nadam", "Adafactor", "Muon"]
 
 #: float dtypes fastopt's kernels update
 _DTYPES = ("float32", "float64")
@@ -322,12 +323,12 @@ class _Fused:
             f"stateless_apply is not supported (use keras.optimizers.{type(self).__name__})")
 
 
-def _fused(keras_cls, core_cls, doc):
+def _fused(keras_cls, core_cls, doc, mixin=_Fused):
     # types.new_class, as a class statement does (and unlike type()), resolves
     # the bases' __mro_entries__: the API reference builds with keras mocked
     body = {"_CORE": core_cls, "__module__": __name__, "__qualname__": keras_cls.__name__,
             "__doc__": doc}
-    cls = types.new_class(keras_cls.__name__, (_Fused, keras_cls),
+    cls = types.new_class(keras_cls.__name__, (mixin, keras_cls),
                           exec_body=lambda ns: ns.update(body))
     # registered as "fastopt>Name"; the decorator returns the class itself, which
     # is what is kept (so the class stays the class where keras is mocked)
@@ -362,7 +363,8 @@ class _FusedFactored(_Fused):
 
     def build(self, var_list):
         super().build(var_list)
-        self.__dict__["_fastopt_slots"] = {"r": self._r, "c": self._c, "velocity": self._v}
+        slots = self.__dict__.setdefault("_fastopt_slots", {})
+        slots.update(r=self._r, c=self._c, velocity=self._v)
 
     def _fastopt_slot_arrays(self, slot, variables, params):
         from .algorithms.adafactor import slot_shapes_keras
@@ -376,10 +378,49 @@ class _FusedFactored(_Fused):
         return out
 
 
-Adafactor = keras.saving.register_keras_serializable(package="fastopt")(
-    type("Adafactor", (_FusedFactored, keras.optimizers.Adafactor),
-         {"_CORE": _Adafactor, "__module__": __name__, "__qualname__": "Adafactor",
-          "__doc__": _doc("Adafactor") + "\n\nThe ``velocity`` variable of a matrix "
-          "(Keras's by-product ``r/mean(r) x c``) is not kept up to date: fastopt "
-          "keeps the factored ``r`` and ``c`` only, from which Keras recomputes it "
-          "before reading it."}))
+Adafactor = _fused(keras.optimizers.Adafactor, _Adafactor,
+                   _doc("Adafactor") + "\n\nThe ``velocity`` variable of a matrix "
+                   "(Keras's by-product ``r/mean(r) x c``) is not kept up to date: fastopt "
+                   "keeps the factored ``r`` and ``c`` only, from which Keras recomputes it "
+                   "before reading it.", _FusedFactored)
+
+
+class _FusedMuon(_Fused):
+    """Keras's Muon keeps ``momentums`` (every variable) and
+    ``adam_velocities`` (None but for the variables AdamW takes), built with
+    ``add_variable_from_reference``; fastopt's Muon routes the variables the
+    same way, by shape and by their paths."""
+
+    def build(self, var_list):
+        super().build(var_list)
+        slots = self.__dict__.setdefault("_fastopt_slots", {})
+        slots.update(momentum=self.momentums, velocity=self.adam_velocities)
+
+    def _fastopt_slot_arrays(self, slot, variables, params):
+        return [None if s is None else _numpy(_tensor(s)) for s in variables]
+
+    def _fastopt_config(self):
+        def clip(value):
+            return value if value and value > 0 else None
+        variables = [v for v in self._trainable_variables
+                     if not self._overwrite_variable_with_gradient(v)]
+        return dict(adam_beta_1=self.adam_beta_1, adam_beta_2=self.adam_beta_2,
+                    adam_weight_decay=self.adam_weight_decay or 0.0, epsilon=self.epsilon,
+                    exclude_layers=list(self.exclude_layers),
+                    exclude_embeddings=bool(self.exclude_embeddings), muon_a=self.muon_a,
+                    muon_b=self.muon_b, muon_c=self.muon_c, adam_lr_ratio=self.adam_lr_ratio,
+                    momentum=self.momentum, ns_steps=self.ns_steps, nesterov=self.nesterov,
+                    rms_rate=self.rms_rate, weight_decay=self.weight_decay or 0.0,
+                    clipnorm=clip(self.clipnorm), clipvalue=clip(self.clipvalue),
+                    global_clipnorm=clip(self.global_clipnorm), use_ema=bool(self.use_ema),
+                    ema_momentum=self.ema_momentum,
+                    ema_overwrite_frequency=self.ema_overwrite_frequency or None,
+                    loss_scale_factor=self.loss_scale_factor,
+                    gradient_accumulation_steps=self.gradient_accumulation_steps or None,
+                    names=[v.path for v in variables])
+
+
+Muon = _fused(keras.optimizers.Muon, _Muon,
+              _doc("Muon") + "\n\nNewton–Schulz runs in the variables' dtype, its "
+              "Frobenius norm included (Keras takes the norm in float32 even for float64 "
+              "variables: see :class:`fastopt.Muon`).", _FusedMuon)

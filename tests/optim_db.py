@@ -650,8 +650,53 @@ TORCH_ROWS = [row for row in DB if row.torch_class]
 TORCH_CLASSES = list(dict.fromkeys(row.torch_class for row in TORCH_ROWS))
 
 
+@dataclass(frozen=True)
+class TensorOptimizerInfo:
+    """An optimizer whose rule is of kind ``per_tensor`` (Adafactor, Muon): the generic
+    rows' tests (trajectories against the elementwise specs, the torch
+    adapter...) do not apply; its own test file checks it, and these rows
+    give what the shared tests read: the rule under each convention, the
+    golden recordings and the kernel scalars of the compiled rules it calls.
+    """
+
+    id: str
+    cls: type
+    rules: dict
+    golden: tuple = ()
+    part_scalars: dict = field(default_factory=dict)
+
+    def __str__(self):
+        return self.id
+
+    @property
+    def conventions(self):
+        return tuple(self.rules)
+
+
+TENSOR_DB = [
+    # factored moments: the state is not parameter-shaped (tests/test_adafactor.py)
+    TensorOptimizerInfo(
+        "adafactor", fastopt.Adafactor, rules={"keras": "adafactor", "torch": "adafactor_torch"},
+        golden=("keras_adafactor", "keras_adafactor_options", "torch_adafactor",
+                "torch_adafactor_options")),
+    TensorOptimizerInfo(
+        "muon", fastopt.Muon, rules={"keras": "muon", "torch": "muon_torch"},
+        golden=("keras_muon", "keras_muon_exact", "keras_muon_options",
+                "keras_muon_options_exact", "torch_muon", "torch_muon_exact",
+                "torch_muon_options", "torch_muon_options_exact"),
+        # the momentum parts (torch's lerp takes both branches: 0.9 and 0.3)
+        part_scalars={"muon_nesterov": (0.9,), "muon_plain": (0.95,),
+                      "muon_nesterov_torch": (0.9,), "muon_plain_torch": (0.3,)}),
+]
+
+
 def _kernel_scalars():
     out = {}
+    for row in TENSOR_DB:
+        for rule, values in row.part_scalars.items():
+            if rule in out:
+                raise AssertionError(f"rule {rule!r} gets kernel scalars from two rows")
+            out[rule] = values
     for row in DB:
         for rule, values in row.scalars.items():
             if rule in out:
@@ -716,11 +761,3 @@ def fastopt_kwargs(torch_kwargs):
             value = float(value) if isinstance(value, Tensor) else value
             out[_TORCH_TO_FASTOPT.get(key, key)] = value
     return out
-
-
-#: Optimizers of ``per_tensor`` rules (fastopt.per_tensor): their state is not
-#: parameter-shaped and their update is not one element loop, so the generic
-#: kernel, bfloat16, CUDA and adapter tests of :data:`DB` do not apply; each
-#: has its own test file (tests/test_adafactor.py) and golden recordings under
-#: both conventions (tests/test_golden.py replays them).
-TENSOR_CLASSES = (fastopt.Adafactor,)

@@ -48,8 +48,8 @@ from fastopt.rule import RULES
 from cases import gradient
 from cuda_helpers import SIMULATOR, Foreign, cb, cuda, dev, host, needs_cuda, step_launches
 from test_cuda_ptx import EVERY_CALL
-from test_golden import NAMES as GOLDEN_NAMES, replay
-from optim_db import DB, scalars_at, step_inputs, with_conventions
+from test_golden import NAMES as GOLDEN_NAMES, load, replay
+from optim_db import DB, TENSOR_DB, scalars_at, step_inputs, with_conventions
 from test_kernels import assert_close, initial_state, kappa
 
 pytestmark = needs_cuda
@@ -630,10 +630,25 @@ def test_load_state_dict_checks_before_copying():
 # ---------------------------------------------------------------------------
 # Golden trajectories from PyTorch and Keras
 
-@pytest.mark.parametrize("name", GOLDEN_NAMES)
+#: the optimizers of per_tensor rules (Muon) refuse device arrays (their host
+#: work reads NumPy arrays): their recordings are not replayed here
+_TENSOR_CLASSES = {row.cls.__name__ for row in TENSOR_DB}
+DEVICE_GOLDEN = [n for n in GOLDEN_NAMES if load(n)[0]["fastopt"]["class"] not in _TENSOR_CLASSES]
+
+
+@pytest.mark.parametrize("name", DEVICE_GOLDEN)
 def test_golden_trajectory(name, monkeypatch):
     monkeypatch.setattr(cb, "MAX_BLOCKS", 1)  # one block walks every chunk: fewer threads
     replay(name, "cuda", place=dev, fetch=host)
+
+
+@pytest.mark.parametrize("row", TENSOR_DB, ids=str)
+@pytest.mark.parametrize("convention", ["keras", "torch"])
+def test_per_tensor_optimizers_refuse_device_arrays_clearly(row, convention):
+    if convention not in row.conventions:
+        pytest.skip(f"{row.id} has no {convention} convention")
+    with pytest.raises(ValueError, match="CUDA device arrays.*host"):
+        row.cls([dev(np.zeros((3, 4)))], convention=convention)
 
 
 # ---------------------------------------------------------------------------

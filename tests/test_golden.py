@@ -29,7 +29,7 @@ import pytest
 import fastopt
 
 from cases import HOST_BACKENDS
-from optim_db import DB, TENSOR_CLASSES
+from optim_db import DB, TENSOR_DB
 
 GOLDEN = Path(__file__).parent / "golden"
 SIDECARS = sorted(GOLDEN.glob("*.json"))
@@ -314,6 +314,19 @@ REQUIRED = [
      lambda m: _has(m, exclude_from_weight_decay=True) and m["fastopt"]["params"] == "list"),
     ("keras", None, "exclude_from_weight_decay by name",
      lambda m: _has(m, exclude_from_weight_decay=True) and m["fastopt"]["params"] == "dict"),
+    ("keras", "Muon", "Nesterov, exclude_layers and exclude_embeddings (AdamW by name and "
+     "by shape), tall and wide matrices",
+     lambda m: _has(m, exclude_layers=True) and "nesterov" not in m["fastopt"]["kwargs"]
+     and m["fastopt"]["params"] == "dict" and any(m["keras_uses_adamw"])
+     and not all(m["keras_uses_adamw"])),
+    ("keras", "Muon", "no Nesterov, rms_rate=None, adam_lr_ratio, other coefficients",
+     lambda m: _has(m, nesterov=False, adam_lr_ratio=True, muon_a=True)
+     and m["fastopt"]["kwargs"].get("rms_rate", 0.2) is None),
+    ("torch", "Muon", "plain (Nesterov, original lr adjustment)",
+     lambda m: not {"adjust_lr_fn", "nesterov"} & set(m["fastopt"]["kwargs"])),
+    ("torch", "Muon", "match_rms_adamw, no Nesterov, coefficients, eps",
+     lambda m: _has(m, adjust_lr_fn="match_rms_adamw", nesterov=False, muon_a=True,
+                    epsilon=True)),
     ("keras", None, "a learning-rate schedule",
      lambda m: isinstance(m["fastopt"]["kwargs"].get("learning_rate"), dict)),
 ]
@@ -331,11 +344,11 @@ def test_recordings_cover_every_optimizer_and_variant():
     assert not missing, f"no golden recording for: {missing}"
     for framework in ("torch", "keras"):  # every class of the db under each of its conventions
         classes = {m["fastopt"]["class"] for m in metas if m["framework"] == framework}
-        assert classes == {row.cls.__name__ for row in DB if framework in row.conventions} \
-            | {cls.__name__ for cls in TENSOR_CLASSES}, framework
+        assert classes == {row.cls.__name__ for row in DB + TENSOR_DB
+                           if framework in row.conventions}, framework
 
 
-@pytest.mark.parametrize("row", DB, ids=str)
+@pytest.mark.parametrize("row", DB + TENSOR_DB, ids=str)
 def test_rows_name_their_recordings(row):
     """Each variant of tests/optim_db.py has recordings, and the ones it
     names exist and build its class with its rule under their convention."""

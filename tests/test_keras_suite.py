@@ -28,7 +28,8 @@ SUITES = {"sgd": ("SGD", "SGDTest"), "adagrad": ("Adagrad", "AdagradTest"),
           "adamw": ("AdamW", "AdamWTest"), "adamax": ("Adamax", "AdamaxTest"),
           "ftrl": ("Ftrl", "FtrlTest"), "lion": ("Lion", "LionTest"),
           "adadelta": ("Adadelta", "AdadeltaTest"), "nadam": ("Nadam", "NadamTest"),
-          "adafactor": ("Adafactor", "AdafactorTest")}
+          "adafactor": ("Adafactor", "AdafactorTest"),
+          "muon": ("Muon", "MuonTest")}
 
 _FOLDER = Path(keras.__file__).parent / "src" / "optimizers"
 

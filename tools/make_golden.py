@@ -68,9 +68,6 @@ TORCH_SLOTS = {"exp_avg": "momentum", "exp_avg_sq": "velocity",
                "sum": "accumulator", "square_avg": "velocity",
                "grad_avg": "average_gradient", "exp_inf": "norm", "prev": "prev",
                "step_size": "step_size"}
-# Keras optimizer-variable suffixes (already fastopt's names)
-KERAS_SLOTS = ("velocity_hat", "velocity", "momentum", "accumulator", "average_gradient",
-               "gradient_accumulator", "average", "norm")
 # torch keyword -> fastopt keyword; torch's pairs -> two fastopt keywords each
 TORCH_TO_FASTOPT = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
 # torch.optim.Adafactor's keywords -> fastopt's (eps is its (eps1, eps2) pair)
@@ -782,6 +779,232 @@ def _arrays(init, grads, trajectory, state, final=None):
     return arrays
 
 
+# ---------------------------------------------------------------------------
+# Muon (per_tensor: matrices tall and wide, and, under Keras, the tensors it
+# gives to AdamW, chosen by shape and by name)
+
+#: Keras: dict params whose names choose the path: two matrices for Muon (tall
+#: and wide: it transposes the tall one), a vector, an embedding
+#: (exclude_embeddings) and an output matrix (exclude_layers=["output"]) for AdamW
+MUON_KERAS_SHAPES = [(6, 4), (3, 7), (5,), (4, 3), (2, 5)]
+MUON_KERAS_NAMES = ["hidden_kernel", "wide_kernel", "bias", "token_embedding",
+                    "output_kernel"]
+#: torch: 2-D parameters only (tall, wide, square)
+MUON_TORCH_SHAPES = [(6, 4), (3, 7), (5, 5)]
+
+
+def muon_cfg(name, framework, exact=False, **kw):
+    """A Muon configuration.  ``exact``: record the framework's code with its
+    reduced-precision step replaced by a float64 one (Keras: the Frobenius
+    norm that ``ops.norm`` computes in float32; torch: the bfloat16
+    Newton–Schulz), the twin fastopt must match at 1e-9; without it, the
+    real framework, matched within a measured bound."""
+    shapes = MUON_KERAS_SHAPES if framework == "keras" else MUON_TORCH_SHAPES
+    return {"name": name, "framework": framework, "recorder": f"muon_{framework}",
+            "cls": "Muon", "kw": kw, "exact": exact, "shapes": shapes, "steps": STEPS}
+
+
+def _exact_keras_norm(x, ord=None, axis=None, keepdims=False):
+    """``ops.norm`` kept in the input's dtype (Keras's torch backend casts
+    float64 to float32 first: ``result_type(float64, float)``)."""
+    return torch.linalg.norm(x, dim=axis, keepdim=keepdims)
+
+
+def _exact_torch_newton_schulz(grad, ns_coefficients, ns_steps, eps):
+    """torch's ``_zeropower_via_newtonschulz`` with the same operations in
+    the gradient's dtype instead of bfloat16."""
+    a, b, c = ns_coefficients
+    x = grad.clone()
+    if grad.size(0) > grad.size(1):
+        x = x.T
+    x = x.div(x.norm().clamp(min=eps))
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x
+
+
+def _run_muon_keras(cfg, exact):
+    from keras.src.optimizers import muon as keras_muon
+    names, shapes = MUON_KERAS_NAMES, cfg["shapes"]
+    init, grads = make_data(cfg["name"].removesuffix("_exact"), cfg["steps"], shapes=shapes)
+    keras.config.set_floatx("float64")
+    saved = keras_muon.ops.norm
+    if exact:
+        keras_muon.ops.norm = _exact_keras_norm
+    try:
+        variables = [keras.Variable(a.copy(), dtype="float64", name=n)
+                     for a, n in zip(init, names)]
+        ctor = _call("keras.optimizers.Muon", [], cfg["kw"])
+        opt = eval(ctor, {"keras": keras})
+        trajectory = [np.empty((cfg["steps"], *s)) for s in shapes]
+        for t in range(cfg["steps"]):
+            opt.apply([torch.tensor(g[t], dtype=torch.float64) for g in grads], variables)
+            for k, v in enumerate(variables):
+                trajectory[k][t] = v.numpy()
+        adamw = [bool(opt._should_use_adamw(v)) for v in variables]
+    finally:
+        keras_muon.ops.norm = saved
+        keras.config.set_floatx("float32")
+    state = {}
+    for ov in opt.variables:
+        for k, n in enumerate(names):
+            for slot in ("momentum", "velocity"):
+                if ov.name == f"{n}_{slot}":
+                    state[f"state_{slot}_{k}"] = np.array(ov.numpy(), dtype=np.float64)
+    meta = {"ctor": ctor, "iterations": int(opt._iterations.numpy()), "adamw": adamw}
+    return init, grads, trajectory, state, None, meta
+
+
+def record_muon_keras(cfg):
+    run = _run_muon_keras(cfg, cfg["exact"])
+    init, grads, trajectory, state, _, info = run
+    if not cfg["exact"]:
+        dev = deviation(_run_muon_keras(cfg, True), run)
+        bound = max(DEFAULT_TOLERANCE, _round_up(2 * dev))
+        norm = {"what": "Newton–Schulz normalisation: ops.norm casts the float64 momentum to "
+                        "result_type(float64, float) = float32 (BIT64_TO_BIT32_DTYPE) and "
+                        "takes its Frobenius norm in float32, and + 1e-7 stays float32; "
+                        "the division and the iteration are float64",
+                "where": "keras/src/optimizers/muon.py zeropower_via_newtonschulz5; "
+                         "keras/src/backend/torch/linalg.py norm",
+                "action": "cannot be given to fastopt (it depends on each step's momentum): "
+                          "recorded again with ops.norm in float64 (the *_exact twin, "
+                          f"matched at 1e-9); the deviation between the two runs is {dev:.3g}; "
+                          "bound = twice that, rounded up to two digits",
+                "measured_deviation": dev, "bound": bound}
+    else:
+        norm = {"what": "this is the twin of the real recording with keras's ops.norm "
+                        "replaced (in keras.src.optimizers.muon only) by torch.linalg.norm "
+                        "in float64: what fastopt computes",
+                "where": "keras/src/optimizers/muon.py zeropower_via_newtonschulz5",
+                "action": "none needed", "bound": None}
+    roundings = [
+        {"what": "the learning rate is a Variable of dtype floatx",
+         "where": "keras/src/optimizers/base_optimizer.py BaseOptimizer.__init__",
+         "action": "keras.config.set_floatx('float64') before building the optimizer: "
+                   "computed in float64, no rounding", "bound": None,
+         "removable_by_floatx": True},
+        {"what": "lr_adjust: ops.sqrt(ops.maximum(rows, cols)) of Python ints is a float32 "
+                 "tensor (torch's sqrt of an integer tensor), so the update is scaled by "
+                 "float32(sqrt(max(rows, cols))) * rms_rate",
+         "where": "keras/src/optimizers/muon.py Muon.lr_adjust",
+         "action": "reproduced, not bounded: fastopt's Keras Muon rounds the square root to "
+                   "float32 (fastopt/algorithms/muon.py keras_update_scale)", "bound": None},
+        {"what": "weight decay (Muon's own _apply_weight_decay): ops.cast(weight_decay or "
+                 "adam_weight_decay, float64) and ops.cast(learning_rate, float64); the "
+                 "momentum, AdamW and Newton–Schulz products are float64 with Python floats",
+         "where": "keras/src/optimizers/muon.py Muon._apply_weight_decay, "
+                  "_muon_update_step, _adamw_update_step",
+         "action": "none needed", "bound": None},
+        norm]
+    tolerance = max([DEFAULT_TOLERANCE] + [r["bound"] for r in roundings if r["bound"]])
+    spec = {"class": "Muon", "convention": "keras", "kwargs": dict(cfg["kw"]),
+            "params": "dict", "names": MUON_KERAS_NAMES}
+    meta = {"framework": "keras", "framework_version": keras.__version__,
+            "backend": "torch", "backend_version": torch.__version__,
+            "keras_floatx": "float64",
+            "variables": "keras.Variable(init, dtype='float64', name=<name>) per tensor, "
+                         f"names {MUON_KERAS_NAMES}",
+            "constructor": info["ctor"], "exclude_call": None,
+            "patch": ("keras.src.optimizers.muon.ops.norm = torch.linalg.norm in float64"
+                      if cfg["exact"] else None),
+            "step": "opt.apply([torch.tensor(g, dtype=torch.float64) per tensor], variables)",
+            "keras_iterations": info["iterations"], "keras_uses_adamw": info["adamw"],
+            "fastopt": spec, "tolerance": tolerance, "roundings": roundings, "measured": {}}
+    return meta, _arrays(init, grads, trajectory, state)
+
+
+def _run_muon_torch(cfg, exact):
+    import torch.optim._muon as torch_muon
+    shapes = cfg["shapes"]
+    init, grads = make_data(cfg["name"].removesuffix("_exact"), cfg["steps"], shapes=shapes)
+    saved = torch_muon._zeropower_via_newtonschulz
+    if exact:
+        torch_muon._zeropower_via_newtonschulz = _exact_torch_newton_schulz
+    try:
+        params = [torch.tensor(a.copy(), dtype=torch.float64, requires_grad=True)
+                  for a in init]
+        ctor = _call("torch.optim.Muon", ["params"], cfg["kw"])
+        opt = eval(ctor, {"torch": torch, "params": params})
+        trajectory = [np.empty((cfg["steps"], *s)) for s in shapes]
+        for t in range(cfg["steps"]):
+            for k, p in enumerate(params):
+                p.grad = torch.tensor(grads[k][t], dtype=torch.float64)
+            opt.step()
+            for k, p in enumerate(params):
+                trajectory[k][t] = p.detach().numpy()
+    finally:
+        torch_muon._zeropower_via_newtonschulz = saved
+    state = {f"state_momentum_{k}": opt.state[p]["momentum_buffer"].detach().numpy().copy()
+             for k, p in enumerate(params)}
+    return init, grads, trajectory, state, None, {"ctor": ctor}
+
+
+def record_muon_torch(cfg):
+    run = _run_muon_torch(cfg, cfg["exact"])
+    init, grads, trajectory, state, _, info = run
+    if not cfg["exact"]:
+        dev = deviation(_run_muon_torch(cfg, True), run)
+        bound = max(DEFAULT_TOLERANCE, _round_up(2 * dev))
+        ns = {"what": "Newton–Schulz in bfloat16: the momentum (or its Nesterov lookahead) is "
+                      "cast to bfloat16, normalised and iterated in bfloat16 (products "
+                      "rounded to bfloat16), and the bfloat16 result is added to the float64 "
+                      "parameter; the momentum and the weight decay are float64",
+              "where": "torch/optim/_muon.py _zeropower_via_newtonschulz",
+              "action": "not copied: fastopt iterates in the parameters' dtype (float64 "
+                        "here); recorded again with torch's iteration in float64 (the "
+                        f"*_exact twin, matched at 1e-9); the deviation between the two runs "
+                        f"is {dev:.3g}; bound = twice that, rounded up to two digits",
+              "measured_deviation": dev, "bound": bound}
+    else:
+        ns = {"what": "this is the twin of the real recording with "
+                      "torch.optim._muon._zeropower_via_newtonschulz replaced by the same "
+                      "operations in the gradient's dtype (float64) instead of bfloat16: "
+                      "what fastopt computes",
+              "where": "torch/optim/_muon.py _zeropower_via_newtonschulz",
+              "action": "none needed", "bound": None}
+    roundings = [{"what": "the momentum (lerp), the weight decay and the learning-rate "
+                          "adjustment are float64 with Python floats",
+                  "where": "torch/optim/_muon.py _single_tensor_muon, _adjust_lr",
+                  "action": "none needed", "bound": None}, ns]
+    tolerance = max([DEFAULT_TOLERANCE] + [r["bound"] for r in roundings if r["bound"]])
+    fastopt_kw = {}
+    for key, v in cfg["kw"].items():
+        if key == "ns_coefficients":
+            fastopt_kw["muon_a"], fastopt_kw["muon_b"], fastopt_kw["muon_c"] = v
+        else:
+            fastopt_kw[TORCH_TO_FASTOPT.get(key, key)] = v
+    fastopt_kw["convention"] = "torch"
+    spec = {"class": "Muon", "convention": "torch", "kwargs": fastopt_kw, "params": "list"}
+    meta = {"framework": "torch", "framework_version": torch.__version__,
+            "constructor": info["ctor"], "clip": None,
+            "patch": ("torch.optim._muon._zeropower_via_newtonschulz in the gradient's dtype "
+                      "(make_golden._exact_torch_newton_schulz)" if cfg["exact"] else None),
+            "step": "p.grad = g for every tensor; then opt.step()",
+            "fastopt": spec, "tolerance": tolerance, "roundings": roundings}
+    return meta, _arrays(init, grads, trajectory, state)
+
+
+RECORDERS = {"muon_keras": record_muon_keras, "muon_torch": record_muon_torch}
+
+for _exact in (False, True):
+    _tail = "_exact" if _exact else ""
+    CONFIGS += [
+        muon_cfg("keras_muon" + _tail, "keras", _exact, learning_rate=0.01,
+                 exclude_layers=["output"]),
+        muon_cfg("keras_muon_options" + _tail, "keras", _exact, learning_rate=0.02,
+                 adam_beta_1=0.8, adam_beta_2=0.99, adam_weight_decay=0.05, epsilon=1e-6,
+                 weight_decay=0.1, exclude_layers=["out.*kernel", "^bias$"],
+                 exclude_embeddings=False, muon_a=3.0, muon_b=-3.2, muon_c=1.2,
+                 adam_lr_ratio=0.1, momentum=0.9, ns_steps=3, nesterov=False, rms_rate=None),
+        muon_cfg("torch_muon" + _tail, "torch", _exact, lr=0.02),
+        muon_cfg("torch_muon_options" + _tail, "torch", _exact, lr=0.05, weight_decay=0.01,
+                 momentum=0.9, nesterov=False, ns_coefficients=(3.0, -3.2, 1.2), eps=1e-5,
+                 ns_steps=3, adjust_lr_fn="match_rms_adamw"),
+    ]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="configurations to record (default: all)")
@@ -797,12 +1020,16 @@ def main(argv=None):
     for cfg in CONFIGS:
         if cfg["name"] not in wanted:
             continue
-        meta, arrays = (record_torch if cfg["framework"] == "torch" else record_keras)(cfg)
+        if cfg.get("recorder"):
+            record = RECORDERS[cfg["recorder"]]
+        else:
+            record = record_torch if cfg["framework"] == "torch" else record_keras
+        meta, arrays = record(cfg)
         sidecar = {"name": cfg["name"], **meta,
                    "python_version": platform.python_version(),
                    "numpy_version": np.__version__, "dtype": "float64",
                    "steps": int(arrays["grads_0"].shape[0]),
-                   "shapes": [list(s) for s in cfg["shapes"]],
+                   "shapes": [list(s) for s in cfg.get("shapes", SHAPES)],
                    "state_keys": sorted(k for k in arrays if k.startswith("state_"))}
         host_keys = sorted(k for k in arrays if k.startswith("host_"))
         if host_keys:

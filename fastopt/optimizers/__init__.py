@@ -7,6 +7,7 @@ from ..algorithms.adam import Adam, AdamW
 from ..algorithms.adamax import Adamax
 from ..algorithms.ftrl import Ftrl
 from ..algorithms.lion import Lion
+from ..algorithms.muon import Muon
 from ..algorithms.asgd import ASGD
 from ..algorithms.nadam import NAdam, Nadam
 from ..algorithms.radam import RAdam
@@ -16,4 +17,4 @@ from ..algorithms.sgd import SGD
 from ..optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion",
-           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop", "Adafactor"]
+           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop", "Adafactor", "Muon"]

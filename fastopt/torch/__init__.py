@@ -31,8 +31,8 @@ from __future__ import annotations
 from ._optim import FusedOptimizer
 from .adafactor import Adafactor
 from .offload import CPUOffload
-from .optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop,
-                         Rprop)
+from .optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Muon, NAdam, RAdam,
+                         RMSprop, Rprop)
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD",
-           "RAdam", "Rprop", "Adafactor", "FusedOptimizer", "CPUOffload"]
+           "RAdam", "Rprop", "Adafactor", "Muon", "FusedOptimizer", "CPUOffload"]

@@ -9,7 +9,7 @@ from ._optim import FusedOptimizer, _decay, _f
 from ._state import _scalar_dtype, _step_tensor
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD",
-           "RAdam", "Rprop"]
+           "RAdam", "Rprop", "Muon"]
 
 
 def _slot_keys(*rules):
@@ -332,3 +332,83 @@ class Rprop(FusedOptimizer, _torch.optim.Rprop):
             st["prev"] = self._slot_zeros(p)
         if "step_size" not in st:  # as torch: the learning rate when the state is made
             st["step_size"] = self._slot_zeros(p).fill_(_f(group["lr"]))
+
+
+class Muon(_torch.optim.Muon):
+    """``torch.optim.Muon`` (the same constructor, ``param_groups`` and
+    ``state_dict``: ``state[p]["momentum_buffer"]``) with fastopt's step: the
+    momentum as fastopt's generated loop and Newton–Schulz through NumPy's
+    BLAS in the parameters' dtype, where torch iterates in bfloat16 (see
+    :class:`fastopt.Muon`, "The bfloat16 question"; 2-D parameters only, as
+    torch).  CPU float32 and float64 parameters; ``backend`` picks the
+    element loops' backend (``"auto"``, ``"numba"``, ``"cython"``,
+    ``"numpy"``).
+    """
+
+    def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                 ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5,
+                 adjust_lr_fn=None, *, backend="auto"):
+        from ..algorithms import muon as _muon
+        from ..backends import BACKEND_NAMES
+        if backend not in ("auto", *BACKEND_NAMES) or backend == "cuda":
+            raise ValueError(f"Muon: backend must be 'auto', 'numpy', 'numba' or 'cython', "
+                             f"got {backend!r}")
+        # torch checks these at the first step; here before anything is built
+        if not isinstance(ns_steps, int) or isinstance(ns_steps, bool) \
+                or not 0 <= ns_steps < _muon.TORCH_MAX_NS_STEPS:
+            raise ValueError(f"Muon: ns_steps must be an int in [0, 100), got {ns_steps!r}")
+        if len(tuple(ns_coefficients)) != 3:
+            raise ValueError("Muon: ns_coefficients must be a tuple of exactly 3 values, got "
+                             f"{ns_coefficients!r}")
+        super().__init__(params, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                         nesterov=nesterov, ns_coefficients=ns_coefficients, eps=eps,
+                         ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+        self._fastopt_backend = backend
+
+    @_torch.no_grad()
+    def step(self, closure=None):
+        """One Muon step over every parameter with a gradient (see the class)."""
+        import numpy as np
+
+        from .. import blas
+        from ..algorithms.muon import muon_step, prepare_muon_torch
+        from ..backends import get_num_threads, num_threads_set, resolve_backend
+
+        loss = None
+        if closure is not None:
+            with _torch.enable_grad():
+                loss = closure()
+        work = []
+        for group in self.param_groups:
+            a, b, c = (float(x) for x in group["ns_coefficients"])
+            lr = _f(group["lr"])
+            scalars = prepare_muon_torch(lr, float(group["momentum"]), a, b, c,
+                                         int(group["ns_steps"]), bool(group["nesterov"]),
+                                         float(group["eps"]), group["adjust_lr_fn"])
+            keep = 1.0 - lr * float(group["weight_decay"])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if _torch.is_complex(p):
+                    raise RuntimeError("Muon does not support complex parameters")
+                if p.grad.is_sparse:
+                    raise RuntimeError("Muon does not support sparse gradients")
+                if p.device.type != "cpu" or p.dtype not in (_torch.float32, _torch.float64) \
+                        or not p.is_contiguous():
+                    raise TypeError("fastopt.torch.Muon: parameters must be contiguous CPU "
+                                    f"float32 or float64 tensors, got {p.dtype} on "
+                                    f"{p.device}")
+                st = self.state[p]
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = _torch.zeros_like(p)
+                work.append((p, p.grad.contiguous(), st["momentum_buffer"], scalars, keep))
+        # everything checked: from here on only arithmetic
+        with np.errstate(all="ignore"), \
+                blas.limit(get_num_threads() if num_threads_set() else None):
+            for p, g, m, scalars, keep in work:
+                w = p.detach().numpy()
+                backend = resolve_backend(self._fastopt_backend, w.dtype, w.size)
+                if keep != 1.0:
+                    w *= w.dtype.type(keep)
+                muon_step(w, g.detach().numpy(), {"momentum": m.numpy()}, scalars, backend)
+        return loss
