@@ -628,12 +628,21 @@ DB = [
         scalars={"schedulefree_adamw": (0.01, 0.9, 0.999, 1e-8, 0.1, 3.0, 0.5, 2.0, 0.01,
                                         1e-3, 1.0)},
         quadratic_lr=0.05, rosenbrock_lr=0.005,
+        torch_samples=(
+            ("schedulefree_adamw", {"learning_rate": 0.02}),
+            ("schedulefree_adamw_warmup_decay_maximize",
+             {"learning_rate": 0.02, "warmup_steps": 3, "weight_decay": 0.1, "maximize": True,
+              "r": 1.0, "weight_lr_power": 1.0}),
+            ("schedulefree_adamw_beta_clipvalue", {"learning_rate": 0.02, "beta_1": 0.5,
+                                                   "beta_2": 0.9, "clipvalue": 0.5}),
+        ),
         golden=("schedulefree_adamw", "schedulefree_adamw_warmup_weight_decay",
                 "schedulefree_adamw_groups"),
         error_inputs=(
             ({"convention": "keras"}, ValueError,
-             "convention='keras' is not offered: Keras 3.15.1's ScheduleFreeAdamW is not the "
-             "published method"),
+             "convention='keras' is not offered: ScheduleFreeAdamW exists in the schedulefree "
+             "package only, as its authors published it .* Keras 3.15.1's ScheduleFreeAdamW is "
+             "not the published method"),
             ({"betas": (0.9, 0.99)}, ValueError, r"'betas' \(did you mean beta_1 and beta_2"),
             ({"beta_1": 0.0}, ValueError, "beta_1 must be > 0"),
             ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),

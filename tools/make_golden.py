@@ -860,6 +860,15 @@ def record_keras_schedulefree(cfg):
                     float(np.max(np.abs(a[-1] - b[-1]))) for a, b in zip(trajectory, package[2])),
                 "max_abs_param_displacement_final_package": max(
                     float(np.max(np.abs(b[-1] - i))) for b, i in zip(package[2], init))},
+            "roundings": [{
+                "what": "the warmup factor ops.minimum(local_step / warmup_steps, 1.0) is "
+                        "computed in result_type(float64, float) = float32 on the torch "
+                        "backend (the rest of update_step is float64 under floatx float64)",
+                "where": "keras/src/optimizers/schedule_free_adamw.py update_step; "
+                         "keras/src/backend/torch/numpy.py minimum",
+                "action": "reproduced by the replica in tests/test_schedulefree.py "
+                          "(float32(min(t / warmup_steps, 1)))",
+                "bound": None}] if cfg["kw"].get("warmup_steps") else [],
             "measure": "deviation: the golden test's measure of Keras's run against the "
                        "package's, max over steps and tensors of max|keras_t - package_t| / "
                        "max over s <= t of max|package_s - init| (and the final slots' "

@@ -36,8 +36,7 @@ KERAS_DEFECT = (
     "'momentum_old = momentum.value', which under the torch backend is the variable's own "
     "tensor, updated in place by the assign_sub that follows, so it recovers x from the new z "
     "instead of the old one (and it averages with weights 1/t, ignoring warmup, r and "
-    "weight_lr_power, and decays the weights the Keras way); fastopt does not copy it. "
-    "ScheduleFreeAdamW follows the authors' schedulefree package (convention='torch')")
+    "weight_lr_power, and decays the weights the Keras way); fastopt does not copy it")
 
 
 class ScheduleFreeAdamW(Optimizer):
@@ -131,7 +130,9 @@ class ScheduleFreeAdamW(Optimizer):
                  warmup_steps=None, r=None, weight_lr_power=None, **kwargs):
         owner = type(self).__name__
         if kwargs.get("convention") == "keras":
-            raise ValueError(f"{owner}: convention='keras' is not offered: {KERAS_DEFECT}")
+            raise ValueError(f"{owner}: convention='keras' is not offered: {owner} exists in "
+                             f"the schedulefree package only, as its authors published it "
+                             f"(convention='torch'). {KERAS_DEFECT}")
         if kwargs.get("exclude_from_weight_decay") is not None:
             raise ValueError(f"{owner}: exclude_from_weight_decay is not offered (the weight "
                              "decay is part of the update, as in the schedulefree package); "
