@@ -11,6 +11,7 @@ NumPy replica of Keras's ``update_step`` reproduces Keras's run when it
 recovers ``x`` from the *new* ``z`` (the aliasing of ``momentum.value``) and
 the package's run when it reads the old one.
 """
+import io
 import json
 import pickle
 from pathlib import Path
@@ -312,3 +313,111 @@ def test_fastopt_is_the_package_on_keras_gradients(name):
         for k in range(len(p)):
             scale = max(np.max(np.abs(package_run[k][: t + 1] - init[k])), 1e-300)
             assert np.max(np.abs(p[k] - package_run[k][t])) <= 1e-9 * scale, (t, k)
+
+
+# ---------------------------------------------------------------------------
+# fastopt.torch.AdamWScheduleFree against the package itself
+
+def _torch_pair(dtype, groups=False, **kw):
+    torch = pytest.importorskip("torch")
+    schedulefree = pytest.importorskip("schedulefree")
+    import fastopt.torch as ft
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
+    ps = [a.clone().requires_grad_() for a in init]
+    qs = [a.clone().requires_grad_() for a in init]
+
+    def structure(ts):
+        if not groups:
+            return ts
+        return [{"params": ts[:2]}, {"params": ts[2:], "lr": 0.03, "warmup_steps": 4,
+                                     "weight_decay": 0.0}]
+    fast = ft.AdamWScheduleFree(structure(ps), **kw)
+    ref = schedulefree.AdamWScheduleFree(structure(qs), foreach=False, **kw)
+    return torch, schedulefree, ft, fast, ref, ps, qs
+
+
+def _grads(torch, t, dtype, skip=None):
+    gen = torch.Generator().manual_seed(1000 + t)
+    return [None if k == skip else torch.randn(s, generator=gen, dtype=dtype)
+            for k, s in enumerate(SHAPES)]
+
+
+@pytest.mark.parametrize("groups", [False, True])
+@pytest.mark.parametrize("dtype_name", ["float64", "float32"])
+def test_torch_adapter_is_the_package(dtype_name, groups):
+    import_torch = pytest.importorskip("torch")
+    dtype = getattr(import_torch, dtype_name)
+    torch, _, _, fast, ref, ps, qs = _torch_pair(dtype, groups, lr=0.02, weight_decay=0.05,
+                                                 warmup_steps=3, r=0.5)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for t in range(12):
+        fast.train()
+        ref.train()
+        gs = _grads(torch, t, dtype, skip=1 if t < 2 else None)  # tensor 1's first grad: t=2
+        for p, q, g in zip(ps, qs, gs):
+            p.grad = None if g is None else g.clone()
+            q.grad = None if g is None else g.clone()
+        fast.step()
+        ref.step()
+        if t % 4 == 3:
+            fast.eval()
+            ref.eval()
+        for p, q in zip(ps, qs):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=tol, atol=tol)
+    for g_fast, g_ref in zip(fast.param_groups, ref.param_groups):
+        for key in ("k", "train_mode", "lr_max", "weight_sum", "scheduled_lr"):
+            assert g_fast[key] == pytest.approx(g_ref[key], rel=1e-15), key
+    for p, q in zip(ps, qs):
+        for key in ("z", "exp_avg_sq"):
+            torch.testing.assert_close(fast.state[p][key], ref.state[q][key], rtol=tol,
+                                       atol=tol)
+
+
+def test_torch_adapter_checkpoints_move_both_ways():
+    torch, schedulefree, ft, fast, ref, ps, qs = _torch_pair(__import__("torch").float64,
+                                                             lr=0.02)
+
+    def saved(opt):  # through a file's bytes (load_state_dict alone would share the tensors)
+        buffer = io.BytesIO()
+        torch.save(opt.state_dict(), buffer)
+        buffer.seek(0)
+        return torch.load(buffer)
+
+    for opt, ts in ((fast, ps), (ref, qs)):
+        opt.train()
+        for t in range(3):
+            for p, g in zip(ts, _grads(torch, t, torch.float64)):
+                p.grad = g
+            opt.step()
+        opt.eval()
+    # fastopt -> package and package -> fastopt, in eval mode as the package advises
+    into_ref = schedulefree.AdamWScheduleFree([p.detach().clone().requires_grad_() for p in ps],
+                                             lr=0.02, foreach=False)
+    into_ref.load_state_dict(saved(fast))
+    into_fast = ft.AdamWScheduleFree([q.detach().clone().requires_grad_() for q in qs], lr=0.02)
+    into_fast.load_state_dict(saved(ref))
+    runs = [(fast, ps), (into_ref, into_ref.param_groups[0]["params"]),
+            (ref, qs), (into_fast, into_fast.param_groups[0]["params"])]
+    for opt, ts in runs:
+        opt.train()
+        for t in range(3, 6):
+            for p, g in zip(ts, _grads(torch, t, torch.float64)):
+                p.grad = g
+            opt.step()
+    for a, b, c, d in zip(*(ts for _, ts in runs)):
+        for x in (b, c, d):
+            torch.testing.assert_close(x.detach(), a.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_torch_adapter_refuses_a_step_in_eval_mode_as_the_package():
+    torch, _, _, fast, ref, ps, qs = _torch_pair(__import__("torch").float64)
+    for p, q, g in zip(ps, qs, _grads(torch, 0, torch.float64)):
+        p.grad, q.grad = g, g.clone()
+    with pytest.raises(Exception, match="not in train mode") as fast_error:
+        fast.step()
+    with pytest.raises(Exception, match="not in train mode") as ref_error:
+        ref.step()
+    assert str(fast_error.value) == str(ref_error.value)
+    assert fast.state_dict() == {"state": {}, "param_groups": fast.state_dict()["param_groups"]}
+    assert fast.param_groups[0]["k"] == 0

@@ -24,6 +24,11 @@ with float32 arithmetic (:mod:`fastopt.backends.numba_bf16`), and
 ``differentiable=True`` are refused.  CPU tensors only for now.  The thread
 count follows ``torch.get_num_threads()`` unless :func:`fastopt.set_num_threads`
 was called.  See the README, "PyTorch", for what is measured.
+
+:class:`AdamWScheduleFree` is the authors' schedule-free AdamW
+(``schedulefree.AdamWScheduleFree``, a package of its own rather than a
+``torch.optim`` class): the package's constructor, state, ``train()`` and
+``eval()``, on a ``torch.optim.Optimizer`` base.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from ._optim import FusedOptimizer
 from .offload import CPUOffload
 from .optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop,
                          Rprop)
+from .schedulefree import AdamWScheduleFree
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD",
-           "RAdam", "Rprop", "FusedOptimizer", "CPUOffload"]
+           "RAdam", "Rprop", "AdamWScheduleFree", "FusedOptimizer", "CPUOffload"]
