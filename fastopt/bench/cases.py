@@ -23,7 +23,7 @@ import numpy as np
 
 from ..hyperparams import convention_for
 from ..optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, NAdam,
-                          Nadam, RAdam, RMSprop, Rprop)
+                          Nadam, RAdam, RMSprop, Rprop, ScheduleFreeAdamW)
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -37,7 +37,8 @@ class Case(NamedTuple):
     options: dict       # its keyword arguments (besides params, backend, convention)
     rule: str           # the Keras rule it runs: its bytes per parameter
     torch: tuple        # (torch.optim class name, keyword arguments, "fused" or "foreach"),
-                        # or None: torch.optim has no such optimizer
+                        # or None: torch.optim has no such optimizer; a dotted name
+                        # ("schedulefree.AdamWScheduleFree") is a class of that module
 
 
 _ADAM_T = {"lr": 0.001, "eps": 1e-7}
@@ -84,6 +85,10 @@ CASES = {
     # torch only, at torch's defaults; torch 2.13 has no fused RAdam or Rprop
     "radam": Case(RAdam, {}, "radam_torch", ("RAdam", {"lr": 0.001, "eps": 1e-8}, "foreach")),
     "rprop": Case(Rprop, {}, "rprop_torch", ("Rprop", {"lr": 0.01}, "foreach")),
+    # the authors' package (torch.optim has none), at its defaults on both sides; its
+    # step also overwrites p.grad with the normalised update (one more write)
+    "schedulefree_adamw": Case(ScheduleFreeAdamW, {}, "schedulefree_adamw",
+                               ("schedulefree.AdamWScheduleFree", {"lr": 0.0025}, "foreach")),
 }
 
 
@@ -185,5 +190,12 @@ def torch_stepper(name, params, grads, implementation=None):
     flags = {"foreach": False} if impl == "for-loop" else {impl: True}
     if impl == "for-loop" and cls in ("Adam", "AdamW"):
         flags["fused"] = False
-    opt = getattr(torch.optim, cls)(tensors, **kwargs, **flags)
+    if "." in cls:  # a torch optimizer of another package (ImportError without it)
+        import importlib
+        module, _, cls = cls.rpartition(".")
+        opt = getattr(importlib.import_module(module), cls)(tensors, **kwargs, **flags)
+    else:
+        opt = getattr(torch.optim, cls)(tensors, **kwargs, **flags)
+    if hasattr(opt, "train"):  # schedule-free: steps only in train mode
+        opt.train()
     return opt.step, impl

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..hyperparams import convention_for
 from ..optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, AdamW, Ftrl, Lion, NAdam, Nadam,
-                          RAdam, RMSprop, Rprop)
+                          RAdam, RMSprop, Rprop, ScheduleFreeAdamW)
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -58,6 +58,8 @@ OPTIMIZERS = {
     "asgd": Recipe(ASGD, False, {}),          # torch's ASGD (torch convention only)
     "radam": Recipe(RAdam, False, {}),
     "rprop": Recipe(Rprop, False, {}),
+    # the schedulefree package's method (torch convention only); validation at x
+    "schedulefree_adamw": Recipe(ScheduleFreeAdamW, False, {}),
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
