@@ -428,3 +428,19 @@ def test_torch_adapter_refuses_a_step_in_eval_mode_as_the_package():
     assert str(fast_error.value) == str(ref_error.value)
     assert fast.state_dict() == {"state": {}, "param_groups": fast.state_dict()["param_groups"]}
     assert fast.param_groups[0]["k"] == 0
+
+
+def test_fit_validates_at_the_average_and_goes_on_training_at_y():
+    from fastopt import train
+    X, y, _ = train.load_builtin()
+    X, y = X[:200].astype(np.float64), y[:200].astype(np.float64)
+    model = train.LogisticRegression(X.shape[1], seed=0, dtype="float64")
+    opt = fastopt.ScheduleFreeAdamW(model.params, learning_rate=0.05)
+    history = train.fit(model, X, y, opt, epochs=2, batch_size=16, validation_data=(X, y),
+                        verbose=0)
+    assert opt.train_mode
+    y_loss = train.evaluate(model, X, y)["loss"]
+    opt.eval()
+    x_loss = train.evaluate(model, X, y)["loss"]
+    assert history.history["val_loss"][-1] == pytest.approx(x_loss, rel=1e-12)
+    assert x_loss != pytest.approx(y_loss, rel=1e-6)
