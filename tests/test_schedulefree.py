@@ -444,3 +444,37 @@ def test_fit_validates_at_the_average_and_goes_on_training_at_y():
     x_loss = train.evaluate(model, X, y)["loss"]
     assert history.history["val_loss"][-1] == pytest.approx(x_loss, rel=1e-12)
     assert x_loss != pytest.approx(y_loss, rel=1e-6)
+
+
+def test_torch_adapter_refuses_what_it_cannot_take_with_nothing_changed():
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as ft
+    good = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    half = torch.randn(5, dtype=torch.bfloat16, requires_grad=True)
+    opt = ft.AdamWScheduleFree([good, half])
+    opt.train()
+    good.grad, half.grad = torch.ones_like(good), torch.ones_like(half)
+    before = good.detach().clone()
+    with pytest.raises(TypeError, match="float32 or float64 parameters"):
+        opt.step()
+    assert torch.equal(good.detach(), before) and not any(opt.state.values())
+    assert opt.param_groups[0]["k"] == 0 and opt.param_groups[0]["weight_sum"] == 0.0
+    with pytest.raises(ValueError, match="betas must be in"):
+        ft.AdamWScheduleFree([good], betas=(0.0, 0.999))
+
+
+def test_torch_adapter_pickles_and_steps_on_alike():
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as ft
+    p = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    opt = ft.AdamWScheduleFree([p], lr=0.05, warmup_steps=2)
+    opt.train()
+    p.grad = torch.linspace(-1, 1, 6, dtype=torch.float64)
+    opt.step()
+    twin = pickle.loads(pickle.dumps(opt))
+    q = twin.param_groups[0]["params"][0]
+    q.grad = p.grad.clone()
+    opt.step()
+    twin.step()
+    assert torch.equal(p.detach(), q.detach())
+    assert twin.param_groups[0]["weight_sum"] == opt.param_groups[0]["weight_sum"]
