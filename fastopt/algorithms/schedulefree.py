@@ -234,13 +234,19 @@ class ScheduleFreeAdamW(Optimizer):
 
 
 def _lerp(arrays, w, z, c):
-    """``w <- w + c * (z - w)`` in place (exact where ``z == w``)."""
-    if isinstance(w, np.ndarray):
+    """``w <- w + c * (z - w)`` in place (exact where ``z == w``): one fused
+    pass on host arrays (the numba backend's ``toward``; NumPy's three passes
+    where Numba is missing), the cuda backend's ``lerp`` on device arrays."""
+    if not isinstance(w, np.ndarray):
+        arrays.lerp(w, z, 1.0 - c, c)
+        return
+    try:
+        from ..backends import get_backend
+        get_backend("numba").toward(w, z, c)
+    except ImportError:
         d = np.subtract(z, w)
         d *= c
         w += d
-    else:  # device arrays
-        arrays.lerp(w, z, 1.0 - c, c)
 
 
 # ---------------------------------------------------------------------------
