@@ -11,7 +11,8 @@ are given to torch, so all three run the same amount of arithmetic.
 
 The benchmark names are the names of fastopt's Keras rules
 (:data:`fastopt.rule.RULES`) plus ``adamw`` and, for an optimizer of PyTorch
-only, its torch rule (``nadam_torch``, ``asgd_torch``, ``radam``, ``rprop``).  An
+only, its torch rule (``nadam_torch``, ``asgd_torch``, ``radam``, ``rprop``), and
+``schedulefree_adamw``, compared with the ``schedulefree`` package's step.  An
 optimizer that exists in one framework only runs under that framework's
 convention whatever the benchmark's.
 """
