@@ -18,6 +18,13 @@ the memory of the Keras variables, slot variables, EMA variables and
 gradient accumulators: no copy, one fused pass per dtype over every
 variable instead of Keras's passes per operation.
 
+Keras's ``ScheduleFreeAdamW`` is not wrapped: Keras 3.15.1's class is not
+the published method (its ``update_step`` recovers the average from the
+momentum *after* updating it in place, and weights the average by ``1/t``;
+measured in ``tests/golden/differences``), and fastopt offers schedule-free
+AdamW as its authors' package computes it, :class:`fastopt.ScheduleFreeAdamW`
+and ``fastopt.torch.AdamWScheduleFree``, not a copy of that defect.
+
 What it needs, checked at every step with an error that says so (never a
 silent fallback):
 

@@ -226,6 +226,12 @@ class Optimizer(StateMethods):
         return (self.convention == "keras" or self._TORCH_DECOUPLED
                 or bool(hyper.get("decoupled_weight_decay")))
 
+    def _decay_factors(self, hyper, lr, pg):
+        """``(keep, l2)`` of a group's weight decay for this step
+        (:func:`fastopt.pipeline.decay_factors`); a rule that applies its
+        own weight decay (schedule-free AdamW) returns ``(1.0, 0.0)``."""
+        return decay_factors(hyper["weight_decay"], lr, pg.coupled_decay)
+
     def _slot_init(self, hyper):
         """Initial value of each slot that does not start at zero."""
         return {}
@@ -453,14 +459,14 @@ class Optimizer(StateMethods):
         if self._one_tensor_group:  # then grads are the group's, as they are
             ((pg, lr, scalars),) = runs
             hyper = pg.hyperparams
-            keep, l2 = decay_factors(hyper["weight_decay"], lr, pg.coupled_decay)
+            keep, l2 = self._decay_factors(hyper, lr, pg)
             group = self._tensor_groups[0]
             group.set_factors(-scales[0] if hyper["maximize"] else scales[0], keep, l2)
             group.plan.step(grads, group.factors, scalars, clipvalue)
             return
         k = 0
         for pg, lr, scalars in runs:
-            keep, l2 = decay_factors(pg.hyperparams["weight_decay"], lr, pg.coupled_decay)
+            keep, l2 = self._decay_factors(pg.hyperparams, lr, pg)
             negate = pg.hyperparams["maximize"]
             for group in pg.tensor_groups:
                 scale = -scales[k] if negate else scales[k]

@@ -217,6 +217,11 @@ CASES = {
     "nadam_torch_decoupled": Case(fastopt.NAdam, SHAPES, MIXED, learning_rate=0.01,
                                   weight_decay=0.1, decoupled_weight_decay=True,
                                   backend="numba"),
+    # schedule-free AdamW: the average's weights and the mode per group
+    "schedulefree_param_groups": Case(
+        fastopt.ScheduleFreeAdamW, SHAPES, MIXED, structure="groups", learning_rate=0.01,
+        groups=[([0, 2, 4], {"warmup_steps": 2, "weight_decay": 0.1}), ([1, 3], {})],
+        backend="numba"),
 }
 
 
@@ -313,6 +318,32 @@ def scenario_state_nadam_mid_accumulation(comm):
     case = Case(fastopt.Nadam, SHAPES, MIXED, gradient_accumulation_steps=4,
                 learning_rate=0.01, backend="numba")
     scenario_state(comm, case)
+
+
+def scenario_schedulefree_modes(comm):
+    """eval() and train() on the shards, then the all-gather: every rank's
+    parameters are the unsharded optimizer's x, then y again; the mode is in
+    the consolidated state; a step in eval mode fails on every rank with
+    nothing changed."""
+    case = CASES["schedulefree_param_groups"]
+    opt, ref, p, q, _ = run_case(comm, case, "exact")
+    opt.eval()
+    ref.eval()
+    compare_arrays(p, q, True, "params at x")
+    full = opt.consolidated_state_dict()
+    if comm.rank == 0 and full["host_state"] != ref.state_dict()["host_state"]:
+        raise AssertionError(f"host state {full['host_state']} != {ref.host_state()}")
+    before = [a.copy() for a in p]
+    every = [draw("exact", case.shapes, case.dtypes, STEPS, k, comm.size)
+             for k in range(comm.size)]
+    expect_error(comm, lambda: opt.step(case.grads_at(every[comm.rank], STEPS)),
+                 RuntimeError, "eval mode: call train() first")
+    compare_arrays(p, before, True, "params after the refused step")
+    opt.train()
+    ref.train()
+    opt.step(case.grads_at(every[comm.rank], STEPS))
+    ref.step(case.grads_at([mean_of(every, i, comm.size) for i in range(len(p))], STEPS))
+    compare_arrays(p, q, True, "params after train() and a step")
 
 
 def scenario_state_bytes(comm):
@@ -468,6 +499,7 @@ def scenario_errors(comm):
 
 SCENARIOS = [f"{name}/{kind}" for name in CASES for kind in ("exact", "general")] + [
     "state", "state_mid_accumulation", "state_nadam_mid_accumulation", "state_bytes",
+    "schedulefree_modes",
     "fit_checkpoint_resume", "errors"]
 
 

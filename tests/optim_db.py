@@ -620,6 +620,44 @@ DB = [
                       "step_size_min": st.sampled_from([0.0, 1e-6, 1e-3]),
                       "step_size_max": st.sampled_from([0.1, 1.0, 50.0]),
                       "weight_decay": st.sampled_from([0.0]) | st.floats(1e-3, 0.5)}),
+    OptimizerInfo(
+        # the authors' package (schedulefree.AdamWScheduleFree), fastopt's torch convention
+        "schedulefree_adamw", fastopt.ScheduleFreeAdamW, {"warmup_steps": 3}, 0.02,
+        rules={"torch": "schedulefree_adamw"},
+        # the host state (lr_max, weight_sum, train_mode) last, after the step count
+        scalars={"schedulefree_adamw": (0.01, 0.9, 0.999, 1e-8, 0.1, 3.0, 0.5, 2.0, 0.01,
+                                        1e-3, 1.0)},
+        quadratic_lr=0.05, rosenbrock_lr=0.005,
+        torch_samples=(
+            ("schedulefree_adamw", {"learning_rate": 0.02}),
+            ("schedulefree_adamw_warmup_decay_maximize",
+             {"learning_rate": 0.02, "warmup_steps": 3, "weight_decay": 0.1, "maximize": True,
+              "r": 1.0, "weight_lr_power": 1.0}),
+            ("schedulefree_adamw_beta_clipvalue", {"learning_rate": 0.02, "beta_1": 0.5,
+                                                   "beta_2": 0.9, "clipvalue": 0.5}),
+        ),
+        golden=("schedulefree_adamw", "schedulefree_adamw_warmup_weight_decay",
+                "schedulefree_adamw_groups"),
+        error_inputs=(
+            ({"convention": "keras"}, ValueError,
+             "convention='keras' is not offered: ScheduleFreeAdamW exists in the schedulefree "
+             "package only, as its authors published it .* Keras 3.15.1's ScheduleFreeAdamW is "
+             "not the published method"),
+            ({"betas": (0.9, 0.99)}, ValueError, r"'betas' \(did you mean beta_1 and beta_2"),
+            ({"beta_1": 0.0}, ValueError, "beta_1 must be > 0"),
+            ({"beta_1": 1.0}, ValueError, "beta_1 must be < 1"),
+            ({"beta_2": 1.0}, ValueError, "beta_2 must be < 1"),
+            ({"epsilon": -1e-8}, ValueError, "epsilon must be >= 0"),
+            ({"warmup_steps": -1}, ValueError, "warmup_steps must be >= 0"),
+            ({"warmup_steps": 2.5}, TypeError, "warmup_steps must be an integer"),
+            ({"r": float("nan")}, ValueError, "r must be finite"),
+            ({"weight_lr_power": "2"}, TypeError, "weight_lr_power must be a real number"),
+            ({"exclude_from_weight_decay": [0]}, ValueError,
+             "exclude_from_weight_decay is not offered"),
+        ),
+        search_space={"beta_1": st.floats(0.1, 0.99), "beta_2": _BETA_2, "epsilon": _EPSILON,
+                      "warmup_steps": st.integers(0, 10), "r": st.floats(0.0, 2.0),
+                      "weight_lr_power": st.floats(0.0, 3.0)}),
 ]
 
 BY_ID = {row.id: row for row in DB}

@@ -115,7 +115,7 @@ def test_a_class_of_one_framework_has_that_convention_only(cls):
         name = cls.__name__
         with pytest.raises(ValueError, match=rf"{name}: convention='{convention}' is not "
                                              rf"offered: {name} exists in (PyTorch 2\.13|Keras "
-                                             rf"3\.15) only"):
+                                             rf"3\.15|the schedulefree package) only"):
             cls(np.ones(3), convention=convention)
 
 

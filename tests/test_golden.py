@@ -19,6 +19,14 @@ and fed the recorded gradients.  The agreement rule, per tensor ``p``:
 
 ``tolerance`` is the sidecar's: 1e-9 unless a float32 rounding inside the
 recorded framework forces a looser bound, which the sidecar then lists.
+
+Besides torch and Keras, the recordings of schedule-free AdamW come from its
+authors' package (``framework: "schedulefree"``, fastopt's torch convention):
+``train()`` before every step and the sidecar's ``events`` (``eval()``,
+``train()``) after some steps, replayed with fastopt's methods of those names.
+Keras's ScheduleFreeAdamW is not replayed (fastopt does not copy it): its
+recordings in ``tests/golden/differences`` are checked by
+``tests/test_schedulefree.py``.
 """
 import json
 from pathlib import Path
@@ -88,6 +96,9 @@ def host_key(meta, key):
     name = key[len("host_"):]
     if meta["framework"] == "torch":
         name = name.rsplit("_", 1)[0]
+    elif meta["framework"] == "schedulefree":  # the package keeps them per parameter group
+        name, group = name.rsplit("_", 1)
+        return f"{name}/{group}"
     return f"{name}/0"
 
 
@@ -115,9 +126,14 @@ def replay(name, backend, place=np.copy, fetch=np.asarray):
     n = len(params)
     init = [arrays[f"init_{k}"] for k in range(n)]
     displacement = [0.0] * n
+    events = meta.get("events")  # schedule-free AdamW's train()/eval() calls
     for t in range(meta["steps"]):
+        if events is not None:
+            opt.train()
         opt.step(to_step([place(np.ascontiguousarray(arrays[f"grads_{k}"][t]))
                           for k in range(n)]))
+        for call in (events or {}).get(str(t), ()):
+            getattr(opt, call)()
         for k in range(n):
             golden = arrays[f"params_{k}"][t]
             displacement[k] = max(displacement[k], float(np.max(np.abs(golden - init[k]))))
@@ -158,7 +174,9 @@ def replay(name, backend, place=np.copy, fetch=np.asarray):
 # ---------------------------------------------------------------------------
 # The recordings themselves
 
-VERSIONS = {"torch": "2.13.0", "keras": "3.15.1"}
+VERSIONS = {"torch": "2.13.0", "keras": "3.15.1", "schedulefree": "1.4.1"}
+#: the fastopt convention each framework's recordings are replayed under
+CONVENTION = {"torch": "torch", "keras": "keras", "schedulefree": "torch"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -174,9 +192,12 @@ def test_sidecar_names_its_source_and_matches_its_arrays(name):
         assert meta["keras_floatx"] in ("float32", "float64")
     assert meta["python_version"] and meta["numpy_version"]
     assert meta["dtype"] == "float64"
-    assert meta["constructor"].startswith(("torch.optim.", "keras.optimizers."))
-    assert meta["fastopt"]["convention"] == framework
-    assert meta["fastopt"]["kwargs"].get("convention", "keras") == framework
+    if framework == "schedulefree":  # the package ran on torch
+        assert meta["torch_version"].startswith(VERSIONS["torch"])
+    assert meta["constructor"].startswith(("torch.optim.", "keras.optimizers.",
+                                           "schedulefree.AdamWScheduleFree("))
+    assert meta["fastopt"]["convention"] == CONVENTION[framework]
+    assert meta["fastopt"]["kwargs"].get("convention", "keras") == CONVENTION[framework]
     assert meta["fastopt"]["params"] in ("list", "dict", "groups")
     # every rounding says where it is and what was done; the tolerance is the
     # loosest bound they imply, 1e-9 when none does
@@ -327,6 +348,12 @@ REQUIRED = [
     ("torch", "Muon", "match_rms_adamw, no Nesterov, coefficients, eps",
      lambda m: _has(m, adjust_lr_fn="match_rms_adamw", nesterov=False, muon_a=True,
                     epsilon=True)),
+    ("schedulefree", "ScheduleFreeAdamW", "defaults but lr",
+     lambda m: set(m["fastopt"]["kwargs"]) == {"learning_rate", "convention"}),
+    ("schedulefree", "ScheduleFreeAdamW", "warmup, weight decay, r and weight_lr_power",
+     lambda m: _has(m, warmup_steps=True, weight_decay=True, r=True, weight_lr_power=True)),
+    ("schedulefree", "ScheduleFreeAdamW", "param groups (host state per group)",
+     lambda m: m["fastopt"]["params"] == "groups"),
     ("keras", None, "a learning-rate schedule",
      lambda m: isinstance(m["fastopt"]["kwargs"].get("learning_rate"), dict)),
 ]
@@ -342,10 +369,11 @@ def test_recordings_cover_every_optimizer_and_variant():
                    for m in metas):
             missing.append(f"{framework} {cls or ''} {what}")
     assert not missing, f"no golden recording for: {missing}"
-    for framework in ("torch", "keras"):  # every class of the db under each of its conventions
-        classes = {m["fastopt"]["class"] for m in metas if m["framework"] == framework}
-        assert classes == {row.cls.__name__ for row in DB + TENSOR_DB
-                           if framework in row.conventions}, framework
+    for convention in ("torch", "keras"):  # every class of the db under each of its conventions
+        classes = {m["fastopt"]["class"] for m in metas
+                   if m["fastopt"]["convention"] == convention}
+        assert classes == {row.cls.__name__ for row in DB + TENSOR_DB if convention in row.conventions}, \
+            convention
 
 
 @pytest.mark.parametrize("row", DB + TENSOR_DB, ids=str)

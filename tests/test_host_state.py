@@ -47,6 +47,9 @@ OPTIMIZERS = {
     "nadam_torch": lambda p, **kw: fastopt.NAdam(p, learning_rate=0.01, weight_decay=0.1,
                                                  decoupled_weight_decay=True, **kw),
     "asgd": lambda p, **kw: fastopt.ASGD(p, learning_rate=0.05, lambd=0.01, t0=3, **kw),
+    "schedulefree_adamw": lambda p, **kw: fastopt.ScheduleFreeAdamW(
+        p, learning_rate=0.05, warmup_steps=3, r=0.5, weight_decay=0.1,
+        gradient_accumulation_steps=2, **kw),
 }
 
 
@@ -109,7 +112,9 @@ def test_resume_mid_run_is_bit_identical(tmp_path, name, backend, route):
         resumed = pickle.loads(pickle.dumps(cut))
         p_resumed = resumed._params
     assert resumed.host_state() == cut.host_state() != {}
-    assert all(float(v) != 1.0 for v in resumed.host_state().values())
+    # advanced (schedule-free AdamW's train_mode is the mode, 1 in training)
+    assert all(float(v) != 1.0 for k, v in resumed.host_state().items()
+               if not k.startswith("train_mode/"))
     for t in range(7, 15):
         _step(run, t)
         _step(resumed, t)
@@ -209,7 +214,9 @@ def test_the_rule_declares_host_state_as_its_last_scalars():
     assert nadam.host_state == ("u_product",) and nadam.scalars[-1] == "u_product"
     assert RULES["nadam_torch"].host_state == ("mu_product",)
     assert RULES["asgd_torch"].host_state == ("eta_now", "mu_now", "eta", "mu")
-    assert all(not r.host_state for r in RULES.values() if r.family not in ("nadam", "asgd"))
+    assert RULES["schedulefree_adamw"].host_state == ("lr_max", "weight_sum", "train_mode")
+    assert all(not r.host_state for r in RULES.values()
+               if r.family not in ("nadam", "asgd", "schedulefree"))
     with pytest.raises(ValueError, match="host_state must be the last scalars"):
         Rule("bad", scalars=("learning_rate", "p", "step"), host_state=("p",),
              host_init=(1.0,), advance=len)

@@ -34,6 +34,10 @@ TORCH_DEFAULTS = {
                   weight_decay=0.0, decoupled_weight_decay=False, maximize=False),
     "Rprop": dict(learning_rate=1e-2, eta_minus=0.5, eta_plus=1.2, step_size_min=1e-6,
                   step_size_max=50.0, weight_decay=0.0, maximize=False),
+    # the schedulefree package's AdamWScheduleFree (no maximize there: fastopt's extra)
+    "ScheduleFreeAdamW": dict(learning_rate=2.5e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                              weight_decay=0.0, warmup_steps=0, r=0.0, weight_lr_power=2.0,
+                              maximize=False),
 }
 
 
@@ -64,10 +68,35 @@ class TorchSpec:
             self.params[i] = self._one(self.params[i], g, self.state[i], lr)
         self.iterations += 1
 
+    def _schedulefree(self, p, g, st, lr):
+        """schedulefree.AdamWScheduleFree.step (1.4.1) for one tensor, in its
+        order, its state under fastopt's names (``z`` is ``momentum``,
+        ``exp_avg_sq`` is ``velocity``, its group's ``k`` is ``step``); the
+        weights it keeps per group are kept per tensor here (every tensor
+        steps every time)."""
+        h = self.h
+        k, b1, b2 = st.get("step", 0), h["beta_1"], h["beta_2"]
+        if k < h["warmup_steps"]:
+            lr = lr * (k + 1) / h["warmup_steps"]
+        st["lr_max"] = max(lr, st.get("lr_max", -1.0))
+        weight = (k + 1) ** h["r"] * st["lr_max"] ** h["weight_lr_power"]
+        st["weight_sum"] = st.get("weight_sum", 0.0) + weight
+        ckp1 = weight / st["weight_sum"] if st["weight_sum"] else 0.0
+        z = st.setdefault("momentum", p.copy())
+        st["velocity"] = st.get("velocity", 0.0) * b2 + (1 - b2) * g * g
+        u = g / (np.sqrt(st["velocity"] / (1 - b2 ** (k + 1))) + h["epsilon"])
+        u = u + h["weight_decay"] * p
+        p = p + ckp1 * (z - p) + lr * (b1 * (1 - ckp1) - 1) * u
+        st["momentum"] = z - lr * u
+        st["step"] = k + 1
+        return p
+
     def _one(self, p, g, st, lr):
         h, wd = self.h, self.h["weight_decay"] or 0.0
         if h["maximize"]:
             g = -g
+        if self.cls == "ScheduleFreeAdamW":
+            return self._schedulefree(p, g, st, lr)
         if self.cls == "AdamW" or h.get("decoupled_weight_decay"):
             p = p * (1 - lr * wd)
         elif wd:

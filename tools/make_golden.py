@@ -50,6 +50,12 @@ ZERO_STEPS = (3, 20)                     # every gradient exactly zero
 BIG_STEPS = (5, 33)                      # gradients scaled by 1e3
 SMALL_STEPS = (7, 41)                    # gradients scaled by 1e-4
 ZERO_TENSOR_STEP = 11                    # tensor 1 alone all zeros
+# schedule-free AdamW: a tall and a wide matrix, two vectors; the calls after
+# a step (train() is called before every step, as the package requires)
+SF_SHAPES = [(5, 3), (2, 6), (4,), (1,)]
+SF_EVENTS = {9: ("eval", "eval"), 24: ("eval",), 39: ("eval", "train", "eval"),
+             STEPS - 1: ("eval",)}
+SF_HOST = ("lr_max", "weight_sum", "train_mode")
 
 # Keras optimizer-variable suffixes: every rule's slot names (Keras's, which
 # fastopt uses), and Keras's EMA and accumulation variables
@@ -103,6 +109,22 @@ def keras_cfg(name, cls, *, params="list", exclude=None, floatx="float64",
     return {"name": name, "framework": "keras", "cls": cls, "kw": kw, "params": params,
             "exclude": exclude, "floatx": floatx, "steps": steps, "grad_scale": grad_scale,
             "shapes": shapes}
+
+
+def sfree_cfg(name, groups=None, **kw):
+    """A ``schedulefree.AdamWScheduleFree`` configuration (the authors' package);
+    ``kw`` are the constructor's keywords, ``groups`` as in :func:`torch_cfg`.
+    ``train()`` is called before every step and the :data:`SF_EVENTS` after
+    some of them."""
+    return {"name": name, "framework": "schedulefree", "cls": "AdamWScheduleFree", "kw": kw,
+            "groups": groups}
+
+
+def keras_sfree_cfg(name, keras_kw, package_kw):
+    """Keras's ScheduleFreeAdamW (``keras_kw``) and the package (``package_kw``,
+    no mode switches: Keras has none) on the same gradients."""
+    return {"name": name, "framework": "keras", "cls": "ScheduleFreeAdamW", "kw": keras_kw,
+            "package_kw": package_kw, "difference": True}
 
 
 def schedule(cls, **config):
@@ -248,6 +270,19 @@ CONFIGS = [
               clip_threshold=0.5, relative_step=False, weight_decay=0.1),
     keras_cfg("keras_ftrl_floatx32", "Ftrl", floatx="float32", learning_rate=0.05,
               l1_regularization_strength=0.5, l2_shrinkage_regularization_strength=0.25),
+    # --- the schedulefree package (schedule-free AdamW), convention="torch" -------
+    sfree_cfg("schedulefree_adamw", lr=0.01),
+    sfree_cfg("schedulefree_adamw_warmup_weight_decay", lr=0.02, betas=(0.8, 0.99), eps=1e-6,
+              weight_decay=0.1, warmup_steps=10, r=0.5, weight_lr_power=1.0),
+    sfree_cfg("schedulefree_adamw_groups", groups=[
+        {"tensors": [0, 1], "lr": 0.01},
+        {"tensors": [2, 3], "lr": 0.03, "weight_decay": 0.05, "warmup_steps": 5}]),
+    # --- Keras's ScheduleFreeAdamW against the package on the same gradients:
+    # not replayed (fastopt does not copy it), the difference measured
+    # (tests/golden/differences, tests/test_schedulefree.py)
+    keras_sfree_cfg("keras_schedulefree_adamw", {"learning_rate": 0.01}, {"lr": 0.01}),
+    keras_sfree_cfg("keras_schedulefree_adamw_warmup", {"learning_rate": 0.02, "warmup_steps": 10},
+                    {"lr": 0.02, "warmup_steps": 10}),
 ]
 
 
@@ -1005,6 +1040,153 @@ for _exact in (False, True):
     ]
 
 
+# ---------------------------------------------------------------------------
+# schedule-free AdamW: the authors' package, and Keras's class against it
+
+def _sf_fastopt_kwargs(kw):
+    out = {}
+    for key, v in kw.items():
+        if key == "betas":
+            out["beta_1"], out["beta_2"] = v
+        else:
+            out[TORCH_TO_FASTOPT.get(key, key)] = v
+    return out
+
+
+def run_schedulefree(name, kw, groups, events, shapes, foreach=False):
+    """One run of the package: ``(init, grads, trajectory, state, None, meta)``."""
+    import schedulefree
+    init, grads = make_data(name, STEPS, shapes=shapes)
+    params = [torch.tensor(a.copy(), dtype=torch.float64, requires_grad=True) for a in init]
+    kw = {**kw, "foreach": foreach}
+    if groups:
+        group_src = "[" + ", ".join(
+            "{" + ", ".join([f"'params': [{', '.join(f'params[{i}]' for i in g['tensors'])}]"]
+                            + [f"{k!r}: {v!r}" for k, v in g.items() if k != "tensors"]) + "}"
+            for g in groups) + "]"
+    else:
+        group_src = "params"
+    ctor = _call("schedulefree.AdamWScheduleFree", [group_src], kw)
+    opt = eval(ctor, {"schedulefree": schedulefree, "params": params})
+    trajectory = [np.empty((STEPS, *s)) for s in shapes]
+    for t in range(STEPS):
+        opt.train()
+        for k, p in enumerate(params):
+            p.grad = torch.tensor(grads[k][t], dtype=torch.float64)
+        opt.step()
+        for call in events.get(t, ()):
+            getattr(opt, call)()
+        for k, p in enumerate(params):
+            trajectory[k][t] = p.detach().numpy()
+    state = {}
+    for k, p in enumerate(params):
+        state[f"state_momentum_{k}"] = opt.state[p]["z"].detach().numpy().copy()
+        state[f"state_velocity_{k}"] = opt.state[p]["exp_avg_sq"].detach().numpy().copy()
+    for g, group in enumerate(opt.param_groups):
+        for key in SF_HOST:
+            state[f"host_{key}_{g}"] = np.array(float(group[key]), dtype=np.float64)
+    meta = {"ctor": ctor, "k": [group["k"] for group in opt.param_groups]}
+    return init, grads, trajectory, state, None, meta
+
+
+def record_schedulefree(cfg):
+    import schedulefree
+    run = run_schedulefree(cfg["name"], cfg["kw"], cfg["groups"], SF_EVENTS, SF_SHAPES)
+    init, grads, trajectory, state, _, info = run
+    foreach = deviation(run, run_schedulefree(cfg["name"], cfg["kw"], cfg["groups"],
+                                              SF_EVENTS, SF_SHAPES, foreach=True))
+    spec = {"class": "ScheduleFreeAdamW", "convention": "torch",
+            "kwargs": {**_sf_fastopt_kwargs(cfg["kw"]), "convention": "torch"},
+            "params": "list"}
+    if cfg["groups"]:
+        spec["params"] = "groups"
+        spec["groups"] = [_sf_fastopt_kwargs(g) for g in cfg["groups"]]
+    meta = {"framework": "schedulefree", "framework_version": schedulefree_version(),
+            "torch_version": torch.__version__, "constructor": info["ctor"],
+            "step": "opt.train(); p.grad = g for every tensor; opt.step(); then the calls "
+                    "of 'events' after that step (0-based) if any; params_<k> is recorded "
+                    "after them",
+            "events": {str(t): list(calls) for t, calls in SF_EVENTS.items()},
+            "fastopt": spec, "tolerance": DEFAULT_TOLERANCE,
+            "roundings": [{"what": "none found: the package computes lr, the warmup, "
+                                   "bias_correction2, lr_max, weight_sum and ckp1 as Python "
+                                   "floats (float64) and the tensor updates (mul_, addcmul_, "
+                                   "div, sqrt_, lerp_, add_) in the parameters' float64",
+                           "where": "schedulefree/adamw_schedulefree.py "
+                                    "AdamWScheduleFree.step, train, eval",
+                           "action": "none needed", "bound": None}],
+            "measured": {"deviation_foreach_true_vs_false": foreach}}
+    return meta, _arrays(init, grads, trajectory, state)
+
+
+def schedulefree_version():
+    from importlib.metadata import version
+    return version("schedulefree")
+
+
+def record_keras_schedulefree(cfg):
+    """Keras's ScheduleFreeAdamW and the package on the same gradients; the
+    arrays hold Keras's run (``params_<k>``, ``state_<slot>_<k>``) and the
+    package's (``package_params_<k>``, ``package_state_<slot>_<k>``)."""
+    keras.config.set_floatx("float64")
+    try:
+        keras_run = _run_keras({**cfg, "params": "list", "exclude": None, "steps": STEPS,
+                                "grad_scale": 1.0})
+    finally:
+        keras.config.set_floatx("float32")
+    init, grads, trajectory, state, _, info = keras_run
+    # the same initial parameters and gradients (make_data is seeded by the name)
+    package = run_schedulefree(cfg["name"], cfg["package_kw"], None, {}, SHAPES)
+    package = (*package[:3], {k: v for k, v in package[3].items() if k.startswith("state_")},
+               *package[4:])
+    for a, b in zip(init, package[0]):
+        assert np.array_equal(a, b)
+    keras_pkg = (init, grads, trajectory, state, None, info)
+    arrays = _arrays(init, grads, trajectory, state)
+    for k in range(len(init)):
+        arrays[f"package_params_{k}"] = package[2][k]
+    arrays.update({f"package_{key}": v for key, v in package[3].items()
+                   if key.startswith("state_")})
+    meta = {"framework": "keras", "framework_version": keras.__version__,
+            "backend": "torch", "backend_version": torch.__version__, "keras_floatx": "float64",
+            "constructor": info["ctor"],
+            "step": "opt.apply([torch.tensor(g, dtype=torch.float64) per tensor], variables)",
+            "package_constructor": package[5]["ctor"],
+            "package_version": schedulefree_version(),
+            "package_step": "opt.train(); p.grad = g for every tensor; opt.step() (no eval: "
+                            "Keras's parameters are always y, so y is compared with y)",
+            "measured": {
+                "deviation_keras_vs_package": deviation(package, keras_pkg),
+                "max_abs_param_difference_final": max(
+                    float(np.max(np.abs(a[-1] - b[-1]))) for a, b in zip(trajectory, package[2])),
+                "max_abs_param_displacement_final_package": max(
+                    float(np.max(np.abs(b[-1] - i))) for b, i in zip(package[2], init))},
+            "roundings": [{
+                "what": "the warmup factor ops.minimum(local_step / warmup_steps, 1.0) is "
+                        "computed in result_type(float64, float) = float32 on the torch "
+                        "backend (the rest of update_step is float64 under floatx float64)",
+                "where": "keras/src/optimizers/schedule_free_adamw.py update_step; "
+                         "keras/src/backend/torch/numpy.py minimum",
+                "action": "reproduced by the replica in tests/test_schedulefree.py "
+                          "(float32(min(t / warmup_steps, 1)))",
+                "bound": None}] if cfg["kw"].get("warmup_steps") else [],
+            "measure": "deviation: the golden test's measure of Keras's run against the "
+                       "package's, max over steps and tensors of max|keras_t - package_t| / "
+                       "max over s <= t of max|package_s - init| (and the final slots' "
+                       "max|difference| / max|package|)",
+            "why": "keras/src/optimizers/schedule_free_adamw.py update_step: "
+                   "'momentum_old = momentum.value' is, under the torch backend, the "
+                   "variable's own tensor (KerasVariable.value returns it, no copy), which "
+                   "self.assign_sub(momentum, grad_scaled) then updates in place, so "
+                   "x_old = (y_old - (1 - beta_1) * momentum_old) / beta_1 is computed from "
+                   "the new z; it also weights the average by 1/t (the package: t^r * "
+                   "lr_max^weight_lr_power over their sum, which differs from 1/t during "
+                   "warmup). tests/test_schedulefree.py reproduces Keras's recording with "
+                   "a NumPy replica that reads the new z there, and the package's with the "
+                   "same replica reading the old z (no warmup)"}
+    return meta, arrays
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="configurations to record (default: all)")
@@ -1020,22 +1202,29 @@ def main(argv=None):
     for cfg in CONFIGS:
         if cfg["name"] not in wanted:
             continue
-        if cfg.get("recorder"):
-            record = RECORDERS[cfg["recorder"]]
+        out = OUT
+        if cfg.get("difference"):
+            meta, arrays = record_keras_schedulefree(cfg)
+            out = OUT / "differences"
+            out.mkdir(exist_ok=True)
+        elif cfg["framework"] == "schedulefree":
+            meta, arrays = record_schedulefree(cfg)
+        elif cfg.get("recorder"):
+            meta, arrays = RECORDERS[cfg["recorder"]](cfg)
         else:
-            record = record_torch if cfg["framework"] == "torch" else record_keras
-        meta, arrays = record(cfg)
+            meta, arrays = (record_torch if cfg["framework"] == "torch" else record_keras)(cfg)
+        shapes = SF_SHAPES if cfg["framework"] == "schedulefree" else cfg.get("shapes", SHAPES)
         sidecar = {"name": cfg["name"], **meta,
                    "python_version": platform.python_version(),
                    "numpy_version": np.__version__, "dtype": "float64",
                    "steps": int(arrays["grads_0"].shape[0]),
-                   "shapes": [list(s) for s in cfg.get("shapes", SHAPES)],
+                   "shapes": [list(s) for s in shapes],
                    "state_keys": sorted(k for k in arrays if k.startswith("state_"))}
         host_keys = sorted(k for k in arrays if k.startswith("host_"))
         if host_keys:
             sidecar["host_keys"] = host_keys
-        np.savez_compressed(OUT / f"{cfg['name']}.npz", **arrays)
-        (OUT / f"{cfg['name']}.json").write_text(json.dumps(sidecar, indent=1) + "\n")
+        np.savez_compressed(out / f"{cfg['name']}.npz", **arrays)
+        (out / f"{cfg['name']}.json").write_text(json.dumps(sidecar, indent=1) + "\n")
         print(f"{cfg['name']}: {sidecar['steps']} steps, {len(sidecar['state_keys'])} slots")
 
 

@@ -393,6 +393,30 @@ def set_parallel_threshold(n, dtype):
     _THRESHOLD[np.dtype(dtype)] = int(n)
 
 
+# One pass over a tensor and a slot of its shape: ``w += c * (z - w)``, the
+# parameters moved towards (or, c < 0, away from) a slot in place -- what
+# schedule-free AdamW's train() and eval() do (z: its base sequence).
+
+def _toward_impl(w, z, c):
+    for i in prange(w.size):
+        w[i] = w[i] + (z[i] - w[i]) * c
+
+
+_toward_parallel, _toward_serial = driver(_toward_impl)
+
+
+def toward(w, z, c):
+    """``w <- w + c * (z - w)`` in place, one fused pass: ``w`` and ``z``
+    C-contiguous arrays of one shape and dtype (float32 or float64), ``c`` a
+    float rounded to that dtype.  Exact where ``z == w``."""
+    flat_w, flat_z = w.reshape(-1), z.reshape(-1)
+    if w.size >= get_parallel_threshold(w.dtype):
+        sync_threads()
+        _toward_parallel(flat_w, flat_z, w.dtype.type(c))
+    else:
+        _toward_serial(flat_w, flat_z, w.dtype.type(c))
+
+
 # Threads.  Numba's thread count is thread-local; fastopt's is process-wide, as
 # torch's is: set_num_threads records it, and every parallel call applies it in
 # the thread that makes the call (sync_threads: one thread-local read when

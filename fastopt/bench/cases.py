@@ -11,7 +11,8 @@ are given to torch, so all three run the same amount of arithmetic.
 
 The benchmark names are the names of fastopt's Keras rules
 (:data:`fastopt.rule.RULES`) plus ``adamw`` and, for an optimizer of PyTorch
-only, its torch rule (``nadam_torch``, ``asgd_torch``, ``radam``, ``rprop``).  An
+only, its torch rule (``nadam_torch``, ``asgd_torch``, ``radam``, ``rprop``), and
+``schedulefree_adamw``, compared with the ``schedulefree`` package's step.  An
 optimizer that exists in one framework only runs under that framework's
 convention whatever the benchmark's.
 """
@@ -22,8 +23,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..hyperparams import convention_for
-from ..optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion, NAdam,
-                          Nadam, RAdam, RMSprop, Rprop)
+from ..optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion,
+                          NAdam, Nadam, RAdam, RMSprop, Rprop, ScheduleFreeAdamW)
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -37,7 +38,8 @@ class Case(NamedTuple):
     options: dict       # its keyword arguments (besides params, backend, convention)
     rule: str           # the Keras rule it runs: its bytes per parameter
     torch: tuple        # (torch.optim class name, keyword arguments, "fused" or "foreach"),
-                        # or None: torch.optim has no such optimizer
+                        # or None: torch.optim has no such optimizer; a dotted name
+                        # ("schedulefree.AdamWScheduleFree") is a class of that module
 
 
 _ADAM_T = {"lr": 0.001, "eps": 1e-7}
@@ -88,6 +90,10 @@ CASES = {
     # placement, the same passes) at the Keras learning rate; torch defaults
     # to its for-loop, foreach is timed too
     "adafactor": Case(Adafactor, {}, "adafactor", ("Adafactor", {"lr": 0.001}, "foreach")),
+    # the authors' package (torch.optim has none), at its defaults on both sides; its
+    # step also overwrites p.grad with the normalised update (one more write)
+    "schedulefree_adamw": Case(ScheduleFreeAdamW, {}, "schedulefree_adamw",
+                               ("schedulefree.AdamWScheduleFree", {"lr": 0.0025}, "foreach")),
 }
 
 
@@ -189,5 +195,12 @@ def torch_stepper(name, params, grads, implementation=None):
     flags = {"foreach": False} if impl == "for-loop" else {impl: True}
     if impl == "for-loop" and cls in ("Adam", "AdamW"):
         flags["fused"] = False
-    opt = getattr(torch.optim, cls)(tensors, **kwargs, **flags)
+    if "." in cls:  # a torch optimizer of another package (ImportError without it)
+        import importlib
+        module, _, cls = cls.rpartition(".")
+        opt = getattr(importlib.import_module(module), cls)(tensors, **kwargs, **flags)
+    else:
+        opt = getattr(torch.optim, cls)(tensors, **kwargs, **flags)
+    if hasattr(opt, "train"):  # schedule-free: steps only in train mode
+        opt.train()
     return opt.step, impl

@@ -241,23 +241,43 @@ def rprop(w, g, prev, step_size, t=1, lr=0.01, eta_minus=0.5, eta_plus=1.2,
     prev[:] = g
 
 
+def schedulefree_adamw(w, g, z, v, host, t=1, lr=0.0025, beta_1=0.9, beta_2=0.999, eps=1e-8):
+    """Schedule-free AdamW (the schedulefree package, no warmup, ``r = 0``,
+    ``weight_lr_power = 2``): ``w`` is ``y``, ``z`` the base sequence (a copy
+    of ``w`` at the first step), ``host`` (two elements) ``lr_max`` and the
+    sum of the average's weights."""
+    if t == 1:
+        z[:] = w
+        host[0] = -1.0
+        host[1] = 0.0
+    host[0] = max(lr, host[0])
+    weight = host[0] ** 2
+    host[1] += weight
+    c = weight / host[1] if host[1] else 0.0
+    v[:] = beta_2 * v + (1 - beta_2) * g * g
+    u = g / (np.sqrt(v / (1 - beta_2 ** t)) + eps)
+    w += c * (z - w) + lr * (beta_1 * (1 - c) - 1) * u
+    z -= lr * u
+
+
 #: name -> naive step function (fastopt's Keras rule names, adamw, and the
 #: rules of optimizers PyTorch alone has)
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
                                  adamw, ftrl_sqrt, ftrl, lion, adadelta, nadam, nadam_torch,
-                                 asgd_torch, radam, rprop, adafactor)}
+                                 asgd_torch, radam, rprop, adafactor,
+                                 schedulefree_adamw)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
          "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "ftrl_sqrt": 2, "ftrl": 2,
          "lion": 1, "adadelta": 2, "nadam": 2, "nadam_torch": 2, "asgd_torch": 1, "radam": 2,
-         "rprop": 2, "adafactor": 3}
+          "rprop": 2, "adafactor": 3, "schedulefree_adamw": 2}
 #: steps that also keep scalars across steps (running products, ASGD's eta and
 #: mu): their number, in one array per tensor after the slots
-SCALARS = {"nadam": 1, "nadam_torch": 1, "asgd_torch": 2}
+SCALARS = {"nadam": 1, "nadam_torch": 1, "asgd_torch": 2, "schedulefree_adamw": 2}
 
 
 def init_state(rule, w):

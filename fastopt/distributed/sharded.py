@@ -206,6 +206,9 @@ class ShardedOptimizer:
             grads = self._tree.match_grads(
                 local_grads, self._inner.gradient_accumulation_steps is not None)
             self._check_learning_rates()
+            if not getattr(self._inner, "train_mode", True):  # schedule-free AdamW in eval
+                raise RuntimeError(f"ShardedOptimizer.step: {type(self._inner).__name__} is "
+                                   "in eval mode: call train() first")
         except Exception as e:  # noqa: BLE001 - every kind must reach the other ranks
             error = e
         calls = self._inner.calls  # mid-cycle of gradient accumulation too
@@ -395,6 +398,36 @@ class ShardedOptimizer:
             with or_abort(self.comm, "ShardedOptimizer.finalize_variable_values"):
                 self._inner.finalize_variable_values()
                 self._gather_params()
+
+    # -- modes (schedule-free AdamW) -----------------------------------------------------
+    @property
+    def train_mode(self):
+        """The wrapped optimizer's mode, for optimizers with ``train()`` and
+        ``eval()`` (:class:`fastopt.ScheduleFreeAdamW`)."""
+        return self._modes("train_mode").train_mode
+
+    def train(self):
+        """The wrapped optimizer's ``train()`` on this rank's shard, then the
+        all-gather (collective): every rank's parameters at the training
+        point."""
+        self._switch("train")
+
+    def eval(self):
+        """The wrapped optimizer's ``eval()`` on this rank's shard, then the
+        all-gather (collective): every rank's parameters at the average."""
+        self._switch("eval")
+
+    def _modes(self, name):
+        if not hasattr(self._inner, "train_mode"):
+            raise AttributeError(f"ShardedOptimizer.{name}: {type(self._inner).__name__} has "
+                                 "no train/eval modes (schedule-free AdamW has)")
+        return self._inner
+
+    def _switch(self, name):
+        inner = self._modes(name)
+        with or_abort(self.comm, f"ShardedOptimizer.{name}"):
+            getattr(inner, name)()
+            self._gather_params()
 
     # -- state ------------------------------------------------------------------------
     def agree(self, work, where):

@@ -13,8 +13,10 @@ from ..algorithms.nadam import NAdam, Nadam
 from ..algorithms.radam import RAdam
 from ..algorithms.rprop import Rprop
 from ..algorithms.rmsprop import RMSprop
+from ..algorithms.schedulefree import ScheduleFreeAdamW
 from ..algorithms.sgd import SGD
 from ..optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion",
-           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop", "Adafactor", "Muon"]
+           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop", "Adafactor", "Muon",
+           "ScheduleFreeAdamW"]

@@ -25,6 +25,11 @@ with float32 arithmetic (:mod:`fastopt.backends.numba_bf16`), and
 count follows ``torch.get_num_threads()`` unless :func:`fastopt.set_num_threads`
 was called.  See the documentation's "Performance" page
 (``docs/performance.md``) for what is measured.
+
+:class:`AdamWScheduleFree` is the authors' schedule-free AdamW
+(``schedulefree.AdamWScheduleFree``, a package of its own rather than a
+``torch.optim`` class): the package's constructor, state, ``train()`` and
+``eval()``, on a ``torch.optim.Optimizer`` base.
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ from .adafactor import Adafactor
 from .offload import CPUOffload
 from .optimizers import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Muon, NAdam, RAdam,
                          RMSprop, Rprop)
+from .schedulefree import AdamWScheduleFree
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "NAdam", "ASGD",
-           "RAdam", "Rprop", "Adafactor", "Muon", "FusedOptimizer", "CPUOffload"]
+           "RAdam", "Rprop", "Adafactor", "Muon", "AdamWScheduleFree", "FusedOptimizer",
+           "CPUOffload"]

@@ -20,8 +20,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..hyperparams import convention_for
-from ..optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, AdamW, Ftrl, Lion, NAdam, Nadam,
-                          RAdam, RMSprop, Rprop)
+from ..optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, AdamW, Ftrl, Lion, NAdam,
+                          Nadam, RAdam, RMSprop, Rprop, ScheduleFreeAdamW)
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -59,6 +59,8 @@ OPTIMIZERS = {
     "radam": Recipe(RAdam, False, {}),
     "rprop": Recipe(Rprop, False, {}),
     "adafactor": Recipe(Adafactor, False, {}),  # factored moments (per_tensor rule)
+    # the schedulefree package's method (torch convention only); validation at x
+    "schedulefree_adamw": Recipe(ScheduleFreeAdamW, False, {}),
 }
 #: The six optimizers of the classic experiment.
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")

@@ -3,7 +3,9 @@
 An epoch's ``loss`` is the mean of its batch losses weighted by batch size,
 each batch's loss taken on the forward pass before that batch's update (the
 number Keras reports); ``accuracy`` is counted the same way.  ``val_loss`` and
-``val_accuracy`` are computed on the validation data after the epoch.
+``val_accuracy`` are computed on the validation data after the epoch (with an
+optimizer that has ``train()``/``eval()``, schedule-free AdamW, at its averaged
+point: ``eval()`` before, ``train()`` after).
 
 Accuracy is Keras's ``"accuracy"``: for a softmax output the share of rows
 whose largest output is the target's largest; otherwise the share of outputs
@@ -309,7 +311,12 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
                 call("on_batch_end", batch, logs)
         logs = {"loss": total / n, "accuracy": correct / (n * units)}
         if validation_data is not None:
+            modes = hasattr(optimizer, "train_mode")  # schedule-free: evaluate at x
+            if modes:
+                optimizer.eval()
             val = _evaluate(model, X_val, y_val, loss)
+            if modes:
+                optimizer.train()
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         for k in keys:
             history.history[k].append(logs[k])

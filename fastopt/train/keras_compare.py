@@ -99,6 +99,11 @@ def make_optimizer(module, name, learning_rate=0.01, momentum=0.3):
     the recipe's fastopt class, with the recipe's options, ``learning_rate``,
     and ``momentum`` for the names that take it; Keras's defaults otherwise."""
     recipe, options = recipe_options(name, momentum)
+    if "keras" not in recipe.cls._CONVENTIONS and recipe.cls.__name__ == "ScheduleFreeAdamW":
+        raise ValueError("fastopt offers schedule-free AdamW as its authors' package computes "
+                         "it (torch convention), not Keras 3.15.1's ScheduleFreeAdamW, which "
+                         "differs (see fastopt.ScheduleFreeAdamW); --framework keras compares "
+                         "Keras's optimizers with fastopt.keras's")
     cls = getattr(module, recipe.cls.__name__, None)
     if cls is None:
         raise ValueError(f"{recipe.cls.__name__} is not a Keras optimizer (it exists in "
