@@ -157,20 +157,22 @@ def test_every_page_is_found():
 
 def test_generated_tables_name_every_optimizer():
     """The optimizer table of the docs is generated from the exports and the
-    registry: every exported optimizer class and every rule has its row."""
+    registry: every exported optimizer class and every rule (compiled and
+    ``per_tensor``) has its row."""
     sys.path.insert(0, str(ROOT / "docs" / "_ext"))
     try:
         import fastopt_docs
     finally:
         sys.path.remove(str(ROOT / "docs" / "_ext"))
     import fastopt
-    from fastopt.rule import RULES
+    from fastopt.rule import RULES, TENSOR_RULES
     text = fastopt_docs.optimizers_markdown()
     for cls in fastopt_docs.optimizer_classes():
         assert f"### `{cls.__name__}`" in text
     covered = {r.name for cls in fastopt_docs.optimizer_classes()
                for r in fastopt_docs.class_rules(cls)}
-    assert covered == set(RULES), set(RULES) - covered
+    assert covered == set(RULES) | set(TENSOR_RULES), \
+        (set(RULES) | set(TENSOR_RULES)) - covered
     exported = {n for n in fastopt.__all__ if isinstance(getattr(fastopt, n), type)
                 and issubclass(getattr(fastopt, n), fastopt.Optimizer)} - {"Optimizer"}
     assert exported == {c.__name__ for c in fastopt_docs.optimizer_classes()}

@@ -90,11 +90,23 @@ def optimizer_classes():
 
 
 def class_rules(cls):
-    """The registry's rules of the class's family module, under the conventions it offers."""
-    from fastopt.rule import RULES
+    """The registry's rules of the class's family module, under the conventions
+    it offers: the ``per_tensor`` rules of :data:`fastopt.rule.TENSOR_RULES`
+    first, then the compiled rules of :data:`fastopt.rule.RULES` (for a
+    ``per_tensor`` optimizer, the element loops its host step calls)."""
+    from fastopt.rule import RULES, TENSOR_RULES
     family = cls.__module__.rsplit(".", 1)[-1]
-    return [r for r in RULES.values()
+    return [r for registry in (TENSOR_RULES, RULES) for r in registry.values()
             if r.family == family and r.convention in cls._CONVENTIONS]
+
+
+def _reference(rule):
+    """Where the rule's float64 reference is documented: :mod:`fastopt.reference`
+    for compiled rules, the family module for ``per_tensor`` ones."""
+    if rule.kind == "per_tensor":
+        ref = rule.reference
+        return f"`{ref.__module__}.{ref.__qualname__}`"
+    return f"{{func}}`fastopt.reference.{rule.name}`"
 
 
 def _defaults(cls, convention):
@@ -163,7 +175,12 @@ def optimizers_markdown() -> str:
         "with float32 parameters (the parameter read and written, the gradient read, "
         "each slot read and written), with float32 state and with "
         "`state_dtype=\"bfloat16\"`. It is the figure the performance tables divide "
-        "by the measured time.\n")
+        "by the measured time. A `per_tensor` rule keeps state that is not "
+        "parameter-shaped and reads whole tensors on the host: its figure counts the "
+        "parameter and the gradient only, the least it can move (the host work moves "
+        "more; see [the notes](#notes-on-particular-optimizers) below). The compiled "
+        "rules listed with it are the element loops its host step runs, and take the "
+        "bfloat16 state it takes.\n")
     for cls in classes:
         lines.append(f"({_label(cls)})=")
         lines.append(f"### `{cls.__name__}`\n")
@@ -171,16 +188,22 @@ def optimizers_markdown() -> str:
         lines.append(f"API: {{class}}`fastopt.{cls.__name__}`. Conventions: "
                      + ", ".join(f"`{c}`" for c in cls._CONVENTIONS) + ".\n")
         rows = []
-        for r in class_rules(cls):
-            rows.append([_code(r.name), r.convention, r.kind,
+        rules = class_rules(cls)
+        # the element loops of a per_tensor rule take the state dtype it takes
+        outer = {r.convention: r for r in rules if r.kind == "per_tensor"}
+        for r in rules:
+            owner = outer.get(r.convention, r)
+            rows.append([_code(r.name), r.convention,
+                         r.kind if owner is r else f"{r.kind} (in {_code(owner.name)})",
                          ", ".join(_code(s) for s in r.slots) or "none",
                          ", ".join(_code(s) for s in r.host_state) or "",
-                         str(r.bytes_per_param("float32")), _bf16_bytes(r)])
+                         str(r.bytes_per_param("float32")),
+                         _bf16_bytes(owner) if owner.bf16_refusal else _bf16_bytes(r)])
         lines.append(_table(["rule", "convention", "kind", "slots", "host state",
                              "bytes/param (float32 state)", "bytes/param (bfloat16 state)"],
                             rows))
         for r in class_rules(cls):
-            lines.append(f"`{r.name}` ({{func}}`fastopt.reference.{r.name}`):\n")
+            lines.append(f"`{r.name}` ({_reference(r)}):\n")
             lines.append("```text\n" + _formula(r) + "\n```\n")
     return "\n".join(lines) + "\n"
 
