@@ -446,20 +446,30 @@ class Optimizer(StateMethods):
             keep, l2 = decay_factors(hyper["weight_decay"], lr, pg.coupled_decay)
             group = self._tensor_groups[0]
             group.set_factors(-scales[0] if hyper["maximize"] else scales[0], keep, l2)
-            group.plan.step(grads, group.factors, scalars, clipvalue)
-            return
-        k = 0
-        for pg, lr, scalars in runs:
-            keep, l2 = decay_factors(pg.hyperparams["weight_decay"], lr, pg.coupled_decay)
-            negate = pg.hyperparams["maximize"]
-            for group in pg.tensor_groups:
-                scale = -scales[k] if negate else scales[k]
-                k += 1
-                group_grads = [grads[i] for i in group.indices]
-                if len(group_grads) > 1 and all(g is None for g in group_grads):
-                    continue
-                group.set_factors(scale, keep, l2)
-                group.plan.step(group_grads, group.factors, scalars, clipvalue)
+            work = [(pg.rule, group, grads, scalars)]
+        else:
+            work = []
+            k = 0
+            for pg, lr, scalars in runs:
+                keep, l2 = decay_factors(pg.hyperparams["weight_decay"], lr, pg.coupled_decay)
+                negate = pg.hyperparams["maximize"]
+                for group in pg.tensor_groups:
+                    scale = -scales[k] if negate else scales[k]
+                    k += 1
+                    group_grads = [grads[i] for i in group.indices]
+                    if len(group_grads) > 1 and all(g is None for g in group_grads):
+                        if not pg.rule.two_phase:  # (every rank reduces the same groups)
+                            continue
+                    group.set_factors(scale, keep, l2)
+                    work.append((pg.rule, group, group_grads, scalars))
+        if work and work[0][0].two_phase:  # reduce, decide the update scales, then apply
+            update = two_phase.update_scales(
+                [(rule, group.plan, gr, group.factors, scalars, clipvalue)
+                 for rule, group, gr, scalars in work], self.reduce_tensor_sums)
+            for (_, group, _, _), row in zip(work, update):
+                group.factors[3] = row
+        for _, group, group_grads, scalars in work:
+            group.plan.step(group_grads, group.factors, scalars, clipvalue)
 
     # -- moving averages --------------------------------------------------------------
     def finalize_variable_values(self):

@@ -82,6 +82,16 @@ class Rule:
         rounds, e.g. to float32).  Called once per *applied* step, before the
         kernel, which reads the advanced values; they are kept only once the
         step has run.
+    reductions : tuple of str
+        A ``two_phase`` rule's per-tensor reductions, names of
+        :data:`fastopt.two_phase.REDUCTIONS`, computed in the fused first pass
+        from the element function run without storing anything.
+    decide : callable
+        A ``two_phase`` rule's ``decide(*sums, *scalars) -> update scales``:
+        given one float64 array per reduction (one entry per tensor, summed
+        over every shard) and the public scalars, the per-tensor factor on
+        the element function's displacement ``w - w_before`` that the second
+        pass applies (plain NumPy on the host, float64).
     """
 
     name: str
@@ -97,9 +107,23 @@ class Rule:
     host_state: tuple = ()
     host_init: tuple = ()
     advance: Callable = None
+    reductions: tuple = ()
+    decide: Callable = None
     family: str = field(default="", compare=False)
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"rule {self.name!r}: kind must be one of {KINDS}")
+        if (self.kind == "two_phase") != bool(self.reductions) or \
+                (self.kind == "two_phase") != (self.decide is not None):
+            raise ValueError(f"rule {self.name!r}: a two_phase rule (and only one) declares "
+                             "its reductions and a decide function")
+        if self.reductions:
+            from .two_phase import REDUCTIONS
+            unknown = set(self.reductions) - set(REDUCTIONS)
+            if unknown:
+                raise ValueError(f"rule {self.name!r}: unknown reductions {sorted(unknown)}; "
+                                 f"the fused pass offers {sorted(REDUCTIONS)}")
         n = len(self.host_state)
         if n and (tuple(self.scalars[-n:]) != tuple(self.host_state)
                   or len(self.host_init) != n or self.advance is None):
@@ -137,14 +161,24 @@ class Rule:
         """The rule's formula: its reference's docstring."""
         return inspect.getdoc(self.reference) or ""
 
+    @property
+    def two_phase(self):
+        """Whether the rule is a ``two_phase`` one (reduce, decide, apply)."""
+        return self.kind == "two_phase"
+
     def bytes_per_param(self, dtype="float32", state_dtype=None):
         """Bytes one step moves per parameter: the parameter read and written,
         the gradient read, each slot read and written (``state_dtype``: the
-        slots' dtype when it differs from the parameters')."""
+        slots' dtype when it differs from the parameters'); a two-phase rule
+        reads the parameter, the gradient and the slots once more in its
+        first pass."""
         import numpy as np
         item = np.dtype(dtype).itemsize
         state_item = item if state_dtype is None else np.dtype(state_dtype).itemsize
-        return 3 * item + 2 * len(self.slots) * state_item
+        once = 3 * item + 2 * len(self.slots) * state_item
+        if self.two_phase:
+            once += 2 * item + len(self.slots) * state_item
+        return once
 
     def pack(self, scalars, clipvalue=math.inf):
         """``(clipvalue, *prepare(*scalars).values())``: what the kernels read."""

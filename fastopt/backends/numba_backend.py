@@ -99,7 +99,7 @@ def _view(ptrs, row, t, start, stop, like):
 
 LOOP_TEMPLATE = """\
 def _make(__key):
-    def _loop(p, g, {slot_args}hp, gs, kp, l2):
+    def _loop(p, g, {slot_args}hp, gs, kp, l2{us_arg}):
         __key  # noqa: B018 - a closure cell: part of the cache key
         dt = p.dtype.type
         clip = dt(hp[0])
@@ -107,16 +107,18 @@ def _make(__key):
         gs = dt(gs)
         kp = dt(kp)
         l2 = dt(l2)
+{us_init}
         for i in range(p.shape[0]):
             e_g = _g(g[i], gs, clip)
             pi = p[i]
             if l2 != 0:
                 e_g += l2 * pi
             e_w = pi * kp
+{w_in}
 {loads}
 {body}
 {stores}
-            p[i] = e_w
+            p[i] = {store_w}
 
     def _step(ptrs, ids, offset, none_id, table, pt, hp, like):
         __key  # noqa: B018
@@ -128,9 +130,56 @@ def _make(__key):
                 s = table[1, c]
                 e = table[2, c]
                 loop_{name}(_view(ptrs, 0, t, s, e, like), _view(ptrs, 1, t, s, e, like),
-                            {slot_views}hp, pt[0, t], pt[1, t], pt[2, t])
+                            {slot_views}hp, pt[0, t], pt[1, t], pt[2, t]{us_pass})
 
     return _loop, _step
+"""
+
+# A two_phase rule's first pass (fastopt.two_phase): the element function run
+# over every element without storing anything, its reductions summed per
+# chunk in float64 in element order, then per tensor in chunk order (fixed
+# chunks, a fixed order: bit-identical at any thread count).
+REDUCE_TEMPLATE = """\
+def _make(__key):
+    def _rloop(p, g, {slot_args}hp, gs, kp, l2, partial, c):
+        __key  # noqa: B018 - a closure cell: part of the cache key
+        dt = p.dtype.type
+        clip = dt(hp[0])
+{scalars}
+        gs = dt(gs)
+        kp = dt(kp)
+        l2 = dt(l2)
+{acc_init}
+        for i in range(p.shape[0]):
+            e_g = _g(g[i], gs, clip)
+            pi = p[i]
+            if l2 != 0:
+                e_g += l2 * pi
+            e_w = pi * kp
+            w_in = e_w
+{loads}
+{body}
+{accumulate}
+{acc_store}
+
+    def _reduce(ptrs, table, pt, hp, like, partial, out):
+        __key  # noqa: B018
+        for c in prange(table.shape[1]):
+            t = table[0, c]
+            if ptrs[1, t] != 0:
+                s = table[1, c]
+                e = table[2, c]
+                rloop_{name}(_view(ptrs, 0, t, s, e, like), _view(ptrs, 1, t, s, e, like),
+                             {slot_views}hp, pt[0, t], pt[1, t], pt[2, t], partial, c)
+            else:
+                for k in range(partial.shape[0]):
+                    partial[k, c] = 0.0
+        out[:, :] = 0.0
+        for c in range(table.shape[1]):  # in chunk order: a fixed order of summation
+            for k in range(partial.shape[0]):
+                out[k, table[0, c]] += partial[k, c]
+
+    return _rloop, _reduce
 """
 
 
@@ -140,6 +189,7 @@ def render(rule):
     names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
     rename = {n: "e_" + n for n in names}
     k = len(rule.slots)
+    two = rule.two_phase
     return LOOP_TEMPLATE.format(
         name=rule.name,
         slot_args="".join(f"s{j}, " for j in range(k)),
@@ -148,6 +198,34 @@ def render(rule):
         loads="\n".join(f"            e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)),
         body="\n".join(_codegen.python_lines(fn, rename, 3)),
         stores="\n".join(f"            s{j}[i] = e_{n}" for j, n in enumerate(rule.slots)),
+        slot_views="".join(f"_view(ptrs, {2 + j}, t, s, e, like), " for j in range(k)),
+        # two_phase: the displacement scaled by the tensor's update scale
+        us_arg=", us" if two else "", us_pass=", pt[3, t]" if two else "",
+        us_init="        us = dt(us)" if two else "",
+        w_in="            w_in = e_w" if two else "",
+        store_w="w_in + us * (e_w - w_in)" if two else "e_w")
+
+
+def render_reduce(rule):
+    """The Python source of a two_phase ``rule``'s first pass (its element
+    loop without stores, accumulating :data:`fastopt.two_phase.ELEMENT_REDUCTIONS`)."""
+    from ..two_phase import ELEMENT_REDUCTIONS
+    fn = rule.element_ast
+    names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
+    rename = {n: "e_" + n for n in names}
+    k = len(rule.slots)
+    quantity = [ELEMENT_REDUCTIONS[r].format(w="e_w", w_in="w_in") for r in rule.reductions]
+    return REDUCE_TEMPLATE.format(
+        name=rule.name,
+        slot_args="".join(f"s{j}, " for j in range(k)),
+        scalars="\n".join(f"        e_{n} = dt(hp[{j + 1}])"
+                          for j, n in enumerate(rule.prepared)),
+        acc_init="\n".join(f"        r{j} = 0.0" for j in range(len(quantity))),
+        loads="\n".join(f"            e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)),
+        body="\n".join(_codegen.python_lines(fn, rename, 3)),
+        accumulate="\n".join(f"            x{j} = np.float64({q})\n            r{j} += x{j} * x{j}"
+                             for j, q in enumerate(quantity)),
+        acc_store="\n".join(f"        partial[{j}, c] = r{j}" for j in range(len(quantity))),
         slot_views="".join(f"_view(ptrs, {2 + j}, t, s, e, like), " for j in range(k)))
 
 
@@ -181,6 +259,13 @@ class Compiled:
                            (loop, step))
         self.loop = ns[loop] = kernel(fns[loop])
         self.step_parallel, self.step_serial = driver(fns[step])
+        if rule.two_phase:
+            self.reduce_source = render_reduce(rule)
+            rloop, red = "rloop_" + rule.name, "reduce_" + rule.name
+            ns, fns = generate(self.reduce_source, source_key(self.reduce_source), __file__,
+                               globals(), (rloop, red))
+            ns[rloop] = kernel(fns[rloop])
+            self.reduce_parallel, self.reduce_serial = driver(fns[red])
 
 
 def per_rule(build):
@@ -350,6 +435,7 @@ class Plan(_contract.Plan):
         self._hp = np.zeros(1 + len(rule.prepared))
         self._compiled = compiled(rule)
         self._partial = np.zeros(self._table.shape[1])
+        self._reduced = None
 
     def _set_grads(self, grads):
         data_pointers(grads, self._ptrs[1])
@@ -369,6 +455,24 @@ class Plan(_contract.Plan):
         else:  # pragma: no cover - only on an unusual NumPy build
             self._set_grads(grads)
             run(self._ptrs, self._ptrs[1], -1, 0, self._table, pt, self._hp, self._like)
+
+    def reduce(self, grads, pt, scalars, clipvalue=math.inf):
+        """A two_phase rule's first pass (:mod:`fastopt.two_phase`): the
+        ``(len(rule.reductions), n_tensors)`` float64 sums; nothing stored."""
+        self._hp[:] = self.rule.pack(scalars, clipvalue)
+        self._set_grads(grads)
+        c = self._compiled
+        if self.size >= _THRESHOLD[self.dtype]:
+            run = c.reduce_parallel
+            sync_threads()
+        else:
+            run = c.reduce_serial
+        nred = len(self.rule.reductions)
+        if self._reduced is None:
+            self._reduced = np.zeros((nred, self._table.shape[1]))
+        out = np.zeros((nred, len(self.params)))
+        run(self._ptrs, self._table, pt, self._hp, self._like, self._reduced, out)
+        return out
 
     def sumsq(self, grads):
         self._set_grads(grads)
