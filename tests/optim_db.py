@@ -472,6 +472,23 @@ DB = [
         ),
         search_space={"beta_1": st.floats(0.01, 1.0), "beta_2": st.floats(0.0, 1.0)}),
     OptimizerInfo(
+        "lamb", fastopt.Lamb, {}, 0.01,
+        rules={"keras": "lamb"},
+        scalars={"lamb": (0.01, 0.9, 0.999, 1e-7)},
+        quadratic_lr=0.05, rosenbrock_lr=1e-3,
+        golden=("keras_lamb", "keras_lamb_weight_decay"),
+        error_inputs=(
+            ({"convention": "torch"}, ValueError,
+             r"convention='torch' is not offered: Lamb exists in Keras 3.15 only"),
+            ({"beta_1": 1.5}, ValueError, "beta_1 must be <= 1"),
+            ({"beta_2": -0.1}, ValueError, "beta_2 must be >= 0"),
+            ({"epsilon": -1e-7}, ValueError, "epsilon must be >= 0"),
+            ({"epsilon": float("nan")}, ValueError, "epsilon must be finite"),
+            ({"amsgrad": True}, ValueError, r"unknown hyperparameter\(s\) 'amsgrad'"),
+            ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
+        ),
+        search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON}),
+    OptimizerInfo(
         "nadam", fastopt.Nadam, {}, 0.01,
         rules={"keras": "nadam"},
         # the running product u_product (host state) last, after the step count

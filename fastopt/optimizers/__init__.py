@@ -5,6 +5,7 @@ from ..algorithms.adagrad import Adagrad
 from ..algorithms.adam import Adam, AdamW
 from ..algorithms.adamax import Adamax
 from ..algorithms.ftrl import Ftrl
+from ..algorithms.lamb import Lamb
 from ..algorithms.lion import Lion
 from ..algorithms.asgd import ASGD
 from ..algorithms.nadam import NAdam, Nadam
@@ -15,4 +16,4 @@ from ..algorithms.sgd import SGD
 from ..optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion",
-           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop"]
+           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop", "Lamb"]
