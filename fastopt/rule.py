@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
+import numpy as np
+
 from . import _codegen
 
 __all__ = ["Rule", "RULES", "KINDS"]
@@ -87,11 +89,13 @@ class Rule:
         :data:`fastopt.two_phase.REDUCTIONS`, computed in the fused first pass
         from the element function run without storing anything.
     decide : callable
-        A ``two_phase`` rule's ``decide(*sums, *scalars) -> update scales``:
-        given one float64 array per reduction (one entry per tensor, summed
-        over every shard) and the public scalars, the per-tensor factor on
-        the element function's displacement ``w - w_before`` that the second
-        pass applies (plain NumPy on the host, float64).
+        A ``two_phase`` rule's ``decide(*sums, *scalars) ->
+        {"update_scale": x}`` for one tensor, in the language of ``prepare``:
+        given the tensor's reductions (float64, summed over every shard) and
+        the public scalars, the factor on the element function's
+        displacement ``w - w_before`` that the second pass applies (run on
+        the host in float64, :meth:`update_scales`; rendered to C for the
+        Cython ``.pxd`` kernel).
     """
 
     name: str
@@ -160,6 +164,22 @@ class Rule:
     def formula(self):
         """The rule's formula: its reference's docstring."""
         return inspect.getdoc(self.reference) or ""
+
+    @cached_property
+    def decide_ast(self):
+        fn = _codegen.parse_function(inspect.getsource(self.decide))
+        if _codegen.check_prepare(fn) != ("update_scale",):
+            raise _codegen.LanguageError(f"{self.name}: decide() must return "
+                                         '{"update_scale": ...}')
+        return fn
+
+    def update_scales(self, sums, scalars):
+        """The update scale of every tensor: :attr:`decide` on each column of
+        ``sums`` (one row per reduction, one column per tensor), float64."""
+        decide = self.decide
+        return np.array([decide(*col, *scalars)["update_scale"]
+                         for col in np.asarray(sums, dtype=np.float64).T.tolist()],
+                        dtype=np.float64)
 
     @property
     def two_phase(self):

@@ -41,7 +41,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import reference
+from . import _codegen, reference
 
 __all__ = ["REDUCTIONS", "ELEMENT_REDUCTIONS", "TwoPhase", "clipping", "decide",
            "update_scales"]
@@ -54,11 +54,9 @@ REDUCTIONS = {"grad_sumsq": "sum of the squared gradient elements (Plan.sumsq)",
               "update_sumsq": "sum of the squared displacements w - w_before of the "
                               "element function (Plan.reduce)"}
 
-#: The reductions a two_phase rule's pass computes from its element function:
-#: name -> the quantity squared and summed, in the tensor's dtype, as a
-#: template over ``{w}`` (after the element function) and ``{w_in}`` (the
-#: parameter before it, after decoupled decay); every backend renders it.
-ELEMENT_REDUCTIONS = {"param_sumsq": "{w_in}", "update_sumsq": "{w} - {w_in}"}
+#: The reductions a two_phase rule's pass computes from its element function
+#: (:data:`fastopt._codegen.ELEMENT_REDUCTIONS`, which every backend renders).
+ELEMENT_REDUCTIONS = _codegen.ELEMENT_REDUCTIONS
 
 #: torch.nn.utils.clip_grad_norm_'s guard against division by zero
 TORCH_CLIP_EPS = 1e-6
@@ -118,9 +116,8 @@ def update_scales(work, reduce_tensor_sums):
     partial = [plan.reduce(grads, pt, scalars, clipvalue)
                for _, plan, grads, pt, scalars, clipvalue in work]
     total = reduce_tensor_sums(partial)
-    with np.errstate(all="ignore"):  # inf and NaN norms decide, never raise
-        return [np.asarray(rule.decide(*sums, *scalars), dtype=np.float64).copy()
-                for (rule, _, _, _, scalars, _), sums in zip(work, total)]
+    return [rule.update_scales(sums, scalars)
+            for (rule, _, _, _, scalars, _), sums in zip(work, total)]
 
 
 def clipping(clipnorm=None, global_clipnorm=None, torch_convention=False):

@@ -10,6 +10,8 @@ the Keras convention only.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._validation import real
@@ -72,10 +74,15 @@ class Lamb(Optimizer):
 
 
 # ---------------------------------------------------------------------------
-# Per-step scalars (float64, once per step) and the element function.  The
-# element function moves w by the unscaled direction u (w - u): its
-# displacement is what the reductions see and what the per-tensor update
-# scale (lr * r, from decide_lamb) multiplies in the apply.
+# Per-step scalars (float64, once per step), the element function and the
+# decision.  The element function moves w by the unscaled direction u
+# (w - u): its displacement is what the reductions see and what the
+# per-tensor update scale multiplies in the apply.  decide_lamb (the element
+# language's prepare subset: per tensor, float64, on the host; rendered to C
+# for the .pxd kernel) turns the whole tensor's sums of squares of the
+# decayed weights and of u into that scale, lr * r: Keras's
+# r = ||w|| / ||u|| where both norms are positive, else 1 (a NaN norm is
+# not positive: r = 1, and the NaN reaches the weights through u).
 
 def prepare_lamb(learning_rate, beta_1, beta_2, epsilon, step):
     return {"one_minus_beta_1": 1.0 - beta_1, "one_minus_beta_2": 1.0 - beta_2,
@@ -90,16 +97,9 @@ def element_lamb(g, w, momentum, velocity, one_minus_beta_1, one_minus_beta_2, b
 
 
 def decide_lamb(param_sumsq, update_sumsq, learning_rate, beta_1, beta_2, epsilon, step):
-    """The per-tensor update scale ``lr * r`` from the whole tensors' sums of
-    squares of the (decayed) weights and of the direction ``u`` (float64
-    arrays, one entry per tensor): Keras's ``r = ||w|| / ||u||`` where both
-    norms are positive, else 1 (a NaN norm is not positive: r = 1, and the
-    NaN reaches the weights through ``u``)."""
-    w_norm = np.sqrt(param_sumsq)
-    u_norm = np.sqrt(update_sumsq)
-    with np.errstate(all="ignore"):
-        ratio = np.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, 1.0)
-    return learning_rate * ratio
+    if param_sumsq > 0 and update_sumsq > 0:
+        return {"update_scale": learning_rate * (math.sqrt(param_sumsq) / math.sqrt(update_sumsq))}
+    return {"update_scale": learning_rate}
 
 
 # ---------------------------------------------------------------------------

@@ -108,8 +108,7 @@ def _make_kernel(plan_cls, rule, module, check):
         pt = np.array([[float(gscale)], [float(keep)], [float(l2)], [1.0]])
         if rule.two_phase:  # reduce, decide from this whole tensor, apply
             sums = plan.reduce([arrays[1]], pt, scalars, float(clipvalue))
-            with np.errstate(all="ignore"):
-                pt[3] = rule.decide(*sums, *scalars)
+            pt[3] = rule.update_scales(sums, scalars)
         plan.step([arrays[1]], pt, scalars, float(clipvalue))
 
     # a slot named like a scalar (SGD's "momentum" buffer) gets a _buf suffix

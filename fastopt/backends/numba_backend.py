@@ -209,7 +209,7 @@ def render(rule):
 def render_reduce(rule):
     """The Python source of a two_phase ``rule``'s first pass (its element
     loop without stores, accumulating :data:`fastopt.two_phase.ELEMENT_REDUCTIONS`)."""
-    from ..two_phase import ELEMENT_REDUCTIONS
+    from .._codegen import ELEMENT_REDUCTIONS
     fn = rule.element_ast
     names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
     rename = {n: "e_" + n for n in names}
