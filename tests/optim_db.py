@@ -97,6 +97,13 @@ class OptimizerInfo:
         The parameter's step is bounded whatever the gradient (Lion's
         ``lr * sign(c)``): an infinite gradient lands in the slots, not in
         the parameter (tests/test_errors.py).
+    tensor_wise : bool
+        The update of an element depends on its whole tensor (Lamb's trust
+        ratio ``||w|| / ||u||``, a ``two_phase`` rule): a non-finite
+        gradient element makes the ratio fall back to 1 (Keras's
+        ``where``), so its tensor's other elements move differently than
+        with a clean gradient, while the other tensors do not notice
+        (tests/test_errors.py).
     torch_samples : tuple of (id, kwargs)
         Configurations (fastopt keywords, learning rate included) run under
         ``convention="torch"`` against the PyTorch-order spec
@@ -135,6 +142,7 @@ class OptimizerInfo:
     bf16_nearest_stalls: bool = False
     bounded_update: bool = False
     sign_only: bool = False
+    tensor_wise: bool = False
     torch_samples: tuple = ()
     torch_class: str | None = None
     torch_configs: tuple = ()
@@ -475,7 +483,7 @@ DB = [
         "lamb", fastopt.Lamb, {}, 0.01,
         rules={"keras": "lamb"},
         scalars={"lamb": (0.01, 0.9, 0.999, 1e-7)},
-        quadratic_lr=0.05, rosenbrock_lr=1e-3,
+        quadratic_lr=0.05, rosenbrock_lr=1e-3, tensor_wise=True,
         golden=("keras_lamb", "keras_lamb_weight_decay"),
         error_inputs=(
             ({"convention": "torch"}, ValueError,
