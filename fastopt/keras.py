@@ -1,7 +1,7 @@
 """fastopt's fused optimizers as Keras 3 optimizers.
 
 ``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW``,
-``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta`` and ``Nadam`` subclass the ``keras.optimizers``
+``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta``, ``Nadam`` and ``Lamb`` subclass the ``keras.optimizers``
 class of the same name: the
 constructor (arguments, defaults, checks and errors), ``get_config``,
 ``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
@@ -52,13 +52,14 @@ from .algorithms.adagrad import Adagrad as _Adagrad
 from .algorithms.adam import Adam as _Adam, AdamW as _AdamW
 from .algorithms.adamax import Adamax as _Adamax
 from .algorithms.ftrl import Ftrl as _Ftrl
+from .algorithms.lamb import Lamb as _Lamb
 from .algorithms.lion import Lion as _Lion
 from .algorithms.nadam import Nadam as _Nadam
 from .algorithms.rmsprop import RMSprop as _RMSprop
 from .algorithms.sgd import SGD as _SGD
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion", "Adadelta",
-           "Nadam"]
+           "Nadam", "Lamb"]
 
 #: float dtypes fastopt's kernels update
 _DTYPES = ("float32", "float64")
@@ -338,3 +339,4 @@ Ftrl = _fused(keras.optimizers.Ftrl, _Ftrl, _doc("Ftrl"))
 Lion = _fused(keras.optimizers.Lion, _Lion, _doc("Lion"))
 Adadelta = _fused(keras.optimizers.Adadelta, _Adadelta, _doc("Adadelta"))
 Nadam = _fused(keras.optimizers.Nadam, _Nadam, _doc("Nadam"))
+Lamb = _fused(keras.optimizers.Lamb, _Lamb, _doc("Lamb"))

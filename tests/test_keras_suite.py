@@ -27,7 +27,8 @@ SUITES = {"sgd": ("SGD", "SGDTest"), "adagrad": ("Adagrad", "AdagradTest"),
           "rmsprop": ("RMSprop", "RMSpropTest"), "adam": ("Adam", "AdamTest"),
           "adamw": ("AdamW", "AdamWTest"), "adamax": ("Adamax", "AdamaxTest"),
           "ftrl": ("Ftrl", "FtrlTest"), "lion": ("Lion", "LionTest"),
-          "adadelta": ("Adadelta", "AdadeltaTest"), "nadam": ("Nadam", "NadamTest")}
+          "adadelta": ("Adadelta", "AdadeltaTest"), "nadam": ("Nadam", "NadamTest"),
+          "lamb": ("Lamb", "LambTest")}
 
 _FOLDER = Path(keras.__file__).parent / "src" / "optimizers"
 
