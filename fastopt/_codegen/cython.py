@@ -36,11 +36,11 @@ def _loop_lines(rule, ctype, suffix, with_l2, reduce=False):
         out.append("            w_in = e_w")
     out += [f"            e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)]
     out += cython_lines(fn, rename, 3, ctype, suffix)
-    if reduce:  # the first pass: the reductions, nothing stored
+    if reduce:  # the first pass: the reductions' quantities, nothing else stored
         from . import ELEMENT_REDUCTIONS
         for j, r in enumerate(rule.reductions):
             q = ELEMENT_REDUCTIONS[r].format(w="e_w", w_in="w_in")
-            out += [f"            x = <double>({q})", f"            r{j} = r{j} + x * x"]
+            out.append(f"            q[{j} * n + i] = <double>({q})")
         return out
     out += [f"            s{j}[i] = e_{n}" for j, n in enumerate(rule.slots)]
     if getattr(rule, "two_phase", False):  # the displacement times the update scale
@@ -52,8 +52,10 @@ def _loop_lines(rule, ctype, suffix, with_l2, reduce=False):
 
 def cython_reduce(rule, ctype, suffix):
     """A two_phase rule's first pass over one chunk in C type ``ctype``: the
-    element function without stores, its reductions summed in element order
-    in double into ``out[0..]``."""
+    element function without stores, each reduction's quantity written to a
+    double scratch array ``q`` (so the loop vectorises), then summed by
+    ``sumsq`` (four accumulators, the Numba backend's order) into
+    ``out[0..]``."""
     fn = rule.element
     local = [n for n in assigned_names(fn) if n not in ("w", "g", *rule.slots)]
     names = ["e_g", "e_w", "pi", "w_in"] + [f"e_{n}" for n in (*rule.slots, *local)]
@@ -69,12 +71,15 @@ def cython_reduce(rule, ctype, suffix):
             f"l2 = <{ctype}>l2_"]
     out += [f"    cdef {ctype} e_{n} = <{ctype}>hp[{j + 1}]" for j, n in enumerate(rule.prepared)]
     out += [f"    cdef {ctype} {', '.join(names)}", "    cdef Py_ssize_t i",
-            f"    cdef double x, {', '.join(f'r{j} = 0.0' for j in range(nred))}",
+            f"    cdef double* q = <double*>malloc(({nred} * n + 1) * sizeof(double))",
+            "    if q == NULL:",
+            "        abort()",
             "    if l2 != 0:"]
     out += _loop_lines(rule, ctype, suffix, True, reduce=True)
     out.append("    else:")
     out += _loop_lines(rule, ctype, suffix, False, reduce=True)
-    out += [f"    out[{j}] = r{j}" for j in range(nred)]
+    out += [f"    out[{j}] = sumsq(<const double*>(q + {j} * n), n)" for j in range(nred)]
+    out.append("    free(q)")
     return "\n".join(out)
 
 

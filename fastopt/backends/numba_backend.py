@@ -135,10 +135,12 @@ def _make(__key):
     return _loop, _step
 """
 
-# A two_phase rule's first pass (fastopt.two_phase): the element function run
-# over every element without storing anything, its reductions summed per
-# chunk in float64 in element order, then per tensor in chunk order (fixed
-# chunks, a fixed order: bit-identical at any thread count).
+# A two_phase rule's first pass (fastopt.two_phase): the element function
+# run over every element without storing anything; each reduction's quantity
+# goes to a float64 scratch array of the chunk (a store, so the loop
+# vectorises as the apply does), summed by _chunk_sumsq (four accumulators, a
+# fixed order), then per tensor in chunk order: bit-identical at any thread
+# count, and the same bits as the Cython backend's.
 REDUCE_TEMPLATE = """\
 def _make(__key):
     def _rloop(p, g, {slot_args}hp, gs, kp, l2, partial, c):
@@ -149,8 +151,9 @@ def _make(__key):
         gs = dt(gs)
         kp = dt(kp)
         l2 = dt(l2)
-{acc_init}
-        for i in range(p.shape[0]):
+        n = p.shape[0]
+{scratch}
+        for i in range(n):
             e_g = _g(g[i], gs, clip)
             pi = p[i]
             if l2 != 0:
@@ -159,7 +162,7 @@ def _make(__key):
             w_in = e_w
 {loads}
 {body}
-{accumulate}
+{quantities}
 {acc_store}
 
     def _reduce(ptrs, table, pt, hp, like, partial, out):
@@ -220,12 +223,13 @@ def render_reduce(rule):
         slot_args="".join(f"s{j}, " for j in range(k)),
         scalars="\n".join(f"        e_{n} = dt(hp[{j + 1}])"
                           for j, n in enumerate(rule.prepared)),
-        acc_init="\n".join(f"        r{j} = 0.0" for j in range(len(quantity))),
+        scratch="\n".join(f"        q{j} = np.empty(n, np.float64)" for j in range(len(quantity))),
         loads="\n".join(f"            e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)),
         body="\n".join(_codegen.python_lines(fn, rename, 3)),
-        accumulate="\n".join(f"            x{j} = np.float64({q})\n            r{j} += x{j} * x{j}"
-                             for j, q in enumerate(quantity)),
-        acc_store="\n".join(f"        partial[{j}, c] = r{j}" for j in range(len(quantity))),
+        quantities="\n".join(f"            q{j}[i] = np.float64({q})"
+                              for j, q in enumerate(quantity)),
+        acc_store="\n".join(f"        partial[{j}, c] = _chunk_sumsq(q{j})"
+                             for j in range(len(quantity))),
         slot_views="".join(f"_view(ptrs, {2 + j}, t, s, e, like), " for j in range(k)))
 
 
