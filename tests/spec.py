@@ -134,7 +134,8 @@ class KerasSpec:
                                                    + h["epsilon"])
         w_norm = np.sqrt(np.sum(np.power(w, 2)))
         g_norm = np.sqrt(np.sum(np.power(update, 2)))
-        ratio = np.where(w_norm > 0, np.where(g_norm > 0, w_norm / g_norm, 1.0), 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):  # where() computes both sides
+            ratio = np.where(w_norm > 0, np.where(g_norm > 0, w_norm / g_norm, 1.0), 1.0)
         return w - ratio * lr * update, m, v
 
     def _ftrl(self, w, g, accum, linear, lr):
