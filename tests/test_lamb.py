@@ -153,3 +153,15 @@ def test_the_update_scale_is_keras_ratio_times_lr():
     got = RULE.update_scales(sums, s)
     assert got.tolist()[:4] == [0.2, 0.1, 0.1, 0.1]
     assert math.isinf(got[4])
+
+
+def test_a_two_phase_rule_declares_its_reductions_and_decision():
+    from fastopt.rule import Rule
+    with pytest.raises(ValueError, match="declares its reductions and a decide function"):
+        Rule("x", kind="two_phase")
+    with pytest.raises(ValueError, match="declares its reductions and a decide function"):
+        Rule("x", reductions=("param_sumsq",), decide=RULE.decide)
+    with pytest.raises(ValueError, match=r"unknown reductions \['grad_norm'\]"):
+        Rule("x", kind="two_phase", reductions=("grad_norm",), decide=RULE.decide)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Rule("x", kind="per_element")
