@@ -33,10 +33,10 @@ from . import _codegen
 __all__ = ["Rule", "RULES", "KINDS"]
 
 #: Rule kinds.  ``elementwise``: the update of an element depends on that
-#: element only (every rule today).  ``two_phase``: per-tensor reductions
-#: computed in the fused pass, a decision per tensor on the host, then an
-#: elementwise apply (clipping by norm is expressed this way in
-#: :mod:`fastopt.pipeline`; Lamb's trust ratio is the next user).
+#: element only.  ``two_phase``: per-tensor reductions computed in a fused
+#: first pass, a decision per tensor on the host, then an elementwise apply
+#: scaled per tensor (Lamb's trust ratio; clipping by norm is expressed the
+#: same way in :mod:`fastopt.pipeline`; see :mod:`fastopt.two_phase`).
 #: ``per_tensor`` (specified in the contributor guide, not implemented yet):
 #: state that is not parameter-shaped and host work per tensor.
 KINDS = ("elementwise", "two_phase", "per_tensor")
