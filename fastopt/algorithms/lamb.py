@@ -138,7 +138,5 @@ RULES = (
     Rule("lamb", slots=("momentum", "velocity"),
          scalars=("learning_rate", "beta_1", "beta_2", "epsilon", "step"),
          prepare=prepare_lamb, element=element_lamb, reference=lamb, kind="two_phase",
-         reductions=("param_sumsq", "update_sumsq"), decide=decide_lamb,
-         bf16_refusal="the bfloat16-state and 2-byte-parameter loops (numba_bf16) are not "
-                      "generated for two_phase rules yet"),
+         reductions=("param_sumsq", "update_sumsq"), decide=decide_lamb),
 )

@@ -268,7 +268,7 @@ class Compiled:
             rloop, red = "rloop_" + rule.name, "reduce_" + rule.name
             ns, fns = generate(self.reduce_source, source_key(self.reduce_source), __file__,
                                globals(), (rloop, red))
-            ns[rloop] = kernel(fns[rloop])
+            self.rloop = ns[rloop] = kernel(fns[rloop])
             self.reduce_parallel, self.reduce_serial = driver(fns[red])
 
 
