@@ -22,7 +22,14 @@ def slot_args(rule):
     return tuple(s + "_buf" if s in rule.scalars else s for s in rule.slots)
 
 
+#: Lanes of a two_phase rule's reductions: element i's square goes to lane
+#: i % LANES (the Numba backend's numba_backend.LANES: the same bits).
+LANES = 16
+
+
 def _loop_lines(rule, ctype, suffix, with_l2, reduce=False):
+    if reduce:
+        return _reduce_lines(rule, ctype, suffix, with_l2)
     fn = rule.element
     names = ["g", "w", *rule.slots, *rule.prepared, *assigned_names(fn)]
     rename = {n: "e_" + n for n in names}
@@ -36,12 +43,6 @@ def _loop_lines(rule, ctype, suffix, with_l2, reduce=False):
         out.append("            w_in = e_w")
     out += [f"            e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)]
     out += cython_lines(fn, rename, 3, ctype, suffix)
-    if reduce:  # the first pass: the reductions' quantities, nothing else stored
-        from . import ELEMENT_REDUCTIONS
-        for j, r in enumerate(rule.reductions):
-            q = ELEMENT_REDUCTIONS[r].format(w="e_w", w_in="w_in")
-            out.append(f"            q[{j} * n + i] = <double>({q})")
-        return out
     out += [f"            s{j}[i] = e_{n}" for j, n in enumerate(rule.slots)]
     if getattr(rule, "two_phase", False):  # the displacement times the update scale
         out.append("            p[i] = w_in + us * (e_w - w_in)")
@@ -50,12 +51,42 @@ def _loop_lines(rule, ctype, suffix, with_l2, reduce=False):
     return out
 
 
+def _reduce_lines(rule, ctype, suffix, with_l2):
+    """The first pass's loops: blocks of LANES elements, lane j of each
+    reduction taking element ``b + j`` (the loop over lanes vectorises), then
+    the tail, element ``nfull + j`` to lane ``j``."""
+    from . import ELEMENT_REDUCTIONS
+    fn = rule.element
+    names = ["g", "w", *rule.slots, *rule.prepared, *assigned_names(fn)]
+    rename = {n: "e_" + n for n in names}
+
+    def element(pad):
+        lines = [f"e_g = _g{suffix}(g[i], gs, clip)", "pi = p[i]"]
+        if with_l2:
+            lines.append("e_g = e_g + l2 * pi")
+        lines += ["e_w = pi * kp", "w_in = e_w"]
+        lines += [f"e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)]
+        out = [" " * pad + line for line in lines]
+        out += cython_lines(fn, rename, pad // 4, ctype, suffix)
+        for k, r in enumerate(rule.reductions):
+            q = ELEMENT_REDUCTIONS[r].format(w="e_w", w_in="w_in")
+            out += [f"{' ' * pad}x = <double>({q})",
+                    f"{' ' * pad}acc[{k} * {LANES} + j] = acc[{k} * {LANES} + j] + x * x"]
+        return out
+    out = [f"        for b in range(0, nfull, {LANES}):",
+           f"            for j in range({LANES}):",
+           "                i = b + j"]
+    out += element(16)
+    out += ["        for i in range(nfull, n):", "            j = i - nfull"]
+    out += element(12)
+    return out
+
+
 def cython_reduce(rule, ctype, suffix):
     """A two_phase rule's first pass over one chunk in C type ``ctype``: the
-    element function without stores, each reduction's quantity written to a
-    double scratch array ``q`` (so the loop vectorises), then summed by
-    ``sumsq`` (four accumulators, the Numba backend's order) into
-    ``out[0..]``."""
+    element function without stores, each reduction's squared quantity added
+    to its lane (:data:`LANES` float64 lanes, element ``i`` in lane
+    ``i % LANES``), the lanes added in a fixed tree into ``out[0..]``."""
     fn = rule.element
     local = [n for n in assigned_names(fn) if n not in ("w", "g", *rule.slots)]
     names = ["e_g", "e_w", "pi", "w_in"] + [f"e_{n}" for n in (*rule.slots, *local)]
@@ -70,16 +101,16 @@ def cython_reduce(rule, ctype, suffix):
     out += [f"    cdef {ctype} clip = <{ctype}>hp[0], gs = <{ctype}>gs_, kp = <{ctype}>kp_, "
             f"l2 = <{ctype}>l2_"]
     out += [f"    cdef {ctype} e_{n} = <{ctype}>hp[{j + 1}]" for j, n in enumerate(rule.prepared)]
-    out += [f"    cdef {ctype} {', '.join(names)}", "    cdef Py_ssize_t i",
-            f"    cdef double* q = <double*>malloc(({nred} * n + 1) * sizeof(double))",
-            "    if q == NULL:",
-            "        abort()",
+    out += [f"    cdef {ctype} {', '.join(names)}",
+            f"    cdef Py_ssize_t i, j, b, nfull = n - n % {LANES}",
+            f"    cdef double x, acc[{nred * LANES}]",
+            f"    for j in range({nred * LANES}):",
+            "        acc[j] = 0.0",
             "    if l2 != 0:"]
     out += _loop_lines(rule, ctype, suffix, True, reduce=True)
     out.append("    else:")
     out += _loop_lines(rule, ctype, suffix, False, reduce=True)
-    out += [f"    out[{j}] = sumsq(<const double*>(q + {j} * n), n)" for j in range(nred)]
-    out.append("    free(q)")
+    out += [f"    out[{k}] = _lanes_total(acc + {k * LANES}, {LANES})" for k in range(nred)]
     return "\n".join(out)
 
 

@@ -136,11 +136,15 @@ def _make(__key):
 """
 
 # A two_phase rule's first pass (fastopt.two_phase): the element function
-# run over every element without storing anything; each reduction's quantity
-# goes to a float64 scratch array of the chunk (a store, so the loop
-# vectorises as the apply does), summed by _chunk_sumsq (four accumulators, a
-# fixed order), then per tensor in chunk order: bit-identical at any thread
-# count, and the same bits as the Cython backend's.
+# run over every element without storing anything.  Element i's squared
+# quantity is added to lane i % LANES of that reduction's float64 lane array
+# (a fixed order: each lane sums its elements in element order; the loop
+# over a block's lanes vectorises, there being no dependence between lanes),
+# the lanes are added by _lanes_total (a fixed tree), then per tensor in
+# chunk order: bit-identical at any thread count, and the same bits as the
+# Cython backend's.
+LANES = 16
+
 REDUCE_TEMPLATE = """\
 def _make(__key):
     def _rloop(p, g, {slot_args}hp, gs, kp, l2, partial, c):
@@ -152,17 +156,15 @@ def _make(__key):
         kp = dt(kp)
         l2 = dt(l2)
         n = p.shape[0]
-{scratch}
-        for i in range(n):
-            e_g = _g(g[i], gs, clip)
-            pi = p[i]
-            if l2 != 0:
-                e_g += l2 * pi
-            e_w = pi * kp
-            w_in = e_w
-{loads}
-{body}
-{quantities}
+        nfull = n - n % {lanes}
+{lane_init}
+        for b in range(0, nfull, {lanes}):
+            for j in range({lanes}):
+                i = b + j
+{element_block}
+        for i in range(nfull, n):
+            j = i - nfull
+{element_tail}
 {acc_store}
 
     def _reduce(ptrs, table, pt, hp, like, partial, out):
@@ -184,6 +186,17 @@ def _make(__key):
 
     return _rloop, _reduce
 """
+
+
+@kernel
+def _lanes_total(a):
+    # the lanes of a reduction, added in a fixed tree (pairs, then pairs of pairs)
+    n = a.shape[0]
+    while n > 1:
+        n //= 2
+        for j in range(n):
+            a[j] = a[j] + a[j + n]
+    return a[0]
 
 
 def render(rule):
@@ -211,24 +224,33 @@ def render(rule):
 
 def render_reduce(rule):
     """The Python source of a two_phase ``rule``'s first pass (its element
-    loop without stores, accumulating :data:`fastopt.two_phase.ELEMENT_REDUCTIONS`)."""
+    loop without stores, accumulating :data:`fastopt._codegen.ELEMENT_REDUCTIONS`
+    in :data:`LANES` lanes)."""
     from .._codegen import ELEMENT_REDUCTIONS
     fn = rule.element_ast
     names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
     rename = {n: "e_" + n for n in names}
     k = len(rule.slots)
     quantity = [ELEMENT_REDUCTIONS[r].format(w="e_w", w_in="w_in") for r in rule.reductions]
+
+    def element(pad):
+        lines = [f"e_g = _g(g[i], gs, clip)", "pi = p[i]", "if l2 != 0:",
+                 "    e_g += l2 * pi", "e_w = pi * kp", "w_in = e_w"]
+        lines += [f"e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)]
+        out = [" " * pad + line for line in lines]
+        out += _codegen.python_lines(fn, rename, pad // 4)
+        for j, q in enumerate(quantity):
+            out += [f"{' ' * pad}x{j} = np.float64({q})",
+                    f"{' ' * pad}acc{j}[j] += x{j} * x{j}"]
+        return "\n".join(out)
     return REDUCE_TEMPLATE.format(
-        name=rule.name,
+        name=rule.name, lanes=LANES,
         slot_args="".join(f"s{j}, " for j in range(k)),
         scalars="\n".join(f"        e_{n} = dt(hp[{j + 1}])"
                           for j, n in enumerate(rule.prepared)),
-        scratch="\n".join(f"        q{j} = np.empty(n, np.float64)" for j in range(len(quantity))),
-        loads="\n".join(f"            e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)),
-        body="\n".join(_codegen.python_lines(fn, rename, 3)),
-        quantities="\n".join(f"            q{j}[i] = np.float64({q})"
-                              for j, q in enumerate(quantity)),
-        acc_store="\n".join(f"        partial[{j}, c] = _chunk_sumsq(q{j})"
+        lane_init="\n".join(f"        acc{j} = np.zeros({LANES})" for j in range(len(quantity))),
+        element_block=element(16), element_tail=element(12),
+        acc_store="\n".join(f"        partial[{j}, c] = _lanes_total(acc{j})"
                              for j in range(len(quantity))),
         slot_views="".join(f"_view(ptrs, {2 + j}, t, s, e, like), " for j in range(k)))
 
