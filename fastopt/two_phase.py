@@ -26,8 +26,9 @@ declares its reductions among :data:`REDUCTIONS` and a ``decide`` function;
 every backend's plan offers ``plan.reduce(grads, pt, scalars, clipvalue)``,
 one fused pass that runs the element function over every element *without
 storing anything* and returns the ``(len(reductions), n_tensors)`` float64
-sums (each chunk summed in order in float64, the chunks added in chunk
-order: bit-identical at any thread count), and ``plan.step`` applies
+sums (in float64: element ``i`` of a chunk in lane ``i % 16``, the lanes
+added in a fixed tree, the chunks in chunk order: bit-identical at any
+thread count), and ``plan.step`` applies
 ``w <- w_before + pt[3] * (w - w_before)`` with the slots stored: the second
 pass recomputes the element function from the same inputs, so the applied
 update is exactly the one reduced.  :func:`update_scales` runs the first
