@@ -26,7 +26,7 @@ declares its reductions among :data:`REDUCTIONS` and a ``decide`` function;
 every backend's plan offers ``plan.reduce(grads, pt, scalars, clipvalue)``,
 one fused pass that runs the element function over every element *without
 storing anything* and returns the ``(len(reductions), n_tensors)`` float64
-sums (in float64: element ``i`` of a chunk in lane ``i % 16``, the lanes
+sums (in float64: element ``i`` of a chunk in lane ``i % 64``, the lanes
 added in a fixed tree, the chunks in chunk order: bit-identical at any
 thread count), and ``plan.step`` applies
 ``w <- w_before + pt[3] * (w - w_before)`` with the slots stored: the second

@@ -3,7 +3,7 @@ tests of tests/optim_db.py do not reach.
 
 * the first pass is deterministic: bit-identical results at 1 or 2 threads,
   serial or parallel, and the same sums of squares on the numba and cython
-  backends (both add element i of a chunk to float64 lane i % 16, the lanes
+  backends (both add element i of a chunk to float64 lane i % 64, the lanes
   in a fixed tree, then the chunks in order);
 * the sums are those of the whole tensor (tensors over several chunks);
 * Keras's zero cases: a tensor at zero (ratio 1), an update of zero (no

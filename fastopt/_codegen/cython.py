@@ -24,7 +24,7 @@ def slot_args(rule):
 
 #: Lanes of a two_phase rule's reductions: element i's square goes to lane
 #: i % LANES (the Numba backend's numba_backend.LANES: the same bits).
-LANES = 16
+LANES = 64
 
 
 def _loop_lines(rule, ctype, suffix, with_l2, reduce=False):

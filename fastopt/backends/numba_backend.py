@@ -143,7 +143,7 @@ def _make(__key):
 # the lanes are added by _lanes_total (a fixed tree), then per tensor in
 # chunk order: bit-identical at any thread count, and the same bits as the
 # Cython backend's.
-LANES = 16
+LANES = 64
 
 REDUCE_TEMPLATE = """\
 def _make(__key):
