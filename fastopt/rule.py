@@ -18,6 +18,7 @@ once per step in float64 and rounded to the tensors' dtype once per chunk.
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import math
@@ -175,10 +176,14 @@ class Rule:
 
     def update_scales(self, sums, scalars):
         """The update scale of every tensor: :attr:`decide` on each column of
-        ``sums`` (one row per reduction, one column per tensor), float64."""
+        ``sums`` (one row per reduction, one column per tensor), float64.
+        Many tensors at once are decided by :func:`_decide_arrays` (the same
+        IEEE operations on NumPy arrays, one pass over the function)."""
+        sums = np.asarray(sums, dtype=np.float64)
+        if sums.shape[1] > _VECTOR_FROM:
+            return _decide_arrays(self.decide_ast, [*sums], scalars)
         decide = self.decide
-        return np.array([decide(*col, *scalars)["update_scale"]
-                         for col in np.asarray(sums, dtype=np.float64).T.tolist()],
+        return np.array([decide(*col, *scalars)["update_scale"] for col in sums.T.tolist()],
                         dtype=np.float64)
 
     @property
@@ -206,6 +211,85 @@ class Rule:
 
     def __repr__(self):
         return f"Rule({self.name!r}, family={self.family!r})"
+
+
+#: From this many tensors on, update_scales evaluates decide() on arrays.
+_VECTOR_FROM = 16
+
+
+def _decide_arrays(fn, rows, scalars):
+    """``fn`` (a ``decide`` function's syntax tree, the language of
+    ``prepare``) evaluated once for every tensor: its arguments are the rows
+    of sums (arrays, one entry per tensor) and the scalars; each ``if`` is a
+    mask, each assignment and ``return`` takes effect where its path is
+    taken.  Returns the float64 array of the returned ``update_scale``."""
+    n = rows[0].shape[0]
+    env = dict(zip([a.arg for a in fn.args.args],
+                   [*rows, *(np.full(n, float(x)) for x in scalars)]))
+    result = np.zeros(n)
+    done = np.zeros(n, dtype=bool)
+
+    def ev(node):
+        if isinstance(node, ast.Constant):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return env[node.id]
+        if isinstance(node, ast.BinOp):
+            a, b = ev(node.left), ev(node.right)
+            return _ARRAY_BINOPS[type(node.op)](a, b)
+        if isinstance(node, ast.UnaryOp):
+            x = ev(node.operand)
+            if isinstance(node.op, ast.Not):
+                return ~x
+            return -x if isinstance(node.op, ast.USub) else x
+        if isinstance(node, ast.BoolOp):
+            parts = [ev(v) for v in node.values]
+            out = parts[0]
+            for p in parts[1:]:
+                out = (out & p) if isinstance(node.op, ast.And) else (out | p)
+            return out
+        if isinstance(node, ast.Compare):
+            return _ARRAY_CMPOPS[type(node.ops[0])](ev(node.left), ev(node.comparators[0]))
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id
+            return _ARRAY_CALLS[name](*[ev(a) for a in node.args])
+        raise _codegen.LanguageError(f"{fn.name}: {ast.unparse(node)}")  # pragma: no cover
+
+    def run(body, mask):
+        nonlocal result
+        for stmt in body:
+            live = mask & ~done
+            if isinstance(stmt, ast.Assign):
+                name = stmt.targets[0].id
+                value = ev(stmt.value)
+                env[name] = np.where(live, value, env[name]) if name in env else value
+            elif isinstance(stmt, ast.AugAssign):
+                name = stmt.target.id
+                value = _ARRAY_BINOPS[type(stmt.op)](env[name], ev(stmt.value))
+                env[name] = np.where(live, value, env[name])
+            elif isinstance(stmt, ast.If):
+                test = np.broadcast_to(ev(stmt.test), (n,))
+                run(stmt.body, live & test)
+                run(stmt.orelse, live & ~test)
+            elif isinstance(stmt, ast.Return):
+                result = np.where(live, ev(stmt.value.values[0]), result)
+                done[live] = True
+    with np.errstate(all="ignore"):  # every path is computed everywhere, used where taken
+        run(fn.body, np.ones(n, dtype=bool))
+    return result
+
+
+_ARRAY_BINOPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply,
+                 ast.Div: np.divide, ast.Pow: np.power}
+_ARRAY_CMPOPS = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater,
+                 ast.GtE: np.greater_equal, ast.Eq: np.equal, ast.NotEq: np.not_equal}
+# the element language's calls with its semantics (fastopt._codegen): min/max
+# a NaN wins and a tie returns the first argument; sign(0) is the zero itself
+_ARRAY_CALLS = {"sqrt": np.sqrt, "abs": np.abs, "copysign": np.copysign, "pow": np.power,
+                "min": lambda a, b: np.where((b < a) | (b != b), b, a),
+                "max": lambda a, b: np.where((b > a) | (b != b), b, a),
+                "sign": lambda x: np.where(x > 0, 1.0, np.where(x < 0, -1.0, x))}
 
 
 class _Registry(Mapping):

@@ -165,3 +165,32 @@ def test_a_two_phase_rule_declares_its_reductions_and_decision():
         Rule("x", kind="two_phase", reductions=("grad_norm",), decide=RULE.decide)
     with pytest.raises(ValueError, match="kind must be one of"):
         Rule("x", kind="per_element")
+
+
+def test_many_tensors_decide_on_arrays_bit_for_bit():
+    """From fastopt.rule._VECTOR_FROM tensors on, decide() runs once on
+    arrays: the same bits as per tensor, zeros, NaN and infinities included."""
+    from fastopt.rule import _VECTOR_FROM, _decide_arrays
+    vals = np.array([0.0, -0.0, 1.0, 4.0, np.nan, np.inf, 1e-320, 1e300, 2.5])
+    a, b = vals.repeat(len(vals)), np.tile(vals, len(vals))
+    assert a.size > _VECTOR_FROM
+    s = (0.01, 0.9, 0.999, 1e-7, 3.0)
+    one_by_one = [RULE.decide(x, y, *s)["update_scale"] for x, y in zip(a.tolist(), b.tolist())]
+    assert np.array_equal(_decide_arrays(RULE.decide_ast, [a, b], s), one_by_one,
+                          equal_nan=True)
+    assert np.array_equal(RULE.update_scales(np.array([a, b]), s), one_by_one, equal_nan=True)
+
+
+def test_an_optimizer_over_many_tensors_matches_keras():
+    rng = np.random.default_rng(4)
+    start = [rng.standard_normal(3 + k % 5) for k in range(40)]
+    start[7][...] = 0.0
+    grads = [[rng.standard_normal(p.shape) for p in start] for _ in range(3)]
+    for g in grads:
+        g[11][...] = 0.0
+    params = [p.copy() for p in start]
+    opt = fastopt.Lamb(params, learning_rate=0.02, backend="numpy")
+    for g in grads:
+        opt.step(g)
+    for got, want in zip(params, _keras(start, grads, learning_rate=0.02)):
+        assert np.allclose(got, want, rtol=0, atol=1e-13)
