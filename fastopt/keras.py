@@ -1,8 +1,8 @@
 """fastopt's fused optimizers as Keras 3 optimizers.
 
 ``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW``,
-``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta``, ``Nadam`` and ``Lamb`` subclass the ``keras.optimizers``
-class of the same name: the
+``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta``, ``Nadam`` and ``Lamb`` subclass the
+``keras.optimizers`` class of the same name: the
 constructor (arguments, defaults, checks and errors), ``get_config``,
 ``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
 variables and their names, ``save_own_variables``/``load_own_variables`` are

@@ -24,7 +24,8 @@ import numpy as np
 
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-           "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "lion", "lamb", "adadelta",
+           "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "lion", "lamb",
+           "adadelta",
            "radam", "rprop", "NAIVE", "SLOTS", "init_state", "stepper"]
 
 
@@ -247,7 +248,8 @@ NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmspr
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
          "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "ftrl_sqrt": 2, "ftrl": 2,
-         "lion": 1, "lamb": 2, "adadelta": 2, "nadam": 2, "nadam_torch": 2, "asgd_torch": 1, "radam": 2,
+         "lion": 1, "lamb": 2, "adadelta": 2, "nadam": 2, "nadam_torch": 2, "asgd_torch": 1,
+         "radam": 2,
          "rprop": 2}
 #: steps that also keep scalars across steps (running products, ASGD's eta and
 #: mu): their number, in one array per tensor after the slots
