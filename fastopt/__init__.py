@@ -15,15 +15,16 @@ from . import reference, schedules
 from .backends import (available_backends, get_backend, get_num_threads,
                        get_parallel_threshold, set_num_threads, set_parallel_threshold)
 from .multi_tensor import MultiTensorStep
-from .optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion,
-                         Muon, NAdam, Nadam, Optimizer, RAdam, RMSprop, Rprop, ScheduleFreeAdamW)
+from .optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Ftrl, Lamb,
+                         Lion, Muon, NAdam, Nadam, Optimizer, RAdam, RMSprop, Rprop,
+                         ScheduleFreeAdamW)
 from .state import StateFileError, load_state, save_state
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion", "Adadelta",
-    "Nadam", "NAdam", "ASGD", "RAdam", "Rprop", "Adafactor", "Muon", "ScheduleFreeAdamW",
+    "Nadam", "NAdam", "ASGD", "RAdam", "Rprop", "Lamb", "Adafactor", "Muon", "ScheduleFreeAdamW",
     "Optimizer", "MultiTensorStep",
     "available_backends", "get_backend", "set_num_threads", "get_num_threads",
     "set_parallel_threshold", "get_parallel_threshold",

@@ -85,9 +85,11 @@ class TensorGroup:
     plan
         The backend's plan; ``plan.step(grads, factors, scalars, clipvalue)``
         runs the kernel.
-    factors : ndarray, shape (3, n_tensors)
+    factors : ndarray, shape (3, n_tensors), or (4, n_tensors) for a
+        ``two_phase`` rule
         The per-tensor rows the kernel reads: gradient scale, decoupled
-        decay factor (``keep``), coupled (L2) decay coefficient.
+        decay factor (``keep``), coupled (L2) decay coefficient, and for a
+        two-phase rule the update scale (:mod:`fastopt.two_phase`).
     slot_views : dict of str to list of arrays
         Per slot, per tensor: a view of the flat buffer in the tensor's shape.
     counted : bool
@@ -130,7 +132,7 @@ class TensorGroup:
             self.plan = self.backend.Plan(rule, flat, slots_1d)
         # stochastic rounding draws from the update count, set before each step
         self.counted = reduced and reduced_state[1] == "stochastic"
-        self.factors = np.ones((3, len(arrays)))
+        self.factors = np.ones((4 if rule.two_phase else 3, len(arrays)))
         self.factors[2] = 0.0
         self.set_decays(decays)
         self._written = (1.0, 1.0, 0.0)  # what the rows hold, when uniform

@@ -1,8 +1,8 @@
 """fastopt's fused optimizers as Keras 3 optimizers.
 
 ``fastopt.keras.SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW``,
-``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta``, ``Nadam``, ``Adafactor`` and
-``Muon`` subclass the ``keras.optimizers`` class of the same name: the
+``Adamax``, ``Ftrl``, ``Lion``, ``Adadelta``, ``Nadam``, ``Lamb``, ``Adafactor``
+and ``Muon`` subclass the ``keras.optimizers`` class of the same name: the
 constructor (arguments, defaults, checks and errors), ``get_config``,
 ``exclude_from_weight_decay``, the ``learning_rate`` property, the slot
 variables and their names, ``save_own_variables``/``load_own_variables`` are
@@ -62,6 +62,7 @@ from .algorithms.adagrad import Adagrad as _Adagrad
 from .algorithms.adam import Adam as _Adam, AdamW as _AdamW
 from .algorithms.adamax import Adamax as _Adamax
 from .algorithms.ftrl import Ftrl as _Ftrl
+from .algorithms.lamb import Lamb as _Lamb
 from .algorithms.lion import Lion as _Lion
 from .algorithms.muon import Muon as _Muon
 from .algorithms.nadam import Nadam as _Nadam
@@ -69,7 +70,7 @@ from .algorithms.rmsprop import RMSprop as _RMSprop
 from .algorithms.sgd import SGD as _SGD
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion", "Adadelta",
-           "Nadam", "Adafactor", "Muon"]
+           "Nadam", "Lamb", "Adafactor", "Muon"]
 
 #: float dtypes fastopt's kernels update
 _DTYPES = ("float32", "float64")
@@ -361,6 +362,7 @@ Ftrl = _fused(keras.optimizers.Ftrl, _Ftrl, _doc("Ftrl"))
 Lion = _fused(keras.optimizers.Lion, _Lion, _doc("Lion"))
 Adadelta = _fused(keras.optimizers.Adadelta, _Adadelta, _doc("Adadelta"))
 Nadam = _fused(keras.optimizers.Nadam, _Nadam, _doc("Nadam"))
+Lamb = _fused(keras.optimizers.Lamb, _Lamb, _doc("Lamb"))
 
 
 class _FusedFactored(_Fused):

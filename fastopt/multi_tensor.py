@@ -100,6 +100,11 @@ class MultiTensorStep:
             raise ValueError("MultiTensorStep: backend must be 'auto', 'cython' or 'numba', "
                              f"got {backend!r}")
         self.rule = RULES[rule]
+        if self.rule.two_phase:
+            raise ValueError(f"MultiTensorStep: {rule!r} is a two_phase rule (per-tensor "
+                             "reductions before the update, fastopt.two_phase): step it "
+                             "through its optimizer class (fastopt."
+                             f"{self.rule.family.capitalize()}), not by address")
         self.dtype = dtype
         self.sizes = tuple(int(n) for n in sizes)
         self.n = len(sizes)

@@ -447,7 +447,8 @@ class Optimizer(StateMethods):
             self._iterations += 1
 
     def _apply(self, grads, inv, runs):
-        """The kernel calls: one per tensor group."""
+        """The kernel calls: one per tensor group (two passes for a
+        ``two_phase`` rule: the reductions, then the apply scaled per tensor)."""
         if self._clipnorm is None and self._global_clipnorm is None:
             scales = self._no_clip_scales if inv == 1.0 else [inv] * len(self._tensor_groups)
         else:  # a two-phase step: per-tensor norms, a scale per tensor, the apply
@@ -462,20 +463,33 @@ class Optimizer(StateMethods):
             keep, l2 = self._decay_factors(hyper, lr, pg)
             group = self._tensor_groups[0]
             group.set_factors(-scales[0] if hyper["maximize"] else scales[0], keep, l2)
-            group.plan.step(grads, group.factors, scalars, clipvalue)
-            return
-        k = 0
-        for pg, lr, scalars in runs:
-            keep, l2 = self._decay_factors(pg.hyperparams, lr, pg)
-            negate = pg.hyperparams["maximize"]
-            for group in pg.tensor_groups:
-                scale = -scales[k] if negate else scales[k]
-                k += 1
-                group_grads = [grads[i] for i in group.indices]
-                if len(group_grads) > 1 and all(g is None for g in group_grads):
-                    continue
-                group.set_factors(scale, keep, l2)
-                group.plan.step(group_grads, group.factors, scalars, clipvalue)
+            if not pg.rule.two_phase:
+                group.plan.step(grads, group.factors, scalars, clipvalue)
+                return
+            work = [(pg.rule, group, grads, scalars)]
+        else:
+            work = []
+            k = 0
+            for pg, lr, scalars in runs:
+                keep, l2 = self._decay_factors(pg.hyperparams, lr, pg)
+                negate = pg.hyperparams["maximize"]
+                for group in pg.tensor_groups:
+                    scale = -scales[k] if negate else scales[k]
+                    k += 1
+                    group_grads = [grads[i] for i in group.indices]
+                    if len(group_grads) > 1 and all(g is None for g in group_grads):
+                        if not pg.rule.two_phase:  # (every rank reduces the same groups)
+                            continue
+                    group.set_factors(scale, keep, l2)
+                    work.append((pg.rule, group, group_grads, scalars))
+        if work and work[0][0].two_phase:  # reduce, decide the update scales, then apply
+            update = two_phase.update_scales(
+                [(rule, group.plan, gr, group.factors, scalars, clipvalue)
+                 for rule, group, gr, scalars in work], self.reduce_tensor_sums)
+            for (_, group, _, _), row in zip(work, update):
+                group.factors[3] = row
+        for _, group, group_grads, scalars in work:
+            group.plan.step(group_grads, group.factors, scalars, clipvalue)
 
     # -- moving averages --------------------------------------------------------------
     def finalize_variable_values(self):

@@ -18,6 +18,7 @@ once per step in float64 and rounded to the tensors' dtype once per chunk.
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import math
@@ -26,15 +27,17 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
+import numpy as np
+
 from . import _codegen
 
 __all__ = ["Rule", "RULES", "TENSOR_RULES", "KINDS", "get_rule"]
 
 #: Rule kinds.  ``elementwise``: the update of an element depends on that
-#: element only (every rule today).  ``two_phase``: per-tensor reductions
-#: computed in the fused pass, a decision per tensor on the host, then an
-#: elementwise apply (clipping by norm is expressed this way in
-#: :mod:`fastopt.pipeline`; Lamb's trust ratio is the next user).
+#: element only.  ``two_phase``: per-tensor reductions computed in a fused
+#: first pass, a decision per tensor on the host, then an elementwise apply
+#: scaled per tensor (Lamb's trust ratio; clipping by norm is expressed the
+#: same way in :mod:`fastopt.pipeline`; see :mod:`fastopt.two_phase`).
 #: ``per_tensor``: state that need not be parameter-shaped and host work per
 #: tensor (:mod:`fastopt.per_tensor`; Adafactor, Muon).  Such rules are kept
 #: in :data:`TENSOR_RULES`, not in :data:`RULES` (nothing is compiled from
@@ -102,6 +105,18 @@ class Rule:
         then refuses the rule, giving ``shard_refusal``.
     shard_refusal : str or None
         Why the rule cannot be sharded (required when ``shardable`` is False).
+    reductions : tuple of str
+        A ``two_phase`` rule's per-tensor reductions, names of
+        :data:`fastopt.two_phase.REDUCTIONS`, computed in the fused first pass
+        from the element function run without storing anything.
+    decide : callable
+        A ``two_phase`` rule's ``decide(*sums, *scalars) ->
+        {"update_scale": x}`` for one tensor, in the language of ``prepare``:
+        given the tensor's reductions (float64, summed over every shard) and
+        the public scalars, the factor on the element function's
+        displacement ``w - w_before`` that the second pass applies (run on
+        the host in float64, :meth:`update_scales`; rendered to C for the
+        Cython ``.pxd`` kernel).
     """
 
     name: str
@@ -122,6 +137,8 @@ class Rule:
     host_decay: bool = False
     shardable: bool = True
     shard_refusal: str | None = None
+    reductions: tuple = ()
+    decide: Callable = None
     family: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -142,6 +159,16 @@ class Rule:
         if not self.shardable and not self.shard_refusal:
             raise ValueError(f"rule {self.name!r}: shardable=False needs a shard_refusal "
                              "saying why")
+        if (self.kind == "two_phase") != bool(self.reductions) or \
+                (self.kind == "two_phase") != (self.decide is not None):
+            raise ValueError(f"rule {self.name!r}: a two_phase rule (and only one) declares "
+                             "its reductions and a decide function")
+        if self.reductions:
+            from .two_phase import REDUCTIONS
+            unknown = set(self.reductions) - set(REDUCTIONS)
+            if unknown:
+                raise ValueError(f"rule {self.name!r}: unknown reductions {sorted(unknown)}; "
+                                 f"the fused pass offers {sorted(REDUCTIONS)}")
         n = len(self.host_state)
         if n and (tuple(self.scalars[-n:]) != tuple(self.host_state)
                   or len(self.host_init) != n or self.advance is None):
@@ -179,18 +206,48 @@ class Rule:
         """The rule's formula: its reference's docstring."""
         return inspect.getdoc(self.reference) or ""
 
+    @cached_property
+    def decide_ast(self):
+        fn = _codegen.parse_function(inspect.getsource(self.decide))
+        if _codegen.check_prepare(fn) != ("update_scale",):
+            raise _codegen.LanguageError(f"{self.name}: decide() must return "
+                                         '{"update_scale": ...}')
+        return fn
+
+    def update_scales(self, sums, scalars):
+        """The update scale of every tensor: :attr:`decide` on each column of
+        ``sums`` (one row per reduction, one column per tensor), float64.
+        Many tensors at once are decided by :func:`_decide_arrays` (the same
+        IEEE operations on NumPy arrays, one pass over the function)."""
+        sums = np.asarray(sums, dtype=np.float64)
+        if sums.shape[1] > _VECTOR_FROM:
+            return _decide_arrays(self.decide_ast, [*sums], scalars)
+        decide = self.decide
+        return np.array([decide(*col, *scalars)["update_scale"] for col in sums.T.tolist()],
+                        dtype=np.float64)
+
+    @property
+    def two_phase(self):
+        """Whether the rule is a ``two_phase`` one (reduce, decide, apply)."""
+        return self.kind == "two_phase"
+
     def bytes_per_param(self, dtype="float32", state_dtype=None):
         """Bytes one step moves per parameter: the parameter read and written,
         the gradient read, each slot read and written (``state_dtype``: the
-        slots' dtype when it differs from the parameters').  A ``per_tensor``
-        rule's slots are not parameter-shaped: it counts the parameter and the
-        gradient only (its least traffic; the host work makes more)."""
+        slots' dtype when it differs from the parameters'); a two-phase rule
+        reads the parameter, the gradient and the slots once more in its
+        first pass.  A ``per_tensor`` rule's slots are not parameter-shaped: it
+        counts the parameter and the gradient only (its least traffic; the host
+        work makes more)."""
         import numpy as np
         item = np.dtype(dtype).itemsize
         if self.kind == "per_tensor":
             return 3 * item
         state_item = item if state_dtype is None else np.dtype(state_dtype).itemsize
-        return 3 * item + 2 * len(self.slots) * state_item
+        once = 3 * item + 2 * len(self.slots) * state_item
+        if self.two_phase:
+            once += 2 * item + len(self.slots) * state_item
+        return once
 
     def host_scalars(self, scalars):
         """``per_tensor`` rules: the named per-step scalars ``host_step``
@@ -206,6 +263,85 @@ class Rule:
 
     def __repr__(self):
         return f"Rule({self.name!r}, family={self.family!r})"
+
+
+#: From this many tensors on, update_scales evaluates decide() on arrays.
+_VECTOR_FROM = 16
+
+
+def _decide_arrays(fn, rows, scalars):
+    """``fn`` (a ``decide`` function's syntax tree, the language of
+    ``prepare``) evaluated once for every tensor: its arguments are the rows
+    of sums (arrays, one entry per tensor) and the scalars; each ``if`` is a
+    mask, each assignment and ``return`` takes effect where its path is
+    taken.  Returns the float64 array of the returned ``update_scale``."""
+    n = rows[0].shape[0]
+    env = dict(zip([a.arg for a in fn.args.args],
+                   [*rows, *(np.full(n, float(x)) for x in scalars)]))
+    result = np.zeros(n)
+    done = np.zeros(n, dtype=bool)
+
+    def ev(node):
+        if isinstance(node, ast.Constant):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return env[node.id]
+        if isinstance(node, ast.BinOp):
+            a, b = ev(node.left), ev(node.right)
+            return _ARRAY_BINOPS[type(node.op)](a, b)
+        if isinstance(node, ast.UnaryOp):
+            x = ev(node.operand)
+            if isinstance(node.op, ast.Not):
+                return ~x
+            return -x if isinstance(node.op, ast.USub) else x
+        if isinstance(node, ast.BoolOp):
+            parts = [ev(v) for v in node.values]
+            out = parts[0]
+            for p in parts[1:]:
+                out = (out & p) if isinstance(node.op, ast.And) else (out | p)
+            return out
+        if isinstance(node, ast.Compare):
+            return _ARRAY_CMPOPS[type(node.ops[0])](ev(node.left), ev(node.comparators[0]))
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id
+            return _ARRAY_CALLS[name](*[ev(a) for a in node.args])
+        raise _codegen.LanguageError(f"{fn.name}: {ast.unparse(node)}")  # pragma: no cover
+
+    def run(body, mask):
+        nonlocal result
+        for stmt in body:
+            live = mask & ~done
+            if isinstance(stmt, ast.Assign):
+                name = stmt.targets[0].id
+                value = ev(stmt.value)
+                env[name] = np.where(live, value, env[name]) if name in env else value
+            elif isinstance(stmt, ast.AugAssign):
+                name = stmt.target.id
+                value = _ARRAY_BINOPS[type(stmt.op)](env[name], ev(stmt.value))
+                env[name] = np.where(live, value, env[name])
+            elif isinstance(stmt, ast.If):
+                test = np.broadcast_to(ev(stmt.test), (n,))
+                run(stmt.body, live & test)
+                run(stmt.orelse, live & ~test)
+            elif isinstance(stmt, ast.Return):
+                result = np.where(live, ev(stmt.value.values[0]), result)
+                done[live] = True
+    with np.errstate(all="ignore"):  # every path is computed everywhere, used where taken
+        run(fn.body, np.ones(n, dtype=bool))
+    return result
+
+
+_ARRAY_BINOPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply,
+                 ast.Div: np.divide, ast.Pow: np.power}
+_ARRAY_CMPOPS = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater,
+                 ast.GtE: np.greater_equal, ast.Eq: np.equal, ast.NotEq: np.not_equal}
+# the element language's calls with its semantics (fastopt._codegen): min/max
+# a NaN wins and a tie returns the first argument; sign(0) is the zero itself
+_ARRAY_CALLS = {"sqrt": np.sqrt, "abs": np.abs, "copysign": np.copysign, "pow": np.power,
+                "min": lambda a, b: np.where((b < a) | (b != b), b, a),
+                "max": lambda a, b: np.where((b > a) | (b != b), b, a),
+                "sign": lambda x: np.where(x > 0, 1.0, np.where(x < 0, -1.0, x))}
 
 
 _LOADED = None

@@ -13,12 +13,26 @@ ratio (the norms of the weights and of the update).  A *two-phase* step is
 2. **decide** -- on the host, in float64, a function of those sums gives one
    factor per tensor;
 3. **apply** -- the elementwise rule runs with the factors in its per-tensor
-   rows (today the gradient scale; see the contributor guide for the update
-   scale Lamb adds).
+   rows: the gradient scale (clipping), or the *update scale* (row 3 of the
+   factors) that multiplies the element function's displacement
+   ``w - w_before`` before the store (a ``two_phase`` rule: Lamb).
 
-:class:`TwoPhase` describes steps 1 and 2; :func:`decide` runs them for an
-optimizer's tensor groups.  ``clipnorm`` and ``global_clipnorm`` are the two
-instances the optimizers use (:func:`clipping`).
+:class:`TwoPhase` describes steps 1 and 2 of clipping; :func:`decide` runs
+them for an optimizer's tensor groups.  ``clipnorm`` and ``global_clipnorm``
+are the two instances the optimizers use (:func:`clipping`).
+
+A ``two_phase`` *rule* (:class:`fastopt.rule.Rule` with ``kind="two_phase"``)
+declares its reductions among :data:`REDUCTIONS` and a ``decide`` function;
+every backend's plan offers ``plan.reduce(grads, pt, scalars, clipvalue)``,
+one fused pass that runs the element function over every element *without
+storing anything* and returns the ``(len(reductions), n_tensors)`` float64
+sums (in float64: element ``i`` of a chunk in lane ``i % 64``, the lanes
+added in a fixed tree, the chunks in chunk order: bit-identical at any
+thread count), and ``plan.step`` applies
+``w <- w_before + pt[3] * (w - w_before)`` with the slots stored: the second
+pass recomputes the element function from the same inputs, so the applied
+update is exactly the one reduced.  :func:`update_scales` runs the first
+pass and the decision for an optimizer.
 """
 from __future__ import annotations
 
@@ -28,13 +42,22 @@ from typing import Callable
 
 import numpy as np
 
-from . import reference
+from . import _codegen, reference
 
-__all__ = ["REDUCTIONS", "TwoPhase", "clipping", "decide"]
+__all__ = ["REDUCTIONS", "ELEMENT_REDUCTIONS", "TwoPhase", "clipping", "decide",
+           "update_scales"]
 
 #: The reductions the fused first pass offers (name -> what the plan method
 #: returns: one float64 per tensor).
-REDUCTIONS = {"grad_sumsq": "sum of the squared gradient elements (Plan.sumsq)"}
+REDUCTIONS = {"grad_sumsq": "sum of the squared gradient elements (Plan.sumsq)",
+              "param_sumsq": "sum of the squared parameter elements after decoupled "
+                             "weight decay, before the rule (Plan.reduce)",
+              "update_sumsq": "sum of the squared displacements w - w_before of the "
+                              "element function (Plan.reduce)"}
+
+#: The reductions a two_phase rule's pass computes from its element function
+#: (:data:`fastopt._codegen.ELEMENT_REDUCTIONS`, which every backend renders).
+ELEMENT_REDUCTIONS = _codegen.ELEMENT_REDUCTIONS
 
 #: torch.nn.utils.clip_grad_norm_'s guard against division by zero
 TORCH_CLIP_EPS = 1e-6
@@ -79,6 +102,23 @@ def decide(two_phase, tensor_groups, grads, inv, reduce_tensor_sums):
         sums[name] = reduce_tensor_sums(partial)
     with np.errstate(all="ignore"):  # inf and NaN norms decide, never raise
         return two_phase.decide(sums, inv)
+
+
+def update_scales(work, reduce_tensor_sums):
+    """The update scales of a two_phase rule's tensor groups.
+
+    ``work`` is a list of ``(rule, plan, grads, pt, scalars, clipvalue)``,
+    one per tensor group, with the gradient scale, decay and coupled decay
+    already in ``pt``'s first three rows.  Runs each plan's first pass, sums
+    the results over shards with ``reduce_tensor_sums`` (one call for every
+    group together: one all-reduce under ``ShardedOptimizer``), and returns
+    one float64 array per group, one update scale per tensor, from the
+    rule's ``decide``."""
+    partial = [plan.reduce(grads, pt, scalars, clipvalue)
+               for _, plan, grads, pt, scalars, clipvalue in work]
+    total = reduce_tensor_sums(partial)
+    return [rule.update_scales(sums, scalars)
+            for (rule, _, _, _, scalars, _), sums in zip(work, total)]
 
 
 def clipping(clipnorm=None, global_clipnorm=None, torch_convention=False):

@@ -97,6 +97,13 @@ class OptimizerInfo:
         The parameter's step is bounded whatever the gradient (Lion's
         ``lr * sign(c)``): an infinite gradient lands in the slots, not in
         the parameter (tests/test_errors.py).
+    tensor_wise : bool
+        The update of an element depends on its whole tensor (Lamb's trust
+        ratio ``||w|| / ||u||``, a ``two_phase`` rule): a non-finite
+        gradient element makes the ratio fall back to 1 (Keras's
+        ``where``), so its tensor's other elements move differently than
+        with a clean gradient, while the other tensors do not notice
+        (tests/test_errors.py).
     torch_samples : tuple of (id, kwargs)
         Configurations (fastopt keywords, learning rate included) run under
         ``convention="torch"`` against the PyTorch-order spec
@@ -135,6 +142,7 @@ class OptimizerInfo:
     bf16_nearest_stalls: bool = False
     bounded_update: bool = False
     sign_only: bool = False
+    tensor_wise: bool = False
     torch_samples: tuple = ()
     torch_class: str | None = None
     torch_configs: tuple = ()
@@ -471,6 +479,23 @@ DB = [
             ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
         ),
         search_space={"beta_1": st.floats(0.01, 1.0), "beta_2": st.floats(0.0, 1.0)}),
+    OptimizerInfo(
+        "lamb", fastopt.Lamb, {}, 0.01,
+        rules={"keras": "lamb"},
+        scalars={"lamb": (0.01, 0.9, 0.999, 1e-7)},
+        quadratic_lr=0.05, rosenbrock_lr=1e-3, tensor_wise=True,
+        golden=("keras_lamb", "keras_lamb_weight_decay"),
+        error_inputs=(
+            ({"convention": "torch"}, ValueError,
+             r"convention='torch' is not offered: Lamb exists in Keras 3.15 only"),
+            ({"beta_1": 1.5}, ValueError, "beta_1 must be <= 1"),
+            ({"beta_2": -0.1}, ValueError, "beta_2 must be >= 0"),
+            ({"epsilon": -1e-7}, ValueError, "epsilon must be >= 0"),
+            ({"epsilon": float("nan")}, ValueError, "epsilon must be finite"),
+            ({"amsgrad": True}, ValueError, r"unknown hyperparameter\(s\) 'amsgrad'"),
+            ({"beta_1": True}, TypeError, "beta_1 must be a real number"),
+        ),
+        search_space={"beta_1": _BETA_1, "beta_2": _BETA_2, "epsilon": _EPSILON}),
     OptimizerInfo(
         "nadam", fastopt.Nadam, {}, 0.01,
         rules={"keras": "nadam"},

@@ -24,6 +24,7 @@ KERAS_DEFAULTS = {
     "Lion": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.99),
     "Adadelta": dict(learning_rate=0.001, rho=0.95, epsilon=1e-7),
     "Nadam": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
+    "Lamb": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
 }
 
 
@@ -49,6 +50,8 @@ class KerasSpec:
             names = ["momentum"]
         elif class_name == "Adadelta":
             names = ["accumulated_grad", "accumulated_delta_var"]
+        elif class_name == "Lamb":
+            names = ["momentum", "velocity"]
         elif class_name == "Nadam":
             names = ["momentum", "velocity"]
             self.u_product = 1.0  # Keras's optimizer variable, one per optimizer
@@ -111,6 +114,8 @@ class KerasSpec:
             return R.adadelta(w, g, *slots, learning_rate=lr, rho=h["rho"], epsilon=h["epsilon"])
         if self.cls == "Lion":
             return R.lion(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"], beta_2=h["beta_2"])
+        if self.cls == "Lamb":
+            return self._lamb(w, g, *slots, lr)
         if self.cls == "Nadam":
             return R.nadam(w, g, *slots, learning_rate=lr, beta_1=h["beta_1"],
                            beta_2=h["beta_2"], epsilon=h["epsilon"], step=self.iterations + 1,
@@ -119,6 +124,19 @@ class KerasSpec:
         f = R.adam_amsgrad if h["amsgrad"] else R.adam
         return f(w, g, *slots, alpha=alpha, beta_1=h["beta_1"], beta_2=h["beta_2"],
                  epsilon=h["epsilon"])
+
+    def _lamb(self, w, g, m, v, lr):
+        # Keras 3.15.1's Lamb.update_step, operation for operation, one tensor
+        h, t = self.h, self.iterations + 1
+        m = m + (g - m) * (1 - h["beta_1"])
+        v = v + (np.square(g) - v) * (1 - h["beta_2"])
+        update = (m / (1.0 - h["beta_1"] ** t)) / (np.sqrt(v / (1.0 - h["beta_2"] ** t))
+                                                   + h["epsilon"])
+        w_norm = np.sqrt(np.sum(np.power(w, 2)))
+        g_norm = np.sqrt(np.sum(np.power(update, 2)))
+        with np.errstate(divide="ignore", invalid="ignore"):  # where() computes both sides
+            ratio = np.where(w_norm > 0, np.where(g_norm > 0, w_norm / g_norm, 1.0), 1.0)
+        return w - ratio * lr * update, m, v
 
     def _ftrl(self, w, g, accum, linear, lr):
         # Keras 3.15.1's Ftrl.update_step, operation for operation

@@ -229,6 +229,9 @@ def test_every_rule_is_written_in_the_element_language():
         prepared = _codegen.check_prepare(rule.prepare_ast)
         _codegen.check_element(rule.element_ast, rule.slots, prepared)
         assert rule.kind in fastopt.rule.KINDS
+        if rule.two_phase:  # its decision too, in prepare's language
+            assert _codegen.check_prepare(rule.decide_ast) == ("update_scale",)
+            assert set(rule.reductions) <= set(_codegen.ELEMENT_REDUCTIONS)
         assert rule.family and rule.reference.__module__ == f"fastopt.algorithms.{rule.family}"
 
 
@@ -243,8 +246,11 @@ def test_the_build_reads_the_same_rules_as_the_registry():
         assert (p.slots, p.scalars, p.convention, p.prepared) == \
             (r.slots, r.scalars, r.convention, r.prepared)
         assert p.bf16 == (r.bf16_refusal is None)
+        assert (p.kind, p.reductions) == (r.kind, r.reductions)
         live = SimpleNamespace(name=r.name, slots=r.slots, scalars=r.scalars,
-                               prepare=r.prepare_ast, element=r.element_ast)
+                               prepare=r.prepare_ast, element=r.element_ast,
+                               reductions=r.reductions,
+                               decide=r.decide_ast if r.two_phase else None)
         assert _codegen.fingerprint(p) == _codegen.fingerprint(live)
 
 

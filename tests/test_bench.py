@@ -130,6 +130,16 @@ def test_bench_of_an_optimizer_torch_lacks_says_so(tmp_path, capsys):
         assert x["rule"] == "lion" and x["bytes_per_param"] == 20 and x["numerics_ok"]
         assert x["torch_impl"] is None and x["speedup_vs_torch"] is None
         assert "has no Lion" in x["torch_note"]
+    # Lamb, a two-phase rule: Adam's 28 B plus its first pass's reads of the
+    # parameter, the gradient and both slots (16 B)
+    code, _, err = _run(["--optimizers", "lamb", "--backends", "numba,cython", *TINY,
+                         "--json", str(path)], capsys)
+    assert code == 0, err
+    rows = json.loads(path.read_text())["rows"]
+    assert rows
+    for x in rows:
+        assert x["rule"] == "lamb" and x["bytes_per_param"] == 44 and x["numerics_ok"]
+        assert x["torch_impl"] is None and "has no Lamb" in x["torch_note"]
 
 
 @pytest.fixture

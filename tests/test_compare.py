@@ -179,7 +179,7 @@ ERRORS = [
      "leaves an empty training or test set"),
     (lambda t: ["--optimizers", "adam,adamax"],
      "unknown optimizer 'adamax'; valid names: sgd, momentum, nesterov, adam, adagrad, "
-     "rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, lion, adadelta, nadam, nadam_torch, "
+     "rmsprop, adamw, amsgrad, rmsprop_centered, ftrl, lion, lamb, adadelta, nadam, nadam_torch, "
      "asgd"),
     (lambda t: ["--optimizers", ","], "--optimizers needs at least one name"),
     (lambda t: ["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),

@@ -323,7 +323,8 @@ def test_optimizer_matches_numba_backend(row, convention, dtype):
         pytest.skip(f"{row.id} has no {convention} convention")
     kwargs = {"learning_rate": row.learning_rate, **row.kwargs, "convention": convention}
     twins = run_twins(row.cls, kwargs, dtype)
-    assert_twins(*twins, exact=SIMULATOR)
+    # a two_phase rule's per-tensor sums are added in another order on the device
+    assert_twins(*twins, exact=SIMULATOR and not row.tensor_wise)
     assert twins[1].rule == row.rules[convention]
     expected = RULES[twins[1].rule]
     assert expected.convention == convention or expected.name == "sgd"

@@ -121,8 +121,10 @@ def test_every_kernel_compiles_to_ptx():
     compiled = {r["name"]: r for r in map(json.loads, out.stdout.splitlines())}
     rules = {f"step_{name}": rule for name, rule in RULES.items()}
     rules["step_every_call"] = EVERY_CALL
+    reduces = {f"reduce_{name}" for name, rule in RULES.items() if rule.two_phase}
     expected = {f"{k}[{dt}]" for dt in ("float32", "float64")
-                for k in set(rules) | {"sumsq_chunks", "lerp", "add_scaled", "divide", "fill"}}
+                for k in set(rules) | reduces
+                | {"sumsq_chunks", "lerp", "add_scaled", "divide", "fill"}}
     expected.add("sumsq_tensors")
     assert set(compiled) == expected
     for name, r in compiled.items():

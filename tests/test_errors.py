@@ -435,7 +435,10 @@ def test_non_finite_gradients_propagate_into_params(backend, row, bad):
     mask = np.ones(p[0].shape, bool)
     mask[1, 2] = False
     assert np.all(np.isfinite(p[0][mask]))
-    assert np.array_equal(p[0][mask], q[0][mask])
+    if row.tensor_wise:  # the tensor's ratio falls back to 1: its other elements move too
+        assert not np.array_equal(p[0][mask], q[0][mask])
+    else:
+        assert np.array_equal(p[0][mask], q[0][mask])
     assert np.array_equal(p[1], q[1])
 
 

@@ -42,6 +42,8 @@ CASES = [
     ("Adadelta", {"rho": 0.9, "epsilon": 1e-6}),
     ("Lion", {"beta_1": 0.5, "beta_2": 0.9}),
     ("Nadam", {}),
+    ("Lamb", {}),
+    ("Lamb", {"beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6}),
 ]
 IDS = [name + "".join(f"-{k}" for k in kw) for name, kw in CASES]
 

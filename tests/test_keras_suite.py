@@ -29,7 +29,8 @@ SUITES = {"sgd": ("SGD", "SGDTest"), "adagrad": ("Adagrad", "AdagradTest"),
           "ftrl": ("Ftrl", "FtrlTest"), "lion": ("Lion", "LionTest"),
           "adadelta": ("Adadelta", "AdadeltaTest"), "nadam": ("Nadam", "NadamTest"),
           "adafactor": ("Adafactor", "AdafactorTest"),
-          "muon": ("Muon", "MuonTest")}
+          "muon": ("Muon", "MuonTest"),
+          "lamb": ("Lamb", "LambTest")}
 
 _FOLDER = Path(keras.__file__).parent / "src" / "optimizers"
 

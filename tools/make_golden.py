@@ -56,6 +56,9 @@ SF_SHAPES = [(5, 3), (2, 6), (4,), (1,)]
 SF_EVENTS = {9: ("eval", "eval"), 24: ("eval",), 39: ("eval", "train", "eval"),
              STEPS - 1: ("eval",)}
 SF_HOST = ("lr_max", "weight_sum", "train_mode")
+LATE_STEPS = 3                           # keras_cfg(late=...): zero gradients until then
+# tall and wide matrices, vectors (Lamb's per-tensor norms)
+MATRIX_SHAPES = [(7, 3), (2, 9), (5,), (4,), (3,)]
 
 # Keras optimizer-variable suffixes: every rule's slot names (Keras's, which
 # fastopt uses), and Keras's EMA and accumulation variables
@@ -99,16 +102,20 @@ def torch_cfg(name, cls, clip=None, groups=None, fastopt_class=None, shapes=SHAP
 
 
 def keras_cfg(name, cls, *, params="list", exclude=None, floatx="float64",
-              steps=STEPS, grad_scale=1.0, shapes=SHAPES, **kw):
+              steps=STEPS, grad_scale=1.0, shapes=None, zero_init=(), late=(), **kw):
     """A keras.optimizers configuration; ``kw`` are the constructor's keywords.
 
     ``exclude`` is ``("var_list", [indices])`` or ``("var_names", [names])``
     for ``opt.exclude_from_weight_decay``; ``grad_scale`` multiplies the
     stored gradients (for ``loss_scale_factor``, whose gradients come scaled).
+    ``shapes``: the tensors' shapes (default :data:`SHAPES`); ``zero_init``:
+    the indices of tensors that start at exactly zero; ``late``: the indices
+    of tensors whose gradients are all zero on the first :data:`LATE_STEPS`
+    steps (Lamb: a zero update norm).
     """
     return {"name": name, "framework": "keras", "cls": cls, "kw": kw, "params": params,
             "exclude": exclude, "floatx": floatx, "steps": steps, "grad_scale": grad_scale,
-            "shapes": shapes}
+            "shapes": shapes or SHAPES, "zero_init": zero_init, "late": late}
 
 
 def sfree_cfg(name, groups=None, **kw):
@@ -217,6 +224,11 @@ CONFIGS = [
     keras_cfg("keras_lion", "Lion", learning_rate=0.01),
     keras_cfg("keras_lion_weight_decay", "Lion", learning_rate=0.01, beta_1=0.8, beta_2=0.95,
               weight_decay=0.5),
+    keras_cfg("keras_lamb", "Lamb", learning_rate=0.01, shapes=MATRIX_SHAPES, zero_init=(3,),
+              late=(2, 3)),
+    keras_cfg("keras_lamb_weight_decay", "Lamb", learning_rate=0.02, beta_1=0.8, beta_2=0.99,
+              epsilon=1e-6, weight_decay=0.1, shapes=MATRIX_SHAPES, zero_init=(3,),
+              late=(2, 3), steps=64),
     keras_cfg("keras_sgd_momentum_weight_decay", "SGD", learning_rate=0.05, momentum=0.9,
               weight_decay=0.2),
     keras_cfg("keras_rmsprop_weight_decay", "RMSprop", learning_rate=0.01, weight_decay=0.3),
@@ -289,20 +301,25 @@ CONFIGS = [
 # ---------------------------------------------------------------------------
 # Gradients and initial parameters
 
-def make_data(name, steps, grad_scale=1.0, shapes=SHAPES):
+def make_data(name, steps, grad_scale=1.0, shapes=SHAPES, zero_init=(), late=()):
     """Initial params and a fixed gradient sequence, seeded by the name.
 
     About 20% exact zeros; whole zero steps; steps scaled by 1e3 and 1e-4;
     tensor 1 alone zero on one step; element [0, 0] of tensor 0 stays ~1e-30.
+    Tensors ``zero_init`` start at zero; tensors ``late`` have zero gradients
+    on the first :data:`LATE_STEPS` steps.
     """
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     init = [rng.standard_normal(s) for s in shapes]
+    for k in zero_init:
+        init[k][...] = 0.0
     grads = [np.empty((steps, *s)) for s in shapes]
     for t in range(steps):
         for k, s in enumerate(shapes):
             g = rng.standard_normal(s)
             g[rng.random(s) < 0.2] = 0.0
-            if t in ZERO_STEPS or (t == ZERO_TENSOR_STEP and k == 1):
+            if t in ZERO_STEPS or (t == ZERO_TENSOR_STEP and k == 1) \
+                    or (k in late and t < LATE_STEPS):
                 g[...] = 0.0
             elif t in BIG_STEPS:
                 g *= 1e3
@@ -538,6 +555,13 @@ def _keras_roundings(cfg):
         add("none", "Lion: beta_1, beta_2 and their complements are Python floats in "
             "torch._foreach_*; the learning rate is the variable above",
             "keras/src/backend/torch/optimizers/torch_lion.py Lion._parallel_update_step")
+    if cfg["cls"] == "Lamb":
+        add("none", "Lamb: ops.cast(beta, float64) ** ops.cast(iterations + 1, float64) is "
+            "float64; 1 - beta and epsilon are Python floats; ops.sum, ops.sqrt, "
+            "ops.greater and ops.where on float64 tensors stay float64 (ops.where converts "
+            "its 1.0 to a floatx tensor, exact in either, and torch.where promotes it with "
+            "the float64 ratio to float64; no result_type call)", "keras/src/optimizers/lamb.py Lamb.update_step (no "
+            "torch-backend override)")
     if cfg["cls"] == "RMSprop":
         add("none", "RMSprop: rho, momentum and epsilon are Python floats in "
             "torch._foreach_*", "keras/src/backend/torch/optimizers/torch_rmsprop.py")
@@ -644,8 +668,10 @@ def run_keras(cfg, floatx, exact_clip=False):
 
 def _run_keras(cfg):
     steps = cfg["steps"]
-    init, grads = make_data(cfg["name"], steps, cfg["grad_scale"], cfg["shapes"])
-    names = NAMES if cfg["params"] == "dict" else [f"w{k}" for k in range(len(cfg["shapes"]))]
+    shapes = cfg["shapes"]
+    init, grads = make_data(cfg["name"], steps, cfg["grad_scale"], shapes, cfg["zero_init"],
+                            cfg["late"])
+    names = NAMES if cfg["params"] == "dict" else [f"w{k}" for k in range(len(shapes))]
     variables = [keras.Variable(a.copy(), dtype="float64", name=n)
                  for a, n in zip(init, names)]
     ctor = _call(f"keras.optimizers.{cfg['cls']}", [], cfg["kw"])
@@ -659,7 +685,7 @@ def _run_keras(cfg):
         else:
             exclude_call = f"opt.exclude_from_weight_decay(var_names={which!r})"
         eval(exclude_call, {"opt": opt, "variables": variables})
-    trajectory = [np.empty((steps, *s)) for s in cfg["shapes"]]
+    trajectory = [np.empty((steps, *s)) for s in shapes]
     for t in range(steps):
         opt.apply([torch.tensor(g[t], dtype=torch.float64) for g in grads], variables)
         for k, v in enumerate(variables):

@@ -34,6 +34,12 @@ Numba and CUDA backends render the same functions into their loops
 """
 from __future__ import annotations
 
+#: A two_phase rule's reductions (fastopt.two_phase): name -> the quantity
+#: squared and summed in float64, computed in the tensor's dtype, as a
+#: template over ``{w}`` (after the element function) and ``{w_in}`` (the
+#: parameter before it, after decoupled decay); every backend renders it.
+ELEMENT_REDUCTIONS = {"param_sumsq": "{w_in}", "update_sumsq": "{w} - {w_in}"}
+
 from .cython import CTYPES, cython_context, cython_loop, render_cython, slot_args
 from .families import ParsedRule, fingerprint, read_families, read_family
 from .language import (CALLS, LanguageError, assigned_names, check_element, check_prepare,
@@ -44,4 +50,4 @@ __all__ = ["LanguageError", "ParsedRule", "check_element", "check_prepare", "rea
            "read_family", "parse_function", "python_lines", "cython_lines",
            "cython_prepare", "assigned_names", "fingerprint", "slot_args", "cython_loop",
            "cython_context", "render_cython", "fmax", "fmin", "fabs", "CALLS", "PY_CALLS",
-           "C_CALLS", "CTYPES"]
+           "C_CALLS", "CTYPES", "ELEMENT_REDUCTIONS"]

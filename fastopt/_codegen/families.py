@@ -14,14 +14,19 @@ from .language import LanguageError, check_element, check_prepare
 class ParsedRule:
     """What the renderers need of one rule, read from a family module's source."""
 
-    def __init__(self, name, slots, scalars, convention, prepare, element, bf16):
+    def __init__(self, name, slots, scalars, convention, prepare, element, bf16,
+                 kind="elementwise", reductions=(), decide=None):
         self.name, self.slots, self.scalars = name, tuple(slots), tuple(scalars)
         self.convention, self.prepare, self.element = convention, prepare, element
         self.bf16 = bf16
+        self.kind, self.reductions, self.decide = kind, tuple(reductions), decide
+        self.two_phase = kind == "two_phase"
         self.prepared = check_prepare(prepare)
         check_element(element, self.slots, self.prepared)
         if [a.arg for a in prepare.args.args] != list(self.scalars):
             raise LanguageError(f"{name}: prepare() takes {self.scalars}")
+        if self.two_phase and check_prepare(decide) != ("update_scale",):
+            raise LanguageError(f"{name}: decide() must return {{'update_scale': ...}}")
 
 
 def _literal(node):
@@ -63,7 +68,9 @@ def read_family(path):
 
         rules.append(ParsedRule(name, value("slots", ()), value("scalars", ()),
                                 value("convention", "keras"), value("prepare"),
-                                value("element"), value("bf16_refusal") is None))
+                                value("element"), value("bf16_refusal") is None,
+                                value("kind", "elementwise"), value("reductions", ()),
+                                value("decide")))
     return rules
 
 
@@ -88,7 +95,10 @@ def read_families(package_dir):
 def fingerprint(rule):
     """A hash of what a rule compiles to (slots, scalars, the two functions'
     ASTs): the built extension records it, the backend compares at import."""
-    text = "|".join([rule.name, ",".join(rule.slots), ",".join(rule.scalars),
-                     ast.dump(rule.prepare, annotate_fields=False),
-                     ast.dump(rule.element, annotate_fields=False)])
+    parts = [rule.name, ",".join(rule.slots), ",".join(rule.scalars),
+             ast.dump(rule.prepare, annotate_fields=False),
+             ast.dump(rule.element, annotate_fields=False)]
+    if getattr(rule, "reductions", ()):  # a two_phase rule: its reductions and decision
+        parts += [",".join(rule.reductions), ast.dump(rule.decide, annotate_fields=False)]
+    text = "|".join(parts)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -10,4 +10,5 @@ reads the registry (:data:`fastopt.rule.RULES`), in this order.
 #: The family modules, in registry order.  ``setup.py`` reads this tuple (by
 #: parsing this file, never importing it) to render the Cython backend.
 FAMILIES = ("sgd", "adagrad", "rmsprop", "adam", "adamax", "ftrl", "lion", "adadelta", "nadam",
-            "asgd", "radam", "rprop", "adafactor", "muon", "schedulefree")
+            "asgd", "radam", "rprop", "adafactor", "muon", "schedulefree",
+            "lamb")

@@ -22,7 +22,10 @@ Two levels, the same on every backend:
    decoupled weight-decay factors ``keep`` and coupled weight decays ``l2``,
    and a ``None`` gradient skips its tensor.
    ``plan.sumsq(grads)`` returns the per-tensor sums of squares (float64)
-   that clipping by norm needs.
+   that clipping by norm needs.  For a ``two_phase`` rule ``pt`` has a
+   fourth row, the update scale, and ``plan.reduce(grads, pt, scalars,
+   clipvalue)`` is the first pass (:mod:`fastopt.two_phase`); its public
+   kernel runs both passes and decides from the one tensor it is given.
 """
 from __future__ import annotations
 
@@ -93,6 +96,7 @@ def _check_kernel_arrays(name, rule, arrays):
 def _make_kernel(plan_cls, rule, module, check):
     nslots = len(rule.slots)
     nargs = 2 + nslots + len(rule.scalars)
+    nrows = 4 if rule.two_phase else 3  # a two_phase rule's update scale
 
     def kernel(*args, keep=1.0, gscale=1.0, l2=0.0, clipvalue=math.inf):
         if len(args) != nargs:
@@ -102,7 +106,10 @@ def _make_kernel(plan_cls, rule, module, check):
         check(rule.name, rule, arrays)
         scalars = tuple(float(x) for x in args[2 + nslots:])
         plan = plan_cls(rule, [arrays[0]], [[s] for s in arrays[2:]])
-        pt = np.array([[float(gscale)], [float(keep)], [float(l2)]])
+        pt = np.array([[float(gscale)], [float(keep)], [float(l2)], [1.0]][:nrows])
+        if rule.two_phase:  # reduce, decide from this whole tensor, apply
+            sums = plan.reduce([arrays[1]], pt, scalars, float(clipvalue))
+            pt[3] = rule.update_scales(sums, scalars)
         plan.step([arrays[1]], pt, scalars, float(clipvalue))
 
     # a slot named like a scalar (SGD's "momentum" buffer) gets a _buf suffix

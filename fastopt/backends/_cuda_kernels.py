@@ -153,14 +153,62 @@ def step_{name}(ptrs, gptrs, table, pt, like, hp):
             gs = dt(pt[0, t])
             kp = dt(pt[1, t])
             l2 = dt(pt[2, t])
+{us}
             for i in range(table[1, c] + tid, e, nt):
                 pi = p[i]
                 e_g = _grad(g[i], pi, gs, clip, l2)
                 e_w = pi * kp
+{w_in}
 {loads}
 {body}
 {stores}
-                p[i] = e_w
+                p[i] = {store_w}
+"""
+
+# A two_phase rule's first pass (fastopt.two_phase): the element function
+# without stores, each reduction summed per chunk as sumsq_chunks sums (a
+# strided share per thread, then a tree over the block in dynamic shared
+# memory, ``blockDim.x`` float64 per reduction); ``partial`` has one row per
+# reduction, one column per chunk; sumsq_tensors then adds each row's chunks
+# per tensor in chunk order.
+REDUCE_TEMPLATE = """\
+def reduce_{name}(ptrs, gptrs, table, pt, like, hp, partial):
+    buf = cuda.shared.array(0, types.float64)
+    dt = like.dtype.type
+    clip = dt(hp[0])
+{scalars}
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    for c in range(cuda.blockIdx.x, table.shape[1], cuda.gridDim.x):
+        t = table[0, c]
+{acc_init}
+        if gptrs[t] != 0:
+            e = table[2, c]
+            p = _view(ptrs[0, t], e, like)
+            g = _view(gptrs[t], e, like)
+{views}
+            gs = dt(pt[0, t])
+            kp = dt(pt[1, t])
+            l2 = dt(pt[2, t])
+            for i in range(table[1, c] + tid, e, nt):
+                pi = p[i]
+                e_g = _grad(g[i], pi, gs, clip, l2)
+                e_w = pi * kp
+                w_in = e_w
+{loads}
+{body}
+{accumulate}
+{acc_store}
+        cuda.syncthreads()
+        k = nt // 2
+        while k > 0:
+            if tid < k:
+{tree}
+            cuda.syncthreads()
+            k //= 2
+        if tid == 0:
+{partial}
+        cuda.syncthreads()
 """
 
 
@@ -176,8 +224,59 @@ def render(rule):
                         for j in range(len(rule.slots))),
         loads="\n".join(f"                e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)),
         body="\n".join(_codegen.python_lines(fn, rename, 4)),
-        stores="\n".join(f"                s{j}[i] = e_{n}" for j, n in enumerate(rule.slots)))
+        stores="\n".join(f"                s{j}[i] = e_{n}" for j, n in enumerate(rule.slots)),
+        # two_phase: the displacement times the tensor's update scale (pt row 3)
+        us="            us = dt(pt[3, t])" if rule.two_phase else "",
+        w_in="                w_in = e_w" if rule.two_phase else "",
+        store_w="w_in + us * (e_w - w_in)" if rule.two_phase else "e_w")
     return "".join(line + "\n" for line in src.splitlines() if line.strip())
+
+
+def render_reduce(rule):
+    """The Python source of a two_phase ``rule``'s reduce kernel."""
+    fn = rule.element_ast
+    names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
+    rename = {n: "e_" + n for n in names}
+    quantity = [_codegen.ELEMENT_REDUCTIONS[r].format(w="e_w", w_in="w_in")
+                for r in rule.reductions]
+    k = len(quantity)
+    src = REDUCE_TEMPLATE.format(
+        name=rule.name,
+        scalars="\n".join(f"    e_{n} = dt(hp[{j + 1}])" for j, n in enumerate(rule.prepared)),
+        acc_init="\n".join(f"        r{j} = 0.0" for j in range(k)),
+        views="\n".join(f"            s{j} = _view(ptrs[{1 + j}, t], e, like)"
+                        for j in range(len(rule.slots))),
+        loads="\n".join(f"                e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)),
+        body="\n".join(_codegen.python_lines(fn, rename, 4)),
+        accumulate="\n".join(f"                x{j} = np.float64({q})\n"
+                             f"                r{j} += x{j} * x{j}"
+                             for j, q in enumerate(quantity)),
+        acc_store="\n".join(f"        buf[{j} * nt + tid] = r{j}" for j in range(k)),
+        tree="\n".join(f"                buf[{j} * nt + tid] += buf[{j} * nt + tid + k]"
+                        for j in range(k)),
+        partial="\n".join(f"            partial[{j}, c] = buf[{j} * nt]" for j in range(k)))
+    return "".join(line + "\n" for line in src.splitlines() if line.strip())
+
+
+def reduce_function(rule):
+    """A two_phase ``rule``'s reduce kernel as a Python function."""
+    source = render_reduce(rule)
+    ns = dict(globals())
+    exec(compile(source, __file__, "exec"), ns)  # noqa: S102 - our own rendered rules
+    fn = ns["reduce_" + rule.name]
+    fn.source = source
+    return fn
+
+
+_REDUCES = {}
+
+
+def reduce_kernel(rule):
+    """The reduce kernel of a two_phase ``rule`` (once per rule per process)."""
+    kernel = _REDUCES.get(rule.name)
+    if kernel is None:
+        kernel = _REDUCES[rule.name] = cuda.jit(reduce_function(rule))
+    return kernel
 
 
 def step_function(rule):
@@ -308,6 +407,9 @@ def ptx_signatures():
             hp = nt.UniTuple(nt.float64, 1 + len(rule.prepared))
             out.append((f"step_{rule.name}[{dt}]", step_kernel(rule).py_func,
                         (i64_2d, i64, i64_2d, f64_2d, arr, hp)))
+            if rule.two_phase:
+                out.append((f"reduce_{rule.name}[{dt}]", reduce_kernel(rule).py_func,
+                            (i64_2d, i64, i64_2d, f64_2d, arr, hp, f64_2d)))
         out += [
             (f"sumsq_chunks[{dt}]", sumsq_chunks.py_func, (i64, i64_2d, arr, f64)),
             (f"lerp[{dt}]", lerp.py_func, (arr, arr, nt.float64, nt.float64)),

@@ -9,7 +9,8 @@
 # Drivers over a group.  ptrs: (2 + nslots) rows of ntensors data pointers
 # (row 0 parameters, row 1 gradients -- NULL skips the tensor -- then slots);
 # chunks: (tensor, start, stop) triples; pt: the (3, ntensors) float64 rows
-# gradient scale, decoupled keep factor, coupled l2.
+# gradient scale, decoupled keep factor, coupled l2, and for a two_phase rule
+# a fourth row, the update scale (fastopt.two_phase).
 
 cdef inline floating* _at(char** ptrs, Py_ssize_t row, Py_ssize_t nrows, Py_ssize_t nt,
                           Py_ssize_t t, Py_ssize_t start, floating* like) noexcept nogil:
@@ -23,12 +24,13 @@ cdef void _chunk_step(floating* like, int rule, char** ptrs, Py_ssize_t nrows,
                       const double* pt, const double* hp) noexcept nogil:
     cdef floating* a[MAX_ROWS]
     cdef Py_ssize_t r
+    cdef double us = pt[3 * nt + t] if _NREDUCTIONS[rule] else 1.0
     for r in range(nrows):
         a[r] = (<floating*>ptrs[r * nt + t]) + s
     if floating is float:
-        _LOOPS_F32[rule](<float**>a, e - s, hp, pt[t], pt[nt + t], pt[2 * nt + t])
+        _LOOPS_F32[rule](<float**>a, e - s, hp, pt[t], pt[nt + t], pt[2 * nt + t], us)
     else:
-        _LOOPS_F64[rule](<double**>a, e - s, hp, pt[t], pt[nt + t], pt[2 * nt + t])
+        _LOOPS_F64[rule](<double**>a, e - s, hp, pt[t], pt[nt + t], pt[2 * nt + t], us)
 
 
 cdef void _step_serial(floating* like, int rule, char** ptrs, Py_ssize_t nrows,
@@ -74,6 +76,44 @@ cdef void _sumsq_chunks(floating* like, char** ptrs, Py_ssize_t nt, const Py_ssi
         out[u] = 0.0
     for u in range(nchunks):  # in chunk order: a fixed summation order
         out[chunks[3 * u]] += partial[u]
+
+
+cdef void _chunk_reduce(floating* like, int rule, char** ptrs, Py_ssize_t nrows,
+                        Py_ssize_t nt, const Py_ssize_t* chunks, Py_ssize_t c,
+                        const double* pt, const double* hp, double* out) noexcept nogil:
+    cdef floating* a[MAX_ROWS]
+    cdef Py_ssize_t r, t = chunks[3 * c], s = chunks[3 * c + 1]
+    if ptrs[nt + t] == NULL:
+        for r in range(_NREDUCTIONS[rule]):
+            out[r] = 0.0
+        return
+    for r in range(nrows):
+        a[r] = (<floating*>ptrs[r * nt + t]) + s
+    if floating is float:
+        _REDUCE_F32[rule](<float**>a, chunks[3 * c + 2] - s, hp, pt[t], pt[nt + t],
+                          pt[2 * nt + t], out)
+    else:
+        _REDUCE_F64[rule](<double**>a, chunks[3 * c + 2] - s, hp, pt[t], pt[nt + t],
+                          pt[2 * nt + t], out)
+
+
+cdef void _reduce_chunks(floating* like, int rule, char** ptrs, Py_ssize_t nrows,
+                         Py_ssize_t nt, const Py_ssize_t* chunks, Py_ssize_t nchunks,
+                         const double* pt, const double* hp, double* partial, double* out,
+                         int nthreads) noexcept nogil:
+    # partial: nred doubles per chunk; out: (nred, nt), summed in chunk order
+    cdef Py_ssize_t c, u, k, nred = _NREDUCTIONS[rule]
+    if nthreads > 1:
+        for c in prange(nchunks, schedule="static", num_threads=nthreads):
+            _chunk_reduce(like, rule, ptrs, nrows, nt, chunks, c, pt, hp, partial + nred * c)
+    else:
+        for c in range(nchunks):
+            _chunk_reduce(like, rule, ptrs, nrows, nt, chunks, c, pt, hp, partial + nred * c)
+    for u in range(nred * nt):
+        out[u] = 0.0
+    for u in range(nchunks):  # in chunk order: a fixed summation order
+        for k in range(nred):
+            out[k * nt + chunks[3 * u]] += partial[nred * u + k]
 
 
 cdef void _dispatch(int typenum, int rule, char** ptrs, Py_ssize_t nrows, Py_ssize_t nt,
@@ -133,14 +173,15 @@ cdef int _read_scalars(scalars, int nscalars, double* s) except -1:
     return 0
 
 
-cdef const double* _pt_data(pt, Py_ssize_t nt, list keep) except NULL:
-    """The (3, nt) float64 per-tensor rows, converted if needed (kept alive in keep)."""
+cdef const double* _pt_data(pt, Py_ssize_t nt, list keep, int rows=3) except NULL:
+    """The (rows, nt) float64 per-tensor rows, converted if needed (kept alive
+    in keep); a two_phase rule's step reads 4 rows (the update scale)."""
     if not (cnp.PyArray_Check(pt) and cnp.PyArray_TYPE(<cnp.ndarray>pt) == cnp.NPY_DOUBLE
-            and cnp.PyArray_SIZE(<cnp.ndarray>pt) == 3 * nt
+            and cnp.PyArray_SIZE(<cnp.ndarray>pt) == rows * nt
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>pt)):
         pt = cnp.PyArray_FROMANY(pt, cnp.NPY_DOUBLE, 2, 2, cnp.NPY_ARRAY_C_CONTIGUOUS)
-        if cnp.PyArray_SIZE(<cnp.ndarray>pt) != 3 * nt:
-            raise ValueError(f"pt must have shape (3, {nt})")
+        if cnp.PyArray_SIZE(<cnp.ndarray>pt) != rows * nt:
+            raise ValueError(f"pt must have shape ({rows}, {nt})")
     keep.append(pt)
     return <const double*>cnp.PyArray_DATA(<cnp.ndarray>pt)
 
@@ -168,6 +209,9 @@ cdef class AddressedCore:
         cdef Py_ssize_t t
         if not 0 <= rule < NRULES or nslots != _NSLOTS[rule] or len(sizes) == 0:
             raise ValueError("AddressedCore: bad rule, slot count or empty group")
+        if _NREDUCTIONS[rule]:
+            raise ValueError("AddressedCore: a two_phase rule needs its first pass "
+                             "(use Core)")
         self.rule = rule
         self.typenum = cnp.NPY_DOUBLE if double else cnp.NPY_FLOAT
         self.nt = len(sizes)
@@ -306,11 +350,42 @@ cdef class Core:
         cdef double hp[HP_SIZE]
         cdef list keep = []
         _read_scalars(scalars, _NSCALARS[self.rule], s)
-        cdef const double* ptd = _pt_data(pt, self.nt, keep)
+        cdef const double* ptd = _pt_data(pt, self.nt, keep,
+                                          4 if _NREDUCTIONS[self.rule] else 3)
         self._set_grads(grads)
         _pack(self.rule, s, clipvalue, hp)
         _dispatch(self.typenum, self.rule, self.ptrs, self.nrows, self.nt, self.sizes,
                   self.chunks, self.nchunks, self.size, ptd, hp)
+
+    def reduce(self, grads, pt, scalars, double clipvalue=INFINITY):
+        """A two_phase rule's first pass: the ``(n_reductions, n_tensors)``
+        float64 sums (fastopt.two_phase); nothing is stored."""
+        cdef double s[MAX_SCALARS]
+        cdef double hp[HP_SIZE]
+        cdef list keep = []
+        cdef int nthreads = _num_threads
+        cdef int nred = _NREDUCTIONS[self.rule]
+        if nred == 0:
+            raise ValueError("Core.reduce: not a two_phase rule")
+        _read_scalars(scalars, _NSCALARS[self.rule], s)
+        cdef const double* ptd = _pt_data(pt, self.nt, keep, 4)
+        self._set_grads(grads)
+        _pack(self.rule, s, clipvalue, hp)
+        cdef cnp.ndarray sums = np.zeros((nred, self.nt))
+        cdef cnp.ndarray partial = np.empty(nred * self.nchunks + 1)
+        cdef double* out = <double*>cnp.PyArray_DATA(sums)
+        cdef double* part = <double*>cnp.PyArray_DATA(partial)
+        if not (FASTOPT_OPENMP and self.nchunks > 1 and self.size >= (
+                _threshold_f32 if self.typenum == cnp.NPY_FLOAT else _threshold_f64)):
+            nthreads = 1
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                _reduce_chunks(<float*>NULL, self.rule, self.ptrs, self.nrows, self.nt,
+                               self.chunks, self.nchunks, ptd, hp, part, out, nthreads)
+            else:
+                _reduce_chunks(<double*>NULL, self.rule, self.ptrs, self.nrows, self.nt,
+                               self.chunks, self.nchunks, ptd, hp, part, out, nthreads)
+        return sums
 
     def sumsq(self, grads):
         """Per-tensor float64 sums of squares of ``grads`` (0 for None), in chunk order."""

@@ -199,8 +199,15 @@ class Plan(_contract.Plan):
         # what the device holds now; re-uploaded only when it changes
         self._gptrs_host = np.zeros(n, dtype=np.int64)
         self._gptrs = cuda.to_device(self._gptrs_host)
-        self._pt_host = np.full((3, n), np.nan)
-        self._pt = cuda.to_device(np.zeros((3, n)))
+        rows = 4 if rule.two_phase else 3  # a two_phase rule's update scale
+        self._pt_host = np.full((rows, n), np.nan)
+        self._pt = cuda.to_device(np.zeros((rows, n)))
+        if rule.two_phase:
+            self._reduce_kernel = _k.reduce_kernel(rule)
+            self._nred = len(rule.reductions)
+            self._rpartial = cuda.device_array((self._nred, max(self._nchunks, 1)),
+                                               dtype=np.float64)
+            self._rsums = cuda.device_array((self._nred, max(n, 1)), dtype=np.float64)
 
     def _set_grads(self, grads):
         if len(grads) != self._ntensors:
@@ -213,12 +220,29 @@ class Plan(_contract.Plan):
     def step(self, grads, pt, scalars, clipvalue=math.inf):
         hp = tuple(map(float, self.rule.pack(scalars, clipvalue)))
         self._set_grads(grads)
+        self._upload_pt(pt)
+        _launch(self._kernel, self._nchunks, self._ptrs, self._gptrs, self._table, self._pt,
+                self._like, hp)
+
+    def _upload_pt(self, pt):
         if not np.array_equal(pt, self._pt_host):
             host = np.ascontiguousarray(pt, dtype=np.float64)
             self._pt.copy_to_device(host)
             self._pt_host = host.copy()
-        _launch(self._kernel, self._nchunks, self._ptrs, self._gptrs, self._table, self._pt,
-                self._like, hp)
+
+    def reduce(self, grads, pt, scalars, clipvalue=math.inf):
+        """A two_phase rule's first pass (fastopt.two_phase): the
+        ``(n_reductions, n_tensors)`` float64 sums, on the host."""
+        hp = tuple(map(float, self.rule.pack(scalars, clipvalue)))
+        self._set_grads(grads)
+        self._upload_pt(pt)
+        _launch(self._reduce_kernel, self._nchunks, self._ptrs, self._gptrs, self._table,
+                self._pt, self._like, hp, self._rpartial, shared=8 * self._nred)
+        tpb = _threads()
+        for k in range(self._nred):
+            _launch(_k.sumsq_tensors, (self._ntensors + tpb - 1) // tpb, self._first,
+                    self._rpartial[k], self._rsums[k])
+        return self._rsums.copy_to_host()[:, :self._ntensors]
 
     def sumsq(self, grads):
         self._set_grads(grads)

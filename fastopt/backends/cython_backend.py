@@ -44,7 +44,8 @@ def _check_build():
     from .._codegen import fingerprint
     now = tuple((r.name, fingerprint(SimpleNamespace(
         name=r.name, slots=r.slots, scalars=r.scalars, prepare=r.prepare_ast,
-        element=r.element_ast))) for r in RULES.values())
+        element=r.element_ast, reductions=r.reductions,
+        decide=r.decide_ast if r.two_phase else None))) for r in RULES.values())
     if now != tuple(_ext.RULES):
         stale = sorted({n for n, _ in now} ^ {n for n, _ in _ext.RULES}
                        | {n for (n, f) in now if (n, f) not in set(_ext.RULES)})
@@ -75,12 +76,17 @@ class Plan(_contract.Plan):
         self._core = _ext.Core(rule_number(rule), self.params, self.slots)
         self.step = self._core.step
         self.sumsq = self._core.sumsq
+        if rule.two_phase:
+            self.reduce = self._core.reduce
 
     def step(self, grads, pt, scalars, clipvalue=math.inf):  # replaced per instance
         return self._core.step(grads, pt, scalars, clipvalue)
 
     def sumsq(self, grads):  # replaced per instance
         return self._core.sumsq(grads)
+
+    def reduce(self, grads, pt, scalars, clipvalue=math.inf):  # replaced per instance
+        return self._core.reduce(grads, pt, scalars, clipvalue)
 
 
 def set_num_threads(n):

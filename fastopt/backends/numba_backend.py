@@ -99,7 +99,7 @@ def _view(ptrs, row, t, start, stop, like):
 
 LOOP_TEMPLATE = """\
 def _make(__key):
-    def _loop(p, g, {slot_args}hp, gs, kp, l2):
+    def _loop(p, g, {slot_args}hp, gs, kp, l2{us_arg}):
         __key  # noqa: B018 - a closure cell: part of the cache key
         dt = p.dtype.type
         clip = dt(hp[0])
@@ -107,16 +107,18 @@ def _make(__key):
         gs = dt(gs)
         kp = dt(kp)
         l2 = dt(l2)
+{us_init}
         for i in range(p.shape[0]):
             e_g = _g(g[i], gs, clip)
             pi = p[i]
             if l2 != 0:
                 e_g += l2 * pi
             e_w = pi * kp
+{w_in}
 {loads}
 {body}
 {stores}
-            p[i] = e_w
+            p[i] = {store_w}
 
     def _step(ptrs, ids, offset, none_id, table, pt, hp, like):
         __key  # noqa: B018
@@ -128,10 +130,73 @@ def _make(__key):
                 s = table[1, c]
                 e = table[2, c]
                 loop_{name}(_view(ptrs, 0, t, s, e, like), _view(ptrs, 1, t, s, e, like),
-                            {slot_views}hp, pt[0, t], pt[1, t], pt[2, t])
+                            {slot_views}hp, pt[0, t], pt[1, t], pt[2, t]{us_pass})
 
     return _loop, _step
 """
+
+# A two_phase rule's first pass (fastopt.two_phase): the element function
+# run over every element without storing anything.  Element i's squared
+# quantity is added to lane i % LANES of that reduction's float64 lane array
+# (a fixed order: each lane sums its elements in element order; the loop
+# over a block's lanes vectorises, there being no dependence between lanes),
+# the lanes are added by _lanes_total (a fixed tree), then per tensor in
+# chunk order: bit-identical at any thread count, and the same bits as the
+# Cython backend's.
+LANES = 64
+
+REDUCE_TEMPLATE = """\
+def _make(__key):
+    def _rloop(p, g, {slot_args}hp, gs, kp, l2, partial, c):
+        __key  # noqa: B018 - a closure cell: part of the cache key
+        dt = p.dtype.type
+        clip = dt(hp[0])
+{scalars}
+        gs = dt(gs)
+        kp = dt(kp)
+        l2 = dt(l2)
+        n = p.shape[0]
+        nfull = n - n % {lanes}
+{lane_init}
+        for b in range(0, nfull, {lanes}):
+            for j in range({lanes}):
+                i = b + j
+{element_block}
+        for i in range(nfull, n):
+            j = i - nfull
+{element_tail}
+{acc_store}
+
+    def _reduce(ptrs, table, pt, hp, like, partial, out):
+        __key  # noqa: B018
+        for c in prange(table.shape[1]):
+            t = table[0, c]
+            if ptrs[1, t] != 0:
+                s = table[1, c]
+                e = table[2, c]
+                rloop_{name}(_view(ptrs, 0, t, s, e, like), _view(ptrs, 1, t, s, e, like),
+                             {slot_views}hp, pt[0, t], pt[1, t], pt[2, t], partial, c)
+            else:
+                for k in range(partial.shape[0]):
+                    partial[k, c] = 0.0
+        out[:, :] = 0.0
+        for c in range(table.shape[1]):  # in chunk order: a fixed order of summation
+            for k in range(partial.shape[0]):
+                out[k, table[0, c]] += partial[k, c]
+
+    return _rloop, _reduce
+"""
+
+
+@kernel
+def _lanes_total(a):
+    # the lanes of a reduction, added in a fixed tree (pairs, then pairs of pairs)
+    n = a.shape[0]
+    while n > 1:
+        n //= 2
+        for j in range(n):
+            a[j] = a[j] + a[j + n]
+    return a[0]
 
 
 def render(rule):
@@ -140,6 +205,7 @@ def render(rule):
     names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
     rename = {n: "e_" + n for n in names}
     k = len(rule.slots)
+    two = rule.two_phase
     return LOOP_TEMPLATE.format(
         name=rule.name,
         slot_args="".join(f"s{j}, " for j in range(k)),
@@ -148,6 +214,44 @@ def render(rule):
         loads="\n".join(f"            e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)),
         body="\n".join(_codegen.python_lines(fn, rename, 3)),
         stores="\n".join(f"            s{j}[i] = e_{n}" for j, n in enumerate(rule.slots)),
+        slot_views="".join(f"_view(ptrs, {2 + j}, t, s, e, like), " for j in range(k)),
+        # two_phase: the displacement scaled by the tensor's update scale
+        us_arg=", us" if two else "", us_pass=", pt[3, t]" if two else "",
+        us_init="        us = dt(us)" if two else "",
+        w_in="            w_in = e_w" if two else "",
+        store_w="w_in + us * (e_w - w_in)" if two else "e_w")
+
+
+def render_reduce(rule):
+    """The Python source of a two_phase ``rule``'s first pass (its element
+    loop without stores, accumulating :data:`fastopt._codegen.ELEMENT_REDUCTIONS`
+    in :data:`LANES` lanes)."""
+    from .._codegen import ELEMENT_REDUCTIONS
+    fn = rule.element_ast
+    names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
+    rename = {n: "e_" + n for n in names}
+    k = len(rule.slots)
+    quantity = [ELEMENT_REDUCTIONS[r].format(w="e_w", w_in="w_in") for r in rule.reductions]
+
+    def element(pad):
+        lines = [f"e_g = _g(g[i], gs, clip)", "pi = p[i]", "if l2 != 0:",
+                 "    e_g += l2 * pi", "e_w = pi * kp", "w_in = e_w"]
+        lines += [f"e_{n} = s{j}[i]" for j, n in enumerate(rule.slots)]
+        out = [" " * pad + line for line in lines]
+        out += _codegen.python_lines(fn, rename, pad // 4)
+        for j, q in enumerate(quantity):
+            out += [f"{' ' * pad}x{j} = np.float64({q})",
+                    f"{' ' * pad}acc{j}[j] += x{j} * x{j}"]
+        return "\n".join(out)
+    return REDUCE_TEMPLATE.format(
+        name=rule.name, lanes=LANES,
+        slot_args="".join(f"s{j}, " for j in range(k)),
+        scalars="\n".join(f"        e_{n} = dt(hp[{j + 1}])"
+                          for j, n in enumerate(rule.prepared)),
+        lane_init="\n".join(f"        acc{j} = np.zeros({LANES})" for j in range(len(quantity))),
+        element_block=element(16), element_tail=element(12),
+        acc_store="\n".join(f"        partial[{j}, c] = _lanes_total(acc{j})"
+                             for j in range(len(quantity))),
         slot_views="".join(f"_view(ptrs, {2 + j}, t, s, e, like), " for j in range(k)))
 
 
@@ -181,6 +285,13 @@ class Compiled:
                            (loop, step))
         self.loop = ns[loop] = kernel(fns[loop])
         self.step_parallel, self.step_serial = driver(fns[step])
+        if rule.two_phase:
+            self.reduce_source = render_reduce(rule)
+            rloop, red = "rloop_" + rule.name, "reduce_" + rule.name
+            ns, fns = generate(self.reduce_source, source_key(self.reduce_source), __file__,
+                               globals(), (rloop, red))
+            self.rloop = ns[rloop] = kernel(fns[rloop])
+            self.reduce_parallel, self.reduce_serial = driver(fns[red])
 
 
 def per_rule(build):
@@ -350,6 +461,7 @@ class Plan(_contract.Plan):
         self._hp = np.zeros(1 + len(rule.prepared))
         self._compiled = compiled(rule)
         self._partial = np.zeros(self._table.shape[1])
+        self._reduced = None
 
     def _set_grads(self, grads):
         data_pointers(grads, self._ptrs[1])
@@ -369,6 +481,24 @@ class Plan(_contract.Plan):
         else:  # pragma: no cover - only on an unusual NumPy build
             self._set_grads(grads)
             run(self._ptrs, self._ptrs[1], -1, 0, self._table, pt, self._hp, self._like)
+
+    def reduce(self, grads, pt, scalars, clipvalue=math.inf):
+        """A two_phase rule's first pass (:mod:`fastopt.two_phase`): the
+        ``(len(rule.reductions), n_tensors)`` float64 sums; nothing stored."""
+        self._hp[:] = self.rule.pack(scalars, clipvalue)
+        self._set_grads(grads)
+        c = self._compiled
+        if self.size >= _THRESHOLD[self.dtype]:
+            run = c.reduce_parallel
+            sync_threads()
+        else:
+            run = c.reduce_serial
+        nred = len(self.rule.reductions)
+        if self._reduced is None:
+            self._reduced = np.zeros((nred, self._table.shape[1]))
+        out = np.zeros((nred, len(self.params)))
+        run(self._ptrs, self._table, pt, self._hp, self._like, self._reduced, out)
+        return out
 
     def sumsq(self, grads):
         self._set_grads(grads)

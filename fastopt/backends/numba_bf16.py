@@ -285,10 +285,10 @@ _slot = _build(_STAMP)
 
 DRIVER_TEMPLATE = """\
 def _make(__key):
-    def _run_chunk(ptrs, t, s, e, like, ulike, hp, gs, kp, l2, updates, tensor):
+    def _run_chunk(ptrs, t, s, e, like, ulike, hp, gs, kp, l2, {us_param}updates, tensor):
         __key  # noqa: B018 - a closure cell: part of the cache key
         loop_{name}(nb._view(ptrs, 0, t, s, e, like), nb._view(ptrs, 1, t, s, e, like),
-                    {bf16_slots}hp, gs, kp, l2)
+                    {bf16_slots}hp, gs, kp, l2{us_arg})
 
     def _step(ptrs, ids, offset, none_id, table, pt, hp, like, ulike, stochastic, updates,
               tensor_ids):
@@ -302,10 +302,10 @@ def _make(__key):
                 e = table[2, c]
                 if stochastic:
                     run_chunk_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
-                                     pt[2, t], updates, tensor_ids[t])
+                                     pt[2, t], {us_pt}updates, tensor_ids[t])
                 else:
                     run_chunk_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
-                                     pt[2, t], None, tensor_ids[t])
+                                     pt[2, t], {us_pt}None, tensor_ids[t])
 
     def _run_narrow(ptrs, t, s, e, ulike, hp, gs, kp, l2, half):
         __key  # noqa: B018
@@ -313,9 +313,9 @@ def _make(__key):
         g = _narrow(nb._view(ptrs, 1, t, s, e, ulike), half)
 {narrow_slots}
         if l2 == 0.0:
-            loop_{name}(p, g, {slot_names}hp, gs, kp, 0.0)
+            loop_{name}(p, g, {slot_names}hp, gs, kp, 0.0{us_one})
         else:
-            loop_{name}(p, g, {slot_names}hp, gs, kp, l2)
+            loop_{name}(p, g, {slot_names}hp, gs, kp, l2{us_one})
 
     def _step_narrow(ptrs, table, pt, hp, ulike, half):
         __key  # noqa: B018
@@ -326,6 +326,35 @@ def _make(__key):
                                   pt[1, t], pt[2, t], half)
 
     return _run_chunk, _step, _run_narrow, _step_narrow
+"""
+
+# A two_phase rule's first pass over float32 parameters and bfloat16 slots:
+# numba_backend's reduce loop ``rloop_<rule>`` compiled for these slot types
+# (read only: nothing is stored, so the rounding never matters), each chunk
+# summed as numba_backend sums it.
+REDUCE_TEMPLATE = """\
+def _make(__key):
+    def _reduce_chunk(ptrs, t, s, e, like, ulike, hp, gs, kp, l2, partial, c):
+        __key  # noqa: B018 - a closure cell: part of the cache key
+        rloop_{name}(nb._view(ptrs, 0, t, s, e, like), nb._view(ptrs, 1, t, s, e, like),
+                     {bf16_slots}hp, gs, kp, l2, partial, c)
+
+    def _reduce(ptrs, table, pt, hp, like, ulike, partial, out):
+        __key  # noqa: B018
+        for c in prange(table.shape[1]):
+            t = table[0, c]
+            if ptrs[1, t] != 0:
+                reduce_chunk_{name}(ptrs, t, table[1, c], table[2, c], like, ulike, hp,
+                                    pt[0, t], pt[1, t], pt[2, t], partial, c)
+            else:
+                for k in range(partial.shape[0]):
+                    partial[k, c] = 0.0
+        out[:, :] = 0.0
+        for c in range(table.shape[1]):  # in chunk order: a fixed order of summation
+            for k in range(partial.shape[0]):
+                out[k, table[0, c]] += partial[k, c]
+
+    return _reduce_chunk, _reduce
 """
 
 
@@ -341,7 +370,13 @@ class Compiled:
                                for j in range(k)),
             narrow_slots="\n".join(f"        s{j} = _narrow(nb._view(ptrs, {2 + j}, t, s, e, "
                                    "ulike), half)" for j in range(k)),
-            slot_names="".join(f"s{j}, " for j in range(k)))
+            slot_names="".join(f"s{j}, " for j in range(k)),
+            # two_phase: the update scale (pt row 3); 2-byte parameters run
+            # through MultiTensorStep, which refuses such rules: 1 there
+            us_param="us, " if rule.two_phase else "",
+            us_arg=", us" if rule.two_phase else "",
+            us_pt="pt[3, t], " if rule.two_phase else "",
+            us_one=", 1.0" if rule.two_phase else "")
         names = [f"{n}_{rule.name}" for n in ("run_chunk", "step", "run_narrow", "step_narrow")]
         key = nb.source_key(self.source, loop.source, repr(_STAMP))
         ns, fns = nb.generate(self.source, key, __file__,
@@ -350,6 +385,17 @@ class Compiled:
         ns[names[2]] = kernel(fns[names[2]])
         self.step_parallel, self.step_serial = driver(fns[names[1]])
         self.narrow_parallel, self.narrow_serial = driver(fns[names[3]])
+        if rule.two_phase:
+            source = REDUCE_TEMPLATE.format(
+                name=rule.name,
+                bf16_slots="".join(f"_slot(ptrs, {j}, t, s, e, ulike, None, 0), "
+                                   for j in range(k)))
+            rnames = [f"reduce_chunk_{rule.name}", f"reduce_{rule.name}"]
+            key = nb.source_key(source, loop.reduce_source, repr(_STAMP))
+            ns, fns = nb.generate(source, key, __file__,
+                                  {**globals(), "rloop_" + rule.name: loop.rloop}, rnames)
+            ns[rnames[0]] = kernel(fns[rnames[0]])
+            self.reduce_parallel, self.reduce_serial = driver(fns[rnames[1]])
 
 
 #: ``compiled(rule)``: the rule's :class:`Compiled`.
@@ -436,3 +482,21 @@ class Plan(nb.Plan):
             ids, offset, none_id = self._ptrs[1], -1, 0
         run(self._ptrs, ids, offset, none_id, self._table, pt, self._hp,
             self._like, self._ulike, self._stochastic, int(self.updates), self._tensor_ids)
+
+    def reduce(self, grads, pt, scalars, clipvalue=math.inf):
+        """A two_phase rule's first pass over bfloat16 slots (see
+        :meth:`fastopt.backends.numba_backend.Plan.reduce`)."""
+        self._hp[:] = self.rule.pack(scalars, clipvalue)
+        self._set_grads(grads)
+        c = compiled(self.rule)
+        if self.size >= nb.get_parallel_threshold(self.dtype):
+            run = c.reduce_parallel
+            nb.sync_threads()
+        else:
+            run = c.reduce_serial
+        nred = len(self.rule.reductions)
+        if self._reduced is None:
+            self._reduced = np.zeros((nred, self._table.shape[1]))
+        out = np.zeros((nred, len(self.params)))
+        run(self._ptrs, self._table, pt, self._hp, self._like, self._ulike, self._reduced, out)
+        return out

@@ -18,6 +18,9 @@ from . import _contract
 
 NAME = "numpy"
 
+#: What a two_phase rule's reductions square and sum (fastopt.two_phase)
+_QUANTITY = {"param_sumsq": lambda w, w_in: w_in, "update_sumsq": lambda w, w_in: w - w_in}
+
 
 class Plan(_contract.Plan):
     """Loops over the group's tensors in Python."""
@@ -33,11 +36,31 @@ class Plan(_contract.Plan):
                 if g is None:
                     continue
                 slots = [s[t] for s in self.slots]
+                if self.rule.two_phase:  # the update scale decided for the whole tensor
+                    kw["update_scale"] = pt[3, t]
                 new = reference.apply_rule(self.rule.name, p, g.reshape(-1), slots, kw,
                                            keep=pt[1, t], gscale=pt[0, t],
                                            clipvalue=clipvalue, l2=pt[2, t])
                 for dst, src in zip([p, *slots], new):
                     dst[...] = src
+
+    def reduce(self, grads, pt, scalars, clipvalue=math.inf):
+        """A two_phase rule's first pass: the reference with an update scale
+        of 1, whose displacement is the element function's; nothing stored."""
+        kw = {**dict(zip(self.rule.scalars, scalars)), "update_scale": 1.0}
+        out = np.zeros((len(self.rule.reductions), len(self.params)))
+        with np.errstate(all="ignore"):
+            for t, (p, g) in enumerate(zip(self.params, grads)):
+                if g is None:
+                    continue
+                slots = [s[t] for s in self.slots]
+                w = reference.apply_rule(self.rule.name, p, g.reshape(-1), slots, kw,
+                                         keep=pt[1, t], gscale=pt[0, t],
+                                         clipvalue=clipvalue, l2=pt[2, t])[0]
+                w_in = pt[1, t] * p.astype(np.float64)
+                for k, name in enumerate(self.rule.reductions):
+                    out[k, t] = np.sum(np.square(_QUANTITY[name](w, w_in)))
+        return out
 
     def sumsq(self, grads):
         with np.errstate(all="ignore"):

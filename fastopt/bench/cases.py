@@ -5,7 +5,7 @@ the naive NumPy step it is compared with (:mod:`fastopt.bench.naive`, same
 name) and the ``torch.optim`` optimizer of the same update:
 ``fused=True`` where PyTorch has a fused CPU implementation (Adam, AdamW,
 SGD, Adagrad), ``foreach=True`` otherwise (RMSprop, Adamax, Adadelta); none where
-torch has no such optimizer (Lion, Ftrl).  Hyperparameters are
+torch has no such optimizer (Lion, Ftrl, Lamb).  Hyperparameters are
 the Keras defaults of fastopt and of the naive steps, and the same values
 are given to torch, so all three run the same amount of arithmetic.
 
@@ -23,8 +23,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..hyperparams import convention_for
-from ..optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Ftrl, Lion,
-                          NAdam, Nadam, RAdam, RMSprop, Rprop, ScheduleFreeAdamW)
+from ..optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Ftrl, Lamb,
+                          Lion, NAdam, Nadam, RAdam, RMSprop, Rprop, ScheduleFreeAdamW)
 from . import naive
 
 __all__ = ["Case", "CASES", "make_optimizer", "split_shapes", "timing_arrays",
@@ -77,6 +77,8 @@ CASES = {
                      ("Adadelta", {"lr": 0.001, "rho": 0.95, "eps": 1e-7}, "foreach")),
     # Keras 3 only: torch.optim has no Lion
     "lion": Case(Lion, {}, "lion", None),
+    # Keras 3 only: torch.optim has no Lamb (a two_phase rule: two passes)
+    "lamb": Case(Lamb, {}, "lamb", None),
     # torch has no Keras Nadam: its NAdam (foreach), the same traffic and
     # nearly the same arithmetic
     "nadam": Case(Nadam, {}, "nadam", ("NAdam", _ADAM_T, "foreach")),

@@ -24,8 +24,9 @@ import numpy as np
 
 __all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "adagrad", "rmsprop",
            "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-           "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "lion", "adadelta",
-           "radam", "rprop", "adafactor", "NAIVE", "SLOTS", "init_state", "stepper"]
+           "adam", "adam_amsgrad", "adamax", "adamw", "ftrl_sqrt", "ftrl", "lion", "lamb",
+           "adadelta", "radam", "rprop", "adafactor", "schedulefree_adamw", "NAIVE", "SLOTS",
+           "init_state", "stepper"]
 
 
 def sgd(w, g, t=1, lr=0.01):
@@ -201,6 +202,18 @@ def adafactor(w, g, r, c, v, t=1, lr=0.001, beta_2_decay=-0.8, eps_1=1e-30, eps_
     w -= alpha * u / max(1.0, np.sqrt(np.mean(u * u)) / d)
 
 
+def lamb(w, g, m, v, t=1, lr=0.001, beta_1=0.9, beta_2=0.999, eps=1e-7):
+    """Lamb (Keras's): Adam's bias-corrected direction ``u``, scaled per
+    tensor by the trust ratio ``||w|| / ||u||`` (1 where a norm is 0)."""
+    m[:] = m + (g - m) * (1 - beta_1)
+    v[:] = v + (g * g - v) * (1 - beta_2)
+    u = (m / (1 - beta_1 ** t)) / (np.sqrt(v / (1 - beta_2 ** t)) + eps)
+    w_norm = np.linalg.norm(w)
+    u_norm = np.linalg.norm(u)
+    ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+    w -= (lr * ratio) * u
+
+
 def adadelta(w, g, acc_g, acc_d, t=1, lr=0.001, rho=0.95, eps=1e-7):
     """Adadelta: the step is ``sqrt(acc_d + eps)/sqrt(acc_g + eps) * g``."""
     acc_g[:] = rho * acc_g + (1 - rho) * g * g
@@ -265,16 +278,16 @@ def schedulefree_adamw(w, g, z, v, host, t=1, lr=0.0025, beta_1=0.9, beta_2=0.99
 NAIVE = {f.__name__: f for f in (sgd, sgd_momentum, sgd_nesterov, adagrad, rmsprop,
                                  rmsprop_momentum, rmsprop_centered,
                                  rmsprop_centered_momentum, adam, adam_amsgrad, adamax,
-                                 adamw, ftrl_sqrt, ftrl, lion, adadelta, nadam, nadam_torch,
-                                 asgd_torch, radam, rprop, adafactor,
+                                 adamw, ftrl_sqrt, ftrl, lion, lamb, adadelta, nadam,
+                                 nadam_torch, asgd_torch, radam, rprop, adafactor,
                                  schedulefree_adamw)}
 
 #: name -> number of state arrays (slots) the step takes after ``g``
 SLOTS = {"sgd": 0, "sgd_momentum": 1, "sgd_nesterov": 1, "adagrad": 1, "rmsprop": 1,
          "rmsprop_momentum": 2, "rmsprop_centered": 2, "rmsprop_centered_momentum": 3,
          "adam": 2, "adam_amsgrad": 3, "adamax": 2, "adamw": 2, "ftrl_sqrt": 2, "ftrl": 2,
-         "lion": 1, "adadelta": 2, "nadam": 2, "nadam_torch": 2, "asgd_torch": 1, "radam": 2,
-          "rprop": 2, "adafactor": 3, "schedulefree_adamw": 2}
+         "lion": 1, "lamb": 2, "adadelta": 2, "nadam": 2, "nadam_torch": 2, "asgd_torch": 1,
+         "radam": 2, "rprop": 2, "adafactor": 3, "schedulefree_adamw": 2}
 #: steps that also keep scalars across steps (running products, ASGD's eta and
 #: mu): their number, in one array per tensor after the slots
 SCALARS = {"nadam": 1, "nadam_torch": 1, "asgd_torch": 2, "schedulefree_adamw": 2}

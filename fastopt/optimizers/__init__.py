@@ -6,6 +6,7 @@ from ..algorithms.adagrad import Adagrad
 from ..algorithms.adam import Adam, AdamW
 from ..algorithms.adamax import Adamax
 from ..algorithms.ftrl import Ftrl
+from ..algorithms.lamb import Lamb
 from ..algorithms.lion import Lion
 from ..algorithms.muon import Muon
 from ..algorithms.asgd import ASGD
@@ -18,5 +19,5 @@ from ..algorithms.sgd import SGD
 from ..optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Ftrl", "Lion",
-           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop", "Adafactor", "Muon",
+           "Adadelta", "Nadam", "NAdam", "ASGD", "RAdam", "Rprop", "Lamb", "Adafactor", "Muon",
            "ScheduleFreeAdamW"]

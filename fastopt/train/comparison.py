@@ -20,8 +20,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..hyperparams import convention_for
-from ..optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, AdamW, Ftrl, Lion, NAdam,
-                          Nadam, RAdam, RMSprop, Rprop, ScheduleFreeAdamW)
+from ..optimizers import (ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, AdamW, Ftrl, Lamb, Lion,
+                          NAdam, Nadam, RAdam, RMSprop, Rprop, ScheduleFreeAdamW)
 from . import _checks
 from .fit import fit
 from .models import MLP, LogisticRegression
@@ -52,6 +52,7 @@ OPTIMIZERS = {
     "rmsprop_centered": Recipe(RMSprop, False, {"centered": True}),
     "ftrl": Recipe(Ftrl, False, {}),  # Keras only: refused with --convention torch
     "lion": Recipe(Lion, False, {}),
+    "lamb": Recipe(Lamb, False, {}),          # Keras's Lamb (Keras convention only)
     "adadelta": Recipe(Adadelta, False, {}),
     "nadam": Recipe(Nadam, False, {}),        # Keras's Nadam (Keras convention only)
     "nadam_torch": Recipe(NAdam, False, {}),  # torch's NAdam (torch convention only)
