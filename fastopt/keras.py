@@ -608,23 +608,38 @@ Measured on the same gradients (float64, 60 steps; tensors of 3x4, 5 and 2;
 parameters are 0.31 of the displacement away from the package's at
 ``learning_rate=0.01`` (max 0.0049 for a displacement of 0.084).  This class
 matches the package within 1.3e-14 of the displacement (float64, 40 steps,
-with warmup, weight decay, ``r`` and ``weight_lr_power``;
-``tests/test_keras_schedulefree.py``).
+with warmup, weight decay, ``r`` and ``weight_lr_power``, Keras's
+``global_clipnorm``, gradient accumulation; ``tests/test_keras_schedulefree.py``).
 """, _FusedScheduleFree)
 
 
 class ScheduleFreeEval(keras.callbacks.Callback):
     """A ``model.fit`` callback for :class:`ScheduleFreeAdamW`: the validation
     (``on_test_begin``/``on_test_end``) runs at the average ``x``, training
-    at ``y``.  It also moves an ``evaluate`` it is passed to ``x`` and back."""
+    at ``y``.  It also moves an ``evaluate`` it is passed to ``x`` and back.
+    The model's optimizer must be a :class:`ScheduleFreeAdamW` (or a
+    ``keras.optimizers.LossScaleOptimizer`` around one); anything else is a
+    ``TypeError``."""
+
+    def _optimizer(self):
+        opt = self.model.optimizer
+        opt = getattr(opt, "inner_optimizer", opt)
+        if not isinstance(opt, ScheduleFreeAdamW):
+            raise TypeError("fastopt.keras.ScheduleFreeEval needs a model compiled with "
+                            "fastopt.keras.ScheduleFreeAdamW; its optimizer is "
+                            f"{type(opt).__module__}.{type(opt).__name__}")
+        return opt
+
+    def on_train_begin(self, logs=None):
+        self._optimizer()
 
     def on_test_begin(self, logs=None):
-        opt = self.model.optimizer
-        self._switched = bool(getattr(opt, "train_mode", False))
+        opt = self._optimizer()
+        self._switched = opt.train_mode
         if self._switched:
             opt.eval()
 
     def on_test_end(self, logs=None):
         if getattr(self, "_switched", False):
-            self.model.optimizer.train()
+            self._optimizer().train()
             self._switched = False

@@ -42,7 +42,8 @@ KWARGS = [{"learning_rate": 0.01},
           {"learning_rate": 0.02, "warmup_steps": 10, "weight_decay": 0.1},
           {"learning_rate": 0.05, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6,
            "warmup_steps": 5, "r": 0.5, "weight_lr_power": 1.0},
-          {"learning_rate": 0.01, "global_clipnorm": 1.0}]
+          {"learning_rate": 0.01, "global_clipnorm": 1.0},
+          {"learning_rate": 0.01, "gradient_accumulation_steps": 2}]
 
 
 def _keras_clipped(grads, kw):
@@ -72,10 +73,15 @@ def test_is_the_package_on_the_same_gradients(kw):
         warmup_steps=kw.get("warmup_steps", 0), r=kw.get("r", 0.0),
         weight_lr_power=kw.get("weight_lr_power", 2.0), foreach=False)
     ref.train()
+    every = kw.get("gradient_accumulation_steps", 1)  # Keras: the mean, every n-th call
     worst = 0.0
     for t in range(STEPS):
         grads = [_grads(t, k, s) for k, s in enumerate(SHAPES)]
         opt.apply([torch.tensor(g) for g in grads], variables)
+        if (t + 1) % every:
+            continue
+        grads = [sum(_grads(u, k, s) for u in range(t + 1 - every, t + 1)) / every
+                 for k, s in enumerate(SHAPES)]
         for p, g in zip(ref_params, _keras_clipped(grads, kw)):
             p.grad = torch.tensor(g)
         ref.step()
@@ -239,6 +245,16 @@ def test_other_backends_get_a_clear_error(monkeypatch):
     with pytest.raises(RuntimeError, match=r"only under the torch backend.*"
                                            r"keras.optimizers.ScheduleFreeAdamW"):
         fk.ScheduleFreeAdamW()
+
+
+def test_the_callback_needs_a_schedule_free_optimizer():
+    X, y = _banknotes()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=fk.Adam(), loss="mse")
+    with pytest.raises(TypeError, match="needs a model compiled with "
+                                        "fastopt.keras.ScheduleFreeAdamW.*Adam"):
+        model.fit(X, y, epochs=1, verbose=0, callbacks=[fk.ScheduleFreeEval()])
 
 
 def test_modes_before_build_and_stateless_apply():
