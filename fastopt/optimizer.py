@@ -307,6 +307,14 @@ class Optimizer(StateMethods):
                              for name, arrays in slot_arrays.items()})
                 for idx in by_dtype.values()]
         self._tensor_groups = [g for pg in self._param_groups for g in pg.tensor_groups]
+        self._build_averages(given)
+        self._counted = [g for g in self._tensor_groups if g.counted]
+        self._one_tensor_group = len(self._tensor_groups) == 1
+        self._no_clip_scales = [1.0] * len(self._tensor_groups)
+
+    def _build_averages(self, given):
+        """The EMA and gradient-accumulator arrays: the caller's (``given``,
+        see :meth:`_over_state`) or new zeros."""
         if given is not None:
             self._ema = self._state_arrays("ema", self.use_ema) if self.use_ema else None
             self._accumulated = (self._state_arrays("accumulated", True)
@@ -316,9 +324,6 @@ class Optimizer(StateMethods):
             self._ema = [zeros_like(p) for p in self._params] if self.use_ema else None
             self._accumulated = ([zeros_like(p) for p in self._params]
                                  if self.gradient_accumulation_steps else None)
-        self._counted = [g for g in self._tensor_groups if g.counted]
-        self._one_tensor_group = len(self._tensor_groups) == 1
-        self._no_clip_scales = [1.0] * len(self._tensor_groups)
 
     @property
     def _groups(self):

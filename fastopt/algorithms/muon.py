@@ -357,15 +357,7 @@ class Muon(Optimizer):
                     group.adamw = rule is adam
                     pg.tensor_groups.append(group)
         self._tensor_groups = [g for pg in self._param_groups for g in pg.tensor_groups]
-        if given is not None:
-            self._ema = self._state_arrays("ema", self.use_ema) if self.use_ema else None
-            self._accumulated = (self._state_arrays("accumulated", True)
-                                 if self.gradient_accumulation_steps else None)
-        else:
-            zeros_like = self._arrays.zeros_like
-            self._ema = [zeros_like(p) for p in self._params] if self.use_ema else None
-            self._accumulated = ([zeros_like(p) for p in self._params]
-                                 if self.gradient_accumulation_steps else None)
+        self._build_averages(given)
         self._counted = []
         self._one_tensor_group = False
         self._no_clip_scales = [1.0] * len(self._tensor_groups)
