@@ -139,18 +139,25 @@ class TensorGroup:
 
     def _per_tensor(self, rule, arrays, slot_init, backend, decays, device, slot_arrays):
         """A ``per_tensor`` rule's group: slots in their own shapes, the plan
-        of :mod:`fastopt.per_tensor` (host arrays only)."""
+        of :mod:`fastopt.per_tensor`.  Device tensors keep their slots on the
+        device and are staged through the host each step
+        (:class:`fastopt.per_tensor.StagedPlan`, host_step on the numpy
+        backend; ``backend`` reports ``"cuda"``)."""
         from . import per_tensor
-        if device:
-            raise ValueError(f"the {rule.name!r} rule does not run on CUDA device arrays: "
-                             f"{per_tensor.DEVICE_REFUSAL}")
-        self.backend = resolve_backend(backend, self.dtype, sum(a.size for a in arrays))
+        self.backend = resolve_backend(backend, self.dtype, sum(a.size for a in arrays),
+                                       device)
         if slot_arrays is not None:
             self.slot_views = {name: list(slot_arrays[name]) for name in rule.slots}
         else:
-            self.slot_views = per_tensor.make_slots(rule, arrays, slot_init, self.dtype)
-        self.plan = per_tensor.Plan(rule, arrays, [self.slot_views[n] for n in rule.slots],
-                                    self.backend)
+            self.slot_views = per_tensor.make_slots(
+                rule, arrays, slot_init, self.dtype,
+                full=self.backend.full if device else np.full)
+        slots = [self.slot_views[n] for n in rule.slots]
+        if device:
+            self.plan = per_tensor.StagedPlan(rule, arrays, slots, self.backend,
+                                              resolve_backend("numpy", self.dtype, 0))
+        else:
+            self.plan = per_tensor.Plan(rule, arrays, slots, self.backend)
         self.counted = False
         self.factors = np.ones((3, len(arrays)))
         self.factors[2] = 0.0

@@ -42,8 +42,22 @@ Newton--Schulz) declares instead, in its family module::
   the rule with that sentence.
 
 Such rules keep their state in the parameters' dtype (``state_dtype=
-"bfloat16"`` is refused unless the rule says otherwise) and run on host
-arrays (CUDA device parameters are refused).
+"bfloat16"`` is refused unless the rule says otherwise).
+
+CUDA device parameters: **host staging**, not a GPU kernel.  The slots live on
+the device like every cuda optimizer's state (one flat device buffer per slot,
+a device view per tensor in the slot's own shape, so ``state_arrays``,
+``state_dict``, ``load_state_dict`` and state files behave as for any cuda
+optimizer).  :class:`StagedPlan` runs each step one tensor at a time: it
+copies the tensor's parameter, gradient and slots to host NumPy arrays, runs
+the same host code as :class:`Plan` (``host_step`` with the **numpy** backend
+module, whatever the device), and copies the parameter and the slots back.
+The device is written only by those copies back, after the host work (which
+does not raise) is done.  The results are those of the numpy backend on the
+host, bit for bit; the speed is bound by the host and the PCIe transfers
+(every step moves each tensor's parameter, gradient and state across twice),
+not by the GPU.  Clipping by norm copies the gradients to the host once more
+for their sums of squares.
 """
 from __future__ import annotations
 
@@ -52,12 +66,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["Plan", "slot_shapes", "DEVICE_REFUSAL"]
-
-#: why device parameters are refused (the host work reads NumPy arrays)
-DEVICE_REFUSAL = ("its host work per tensor reads NumPy arrays; pass host parameters "
-                  "(staging device parameters through the host each step would cost more "
-                  "than the update)")
+__all__ = ["Plan", "StagedPlan", "slot_shapes"]
 
 
 def slot_shapes(rule, shape):
@@ -78,15 +87,17 @@ def slot_shapes(rule, shape):
     return out
 
 
-def make_slots(rule, arrays, slot_init, dtype):
+def make_slots(rule, arrays, slot_init, dtype, full=np.full):
     """Per slot, per tensor: views of one flat buffer per slot (of ``dtype``,
-    filled with ``slot_init.get(slot, 0.0)``) in the slot's own shape."""
+    filled with ``slot_init.get(slot, 0.0)``) in the slot's own shape;
+    ``full(n, value, dtype)`` makes the buffer (the cuda backend's ``full``:
+    device buffers)."""
     shapes = [slot_shapes(rule, a.shape) for a in arrays]
     views = {}
     for name in rule.slots:
         sizes = [math.prod(s[name]) for s in shapes]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        buf = np.full(offsets[-1], slot_init.get(name, 0.0), dtype=dtype)
+        buf = full(int(offsets[-1]), slot_init.get(name, 0.0), dtype=dtype)
         views[name] = [buf[offsets[k]:offsets[k + 1]].reshape(s[name])
                        for k, s in enumerate(shapes)]
     return views
@@ -122,33 +133,86 @@ class Plan:
         """One applied step over the group: per tensor, the gradient
         transform of the kernel contract (scale, clip by value, add L2),
         the decoupled decay, then ``host_step``."""
-        rule, backend = self.rule, self.backend
-        named = rule.host_scalars(scalars)
-        dt = self.dtype.type
+        named = self.rule.host_scalars(scalars)
         with np.errstate(all="ignore"):
-            for t, (w, g) in enumerate(zip(self.params, grads)):
-                if g is None:
-                    continue
-                g = g.reshape(w.shape)
-                gs, keep, l2 = float(pt[0, t]), float(pt[1, t]), float(pt[2, t])
-                if gs != 1.0 or clipvalue != math.inf or l2 != 0.0:
-                    g = np.multiply(g, dt(gs), out=np.empty_like(w))
-                    if clipvalue != math.inf:
-                        np.clip(g, dt(-clipvalue), dt(clipvalue), out=g)
-                    if l2 != 0.0:
-                        g += dt(l2) * w
-                else:
-                    g = g.view()
-                g.flags.writeable = False
-                if rule.host_decay:
-                    rule.host_step(w, g, self._state[t], named, backend, keep=keep)
-                    continue
-                if keep != 1.0:
-                    w *= dt(keep)
-                rule.host_step(w, g, self._state[t], named, backend)
+            for t, g in enumerate(grads):
+                if g is not None:
+                    self._tensor_step(t, g, pt, named, clipvalue)
+
+    def _tensor_step(self, t, g, pt, named, clipvalue):
+        """Tensor ``t``'s update, on the host arrays it holds."""
+        self._update(self.params[t], g, self._state[t], pt[:, t], named, clipvalue)
+
+    def _update(self, w, g, state, factors, named, clipvalue):
+        """One tensor's update on host arrays: ``w`` and ``state`` in place,
+        ``g`` (any shape of ``w``'s size) not modified."""
+        rule, backend = self.rule, self.backend
+        dt = w.dtype.type
+        g = g.reshape(w.shape)
+        gs, keep, l2 = float(factors[0]), float(factors[1]), float(factors[2])
+        if gs != 1.0 or clipvalue != math.inf or l2 != 0.0:
+            g = np.multiply(g, dt(gs), out=np.empty_like(w))
+            if clipvalue != math.inf:
+                np.clip(g, dt(-clipvalue), dt(clipvalue), out=g)
+            if l2 != 0.0:
+                g += dt(l2) * w
+        else:
+            g = g.view()
+        g.flags.writeable = False
+        if rule.host_decay:
+            rule.host_step(w, g, state, named, backend, keep=keep)
+            return
+        if keep != 1.0:
+            w *= dt(keep)
+        rule.host_step(w, g, state, named, backend)
 
     def sumsq(self, grads):
         """Per-tensor sums of squares of the gradients (float64; clipping by norm)."""
         with np.errstate(all="ignore"):
             return np.array([0.0 if g is None else
                              float(np.sum(np.square(g, dtype=np.float64))) for g in grads])
+
+
+class StagedPlan(Plan):
+    """A :class:`Plan` over CUDA device tensors, staged through the host.
+
+    Per tensor and step: the parameter, the gradient and the slots are copied
+    to host NumPy arrays, :meth:`Plan._update` runs there (``host_step`` with
+    the **numpy** backend module), and the parameter and the slots are copied
+    back.  One tensor at a time, so the host holds one tensor's arrays at
+    once.  The device is written only by the copies back, after the host work
+    (which does not raise; every input was checked before the step began) --
+    a CUDA error in a copy can still stop a step part-way, as it can stop a
+    kernel.  Correct, and as fast as the host and the PCIe transfers allow:
+    not a GPU kernel.
+
+    Parameters
+    ----------
+    rule : fastopt.rule.Rule
+        A ``per_tensor`` rule.
+    params : list of device arrays
+        The parameters, in their own shapes (one dtype; Numba device arrays).
+    slots : list of list of device arrays
+        Per slot (in ``rule.slots`` order), per tensor: the device views.
+    device : module
+        The cuda backend module (``to_host``, ``assign``).
+    backend : module
+        The host backend module ``host_step`` gets (the numpy backend).
+    """
+
+    def __init__(self, rule, params, slots, device, backend):
+        super().__init__(rule, params, slots, backend)
+        self.device = device
+
+    def _tensor_step(self, t, g, pt, named, clipvalue):
+        to_host, assign = self.device.to_host, self.device.assign
+        w = to_host(self.params[t])
+        state = {name: to_host(v) for name, v in self._state[t].items()}
+        self._update(w, to_host(g), state, pt[:, t], named, clipvalue)
+        assign(self.params[t], w)
+        for name, v in self._state[t].items():
+            assign(v, state[name])
+
+    def sumsq(self, grads):
+        """Per-tensor sums of squares of the gradients, on host copies."""
+        return super().sumsq([None if g is None else self.device.to_host(g) for g in grads])

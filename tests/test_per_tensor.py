@@ -9,8 +9,11 @@ reference on every host backend; the slots keep their own shapes through
 ``state_arrays``, ``state_dict``/``load_state_dict``, state files and
 pickling; a slot of the wrong shape is refused and nothing changes; the
 pipeline around the rule (weight decay, clipping, ``maximize``, ``None``
-gradients, parameter groups) is the kernels'; bfloat16 state, device
-parameters and ``ShardedOptimizer`` are refused with the rule's reasons.
+gradients, parameter groups) is the kernels'; bfloat16 state and
+``ShardedOptimizer`` are refused with the rule's reasons; CUDA device
+parameters (on Numba's CUDA simulator here) keep the slots on the device in
+their own shapes and are staged through the host, with the numpy backend's
+results bit for bit.
 """
 import copy
 import pickle
@@ -25,6 +28,7 @@ from fastopt.optimizer import Optimizer
 from fastopt.rule import RULES, TENSOR_RULES, Rule, get_rule
 
 from cases import HOST_BACKENDS
+from cuda_helpers import dev, host, needs_cuda
 
 
 def row_slot_shapes(shape):
@@ -276,6 +280,36 @@ def test_parameter_groups_and_mixed_dtypes():
 def test_refusals():
     with pytest.raises(ValueError, match="state_dtype='bfloat16' is not offered.*per_tensor"):
         RowSGD(make_params(np.float32), state_dtype="bfloat16")
+
+
+@needs_cuda
+def test_device_parameters_are_staged_through_the_host():
+    """Slots on the device in their own shapes (a vector's row slot is 0-d);
+    every step matches the numpy backend on host copies bit for bit,
+    weight decay, clipping by value, a None gradient and a zero step
+    included."""
+    kwargs = dict(learning_rate=0.05, weight_decay=0.1, clipvalue=0.8)
+    ref = make_params()
+    on_host = RowSGD(ref, backend="numpy", **kwargs)
+    on_device = [dev(p) for p in make_params()]
+    opt = RowSGD(on_device, **kwargs)
+    assert opt.backends == {"float64": "cuda"}
+    live = opt.state_arrays()
+    assert live["rows/0"].shape == (4,) and live["rows/2"].shape == ()
+    assert all(hasattr(a, "copy_to_host") for a in live.values())  # device arrays
+    for t in range(4):
+        g = grads_at(t)
+        if t == 1:
+            g[1] = None
+        on_host.step(g)
+        opt.step([None if x is None else dev(x) for x in g])
+        for a, b in zip(ref, on_device):
+            assert np.array_equal(host(b), a)
+    want = on_host.state_dict()["slots"]
+    got = opt.state_dict()["slots"]
+    assert got.keys() == want.keys()
+    for key in want:
+        assert isinstance(got[key], np.ndarray) and np.array_equal(got[key], want[key]), key
 
 
 def test_over_state_takes_slots_of_their_own_shapes():

@@ -307,14 +307,10 @@ class Muon(Optimizer):
 
     def _build(self):
         owner = type(self).__name__
-        if self._device:
-            raise ValueError(f"{owner}: the params are CUDA device arrays; Muon's "
-                             "Newton–Schulz runs through NumPy's BLAS on the host, so it takes "
-                             "host NumPy arrays only (staging every matrix through the host "
-                             "each step would cost more than the update)")
         given = getattr(self, "_given_state", None)
-        if given is not None and len(self._param_groups) > 1:
-            raise ValueError(f"{owner}: state in the caller's arrays needs one parameter group")
+        if given is not None and (self._device or len(self._param_groups) > 1):
+            raise ValueError(f"{owner}: state in the caller's arrays needs host parameters "
+                             "and one parameter group")
         if self.convention == "torch":
             for label, shape in zip(self._tree.labels, self._tree.shapes):
                 if len(shape) != 2:
@@ -351,6 +347,7 @@ class Muon(Optimizer):
                     group = TensorGroup(idx, [self._params[i] for i in idx], rule, {},
                                         self._backend_name,
                                         [i not in self._excluded for i in idx],
+                                        self._device,
                                         slot_arrays=None if slots is None else
                                         {name: [slots[name][i] for i in idx]
                                          for name in rule.slots})
