@@ -4,7 +4,9 @@ The real frameworks' trajectories are replayed by tests/test_golden.py
 (``keras_adafactor*``, ``torch_adafactor*``).  Here: every host backend
 against the independent float64 references (float64 and float32, 0-d to 3-D
 tensors, tall and wide, zero steps, weight decay, maximize); the factored
-state's shapes and bytes; every state path; the refusals; and
+state's shapes and bytes; every state path; the refusals; CUDA device
+parameters (host staging, on Numba's CUDA simulator here) against the numpy
+backend; and
 ``fastopt.torch.Adafactor`` against ``torch.optim.Adafactor`` with
 checkpoints moving both ways.
 """
@@ -18,6 +20,7 @@ import fastopt
 from fastopt.algorithms import adafactor as af
 
 from cases import HOST_BACKENDS
+from cuda_helpers import dev, host, needs_cuda
 
 SHAPES = [(3, 4), (6, 2), (2, 3, 4), (5,), ()]
 SLOT_SHAPES = {"keras": af.slot_shapes_keras, "torch": af.slot_shapes_torch}
@@ -179,12 +182,30 @@ def test_sharded_optimizer_refuses_adafactor():
         ShardedOptimizer(fastopt.Adafactor, [np.zeros((4, 3))])
 
 
-def test_device_parameters_are_refused():
-    from fastopt.buffers import TensorGroup
-    from fastopt.rule import get_rule
-    with pytest.raises(ValueError, match="does not run on CUDA device arrays"):
-        TensorGroup([0], [np.zeros((2, 2))], get_rule("adafactor"), {}, "auto", [True],
-                    device=True)
+@needs_cuda
+@pytest.mark.parametrize("convention", ["keras", "torch"])
+def test_device_parameters_are_staged_through_the_host(convention):
+    """The factored moments live on the device in their own shapes; each
+    step runs the host code on copies (numpy backend): bit-identical."""
+    ref = params()
+    on_host = fastopt.Adafactor(ref, learning_rate=0.5, weight_decay=0.01, backend="numpy",
+                                convention=convention)
+    on_device = [dev(p) for p in params()]
+    opt = fastopt.Adafactor(on_device, learning_rate=0.5, weight_decay=0.01,
+                            convention=convention)
+    assert opt.backends == {"float64": "cuda"}
+    live, want_live = opt.state_arrays(), on_host.state_arrays()
+    assert live.keys() == want_live.keys()
+    for key, a in live.items():
+        assert hasattr(a, "copy_to_host") and a.shape == want_live[key].shape, key
+    for t in range(5):
+        on_host.step(grads_at(t))
+        opt.step([dev(g) for g in grads_at(t)])
+    for a, b in zip(ref, on_device):
+        assert np.array_equal(host(b), a)
+    want = on_host.state_dict()["slots"]
+    for key, a in opt.state_dict()["slots"].items():
+        assert np.array_equal(a, want[key]), key
 
 
 def test_relative_step_changes_nothing_as_in_keras():
