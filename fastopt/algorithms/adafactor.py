@@ -101,9 +101,12 @@ class Adafactor(Optimizer):
     relative_step : bool, default True
         Keras's option; no effect (see above).
     **kwargs
-        See :class:`fastopt.Optimizer`.  ``state_dtype="bfloat16"``, CUDA
-        device parameters and :class:`fastopt.distributed.ShardedOptimizer`
-        are refused (a factored moment cannot be cut by flat index).
+        See :class:`fastopt.Optimizer`.  ``state_dtype="bfloat16"`` and
+        :class:`fastopt.distributed.ShardedOptimizer` are refused (a factored
+        moment cannot be cut by flat index).  CUDA device parameters run by
+        host staging (:class:`fastopt.per_tensor.StagedPlan`: moments on the
+        device, each tensor copied to the host and back every step; the
+        numpy backend's results, at host and PCIe speed, not a GPU kernel).
     """
 
     _DEFAULTS = {"learning_rate": 0.001, "beta_2_decay": -0.8, "epsilon_1": 1e-30,

@@ -114,9 +114,14 @@ class Muon(Optimizer):
     The matrix products run on NumPy's BLAS (:mod:`fastopt.blas`: its thread
     count follows :func:`fastopt.set_num_threads` when that was called); the
     momentum, the AdamW part and the other elementwise work run as generated
-    element loops on the chosen backend.  Host arrays only (CUDA device
-    arrays are refused), and :class:`fastopt.ShardedOptimizer` refuses Muon:
-    the iteration needs each whole matrix, which ZeRO-1 cuts by element.
+    element loops on the chosen backend.  CUDA device arrays run by host
+    staging (:class:`fastopt.per_tensor.StagedPlan`): the momentum lives on
+    the device, and each step copies every matrix, its gradient and momentum
+    to the host, runs the same host code (numpy backend) and copies the
+    matrix and momentum back -- the numpy backend's results at host and PCIe
+    speed, not a GPU kernel; the AdamW tensors run the compiled kernel on the
+    GPU.  :class:`fastopt.ShardedOptimizer` refuses Muon: the iteration needs
+    each whole matrix, which ZeRO-1 cuts by element.
 
     Parameters
     ----------
@@ -153,8 +158,8 @@ class Muon(Optimizer):
         torch only.
     **kwargs
         See :class:`fastopt.Optimizer` (``weight_decay`` is decoupled under
-        both conventions).  ``state_dtype`` and CUDA device arrays are not
-        offered.
+        both conventions).  ``state_dtype`` is not offered; CUDA device
+        arrays run by host staging (above).
     """
 
     _DEFAULTS = {"learning_rate": 0.001, "adam_beta_1": 0.9, "adam_beta_2": 0.999,
