@@ -28,7 +28,8 @@ Newton--Schulz) declares instead, in its family module::
   ``scalars`` the named per-step scalars, ``rule.prepare(*public scalars)``
   (float64, plain Python allowed), or the public scalars by name when the
   rule has no ``prepare``; ``backend`` the backend module the optimizer
-  chose (``numpy``, ``numba`` or ``cython``; ``backend.NAME``), whose
+  chose (``numpy``, ``numba`` or ``cython``; ``backend.NAME``; ``numpy``
+  for CUDA device parameters, see below), whose
   single-tensor kernels (``backend.<rule>(param, grad, *slots, *scalars,
   keep=, gscale=, l2=, clipvalue=)``, contiguous 1-D arrays) run the
   elementwise parts as generated loops.  It returns nothing and must not
