@@ -59,6 +59,11 @@ both follow it.  An optimizer-like object offers:
     file, in every process: its result, or an error in every process if it
     failed in any (named ``where``).  :mod:`fastopt.train` reads checkpoints
     through it when the optimizer has it, so that no process is left waiting.
+
+``any_rank(flag)``
+    Whether ``flag`` is true in any process (collective).  :func:`fastopt.train.fit`
+    calls the callbacks through ``agree`` in every process (with callbacks or
+    without) and stops every process when one's callbacks ask to stop.
 """
 from __future__ import annotations
 

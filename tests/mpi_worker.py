@@ -35,6 +35,8 @@ rank waiting.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -421,6 +423,36 @@ def scenario_fit_checkpoint_resume(comm):
     compare_arrays([w_alone], [w_whole], False, "weights resumed in one process")
 
 
+def scenario_fit_rank_local_callbacks(comm):
+    """Callbacks on some ranks only -- a progress bar on rank 0 (verbose=2
+    there, 0 elsewhere) and a callback that asks to stop after the second
+    epoch on the last rank only: every rank runs the same epochs and ends
+    with the same weights (it used to leave the ranks in different
+    collectives)."""
+    from fastopt import train
+    from fastopt.distributed import DataParallelModel, ShardedOptimizer
+    X, y, _ = train.load_builtin()
+    X, y = X[:96], y[:96]
+
+    class StopAfterTwo(train.Callback):
+        def on_epoch_end(self, epoch, logs):
+            return epoch >= 1
+
+    model = train.MLP(4, hidden=(5,), seed=0, dtype="float64")
+    opt = ShardedOptimizer(fastopt.Adam, model.params, comm=comm, learning_rate=0.01)
+    model = DataParallelModel(model, comm)
+    last = comm.rank == comm.size - 1
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        h = train.fit(model, X, y, opt, epochs=5, batch_size=16,
+                      verbose=2 if comm.rank == 0 else 0,
+                      callbacks=[StopAfterTwo()] if last else [])
+    epochs = comm.allgather(len(h.history["loss"]))
+    if epochs != [2] * comm.size:
+        raise AssertionError(f"epochs run per rank: {epochs} (every rank should stop after 2)")
+    weights = comm.allgather(model.flat_params.copy())
+    compare_arrays(weights[1:], weights[:-1], True, "weights across ranks")
+
+
 def expect_error(comm, fn, cls, *fragments):
     """``fn`` must raise ``cls`` on every rank, its message holding the
     fragments (checked on the ranks listed with each fragment)."""
@@ -522,7 +554,7 @@ def scenario_errors(comm):
 SCENARIOS = [f"{name}/{kind}" for name in CASES for kind in ("exact", "general")] + [
     "state", "state_mid_accumulation", "state_nadam_mid_accumulation", "state_bytes",
     "schedulefree_modes",
-    "fit_checkpoint_resume", "errors"]
+    "fit_checkpoint_resume", "fit_rank_local_callbacks", "errors"]
 
 
 def main():

@@ -438,6 +438,15 @@ class ShardedOptimizer:
         checkpoints)."""
         return agreed(self.comm, where, work)
 
+    def any_rank(self, flag):
+        """Whether ``flag`` is true on any rank (collective): how
+        :mod:`fastopt.train` makes a stop asked for by one rank's callbacks
+        the decision of every rank."""
+        value = np.array([bool(flag)], np.int8)
+        if self.comm.size > 1:
+            self.comm.Allreduce(mpi().IN_PLACE, value, op=mpi().MAX)
+        return bool(value[0])
+
     def state_dict(self):
         """This rank's state: the wrapped optimizer's ``state_dict`` (slots
         are this rank's 1-D pieces, under the unsharded keys) plus

@@ -235,6 +235,7 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
     # checks its own shard of the data: every rank goes on, or every rank
     # raises (one rank's bad data must not leave the others in a collective)
     agree = getattr(optimizer, "agree", None)
+    any_rank = getattr(optimizer, "any_rank", None)
 
     def on_every_rank(work, where):
         return work() if agree is None else agree(work, f"{owner}: {where}")
@@ -285,8 +286,18 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
             for cb in callbacks:
                 stop = bool(getattr(cb, method)(*args)) or stop
             return stop
-        return on_every_rank(work, f"the callbacks' {method}") if callbacks else False
+        if agree is None:
+            return work() if callbacks else False
+        # every rank enters the collective, with callbacks or without (verbose
+        # on one rank only), and a stop asked for on any rank stops every rank
+        stop = on_every_rank(work, f"the callbacks' {method}")
+        return any_rank(stop) if any_rank is not None else stop
     call("on_train_begin")
+    # whether the batches call the callbacks: on every rank alike when any
+    # rank has callbacks (each call is collective under a sharded optimizer)
+    per_batch = bool(callbacks)
+    if agree is not None:
+        per_batch = any_rank(per_batch) if any_rank is not None else True
 
     x_buf = np.empty((min(batch_size, n), X.shape[1]), X.dtype)
     y_buf = np.empty((min(batch_size, n), y.shape[1]), y.dtype)
@@ -306,7 +317,7 @@ def fit(model, X, y, optimizer, epochs=1, batch_size=32, shuffle=True, seed=0,
             total += value * len(idx)
             correct += _correct(z, yb, model.output)
             seen = start + len(idx)
-            if callbacks:
+            if per_batch:
                 logs = {"loss": total / seen, "accuracy": correct / (seen * units)}
                 call("on_batch_end", batch, logs)
         logs = {"loss": total / n, "accuracy": correct / (n * units)}
