@@ -491,3 +491,19 @@ def test_report_names_the_rows_run_under_their_own_convention(capsys):
     code, out, err = _run(["--optimizers", "adam,lion,rprop", "--backends", "numba", *TINY,
                            "--no-torch", "--no-numerics"], capsys)
     assert "keras convention (rprop: torch, its only one)" in out
+
+
+def test_each_row_prints_the_ceiling_its_percentage_is_taken_against(tmp_path, capsys):
+    # a reader can redo the division from the printed numbers (GB/s / ceiling)
+    path = tmp_path / "bench.json"
+    code, out, err = _run(["--optimizers", "adam,sgd", "--backends", "numba", *TINY,
+                           "--no-torch", "--no-numerics", "--json", str(path)], capsys)
+    assert code == 0, err
+    rows = json.loads(path.read_text())["rows"]
+    lines = [ln.split() for ln in out.splitlines() if ln.split()[:2] in
+             (["adam", "numba"], ["sgd", "numba"])]
+    assert len(lines) == len(rows) == 4
+    for cells, r in zip(lines, rows):
+        gbps, ceiling, pct = float(cells[6]), float(cells[7]), float(cells[8].rstrip("%"))
+        assert ceiling == round(r["ceiling_gbps"], 1)
+        assert abs(100 * gbps / ceiling - pct) <= 1.0 + 100 * 0.05 / ceiling * (1 + gbps / ceiling)
