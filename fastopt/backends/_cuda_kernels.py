@@ -260,12 +260,7 @@ def render_reduce(rule):
 
 def reduce_function(rule):
     """A two_phase ``rule``'s reduce kernel as a Python function."""
-    source = render_reduce(rule)
-    ns = dict(globals())
-    exec(compile(source, __file__, "exec"), ns)  # noqa: S102 - our own rendered rules
-    fn = ns["reduce_" + rule.name]
-    fn.source = source
-    return fn
+    return _as_function(render_reduce(rule), "reduce_" + rule.name)
 
 
 _REDUCES = {}
@@ -283,10 +278,15 @@ def step_function(rule):
     """``rule``'s step kernel as a Python function (what ``cuda.jit`` compiles),
     executed as if written in this file, with this module's helpers as its
     globals."""
-    source = render(rule)
+    return _as_function(render(rule), "step_" + rule.name)
+
+
+def _as_function(source, name):
+    """The function ``name`` defined by ``source``, executed as if written in
+    this file (this module's helpers as its globals), its source attached."""
     ns = dict(globals())
     exec(compile(source, __file__, "exec"), ns)  # noqa: S102 - our own rendered rules
-    fn = ns["step_" + rule.name]
+    fn = ns[name]
     fn.source = source
     return fn
 
