@@ -15,10 +15,14 @@ has abandoned.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 
 import numpy as np
+
+# seconds an aborting rank waits after writing its reason to stderr (see or_abort)
+_ABORT_GRACE_S = 0.5
 
 INSTALL_HINT = ("pip install 'fastopt[mpi]' (mpi4py and the mpich wheel, which brings "
                 "mpiexec), or install mpi4py built against your cluster's MPI")
@@ -112,4 +116,9 @@ def or_abort(comm, where):
                          f"({type(e).__name__}: {e})\n"
                          + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
         sys.stderr.flush()
+        # MPI_Abort tears the job down at once, and the launcher may not yet
+        # have forwarded what is still in this rank's stderr pipe (seen on
+        # MPICH's hydra: about one run in fifteen lost the message): give it
+        # a moment; an abort is the rare path.
+        time.sleep(_ABORT_GRACE_S)
         comm.Abort(1)
