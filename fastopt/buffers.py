@@ -95,7 +95,13 @@ class TensorGroup:
     counted : bool
         The plan rounds stochastically and reads the update count
         (``plan.updates``), which must be set before each step.
+    ema_fused : bool
+        The plan holds the moving averages of the group's parameters
+        (``plan.attach_ema``) and its ``step_ema`` updates them in the
+        kernel's pass (set by the optimizer, with ``use_ema``).
     """
+
+    ema_fused = False
 
     def __init__(self, indices, arrays, rule, slot_init, backend, decays, device=False,
                  reduced_state=None, slot_arrays=None):
@@ -189,7 +195,15 @@ class TensorGroup:
 class HostArrays:
     """The array work the optimizer does itself on host parameters (moving
     averages, gradient accumulation, state); ``fastopt.backends.cuda_backend``
-    has the same functions for device parameters."""
+    has the same functions for device parameters.
+
+    ``lerp``, ``add_scaled`` and ``add_mean`` are one in-place pass each,
+    with no temporary array: the numba backend's compiled passes where Numba
+    is installed, else NumPy in blocks of :data:`BLOCK` elements (a
+    temporary of one block).  Both round as the NumPy expressions in their
+    docstrings do (the scalars rounded to the array's dtype first), to the
+    same bits.
+    """
 
     zeros_like = staticmethod(np.zeros_like)
 
@@ -209,12 +223,56 @@ class HostArrays:
 
     @staticmethod
     def lerp(y, x, a, b):
-        y[...] = a * y + b * x
+        """``y[...] = a*y + b*x``."""
+        compiled = _compiled()
+        if compiled is not None:
+            compiled.lerp(y, x, a, b)
+            return
+        for ys, xs in _blocks(y, x):
+            ys *= a
+            ys += xs * b
 
     @staticmethod
     def add_scaled(y, x, s):
-        y += x if s == 1.0 else x * s
+        """``y += x*s`` (``y += x`` when ``s`` is 1)."""
+        compiled = _compiled()
+        if compiled is not None:
+            compiled.add_scaled(y, x, s)
+            return
+        for ys, xs in _blocks(y, x):
+            ys += xs if s == 1.0 else xs * s
 
     @staticmethod
-    def divide(y, k):
-        y /= k
+    def add_mean(y, x, s, k):
+        """``y += x*s; y /= k``: the last call of an accumulation cycle."""
+        compiled = _compiled()
+        if compiled is not None:
+            compiled.add_mean(y, x, s, k)
+            return
+        for ys, xs in _blocks(y, x):
+            ys += xs if s == 1.0 else xs * s
+            ys /= k
+
+
+#: Elements per block of HostArrays' NumPy fallback.
+BLOCK = 1 << 16
+
+_numba = []  # [module or None], found on first use
+
+
+def _compiled():
+    """The numba backend (its in-place passes), or None without Numba."""
+    if not _numba:
+        from .backends import get_backend
+        try:
+            _numba.append(get_backend("numba"))
+        except ImportError:
+            _numba.append(None)
+    return _numba[0]
+
+
+def _blocks(y, x):
+    """Matching flat blocks of ``y`` and ``x`` (C-contiguous, one shape)."""
+    fy, fx = y.reshape(-1), x.reshape(-1)
+    for s in range(0, fy.size, BLOCK):
+        yield fy[s:s + BLOCK], fx[s:s + BLOCK]

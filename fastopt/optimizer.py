@@ -34,7 +34,7 @@ from .backends import get_backend
 from .buffers import HostArrays, ParamGroup, TensorGroup
 from .hyperparams import checked_lr, lr_config, scheduled_lr
 from .params import ParamTree
-from .pipeline import (accumulate, copy_averages, decay_factors, update_counts,
+from .pipeline import (accumulate, copy_averages, decay_factors, ema_weight, update_counts,
                        update_ema)
 from .protocol import local_tensor_sums
 from .optimizer_state import StateMethods
@@ -324,6 +324,14 @@ class Optimizer(StateMethods):
             self._ema = [zeros_like(p) for p in self._params] if self.use_ema else None
             self._accumulated = ([zeros_like(p) for p in self._params]
                                  if self.gradient_accumulation_steps else None)
+        # the moving average inside the kernel's pass, where the plan can
+        # (fastopt.pipeline); these are the averages' arrays for the life of
+        # the optimizer (load_state_dict copies into them)
+        self._ema_now, self._ema_done = None, []
+        for group in self._tensor_groups:
+            group.ema_fused = self._ema is not None and getattr(group.plan, "fuses_ema", False)
+            if group.ema_fused:
+                group.plan.attach_ema([self._ema[i].reshape(-1) for i in group.indices])
 
     @property
     def _groups(self):
@@ -434,6 +442,10 @@ class Optimizer(StateMethods):
                     runs.append((pg, lr, scalars))
             # Everything is validated; from here on only arithmetic runs.
             inv = 1.0 if self.loss_scale_factor is None else 1.0 / self.loss_scale_factor
+            ema = self._ema is not None
+            if ema:  # the momentum of this call's average, for the kernels that fold it in
+                self._ema_now = ema_weight(updates, self.ema_momentum)
+                self._ema_done = []
             if accumulated is not None:  # NumPy arithmetic: never an exception halfway
                 with np.errstate(all="ignore"):
                     grads, inv = accumulate(self._arrays, accumulated, grads, inv, applying,
@@ -445,10 +457,19 @@ class Optimizer(StateMethods):
                 if accumulated is not None:
                     for acc in accumulated:
                         self._arrays.zero(acc)
-            if self._ema is not None:
+            if ema:
+                self._ema_now = None
+                done = self._ema_done
+                if not done:
+                    rest = None  # every average in a pass of its own
+                elif len(done) == len(self._tensor_groups):
+                    rest = ()
+                else:
+                    rest = [i for g in self._tensor_groups if g not in done
+                            for i in g.indices]
                 with np.errstate(all="ignore"):
                     update_ema(self._arrays, self._ema, self._params, updates,
-                               self.ema_momentum, self.ema_overwrite_frequency)
+                               self.ema_momentum, self.ema_overwrite_frequency, rest)
             self._iterations += 1
 
     def _apply(self, grads, inv, runs):
@@ -469,7 +490,7 @@ class Optimizer(StateMethods):
             group = self._tensor_groups[0]
             group.set_factors(-scales[0] if hyper["maximize"] else scales[0], keep, l2)
             if not pg.rule.two_phase:
-                group.plan.step(grads, group.factors, scalars, clipvalue)
+                self._plan_step(group, grads, scalars, clipvalue)
                 return
             work = [(pg.rule, group, grads, scalars)]
         else:
@@ -494,7 +515,18 @@ class Optimizer(StateMethods):
             for (_, group, _, _), row in zip(work, update):
                 group.factors[3] = row
         for _, group, group_grads, scalars in work:
-            group.plan.step(group_grads, group.factors, scalars, clipvalue)
+            self._plan_step(group, group_grads, scalars, clipvalue)
+
+    def _plan_step(self, group, grads, scalars, clipvalue):
+        """One tensor group's kernel call; with ``use_ema``, the moving
+        average of its parameters in the same pass where its plan can
+        (recorded in ``_ema_done``: the others are averaged after the step)."""
+        m = self._ema_now
+        if m is not None and group.ema_fused:
+            group.plan.step_ema(grads, group.factors, scalars, clipvalue, m)
+            self._ema_done.append(group)
+        else:
+            group.plan.step(grads, group.factors, scalars, clipvalue)
 
     # -- moving averages --------------------------------------------------------------
     def finalize_variable_values(self):

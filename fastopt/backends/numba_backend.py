@@ -79,6 +79,18 @@ def _view(ptrs, row, t, start, stop, like):
     return carray(as_ptr(ptrs[row, t], like), stop)[start:]
 
 
+@kernel
+def _ema_chunk(y, x, m):
+    # the moving average y <- m*y + (1-m)*x in y's dtype, both weights rounded
+    # from float64 to it first: the same operations, and so the same bits, as
+    # NumPy's ``y[...] = m*y + (1-m)*x`` with Python floats m and 1-m
+    dt = y.dtype.type
+    a = dt(m)
+    b = dt(1.0 - m)
+    for i in range(y.shape[0]):
+        y[i] = a * y[i] + b * x[i]
+
+
 # ---------------------------------------------------------------------------
 # Generated code.  Each rule's element function (fastopt.algorithms) is
 # rendered into the element loop below, and the loop into a driver that
@@ -92,6 +104,11 @@ def _view(ptrs, row, t, start, stop, like):
 # infinite parameter into a NaN gradient); where LLVM does not unswitch (the
 # larger loops over bfloat16 parameters, numba_bf16) the guarded term is a
 # select on values already loaded, which still vectorises.
+#
+# ``_step_ema`` is ``_step`` followed, in each chunk, by the moving average
+# of the chunk's parameters (``use_ema``): ``eptrs`` row 0 holds the averages'
+# data pointers, ``em`` the momentum of this step (:func:`_ema_chunk`).  It is
+# a driver of its own, so the plain step is the same code with or without it.
 #
 # The functions are closures over ``__key`` (a hash of the generated source),
 # which Numba's on-disk cache hashes into its key, and are compiled as if
@@ -132,7 +149,22 @@ def _make(__key):
                 loop_{name}(_view(ptrs, 0, t, s, e, like), _view(ptrs, 1, t, s, e, like),
                             {slot_views}hp, pt[0, t], pt[1, t], pt[2, t]{us_pass})
 
-    return _loop, _step
+    def _step_ema(ptrs, ids, offset, none_id, table, pt, hp, like, eptrs, em):
+        __key  # noqa: B018
+        if offset >= 0:
+            _resolve_pointers(ids, offset, none_id, ptrs[1])
+        for c in prange(table.shape[1]):
+            t = table[0, c]
+            s = table[1, c]
+            e = table[2, c]
+            if ptrs[1, t] != 0:
+                loop_{name}(_view(ptrs, 0, t, s, e, like), _view(ptrs, 1, t, s, e, like),
+                            {slot_views}hp, pt[0, t], pt[1, t], pt[2, t]{us_pass})
+            # the chunk's parameters are still in cache: only the average costs
+            # memory traffic (tensors without a gradient are averaged too)
+            _ema_chunk(_view(eptrs, 0, t, s, e, like), _view(ptrs, 0, t, s, e, like), em)
+
+    return _loop, _step, _step_ema
 """
 
 # A two_phase rule's first pass (fastopt.two_phase): the element function
@@ -282,9 +314,11 @@ class Compiled:
         self.source = render(rule)
         loop, step = "loop_" + rule.name, "step_" + rule.name
         ns, fns = generate(self.source, source_key(self.source), __file__, globals(),
-                           (loop, step))
+                           (loop, step, "step_ema_" + rule.name))
         self.loop = ns[loop] = kernel(fns[loop])
         self.step_parallel, self.step_serial = driver(fns[step])
+        # compiled on first use only: optimizers without use_ema never build it
+        self.ema_parallel, self.ema_serial = driver(fns["step_ema_" + rule.name])
         if rule.two_phase:
             self.reduce_source = render_reduce(rule)
             rloop, red = "rloop_" + rule.name, "reduce_" + rule.name
@@ -445,10 +479,18 @@ def chunk_table(sizes, chunk=CHUNK):
 
 
 class Plan(_contract.Plan):
-    """Prepared multi-tensor step for one group of same-dtype tensors."""
+    """Prepared multi-tensor step for one group of same-dtype tensors.
+
+    After :meth:`attach_ema`, :meth:`step_ema` runs the step and the moving
+    average of the parameters (``use_ema``) in one pass."""
+
+    #: Whether :meth:`attach_ema` and :meth:`step_ema` fold the moving average
+    #: into the step.
+    fuses_ema = True
 
     def __init__(self, rule, params, slots):
         super().__init__(rule, params, slots)
+        self._eptrs = None
         n = len(params)
         self._ptrs = np.zeros((2 + len(slots), n), dtype=np.intp)
         for t, p in enumerate(params):
@@ -481,6 +523,40 @@ class Plan(_contract.Plan):
         else:  # pragma: no cover - only on an unusual NumPy build
             self._set_grads(grads)
             run(self._ptrs, self._ptrs[1], -1, 0, self._table, pt, self._hp, self._like)
+
+    def attach_ema(self, averages):
+        """Keep the addresses of ``averages`` (one C-contiguous array per
+        tensor, of its size and dtype, alive as long as the plan) for
+        :meth:`step_ema`."""
+        averages = list(averages)
+        if len(averages) != len(self.params) or any(
+                a.size != p.size or a.dtype != p.dtype or not a.flags.c_contiguous
+                for a, p in zip(averages, self.params)):
+            raise ValueError("attach_ema: one C-contiguous average per tensor, of its size "
+                             "and dtype")
+        self._averages = averages  # kept alive with the plan
+        self._eptrs = np.array([[a.ctypes.data for a in averages]], dtype=np.intp)
+
+    def step_ema(self, grads, pt, scalars, clipvalue, momentum):
+        """:meth:`step`, then in the same pass over each chunk ``ema <-
+        momentum * ema + (1 - momentum) * param`` on every tensor (those with
+        a None gradient too): the averages of :meth:`attach_ema`."""
+        self._hp[:] = self.rule.pack(scalars, clipvalue)
+        c = self._compiled
+        if self.size >= _THRESHOLD[self.dtype]:
+            run = c.ema_parallel
+            sync_threads()
+        else:
+            run = c.ema_serial
+        m = float(momentum)
+        if _DATA_OFFSET is not None:
+            ids = np.fromiter(map(id, grads), np.intp, len(grads))
+            run(self._ptrs, ids, _DATA_OFFSET, _NONE_ID, self._table, pt, self._hp,
+                self._like, self._eptrs, m)
+        else:  # pragma: no cover - only on an unusual NumPy build
+            self._set_grads(grads)
+            run(self._ptrs, self._ptrs[1], -1, 0, self._table, pt, self._hp, self._like,
+                self._eptrs, m)
 
     def reduce(self, grads, pt, scalars, clipvalue=math.inf):
         """A two_phase rule's first pass (:mod:`fastopt.two_phase`): the
@@ -545,6 +621,64 @@ def toward(w, z, c):
         _toward_parallel(flat_w, flat_z, w.dtype.type(c))
     else:
         _toward_serial(flat_w, flat_z, w.dtype.type(c))
+
+
+# In-place passes over one tensor for the array work around the kernels
+# (fastopt.buffers.HostArrays: moving averages, gradient accumulation): the
+# NumPy expressions of the reference, in the array's dtype, with the same
+# roundings (each scalar rounded from float64 to the dtype first), and no
+# temporary array.
+
+def _lerp_impl(y, x, a, b):
+    dt = y.dtype.type
+    a_ = dt(a)
+    b_ = dt(b)
+    for i in prange(y.size):
+        y[i] = a_ * y[i] + b_ * x[i]
+
+
+def _add_scaled_impl(y, x, s):
+    s_ = y.dtype.type(s)
+    for i in prange(y.size):
+        y[i] = y[i] + x[i] * s_
+
+
+def _add_mean_impl(y, x, s, k):
+    dt = y.dtype.type
+    s_ = dt(s)
+    k_ = dt(k)
+    for i in prange(y.size):
+        y[i] = (y[i] + x[i] * s_) / k_
+
+
+_lerp_drivers = driver(_lerp_impl)
+_add_scaled_drivers = driver(_add_scaled_impl)
+_add_mean_drivers = driver(_add_mean_impl)
+
+
+def _elementwise(drivers, y, *args):
+    if y.size >= get_parallel_threshold(y.dtype):
+        sync_threads()
+        drivers[0](y.reshape(-1), *args)
+    else:
+        drivers[1](y.reshape(-1), *args)
+
+
+def lerp(y, x, a, b):
+    """``y <- a*y + b*x`` in place, one pass: ``y`` and ``x`` C-contiguous of
+    one shape and dtype, ``a`` and ``b`` floats rounded to that dtype."""
+    _elementwise(_lerp_drivers, y, x.reshape(-1), float(a), float(b))
+
+
+def add_scaled(y, x, s):
+    """``y <- y + x*s`` in place, one pass (``s`` rounded to the dtype)."""
+    _elementwise(_add_scaled_drivers, y, x.reshape(-1), float(s))
+
+
+def add_mean(y, x, s, k):
+    """``y <- (y + x*s) / k`` in place, one pass (``s`` and ``k`` rounded to
+    the dtype): the last call of a gradient-accumulation cycle."""
+    _elementwise(_add_mean_drivers, y, x.reshape(-1), float(s), float(k))
 
 
 # Threads.  Numba's thread count is thread-local; fastopt's is process-wide, as

@@ -443,6 +443,8 @@ class Plan(nb.Plan):
 
     refusal = staticmethod(refusal)
     ROUNDINGS = ROUNDINGS
+    #: the moving average runs as a pass of its own (fastopt.buffers.HostArrays)
+    fuses_ema = False
 
     def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
         why = refusal(rule)
