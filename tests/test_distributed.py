@@ -220,6 +220,8 @@ CONFIGS = [
     (fastopt.SGD, {"momentum": 0.9, "convention": "torch", "weight_decay": 0.01,
                    "global_clipnorm": 1.0}),
     (fastopt.RMSprop, {"use_ema": True, "gradient_accumulation_steps": 2}),
+    (fastopt.Adam, {"use_ema": True, "ema_overwrite_frequency": 2, "loss_scale_factor": 4.0,
+                    "gradient_accumulation_steps": 2, "backend": "numba"}),
     (fastopt.Nadam, {"learning_rate": 0.01, "gradient_accumulation_steps": 2}),
     (fastopt.NAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True}),
 ]
