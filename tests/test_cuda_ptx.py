@@ -124,7 +124,7 @@ def test_every_kernel_compiles_to_ptx():
     reduces = {f"reduce_{name}" for name, rule in RULES.items() if rule.two_phase}
     expected = {f"{k}[{dt}]" for dt in ("float32", "float64")
                 for k in set(rules) | reduces
-                | {"sumsq_chunks", "lerp", "add_scaled", "divide", "fill"}}
+                | {"sumsq_chunks", "lerp", "add_scaled", "add_mean", "fill"}}
     expected.add("sumsq_tensors")
     assert set(compiled) == expected
     for name, r in compiled.items():

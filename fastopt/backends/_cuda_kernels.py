@@ -357,7 +357,7 @@ def sumsq_tensors(first, partial, out):
 # Element-wise helpers for what the optimizer does outside its kernels with
 # device parameters (moving averages, gradient accumulation): the same
 # operations as the NumPy expressions in fastopt.buffers.HostArrays, in the
-# array's dtype, one tensor per launch.
+# array's dtype, one in-place pass (no temporary) per tensor per launch.
 
 @cuda.jit
 def lerp(y, x, a, b):
@@ -378,11 +378,12 @@ def add_scaled(y, x, s):
 
 
 @cuda.jit
-def divide(y, k):
-    """``y = y / k``."""
+def add_mean(y, x, s, k):
+    """``y = (y + x*s) / k``: the last call of an accumulation cycle."""
+    s_ = y.dtype.type(s)
     k_ = y.dtype.type(k)
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
-        y[i] = y[i] / k_
+        y[i] = (y[i] + x[i] * s_) / k_
 
 
 @cuda.jit
@@ -414,7 +415,7 @@ def ptx_signatures():
             (f"sumsq_chunks[{dt}]", sumsq_chunks.py_func, (i64, i64_2d, arr, f64)),
             (f"lerp[{dt}]", lerp.py_func, (arr, arr, nt.float64, nt.float64)),
             (f"add_scaled[{dt}]", add_scaled.py_func, (arr, arr, nt.float64)),
-            (f"divide[{dt}]", divide.py_func, (arr, nt.float64)),
+            (f"add_mean[{dt}]", add_mean.py_func, (arr, arr, nt.float64, nt.float64)),
             (f"fill[{dt}]", fill.py_func, (arr, nt.float64)),
         ]
     out.append(("sumsq_tensors", sumsq_tensors.py_func, (nt.int64[::1], nt.float64[::1],

@@ -308,9 +308,9 @@ def add_scaled(y, x, s):
     _launch_elementwise(_k.add_scaled, _flat(y), _flat(x), float(s))
 
 
-def divide(y, k):
-    """``y /= k``."""
-    _launch_elementwise(_k.divide, _flat(y), float(k))
+def add_mean(y, x, s, k):
+    """``y += x*s; y /= k`` in one pass: the last call of an accumulation cycle."""
+    _launch_elementwise(_k.add_mean, _flat(y), _flat(x), float(s), float(k))
 
 
 # ---------------------------------------------------------------------------
