@@ -199,10 +199,10 @@ class HostArrays:
 
     ``lerp``, ``add_scaled`` and ``add_mean`` are one in-place pass each,
     with no temporary array: the numba backend's compiled passes where Numba
-    is installed, else NumPy in blocks of :data:`BLOCK` elements (a
-    temporary of one block).  Both round as the NumPy expressions in their
-    docstrings do (the scalars rounded to the array's dtype first), to the
-    same bits.
+    is installed, else the cython backend's ``nogil`` loops, else NumPy in
+    blocks of :data:`BLOCK` elements (a temporary of one block).  All round
+    as the NumPy expressions in their docstrings do (the scalars rounded to
+    the array's dtype first), to the same bits.
     """
 
     zeros_like = staticmethod(np.zeros_like)
@@ -261,12 +261,17 @@ _numba = []  # [module or None], found on first use
 
 
 def _compiled():
-    """The numba backend (its in-place passes), or None without Numba."""
+    """The backend whose in-place passes HostArrays runs: numba, else cython,
+    else None (NumPy)."""
     if not _numba:
         from .backends import get_backend
-        try:
-            _numba.append(get_backend("numba"))
-        except ImportError:
+        for name in ("numba", "cython"):
+            try:
+                _numba.append(get_backend(name))
+                break
+            except ImportError:
+                pass
+        else:
             _numba.append(None)
     return _numba[0]
 

@@ -181,30 +181,28 @@ def test_state_dict_round_trip_keeps_the_fused_average():
         np.testing.assert_array_equal(x, y)
 
 
-def test_the_numpy_fallback_of_the_in_place_passes_rounds_the_same(monkeypatch):
-    """Without Numba, HostArrays runs NumPy in blocks: the same bits."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_form_of_the_in_place_passes_rounds_the_same(monkeypatch, dtype):
+    """HostArrays' passes: Numba's, Cython's where Numba is missing, NumPy
+    in blocks where both are: the NumPy expressions' bits."""
     rng = np.random.default_rng(4)
-    n = buffers.BLOCK * 2 + 17
-    for dtype in (np.float32, np.float64):
-        y0, x = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
-        got = {}
-        for name, compiled in (("numba", None), ("numpy", [None])):
-            if compiled is not None:
-                monkeypatch.setattr(buffers, "_numba", compiled)
-            else:
-                monkeypatch.setattr(buffers, "_numba", [])
-            y = y0.copy()
-            buffers.HostArrays.lerp(y, x, 0.9, 1.0 - 0.9)
-            buffers.HostArrays.add_scaled(y, x, 1.0 / 3.0)
-            buffers.HostArrays.add_mean(y, x, 0.25, 3)
-            got[name] = y
-        want = y0.copy()
-        want[...] = 0.9 * want + (1.0 - 0.9) * x
-        want += x * (1.0 / 3.0)
-        want += x * 0.25
-        want /= 3
-        np.testing.assert_array_equal(got["numba"], want)
-        np.testing.assert_array_equal(got["numpy"], want)
+    n = buffers.BLOCK * 2 + 17  # above the parallel thresholds
+    y0, x = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    want = y0.copy()
+    want[...] = 0.9 * want + (1.0 - 0.9) * x
+    want += x * (1.0 / 3.0)
+    want += x * 0.25
+    want /= 3
+    forms = [None] + [name for name in ("numba", "cython")
+                      if name in fastopt.available_backends()]
+    for form in forms:
+        module = None if form is None else fastopt.backends.get_backend(form)
+        monkeypatch.setattr(buffers, "_numba", [module])
+        y = y0.copy()
+        buffers.HostArrays.lerp(y, x, 0.9, 1.0 - 0.9)
+        buffers.HostArrays.add_scaled(y, x, 1.0 / 3.0)
+        buffers.HostArrays.add_mean(y, x, 0.25, 3)
+        np.testing.assert_array_equal(y, want, err_msg=str(form))
 
 
 @pytest.mark.parametrize("kw", [{"use_ema": True},

@@ -443,3 +443,61 @@ def get_parallel_threshold(dtype):
     if dtype == "float64":
         return _threshold_f64
     raise ValueError(f"get_parallel_threshold: dtype must be float32 or float64, got {dtype!r}")
+
+
+# ---------------------------------------------------------------------------
+# In-place passes over one tensor for the array work around the kernels
+# (fastopt.buffers.HostArrays: moving averages, gradient accumulation), no
+# temporary array: op 0 lerp y = a*y + b*x, 1 add_scaled y = y + x*a,
+# 2 add_mean y = (y + x*a) / b; a and b rounded to the tensor's type first,
+# as NumPy rounds Python floats -- the same bits as its expressions.
+
+cdef void _inplace_chunk(floating* y, const floating* x, Py_ssize_t n, int op, double a,
+                         double b) noexcept nogil:
+    cdef floating a_ = <floating>a
+    cdef floating b_ = <floating>b
+    cdef Py_ssize_t i
+    if op == 0:
+        for i in range(n):
+            y[i] = a_ * y[i] + b_ * x[i]
+    elif op == 1:
+        for i in range(n):
+            y[i] = y[i] + x[i] * a_
+    else:
+        for i in range(n):
+            y[i] = (y[i] + x[i] * a_) / b_
+
+
+cdef void _inplace(floating* y, const floating* x, Py_ssize_t n, int op, double a, double b,
+                   int nthreads) noexcept nogil:
+    cdef Py_ssize_t c, s, nchunks = (n + _CHUNK - 1) // _CHUNK
+    if nthreads > 1:
+        for c in prange(nchunks, schedule="static", num_threads=nthreads):
+            s = c * _CHUNK
+            _inplace_chunk(y + s, x + s, min(_CHUNK, n - s), op, a, b)
+    else:
+        _inplace_chunk(y, x, n, op, a, b)
+
+
+def inplace(cnp.ndarray y, cnp.ndarray x, int op, double a, double b):
+    """One in-place pass over ``y`` (see above): ``y`` and ``x`` C-contiguous
+    float32 or float64 arrays of one size and dtype, ``y`` writeable."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(y)
+    cdef int typenum = cnp.PyArray_TYPE(y)
+    if (typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE) \
+            or cnp.PyArray_TYPE(x) != typenum or cnp.PyArray_SIZE(x) != n \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(y) or not cnp.PyArray_IS_C_CONTIGUOUS(x) \
+            or not cnp.PyArray_ISWRITEABLE(y) or op < 0 or op > 2:
+        raise ValueError("inplace: y and x must be C-contiguous float32 or float64 arrays of "
+                         "one size and dtype, y writeable; op 0, 1 or 2")
+    cdef int nthreads = 1
+    if FASTOPT_OPENMP and _num_threads > 1 and n >= (
+            _threshold_f32 if typenum == cnp.NPY_FLOAT else _threshold_f64):
+        nthreads = _num_threads
+    with nogil:
+        if typenum == cnp.NPY_FLOAT:
+            _inplace(<float*>cnp.PyArray_DATA(y), <const float*>cnp.PyArray_DATA(x), n, op,
+                     a, b, nthreads)
+        else:
+            _inplace(<double*>cnp.PyArray_DATA(y), <const double*>cnp.PyArray_DATA(x), n, op,
+                     a, b, nthreads)

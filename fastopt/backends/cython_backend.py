@@ -89,6 +89,25 @@ class Plan(_contract.Plan):
         return self._core.reduce(grads, pt, scalars, clipvalue)
 
 
+# In-place passes over one tensor (fastopt.buffers.HostArrays where Numba is
+# missing): one nogil loop each, no temporary array, the NumPy expressions'
+# roundings.
+
+def lerp(y, x, a, b):
+    """``y <- a*y + b*x`` in place."""
+    _ext.inplace(y, x, 0, a, b)
+
+
+def add_scaled(y, x, s):
+    """``y <- y + x*s`` in place."""
+    _ext.inplace(y, x, 1, s, 1.0)
+
+
+def add_mean(y, x, s, k):
+    """``y <- (y + x*s) / k`` in place."""
+    _ext.inplace(y, x, 2, s, k)
+
+
 def set_num_threads(n):
     _ext.set_num_threads(n)
 
