@@ -307,6 +307,26 @@ def _make(__key):
                     run_chunk_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
                                      pt[2, t], {us_pt}None, tensor_ids[t])
 
+    def _step_ema(ptrs, ids, offset, none_id, table, pt, hp, like, ulike, stochastic, updates,
+                  tensor_ids, eptrs, em):
+        __key  # noqa: B018
+        if offset >= 0:
+            nb._resolve_pointers(ids, offset, none_id, ptrs[1])
+        for c in prange(table.shape[1]):
+            t = table[0, c]
+            s = table[1, c]
+            e = table[2, c]
+            if ptrs[1, t] != 0:
+                if stochastic:
+                    run_chunk_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
+                                     pt[2, t], {us_pt}updates, tensor_ids[t])
+                else:
+                    run_chunk_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
+                                     pt[2, t], {us_pt}None, tensor_ids[t])
+            # the float32 parameters' moving average (numba_backend's _step_ema)
+            nb._ema_chunk(nb._view(eptrs, 0, t, s, e, like), nb._view(ptrs, 0, t, s, e, like),
+                          em)
+
     def _run_narrow(ptrs, t, s, e, ulike, hp, gs, kp, l2, half):
         __key  # noqa: B018
         p = _narrow(nb._view(ptrs, 0, t, s, e, ulike), half)
@@ -325,7 +345,7 @@ def _make(__key):
                 run_narrow_{name}(ptrs, t, table[1, c], table[2, c], ulike, hp, pt[0, t],
                                   pt[1, t], pt[2, t], half)
 
-    return _run_chunk, _step, _run_narrow, _step_narrow
+    return _run_chunk, _step, _run_narrow, _step_narrow, _step_ema
 """
 
 # A two_phase rule's first pass over float32 parameters and bfloat16 slots:
@@ -377,7 +397,8 @@ class Compiled:
             us_arg=", us" if rule.two_phase else "",
             us_pt="pt[3, t], " if rule.two_phase else "",
             us_one=", 1.0" if rule.two_phase else "")
-        names = [f"{n}_{rule.name}" for n in ("run_chunk", "step", "run_narrow", "step_narrow")]
+        names = [f"{n}_{rule.name}" for n in ("run_chunk", "step", "run_narrow", "step_narrow",
+                                              "step_ema")]
         key = nb.source_key(self.source, loop.source, repr(_STAMP))
         ns, fns = nb.generate(self.source, key, __file__,
                               {**globals(), "loop_" + rule.name: loop.loop}, names)
@@ -385,6 +406,7 @@ class Compiled:
         ns[names[2]] = kernel(fns[names[2]])
         self.step_parallel, self.step_serial = driver(fns[names[1]])
         self.narrow_parallel, self.narrow_serial = driver(fns[names[3]])
+        self.ema_parallel, self.ema_serial = driver(fns[names[4]])  # compiled on first use
         if rule.two_phase:
             source = REDUCE_TEMPLATE.format(
                 name=rule.name,
@@ -443,8 +465,6 @@ class Plan(nb.Plan):
 
     refusal = staticmethod(refusal)
     ROUNDINGS = ROUNDINGS
-    #: the moving average runs as a pass of its own (fastopt.buffers.HostArrays)
-    fuses_ema = False
 
     def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
         why = refusal(rule)
@@ -484,6 +504,26 @@ class Plan(nb.Plan):
             ids, offset, none_id = self._ptrs[1], -1, 0
         run(self._ptrs, ids, offset, none_id, self._table, pt, self._hp,
             self._like, self._ulike, self._stochastic, int(self.updates), self._tensor_ids)
+
+    def step_ema(self, grads, pt, scalars, clipvalue, momentum):
+        """:meth:`step` and the parameters' moving average in one pass (see
+        :meth:`fastopt.backends.numba_backend.Plan.step_ema`)."""
+        self._hp[:] = self.rule.pack(scalars, clipvalue)
+        c = compiled(self.rule)
+        if self.size >= nb.get_parallel_threshold(self.dtype):
+            run = c.ema_parallel
+            nb.sync_threads()
+        else:
+            run = c.ema_serial
+        if nb._DATA_OFFSET is not None:
+            ids = np.fromiter(map(id, grads), np.intp, len(grads))
+            offset, none_id = nb._DATA_OFFSET, nb._NONE_ID
+        else:  # pragma: no cover - only on an unusual NumPy build
+            self._set_grads(grads)
+            ids, offset, none_id = self._ptrs[1], -1, 0
+        run(self._ptrs, ids, offset, none_id, self._table, pt, self._hp, self._like,
+            self._ulike, self._stochastic, int(self.updates), self._tensor_ids, self._eptrs,
+            float(momentum))
 
     def reduce(self, grads, pt, scalars, clipvalue=math.inf):
         """A two_phase rule's first pass over bfloat16 slots (see
