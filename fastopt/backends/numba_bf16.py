@@ -290,6 +290,13 @@ def _make(__key):
         loop_{name}(nb._view(ptrs, 0, t, s, e, like), nb._view(ptrs, 1, t, s, e, like),
                     {bf16_slots}hp, gs, kp, l2{us_arg})
 
+    def _run_chunk_ema(ptrs, t, s, e, like, ulike, hp, gs, kp, l2, {us_param}updates, tensor,
+                       eptrs, em):
+        __key  # noqa: B018
+        loop_ema_{name}(nb._view(ptrs, 0, t, s, e, like), nb._view(ptrs, 1, t, s, e, like),
+                        {bf16_slots}hp, gs, kp, l2{us_arg}, nb._view(eptrs, 0, t, s, e, like),
+                        em)
+
     def _step(ptrs, ids, offset, none_id, table, pt, hp, like, ulike, stochastic, updates,
               tensor_ids):
         __key  # noqa: B018
@@ -316,16 +323,16 @@ def _make(__key):
             t = table[0, c]
             s = table[1, c]
             e = table[2, c]
-            if ptrs[1, t] != 0:
+            if ptrs[1, t] != 0:  # the step and the average (numba_backend's _loop_ema)
                 if stochastic:
-                    run_chunk_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
-                                     pt[2, t], {us_pt}updates, tensor_ids[t])
+                    run_chunk_ema_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
+                                         pt[2, t], {us_pt}updates, tensor_ids[t], eptrs, em)
                 else:
-                    run_chunk_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
-                                     pt[2, t], {us_pt}None, tensor_ids[t])
-            # the float32 parameters' moving average (numba_backend's _step_ema)
-            nb._ema_chunk(nb._view(eptrs, 0, t, s, e, like), nb._view(ptrs, 0, t, s, e, like),
-                          em)
+                    run_chunk_ema_{name}(ptrs, t, s, e, like, ulike, hp, pt[0, t], pt[1, t],
+                                         pt[2, t], {us_pt}None, tensor_ids[t], eptrs, em)
+            else:  # no gradient: the average still follows the parameters
+                nb._ema_chunk(nb._view(eptrs, 0, t, s, e, like),
+                              nb._view(ptrs, 0, t, s, e, like), em)
 
     def _run_narrow(ptrs, t, s, e, ulike, hp, gs, kp, l2, half):
         __key  # noqa: B018
@@ -345,7 +352,7 @@ def _make(__key):
                 run_narrow_{name}(ptrs, t, table[1, c], table[2, c], ulike, hp, pt[0, t],
                                   pt[1, t], pt[2, t], half)
 
-    return _run_chunk, _step, _run_narrow, _step_narrow, _step_ema
+    return _run_chunk, _step, _run_narrow, _step_narrow, _run_chunk_ema, _step_ema
 """
 
 # A two_phase rule's first pass over float32 parameters and bfloat16 slots:
@@ -398,15 +405,17 @@ class Compiled:
             us_pt="pt[3, t], " if rule.two_phase else "",
             us_one=", 1.0" if rule.two_phase else "")
         names = [f"{n}_{rule.name}" for n in ("run_chunk", "step", "run_narrow", "step_narrow",
-                                              "step_ema")]
+                                              "run_chunk_ema", "step_ema")]
         key = nb.source_key(self.source, loop.source, repr(_STAMP))
         ns, fns = nb.generate(self.source, key, __file__,
-                              {**globals(), "loop_" + rule.name: loop.loop}, names)
+                              {**globals(), "loop_" + rule.name: loop.loop,
+                               "loop_ema_" + rule.name: loop.loop_ema}, names)
         ns[names[0]] = kernel(fns[names[0]])
         ns[names[2]] = kernel(fns[names[2]])
+        ns[names[4]] = kernel(fns[names[4]])
         self.step_parallel, self.step_serial = driver(fns[names[1]])
         self.narrow_parallel, self.narrow_serial = driver(fns[names[3]])
-        self.ema_parallel, self.ema_serial = driver(fns[names[4]])  # compiled on first use
+        self.ema_parallel, self.ema_serial = driver(fns[names[5]])  # compiled on first use
         if rule.two_phase:
             source = REDUCE_TEMPLATE.format(
                 name=rule.name,
