@@ -32,6 +32,7 @@ CASES = [
     ("numba", fastopt.SGD, {"momentum": 0.9, "nesterov": True}),
     ("numba", fastopt.Adam, {"learning_rate": 1e-2, "clipnorm": 0.5}),  # two_phase
     ("numba", fastopt.Adam, {"learning_rate": 1e-2, "state_dtype": "bfloat16"}),
+    ("numba", fastopt.Lamb, {"learning_rate": 1e-2}),  # two_phase, its update scale
     ("numba", fastopt.Adafactor, {"learning_rate": 1e-2}),  # per_tensor
     ("cython", fastopt.Adam, {"learning_rate": 1e-2}),
     ("numpy", fastopt.RMSprop, {"learning_rate": 1e-2}),
@@ -202,6 +203,40 @@ def test_every_form_of_the_in_place_passes_rounds_the_same(monkeypatch, dtype):
         buffers.HostArrays.add_scaled(y, x, 1.0 / 3.0)
         buffers.HostArrays.add_mean(y, x, 0.25, 3)
         np.testing.assert_array_equal(y, want, err_msg=str(form))
+
+
+def test_muon_averages_its_adamw_tensors_in_their_kernel():
+    rng = np.random.default_rng(5)
+    shapes = [(8, 6), (40,)]  # a matrix (Muon's rule) and a vector (AdamW's)
+    p = [rng.standard_normal(s) for s in shapes]
+    q = [a.copy() for a in p]
+    opt = fastopt.Muon(p, use_ema=True, ema_momentum=0.6, backend="numba")
+    plain = fastopt.Muon(q, backend="numba")
+    assert any(g.ema_fused for g in opt._tensor_groups)
+    ema = [np.zeros_like(a) for a in q]
+    for k in range(3):
+        g = [rng.standard_normal(s) for s in shapes]
+        opt.step(g)
+        plain.step(g)
+        _expected_ema(ema, q, k, 0.6)
+    fused = {i for grp in opt._tensor_groups if grp.ema_fused for i in grp.indices}
+    assert fused == {1}
+    for a, b in zip(opt.ema_params, ema):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_benchmark_script_runs():
+    """benchmarks/ema_bench.py's candidates, one round at a tiny size (a smoke
+    test: nothing about speed)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ema_bench.py"
+    spec = importlib.util.spec_from_file_location("ema_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.run([3000], repeats=1, backend="numba")
+    assert {r["candidate"] for r in rows} == set(bench.BYTES)
+    assert all(r["median_ms"] > 0 for r in rows)
 
 
 @pytest.mark.parametrize("kw", [{"use_ema": True},

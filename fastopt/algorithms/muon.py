@@ -394,7 +394,8 @@ class Muon(Optimizer):
                         keep, _ = decay_factors(h["weight_decay"], lr, False)
                         scalars_now = scalars
                     group.set_factors(scale, keep, 0.0)
-                    group.plan.step(group_grads, group.factors, scalars_now, clipvalue)
+                    # (the AdamW groups' average in their kernel's pass, with use_ema)
+                    self._plan_step(group, group_grads, scalars_now, clipvalue)
 
 
 # ---------------------------------------------------------------------------
