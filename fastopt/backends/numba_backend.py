@@ -130,7 +130,7 @@ LOOP_FUNCTION = """\
         gs = dt(gs)
         kp = dt(kp)
         l2 = dt(l2)
-{us_init}{ema_init}
+{inits}
         for i in range(p.shape[0]):
             e_g = _g(g[i], gs, clip)
             pi = p[i]
@@ -259,13 +259,13 @@ def render(rule):
         body="\n".join(_codegen.python_lines(fn, rename, 3)),
         stores="\n".join(f"            s{j}[i] = e_{n}" for j, n in enumerate(rule.slots)),
         us_arg=", us" if two else "",
-        us_init="        us = dt(us)\n" if two else "",
         w_in="            w_in = e_w" if two else "")
-    loop = LOOP_FUNCTION.format(fname="_loop", ema_arg="", ema_init="",
+    us_init = ["        us = dt(us)"] if two else []
+    loop = LOOP_FUNCTION.format(fname="_loop", ema_arg="", inits="\n".join(us_init),
                                 store_p=f"            p[i] = {store_w}", **parts)
     loop_ema = LOOP_FUNCTION.format(
         fname="_loop_ema", ema_arg=", ea, em",
-        ema_init="        ema_a = dt(em)\n        ema_b = dt(1.0 - em)",
+        inits="\n".join(us_init + ["        ema_a = dt(em)", "        ema_b = dt(1.0 - em)"]),
         store_p=f"            ema_w = {store_w}\n            p[i] = ema_w\n"
                 "            ea[i] = ema_a * ea[i] + ema_b * ema_w", **parts)
     return LOOP_TEMPLATE.format(
