@@ -331,7 +331,7 @@ class Optimizer(StateMethods):
         for group in self._tensor_groups:
             group.ema_fused = self._ema is not None and getattr(group.plan, "fuses_ema", False)
             if group.ema_fused:
-                group.plan.attach_ema([self._ema[i].reshape(-1) for i in group.indices])
+                group.plan.attach_ema([self._ema[i] for i in group.indices])
 
     @property
     def _groups(self):

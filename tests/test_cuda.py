@@ -456,6 +456,28 @@ def test_one_launch_per_step_for_any_number_of_tensors(monkeypatch, clip):
         assert uploads == [], (n, uploads)
 
 
+def test_use_ema_is_the_step_launch_and_averages_tensors_without_gradient(monkeypatch):
+    """With use_ema the step is still one launch (the rule's step_ema
+    kernel: each average moved as its parameter is stored), and a tensor
+    whose gradient is None has its average moved too; the numba backend's
+    averages, bit for bit on the simulator."""
+    launches = step_launches(monkeypatch)
+    rng = np.random.default_rng(7)
+    init = [rng.standard_normal(5), rng.standard_normal(3)]
+    kw = dict(learning_rate=0.01, use_ema=True, ema_momentum=0.5)
+    gpu = fastopt.Adam([dev(p) for p in init], **kw)
+    cpu = fastopt.Adam([p.copy() for p in init], backend="numba", **kw)
+    assert gpu._groups[0].ema_fused and cpu._groups[0].ema_fused
+    for k in range(3):
+        g = [rng.standard_normal(5), None if k == 1 else rng.standard_normal(3)]
+        launches.clear()
+        gpu.step([None if x is None else dev(x) for x in g])
+        assert launches == [cb._k.step_kernel(RULES["adam"], ema=True)]
+        cpu.step(g)
+    for a, b in zip(gpu.ema_params, cpu.ema_params):
+        np.testing.assert_allclose(host(a), b, rtol=0 if SIMULATOR else 1e-6)
+
+
 def test_new_gradient_buffers_are_uploaded_once_per_change():
     params = [dev(np.ones(5)), dev(np.ones(3))]
     opt = fastopt.SGD(params, learning_rate=0.5)

@@ -120,6 +120,7 @@ def test_every_kernel_compiles_to_ptx():
     assert out.returncode == 0, out.stderr[-3000:]
     compiled = {r["name"]: r for r in map(json.loads, out.stdout.splitlines())}
     rules = {f"step_{name}": rule for name, rule in RULES.items()}
+    rules.update({f"step_ema_{name}": rule for name, rule in RULES.items()})
     rules["step_every_call"] = EVERY_CALL
     reduces = {f"reduce_{name}" for name, rule in RULES.items() if rule.two_phase}
     expected = {f"{k}[{dt}]" for dt in ("float32", "float64")

@@ -137,10 +137,11 @@ def _grad(g, pi, gs, clip, l2):
 # prefixed ``e_``, so it cannot clash with the template's own locals.
 
 STEP_TEMPLATE = """\
-def step_{name}(ptrs, gptrs, table, pt, like, hp):
+def {fname}(ptrs, gptrs, table, pt, like, hp{ema_args}):
     dt = like.dtype.type
     clip = dt(hp[0])
 {scalars}
+{ema_init}
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     for c in range(cuda.blockIdx.x, table.shape[1], cuda.gridDim.x):
@@ -150,6 +151,7 @@ def step_{name}(ptrs, gptrs, table, pt, like, hp):
             p = _view(ptrs[0, t], e, like)
             g = _view(gptrs[t], e, like)
 {views}
+{ema_view}
             gs = dt(pt[0, t])
             kp = dt(pt[1, t])
             l2 = dt(pt[2, t])
@@ -162,8 +164,23 @@ def step_{name}(ptrs, gptrs, table, pt, like, hp):
 {loads}
 {body}
 {stores}
-                p[i] = {store_w}
+{store_p}
+{no_grad}
 """
+
+# ``step_ema_<rule>`` (use_ema): the same kernel with two more arguments,
+# ``eptrs`` (int64, the moving averages' pointers, one per tensor) and the
+# weights ``em`` and ``em1 = 1 - em`` (float64, from the host), which moves
+# each average towards the new parameter value as it is stored --
+# ``ea = dt(em)*ea + dt(em1)*w``, NumPy's ``ea[...] = em*ea + (1-em)*p`` --
+# and the averages of tensors without a gradient towards their parameters.
+EMA_NO_GRAD = """\
+        else:
+            e = table[2, c]
+            p = _view(ptrs[0, t], e, like)
+            ea = _view(eptrs[t], e, like)
+            for i in range(table[1, c] + tid, e, nt):
+                ea[i] = ema_a * ea[i] + ema_b * p[i]"""
 
 # A two_phase rule's first pass (fastopt.two_phase): the element function
 # without stores, each reduction summed per chunk as sumsq_chunks sums (a
@@ -212,13 +229,24 @@ def reduce_{name}(ptrs, gptrs, table, pt, like, hp, partial):
 """
 
 
-def render(rule):
-    """The Python source of ``rule``'s step kernel (before ``cuda.jit``)."""
+def render(rule, ema=False):
+    """The Python source of ``rule``'s step kernel (before ``cuda.jit``);
+    ``ema``: its ``step_ema_<rule>`` twin."""
     fn = rule.element_ast
     names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
     rename = {n: "e_" + n for n in names}
+    store_w = "w_in + us * (e_w - w_in)" if rule.two_phase else "e_w"
+    if ema:
+        store_p = (f"                ema_w = {store_w}\n                p[i] = ema_w\n"
+                   "                ea[i] = ema_a * ea[i] + ema_b * ema_w")
+    else:
+        store_p = f"                p[i] = {store_w}"
     src = STEP_TEMPLATE.format(
-        name=rule.name,
+        fname=("step_ema_" if ema else "step_") + rule.name,
+        ema_args=", eptrs, em, em1" if ema else "",
+        ema_init="    ema_a = dt(em)\n    ema_b = dt(em1)" if ema else "",
+        ema_view="            ea = _view(eptrs[t], e, like)" if ema else "",
+        store_p=store_p, no_grad=EMA_NO_GRAD if ema else "",
         scalars="\n".join(f"    e_{n} = dt(hp[{j + 1}])" for j, n in enumerate(rule.prepared)),
         views="\n".join(f"            s{j} = _view(ptrs[{1 + j}, t], e, like)"
                         for j in range(len(rule.slots))),
@@ -227,8 +255,7 @@ def render(rule):
         stores="\n".join(f"                s{j}[i] = e_{n}" for j, n in enumerate(rule.slots)),
         # two_phase: the displacement times the tensor's update scale (pt row 3)
         us="            us = dt(pt[3, t])" if rule.two_phase else "",
-        w_in="                w_in = e_w" if rule.two_phase else "",
-        store_w="w_in + us * (e_w - w_in)" if rule.two_phase else "e_w")
+        w_in="                w_in = e_w" if rule.two_phase else "")
     return "".join(line + "\n" for line in src.splitlines() if line.strip())
 
 
@@ -274,11 +301,11 @@ def reduce_kernel(rule):
     return kernel
 
 
-def step_function(rule):
-    """``rule``'s step kernel as a Python function (what ``cuda.jit`` compiles),
-    executed as if written in this file, with this module's helpers as its
-    globals."""
-    return _as_function(render(rule), "step_" + rule.name)
+def step_function(rule, ema=False):
+    """``rule``'s step kernel (``ema``: its ``step_ema_`` twin) as a Python
+    function (what ``cuda.jit`` compiles), executed as if written in this
+    file, with this module's helpers as its globals."""
+    return _as_function(render(rule, ema), ("step_ema_" if ema else "step_") + rule.name)
 
 
 def _as_function(source, name):
@@ -294,12 +321,14 @@ def _as_function(source, name):
 _STEPS = {}
 
 
-def step_kernel(rule):
-    """The step kernel of ``rule`` (generated and wrapped on first use, once
-    per rule per process; compiled by numba-cuda at its first launch)."""
-    kernel = _STEPS.get(rule.name)
+def step_kernel(rule, ema=False):
+    """The step kernel of ``rule`` (``ema``: its ``step_ema_`` twin; generated
+    and wrapped on first use, once per rule per process; compiled by
+    numba-cuda at its first launch)."""
+    key = (rule.name, ema)
+    kernel = _STEPS.get(key)
     if kernel is None:
-        kernel = _STEPS[rule.name] = cuda.jit(step_function(rule))
+        kernel = _STEPS[key] = cuda.jit(step_function(rule, ema))
     return kernel
 
 
@@ -408,6 +437,8 @@ def ptx_signatures():
             hp = nt.UniTuple(nt.float64, 1 + len(rule.prepared))
             out.append((f"step_{rule.name}[{dt}]", step_kernel(rule).py_func,
                         (i64_2d, i64, i64_2d, f64_2d, arr, hp)))
+            out.append((f"step_ema_{rule.name}[{dt}]", step_kernel(rule, True).py_func,
+                        (i64_2d, i64, i64_2d, f64_2d, arr, hp, i64, nt.float64, nt.float64)))
             if rule.two_phase:
                 out.append((f"reduce_{rule.name}[{dt}]", reduce_kernel(rule).py_func,
                             (i64_2d, i64, i64_2d, f64_2d, arr, hp, f64_2d)))

@@ -209,6 +209,34 @@ class Plan(_contract.Plan):
                                                dtype=np.float64)
             self._rsums = cuda.device_array((self._nred, max(n, 1)), dtype=np.float64)
 
+    #: :meth:`attach_ema` and :meth:`step_ema` fold the moving average into
+    #: the step kernel (``step_ema_<rule>``)
+    fuses_ema = True
+
+    def attach_ema(self, averages):
+        """Keep the device addresses of ``averages`` (one C-contiguous device
+        array per tensor, of its size and dtype, alive as long as the plan)
+        for :meth:`step_ema`."""
+        averages = [as_device(a) for a in averages]
+        if len(averages) != len(self.params) or any(
+                a.size != p.size or np.dtype(a.dtype) != np.dtype(p.dtype)
+                for a, p in zip(averages, self.params)):
+            raise ValueError("attach_ema: one average per tensor, of its size and dtype")
+        self._averages = averages  # kept alive with the plan
+        self._eptrs = cuda.to_device(np.array([pointer(a) for a in averages], dtype=np.int64))
+        self._ema_kernel = _k.step_kernel(self.rule, ema=True)
+
+    def step_ema(self, grads, pt, scalars, clipvalue, momentum):
+        """:meth:`step` and ``ema <- m*ema + (1-m)*param`` on every tensor (a
+        None gradient's too) in the same launch: the averages of
+        :meth:`attach_ema`."""
+        hp = tuple(map(float, self.rule.pack(scalars, clipvalue)))
+        self._set_grads(grads)
+        self._upload_pt(pt)
+        m = float(momentum)
+        _launch(self._ema_kernel, self._nchunks, self._ptrs, self._gptrs, self._table,
+                self._pt, self._like, hp, self._eptrs, m, 1.0 - m)
+
     def _set_grads(self, grads):
         if len(grads) != self._ntensors:
             raise ValueError(f"cuda Plan: expected {self._ntensors} gradients, got {len(grads)}")
