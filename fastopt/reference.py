@@ -312,3 +312,23 @@ def q8_decode(codes, scales, block=Q8_BLOCK):
     per = np.repeat(np.asarray(scales, np.float32), block)[:flat.size]
     with np.errstate(invalid="ignore"):
         return (q * per).astype(np.float32).reshape(codes.shape)
+
+
+def decoded_slots(slots):
+    """A state dict's ``"slots"`` with reduced-precision state decoded to
+    float32: bfloat16 bit patterns (uint16) and 8-bit codes (with their
+    ``"<slot>_scales/<i>"`` companions, which are left out); other arrays as
+    they are."""
+    out = {}
+    for key, a in slots.items():
+        name, _, i = key.rpartition("/")
+        if name.endswith("_scales") and f"{name[:-len('_scales')]}/{i}" in slots:
+            continue
+        scales = slots.get(f"{name}_scales/{i}")
+        if scales is not None and a.dtype in (np.int8, np.uint8):
+            out[key] = q8_decode(a, scales)
+        elif a.dtype == np.uint16:
+            out[key] = bf16_to_float(a).reshape(a.shape)
+        else:
+            out[key] = a
+    return out
