@@ -182,6 +182,20 @@ def drop(quant, seed):
 PROBLEMS = {"quadratic": quadratic, "rosenbrock": rosenbrock, "mlp": mlp, "drop": drop}
 
 
+def ratio_rows(results):
+    """One row per problem and candidate: final loss / float32 state's, over seeds."""
+    rows = []
+    for pname, by in results.items():
+        base = np.array(by["float32"])
+        for cname, losses in by.items():
+            ratio = np.array(losses) / base
+            rows.append({"problem": pname, "state": cname,
+                         "loss / float32's (mean)": round(float(ratio.mean()), 4),
+                         "min": round(float(ratio.min()), 4),
+                         "max": round(float(ratio.max()), 4)})
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -200,7 +214,8 @@ def main(argv=None):
             print(f"  {cname:24s} loss / float32's: mean {ratio.mean():.4f}, "
                   f"range {ratio.min():.4f}-{ratio.max():.4f}")
     out = {"command": "python benchmarks/int8_codes.py " + " ".join(argv or sys.argv[1:]),
-           "machine": ceiling.machine_info(), "seeds": args.seeds, "final_loss": results,
+           "machine": ceiling.machine_info(), "seeds": args.seeds,
+           "rows": ratio_rows(results), "final_loss": results,
            "seconds": round(time.time() - start, 1)}
     if args.json:
         with open(args.json, "w") as f:
