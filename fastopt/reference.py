@@ -231,8 +231,8 @@ def apply_rule_bf16(name, param, grad, slots, scalars, *, keep=1.0, gscale=1.0,
 # float32 scale, the largest magnitude in it, and one 8-bit code per element
 # for ``q = |x| / scale`` in [0, 1], a small floating-point number:
 #
-# * slots that may be negative (Adam's ``momentum``): int8, the sign and a
-#   7-bit magnitude with 4 exponent and 3 significand bits, ``q`` from
+# * slots that may be negative (Adam's ``momentum``): int8, the sign (of the
+#   value's sign bit) and a 7-bit magnitude with 4 exponent and 3 significand bits, ``q`` from
 #   2**-16 * 1.25 (about 1.9e-5) to 1; smaller values become 0;
 # * slots that are never negative (``velocity``, ``accumulator``): uint8,
 #   5 exponent and 3 significand bits, ``q`` from 2**-32 * 1.25 (about
@@ -292,7 +292,7 @@ def q8_encode(x, signed, block=Q8_BLOCK):
     if not signed:  # a positive value keeps a positive code
         code = np.where((code == 0) & (q > 0), 1, code)
     if signed:
-        code = np.where(flat < 0, -code, code).astype(np.int8)
+        code = np.where(np.signbit(flat), -code, code).astype(np.int8)
     else:
         code = code.astype(np.uint8)
     return code.reshape(x.shape), scales

@@ -37,17 +37,16 @@ def q8_decode(typingctx, code, scale):
     def codegen(context, builder, signature, args):
         c, s = args
         c32 = builder.sext(c, _I32) if signed else builder.zext(c, _I32)
-        if signed:
-            neg = builder.icmp_signed("<", c32, _c32(0))
-            mag = builder.select(neg, builder.sub(_c32(0), c32), c32)
+        if signed:  # |code|; the sign goes into the float's sign bit
+            mag = builder.select(builder.icmp_signed("<", c32, _c32(0)),
+                                 builder.sub(_c32(0), c32), c32)
         else:
             mag = c32
         bits = builder.shl(builder.add(mag, _c32(Q8_BIAS[signed])), _c32(20))
-        q = builder.bitcast(bits, _F32)
-        q = builder.select(builder.icmp_signed("==", mag, _c32(0)), ir.Constant(_F32, 0.0), q)
+        bits = builder.select(builder.icmp_signed("==", mag, _c32(0)), _c32(0), bits)
         if signed:
-            q = builder.select(neg, builder.fsub(ir.Constant(_F32, -0.0), q), q)
-        return builder.fmul(q, s)
+            bits = builder.or_(bits, builder.and_(c32, _c32(-0x80000000)))
+        return builder.fmul(builder.bitcast(bits, _F32), s)
 
     return types.float32(code, scale), codegen
 
@@ -76,11 +75,11 @@ def _encode(builder, x, inv, signed):
     one = ir.Constant(_F32, 1.0)
     q = builder.select(builder.fcmp_ordered("<", q, one), q, one)   # NaN, inf, > 1: 1
     r = builder.lshr(builder.add(builder.bitcast(q, _I32), _c32(1 << 19)), _c32(20))
-    code = builder.trunc(builder.sub(r, _c32(bias)), _I8)
-    if signed:
-        neg = builder.fcmp_ordered("<", x, ir.Constant(_F32, 0.0))
-        code = builder.select(neg, builder.sub(ir.Constant(_I8, 0), code), code)
-    return code
+    code = builder.sub(r, _c32(bias))
+    if signed:  # negated where x's sign bit is set: (code ^ s) - s, s = 0 or -1
+        sign = builder.ashr(builder.bitcast(x, _I32), _c32(31))
+        code = builder.sub(builder.xor(code, sign), sign)
+    return builder.trunc(code, _I8)
 
 
 @intrinsic
