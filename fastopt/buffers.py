@@ -110,7 +110,7 @@ class TensorGroup:
         if reduced:
             self.backend, make_plan = resolve_state_backend(backend, reduced_state[0])
         else:
-            self.backend = resolve_backend(backend, self.dtype, offsets[-1], device)
+            self.backend = resolve_backend(backend, self.dtype, offsets[-1], device, rule=rule)
         if slot_arrays is not None:
             self.slot_views = {name: list(slot_arrays[name]) for name in rule.slots}
         else:
