@@ -7,11 +7,15 @@ Usage::
     python benchmarks/calibrate.py --write    # ... and rewrite fastopt/backends/tuning.json
     python benchmarks/calibrate.py --per-rule --samples 9 --json OUT.json
                                               # every rule, to check the grouping
+    python benchmarks/calibrate.py --serial-costs --json OUT.json
+                                              # every rule's serial cost per element
 
 Rules are grouped by :func:`fastopt.backends.rule_class`: the bytes a float32
 step moves per element (parameter, gradient, slots; a two-phase rule's first
-pass) and whether the element function takes a square root, a division or a
-power (``heavy``) or not (``light``).  One rule stands for each class
+pass) and the element function's costliest arithmetic (``pow``; ``branch``, a
+test on the elements or ``sign``; ``heavy``, a square root or a division;
+``light``).  ``--serial-costs`` measures every rule's serial cost per element,
+the check that rules of one class cost alike.  One rule stands for each class
 (:data:`PREFERRED`, else the class's first rule in registry order); with
 ``--per-rule`` every rule is measured and the class's value is the median of
 its rules' (the spread within a class is what says whether the grouping is
@@ -31,7 +35,8 @@ enough).
 
 (b) Backend choice for ``"auto"``, per dtype and class: the step time of
     the class's rule on ``numba`` and ``cython`` (thresholds from (a) in
-    force) at sizes 1e1 .. 1e7.  The faster backend wins a size; a winner
+    force) at sizes 1e1 .. 1e7.  The faster backend wins a size (by more
+    than :data:`TIE`, else the previous size's winner keeps it); a winner
     that differs from the common winner of both neighbouring sizes is taken
     as noise and overruled.  Runs of sizes with the same winner become
     ``[max_size, backend]`` rows; the last row has ``max_size = null``.  So
@@ -67,10 +72,14 @@ TUNING_PATH = Path(fastopt.__file__).resolve().parent / "backends" / "tuning.jso
 DTYPES = ("float32", "float64")
 NEVER = 2 ** 62
 CROSS_SIZES = [2 ** e for e in range(10, 21)]
+COST_SIZE = 2 ** 16
+#: Two medians within this factor are a tie (noise, not a difference).
+TIE = 1.05
 SIZES = [10, 100, 1000, 3000, 10_000, 30_000, 100_000, 300_000, 1_000_000, 10_000_000]
 
 #: The rule that stands for its class where the class has it (the common one).
-PREFERRED = ("sgd", "sgd_momentum", "rmsprop", "rprop_torch", "adam", "adam_amsgrad", "lamb")
+PREFERRED = ("sgd", "sgd_momentum", "rmsprop", "adam", "adam_amsgrad", "lamb", "ftrl", "lion",
+             "rprop_torch")
 
 #: Kernel scalars by name: typical values (timing does not depend on them as
 #: long as no value turns subnormal); any other name gets 0.5.
@@ -167,8 +176,10 @@ def threshold_from(rows):
     (and "above the range", twice the largest), the one whose choice --
     serial below it, parallel from it -- loses least against the faster mode
     at each measured size, summed as log(chosen / faster), each term capped at
-    log 2 so that one disturbed median cannot move the threshold far; ties go
-    to the larger threshold."""
+    log 2 so that one disturbed median cannot move the threshold far; a
+    difference within :data:`TIE` counts as none (below one chunk the Cython
+    backend runs the same serial loop in both modes), and ties go to the
+    larger threshold."""
     sizes, par, ser = rows["sizes"], rows["parallel_us"], rows["serial_us"]
     candidates = list(sizes) + [sizes[-1] * 2]
 
@@ -176,7 +187,7 @@ def threshold_from(rows):
         total = 0.0
         for n, p, s in zip(sizes, par, ser):
             chosen = p if n >= threshold else s
-            total += min(math.log(chosen / min(p, s)), math.log(2))
+            total += min(max(0.0, math.log(chosen / min(p, s) / TIE)), math.log(2))
         return total
     losses = [loss(t) for t in candidates]
     best = min(losses)
@@ -210,8 +221,10 @@ def auto_rule(results):
     """``[[max_size_or_None, backend], ...]`` from :func:`measure_backends`' output.
 
     A size's winner is the backend with the smallest geometric mean, over the
-    rules in ``results``, of its median step time; an isolated winner
-    between two sizes won by one other backend is overruled by them.
+    rules in ``results``, of its median step time, unless the previous size's
+    winner is within :data:`TIE` of it (then that one keeps the size); an
+    isolated winner between two sizes won by one other backend is overruled
+    by them.
     """
     first = next(iter(results.values()))
     backends = [k[:-3] for k in first if k.endswith("_us")]
@@ -219,7 +232,11 @@ def auto_rule(results):
     for i, n in enumerate(first["sizes"]):
         scores = {b: float(np.exp(np.mean(np.log([r[f"{b}_us"][i] for r in results.values()]))))
                   for b in backends}
-        winners.append((n, min(scores, key=scores.get)))
+        best = min(scores, key=scores.get)
+        # within TIE of the best, the previous size's winner keeps the size
+        if winners and scores[winners[-1][1]] <= scores[best] * TIE:
+            best = winners[-1][1]
+        winners.append((n, best))
     # a size whose winner differs from the common winner of both its
     # neighbours is noise (one core of a shared machine busy for a moment),
     # not a crossover and back: it goes to the neighbours' backend
@@ -233,6 +250,44 @@ def auto_rule(results):
             rule.append([n, backend])
     rule[-1][0] = None
     return rule
+
+
+def serial_costs(module, dtype, rule_names, samples, target_s, n=COST_SIZE):
+    """``{rule: [min, median]}``: the serial step time of every rule on one
+    tensor of ``n`` elements, ns per element, all rules interleaved.  The
+    parallel crossover is where the parallel region's fixed cost equals the
+    time the second thread saves, so it goes as the inverse of this cost: a
+    class whose rules cost alike can share one threshold.  (The minimum is
+    the robust statistic on a busy machine, where a crossover cannot be
+    measured at all.)"""
+    steps = {name: _make(name, n, dtype, module.NAME) for name in rule_names}
+    module.set_parallel_threshold(NEVER, dtype)
+    try:
+        ks = {}
+        for name, fn in steps.items():
+            fn()
+            ks[name] = _calls_per_sample(fn, target_s)
+        times = {name: [] for name in steps}
+        for _ in range(samples):
+            for name, fn in steps.items():
+                times[name].append(_sample(fn, ks[name]))
+    finally:
+        module.set_parallel_threshold(None, dtype)
+    return {name: [round(min(t) / n * 1e9, 3), round(float(np.median(t)) / n * 1e9, 3)]
+            for name, t in times.items()}
+
+
+def cost_report(costs, groups):
+    """Per class: its rules' minimum cost (ns/element) and the spread, the
+    largest over the smallest; and the spread of each class over the cost
+    of the class's rule of the same bytes but the other arithmetic."""
+    out = {}
+    for cls, names in groups.items():
+        mins = {name: costs[name][0] for name in names}
+        out[cls] = {"ns_per_element_min": mins,
+                    "spread": round(max(mins.values()) / min(mins.values()), 2),
+                    "median": float(np.median(list(mins.values())))}
+    return out
 
 
 def _us(seconds):
@@ -267,6 +322,10 @@ def main(argv=None):
     ap.add_argument("--per-rule", action="store_true",
                     help="measure every rule, not one per class (checks the grouping; "
                          "a class's value is then the median of its rules')")
+    ap.add_argument("--serial-costs", action="store_true",
+                    help="only measure every rule's serial cost per element (min and "
+                         "median) at 2**16 elements and report it per class: the "
+                         "grouping check that a busy machine allows")
     ap.add_argument("--skip-auto", action="store_true",
                     help="measure the thresholds only (keeps tuning.json's auto tables)")
     ap.add_argument("--json", help="also write the results (thresholds per rule and "
@@ -288,6 +347,28 @@ def main(argv=None):
               for cls, names in groups.items()}
     print("classes:", json.dumps({c: {"measured": chosen[c], "rules": groups[c]}
                                   for c in groups}, indent=1))
+
+    if args.serial_costs:
+        result = {"machine": info, "date": datetime.date.today().isoformat(),
+                  "samples": args.samples, "size": COST_SIZE,
+                  "unit": "ns per element, serial step: [min, median]", "costs": {}}
+        for b in compiled:
+            for dt in DTYPES:
+                costs = serial_costs(modules[b], dt, list(RULES), args.samples, target)
+                report = cost_report(costs, groups)
+                result["costs"][f"{b} {dt}"] = {"per_rule": costs, "per_class": report}
+                print(f"\n{b} {dt}: serial cost at 2**16, ns/element (min over "
+                      f"{args.samples} samples), per class")
+                for cls, r in report.items():
+                    cells = ", ".join(f"{k} {v}" for k, v in r["ns_per_element_min"].items())
+                    print(f"  {cls}: median {r['median']}, spread x{r['spread']}: {cells}")
+        info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        print(f"load average at the end: {info['loadavg_at_end']}; "
+              f"took {time.perf_counter() - t_start:.0f} s")
+        if args.json:
+            Path(args.json).write_text(_dump(result))
+            print(f"wrote {args.json}")
+        return
 
     by_class = {b: {dt: {} for dt in DTYPES} for b in compiled}
     per_rule_thresholds = {b: {dt: {} for dt in DTYPES} for b in compiled}

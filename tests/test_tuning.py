@@ -79,12 +79,13 @@ def test_tuning_json_schema():
         for dt in DTYPES:
             n = TUNING["parallel_threshold"][b][dt]
             assert isinstance(n, int) and n >= 0
+            # a class may lack a value (its rules then run by the dtype's)
             by_class = TUNING["parallel_threshold_by_class"][b][dt]
-            assert set(by_class) == classes, (b, dt)
+            assert set(by_class) <= classes, (b, dt)
             assert all(isinstance(v, int) and v >= 0 for v in by_class.values())
     for dt in DTYPES:
         _check_auto_rows(TUNING["auto"][dt], f"auto[{dt}]")
-        assert set(TUNING["auto_by_class"][dt]) == classes, dt
+        assert set(TUNING["auto_by_class"][dt]) <= classes, dt
         for cls, rows in TUNING["auto_by_class"][dt].items():
             _check_auto_rows(rows, f"auto_by_class[{dt}][{cls}]")
 
@@ -100,7 +101,12 @@ def test_rule_class_counts_bytes_and_arithmetic():
     assert rule_class(RULES["sgd_momentum"]) == "20B-light"
     assert rule_class(RULES["rmsprop"]) == "20B-heavy"       # a sqrt and a division
     assert rule_class(RULES["adam"]) == "28B-heavy"
-    assert rule_class(RULES["rprop_torch"]) == "28B-light"   # min/max only
+    assert rule_class(RULES["adamax"]) == "28B-heavy"        # min/max are selects
+    assert rule_class(RULES["rprop_torch"]) == "28B-branch"  # tests on the elements
+    assert rule_class(RULES["lion"]) == "20B-branch"         # sign()
+    assert rule_class(RULES["asgd_torch"]) == "20B-light"    # a test on a scalar only
+    assert rule_class(RULES["ftrl"]) == "28B-pow"
+    assert rule_class(RULES["ftrl_sqrt"]) == "28B-heavy"
     assert rule_class(RULES["adam_amsgrad"]) == "36B-heavy"
     assert rule_class(RULES["lamb"]) == "44B-heavy"          # its first pass reads again
 

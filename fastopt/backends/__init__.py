@@ -12,8 +12,8 @@ because of a backend.
 group's size (``null`` = no limit) and whose backend is available wins.  The
 same file holds the measured serial/parallel thresholds of the compiled
 backends.  Both are measured per *class* of rules (:func:`rule_class`: the
-bytes a step moves per element and whether the element function has a square
-root, a division or a power): ``rule_classes`` maps each rule to its class,
+bytes a step moves per element and the element function's costliest
+arithmetic): ``rule_classes`` maps each rule to its class,
 ``auto_by_class`` and ``parallel_threshold_by_class`` hold the class's values,
 and a rule missing from ``rule_classes`` (a rule added after the calibration)
 gets the per-dtype ``auto`` and ``parallel_threshold`` instead.
@@ -76,21 +76,65 @@ def rule_class(rule):
 
     The bytes one float32 step moves per element (:meth:`Rule.bytes_per_param`:
     the parameter, the gradient, the slots, and a two-phase rule's first
-    pass), then ``heavy`` if the element function takes a square root, a
-    division or a power and ``light`` if not.  Rules of one class share
-    their parallel threshold and ``auto`` table in ``tuning.json``;
-    ``benchmarks/calibrate.py`` measures one rule per class.
+    pass), then the element function's arithmetic, the costliest that
+    applies: ``pow`` (a power: an order of magnitude above the rest),
+    ``branch`` (a test on the element's values, or ``sign``: loops that do
+    not vectorise everywhere), ``heavy`` (a square root or a division),
+    ``light``.  Rules of one class share their parallel threshold and
+    ``auto`` table in ``tuning.json``; ``benchmarks/calibrate.py`` measures
+    one rule per class (docs/performance.md says why this grouping).
     """
     import ast
-    heavy = any(isinstance(node, ast.Div) or isinstance(node, ast.Pow)
-                or (isinstance(node, ast.Call) and _call_name(node) in ("sqrt", "pow"))
-                for node in ast.walk(rule.element_ast))
-    return f"{rule.bytes_per_param('float32')}B-{'heavy' if heavy else 'light'}"
+    fn = rule.element_ast
+    nodes = list(ast.walk(fn))
+    calls = {_call_name(n) for n in nodes if isinstance(n, ast.Call)}
+    if "pow" in calls or any(isinstance(n, ast.Pow) for n in nodes):
+        cost = "pow"
+    elif "sign" in calls or _branches_on_elements(fn, 2 + len(rule.slots)):
+        cost = "branch"
+    elif "sqrt" in calls or any(isinstance(n, ast.Div) for n in nodes):
+        cost = "heavy"
+    else:
+        cost = "light"
+    return f"{rule.bytes_per_param('float32')}B-{cost}"
 
 
 def _call_name(node):
     f = node.func
     return getattr(f, "attr", None) or getattr(f, "id", None)
+
+
+def _branches_on_elements(fn, n_arrays):
+    """Whether an ``if`` (or a conditional expression) of the element
+    function ``fn`` tests a value computed from the arrays (its first
+    ``n_arrays`` arguments), not from the per-step scalars only (a test on a
+    scalar is hoisted out of the loop by the compiler)."""
+    import ast
+    varying = {a.arg for a in fn.args.args[:n_arrays]}
+
+    def reads_varying(node):
+        return any(isinstance(n, ast.Name) and n.id in varying for n in ast.walk(node))
+
+    found = False
+
+    def visit(stmts):
+        nonlocal found
+        for st in stmts:
+            if isinstance(st, ast.If):
+                found = found or reads_varying(st.test)
+                visit(st.body)
+                visit(st.orelse)
+                continue
+            if any(isinstance(n, ast.IfExp) and reads_varying(n.test) for n in ast.walk(st)):
+                found = True
+            if isinstance(st, (ast.Assign, ast.AugAssign)) and reads_varying(st.value):
+                targets = st.targets if isinstance(st, ast.Assign) else [st.target]
+                for t in targets:
+                    varying.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    # twice: a name assigned from the arrays after a test that reads it earlier
+    visit(fn.body)
+    visit(fn.body)
+    return found
 
 
 def tuned_threshold(backend, rule_name, dtype, tuning=None):
