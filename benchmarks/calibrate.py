@@ -199,13 +199,17 @@ def measure_backends(dtype, rule_names, samples, target_s, backends):
     out = {}
     for name in rule_names:
         fns = {(n, b): _make(name, n, dtype, b) for n in SIZES for b in backends}
-        ks = {}
+        ks, reps = {}, {}
         for key, fn in fns.items():
             fn()
+            t0 = time.perf_counter()
             ks[key] = _calls_per_sample(fn, target_s)
+            step_s = (time.perf_counter() - t0) / 2
+            # the largest steps get a third of the samples, and at most about
+            # half a second of them (Ftrl's power at 1e7: tenths of a second a step)
+            reps[key] = samples if key[0] < 1_000_000 else max(9, samples // 3)
+            reps[key] = min(reps[key], max(5, int(0.5 / step_s)))
         times = {key: [] for key in fns}
-        # the largest steps (a few ms each) get a third of the samples
-        reps = {key: (samples if key[0] < 1_000_000 else max(9, samples // 3)) for key in fns}
         for r in range(samples):
             for key, fn in fns.items():   # every backend and size, interleaved
                 if r < reps[key]:
@@ -328,6 +332,9 @@ def main(argv=None):
                          "grouping check that a busy machine allows")
     ap.add_argument("--skip-auto", action="store_true",
                     help="measure the thresholds only (keeps tuning.json's auto tables)")
+    ap.add_argument("--classes", help="comma-separated classes to measure (default: all); "
+                                      "the others keep no value and fall back to the "
+                                      "dtype's")
     ap.add_argument("--json", help="also write the results (thresholds per rule and "
                                    "class, measurements, machine) to this file")
     args = ap.parse_args(argv)
@@ -343,6 +350,12 @@ def main(argv=None):
     if "cython" in modules:
         info["cython_openmp"] = modules["cython"].OPENMP
     groups = classes()
+    if args.classes:
+        wanted = args.classes.split(",")
+        unknown = sorted(set(wanted) - set(groups))
+        if unknown:
+            ap.error(f"unknown classes {unknown}; the classes are {sorted(groups)}")
+        groups = {c: names for c, names in groups.items() if c in wanted}
     chosen = {cls: (names if args.per_rule else [representative(names)])
               for cls, names in groups.items()}
     print("classes:", json.dumps({c: {"measured": chosen[c], "rules": groups[c]}
@@ -370,7 +383,9 @@ def main(argv=None):
             print(f"wrote {args.json}")
         return
 
-    by_class = {b: {dt: {} for dt in DTYPES} for b in compiled}
+    # --classes: the other classes keep the file's values
+    old = TUNING.get("parallel_threshold_by_class", {}) if args.classes else {}
+    by_class = {b: {dt: dict(old.get(b, {}).get(dt, {})) for dt in DTYPES} for b in compiled}
     per_rule_thresholds = {b: {dt: {} for dt in DTYPES} for b in compiled}
     defaults = {b: {} for b in compiled}
     measurements = {"parallel_vs_serial": {b: {dt: {} for dt in DTYPES} for b in compiled},
@@ -397,17 +412,20 @@ def main(argv=None):
 
     auto, auto_by_class = dict(TUNING.get("auto", {})), dict(TUNING.get("auto_by_class", {}))
     if len(compiled) > 1 and not args.skip_auto:
-        rule_map = {name: cls for cls, names in groups.items() for name in names}
+        rule_map = {name: cls for cls, names in classes().items() for name in names}
         for b in compiled:   # the new thresholds, for (b)
-            per_rule = {dt: {name: by_class[b][dt][cls] for name, cls in rule_map.items()}
-                        for dt in DTYPES}
+            per_rule = {dt: {name: by_class[b][dt][cls] for name, cls in rule_map.items()
+                             if cls in by_class[b][dt]} for dt in DTYPES}
             modules[b].configure_thresholds(defaults[b], per_rule)
         for dt in DTYPES:
             reps = [representative(names) for names in groups.values()]
             res = measure_backends(dt, reps, args.samples, target, compiled)
             measurements["backends"][dt] = res
-            auto_by_class[dt] = {cls: auto_rule({r: res[r]}) for cls, r in zip(groups, reps)}
-            auto[dt] = auto_rule(res)
+            measured = {cls: auto_rule({r: res[r]}) for cls, r in zip(groups, reps)}
+            auto_by_class[dt] = {**(auto_by_class.get(dt, {}) if args.classes else {}),
+                                 **measured}
+            if not args.classes:   # the fallback needs every class
+                auto[dt] = auto_rule(res)
             print(f"\n{dt}: step time per backend (µs)")
             print("| size | " + " | ".join(f"{o} {b}" for o in res for b in compiled) + " |")
             print("|---:|" + "---:|" * (len(compiled) * len(res)))
@@ -422,6 +440,7 @@ def main(argv=None):
     tuning = {
         "measured_by": "python benchmarks/calibrate.py --write"
                        + (" --per-rule" if args.per_rule else "")
+                       + (f" --classes {args.classes}" if args.classes else "")
                        + ("" if args.samples == 41 else f" --samples {args.samples}")
                        + ("" if args.sample_ms == 1.0 else f" --sample-ms {args.sample_ms}"),
         "machine": info,
