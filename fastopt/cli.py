@@ -509,9 +509,9 @@ def _add_bench(sub):
                    help="of the fastopt optimizers; one that exists in one framework only "
                         f"({own_conventions({n: c.cls for n, c in bench.CASES.items()})}) runs "
                         "under its own (default: keras)")
-    p.add_argument("--state-dtype", choices=("bfloat16",),
-                   help="optimizer state as bfloat16 (float32 params, numba backend; see "
-                        "docs/reduced-precision.md)")
+    p.add_argument("--state-dtype", choices=("bfloat16", "int8"),
+                   help="optimizer state as bfloat16 or 8-bit codes (float32 params, numba "
+                        "backend; see docs/reduced-precision.md)")
     p.add_argument("--state-rounding", choices=("nearest", "stochastic"),
                    help="with --state-dtype: round to nearest (default) or stochastically")
     p.add_argument("--no-torch", action="store_true", help="do not time torch.optim")
@@ -572,9 +572,10 @@ def _add_compare(sub):
                         " runs under its own (default: keras)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="of the model and optimizer (default: float32)")
-    p.add_argument("--state-dtype", choices=("bfloat16",),
-                   help="keep the optimizers' state (Adam's m and v, ...) in bfloat16: "
-                        "float32 parameters, numba backend (default: the parameters' dtype)")
+    p.add_argument("--state-dtype", choices=("bfloat16", "int8"),
+                   help="keep the optimizers' state (Adam's m and v, ...) in bfloat16 or as "
+                        "8-bit codes with a scale per 256: float32 parameters, numba backend "
+                        "(default: the parameters' dtype)")
     p.add_argument("--state-rounding", choices=("nearest", "stochastic"),
                    help="how bfloat16 state is rounded (default: nearest)")
     p.add_argument("--csv", metavar="PATH",

@@ -223,14 +223,15 @@ def auto_table(dtype, rule_name=None, tuning=None):
 
 #: Optimizer state kept in a narrower dtype than the parameters
 #: (``state_dtype=...``): the one backend that runs it, and its module.
-_STATE_MODULES = {"bfloat16": ("numba", "fastopt.backends.numba_bf16")}
+_STATE_MODULES = {"bfloat16": ("numba", "fastopt.backends.numba_bf16"),
+                  "int8": ("numba", "fastopt.backends.numba_int8")}
 STATE_DTYPES = tuple(_STATE_MODULES)
 
 
 def resolve_state_backend(name, state_dtype):
     """``(backend module, Plan class)`` for slots kept in ``state_dtype``.
 
-    Only the Numba backend keeps bfloat16 state: ``"auto"`` picks it at every
+    Only the Numba backend keeps bfloat16 or 8-bit state: ``"auto"`` picks it at every
     size, another backend's name is a ``ValueError``, and an unavailable Numba
     an ``ImportError`` that says how to get it.
     """
