@@ -110,7 +110,7 @@ class TensorGroup:
         if reduced:
             self.backend, make_plan = resolve_state_backend(backend, reduced_state[0])
         else:
-            self.backend = resolve_backend(backend, self.dtype, offsets[-1], device)
+            self.backend = resolve_backend(backend, self.dtype, offsets[-1], device, rule=rule)
         if reduced and reduced_state[0] == "int8":
             self._int8(rule, arrays, slot_init, make_plan, slot_arrays, indices, decays)
             return

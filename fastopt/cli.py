@@ -17,6 +17,14 @@ import platform
 import sys
 
 
+def _thresholds(module):
+    """``"32768 (adam) / 131072 (sgd) float32, ..."``: the thresholds Adam and
+    SGD run by on ``module`` (per class of rules, or the override)."""
+    return ", ".join(
+        " / ".join(f"{module.get_parallel_threshold(dt, r)} ({r})" for r in ("adam", "sgd"))
+        + f" {dt}" for dt in ("float32", "float64"))
+
+
 def _info(args):
     import numpy as np
 
@@ -41,8 +49,7 @@ def _info(args):
         layer = nb.threading_layer()
         print(f"numba    {numba.__version__}, threading layer {layer}, "
               f"{fastopt.get_num_threads()} of {nb.max_threads()} threads, parallel from "
-              f"{nb.get_parallel_threshold('float32')} (float32) / "
-              f"{nb.get_parallel_threshold('float64')} (float64) elements")
+              f"{_thresholds(nb)} elements")
         if layer == "workqueue":
             print("         warning: the workqueue layer costs ~100 us per parallel region; "
                   "install an OpenMP runtime (libgomp) or tbb for the omp/tbb layer")
@@ -50,8 +57,7 @@ def _info(args):
         cy = backends.get_backend("cython")
         if cy.OPENMP:
             how = (f"built with OpenMP, {cy.get_num_threads()} threads, parallel from "
-                   f"{cy.get_parallel_threshold('float32')} (float32) / "
-                   f"{cy.get_parallel_threshold('float64')} (float64) elements")
+                   f"{_thresholds(cy)} elements")
         else:
             how = ("built without OpenMP: every step runs serially (FASTOPT_NO_OPENMP=1 "
                    "or a compiler without OpenMP at build time)")
