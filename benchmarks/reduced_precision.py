@@ -66,15 +66,19 @@ from fastopt.backends.numba_bf16 import bf16_decode, bf16_nearest  # noqa: E402
 from fastopt.bench import ceiling  # noqa: E402
 
 STATES = {"float32": {}, "bf16 nearest": {"state_dtype": "bfloat16"},
-          "bf16 stochastic": {"state_dtype": "bfloat16", "state_rounding": "stochastic"}}
+          "bf16 stochastic": {"state_dtype": "bfloat16", "state_rounding": "stochastic"},
+          "int8": {"state_dtype": "int8"}}
 OPTIMIZER = {"adam": (fastopt.Adam, {}), "adam_amsgrad": (fastopt.Adam, {"amsgrad": True}),
              "rmsprop": (fastopt.RMSprop, {}), "sgd_momentum": (fastopt.SGD, {"momentum": 0.9}),
              "adagrad": (fastopt.Adagrad, {})}
 
 
 def bytes_per_param(rule, state):
-    """Bytes per parameter of one step: bfloat16 slots are 2 bytes wide."""
-    return ceiling.bytes_per_param(rule, "float32", None if state == "float32" else np.uint16)
+    """Bytes per parameter of one step: bfloat16 slots are 2 bytes wide, 8-bit
+    ones 1 byte and a float32 scale per 256."""
+    dtype = STATES[state].get("state_dtype")
+    return ceiling.bytes_per_param(rule, "float32",
+                                   {None: None, "bfloat16": np.uint16, "int8": np.int8}[dtype])
 
 
 def _stable_name(info):
@@ -173,11 +177,11 @@ def speed_table(r):
     lines = ["| size | rule | state | B/param | ms | ns/param | GB/s | % of rmw ceiling "
              "| vs float32 state |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for x in r["rows"]:
-        lines.append(f"| {x['size']:.0e} | {x['rule']} | {x['state']} | {x['bytes_per_param']} "
+        lines.append(f"| {x['size']:.0e} | {x['rule']} | {x['state']} | {x['bytes_per_param']:.3g} "
                      f"| {x['ms']:.2f} | {x['ns_per_param']:.3f} | {x['gbps']:.1f} "
                      f"| {x['pct_of_rmw']:.0f}% | {x['speedup']:.2f}x |")
     lines.append("")
-    for x in r["rows"][::3]:
+    for x in r["rows"][::len(STATES)]:
         lines.append(f"- {x['size']:.0e}, {x['rule']} rounds: rmw ceiling ({x['rmw_form']} "
                      f"form, 28 B) {x['rmw_gbps']:.1f} GB/s; rmw16 (20 B, uint16 state) "
                      f"{x['rmw16_gbps']:.1f} GB/s = {x['rmw16_ns_per_param']:.3f} ns/param")
@@ -200,7 +204,7 @@ def summary_table(paths):
     for row in runs[0]["rows"]:
         key = (row["size"], row["rule"], row["state"])
         xs = [x for r in runs for x in r["rows"] if (x["size"], x["rule"], x["state"]) == key]
-        lines.append(f"| {key[0]:.0e} | {key[1]} | {key[2]} | {row['bytes_per_param']} "
+        lines.append(f"| {key[0]:.0e} | {key[1]} | {key[2]} | {row['bytes_per_param']:.3g} "
                      f"| {cell(xs, 'ns_per_param', '{:.3f}')} | {cell(xs, 'speedup', '{:.2f}x')} "
                      f"| {cell(xs, 'pct_of_rmw', '{:.0f}%')} |")
     for size in sorted({x["size"] for x in runs[0]["rows"]}):
@@ -303,20 +307,20 @@ def convergence(seeds, optimizers):
 
 
 def convergence_table(r):
-    lines = ["| data, model, epochs | optimizer | float32 state | bf16 nearest | bf16 stochastic "
-             "| largest change of a seed's loss (nearest / stochastic) |",
-             "|---|---|---:|---:|---:|---:|"]
+    low = [s for s in STATES if s != "float32"]
+    lines = ["| data, model, epochs | optimizer | " + " | ".join(
+        ["float32 state", *low]) + " | largest change of a seed's loss ("
+        + " / ".join(low) + ") |", "|---|---|" + "---:|" * (len(STATES) + 1)]
     for s in r["setups"]:
         loss = s["final_loss"]
         for name in loss["float32"]:
             f32 = np.array(loss["float32"][name])
             cells = [f"{np.mean(loss[st][name]):.4g} ± {np.std(loss[st][name]):.2g}"
-                     for st in STATES]
-            diffs = [np.max(np.abs(np.array(loss[st][name]) - f32))
-                     for st in ("bf16 nearest", "bf16 stochastic")]
+                     for st in STATES if st in loss]
+            diffs = [np.max(np.abs(np.array(loss[st][name]) - f32)) for st in low if st in loss]
             lines.append(f"| {s['data']}, {s['model']}, {s['epochs']} | {name} | "
                          + " | ".join(cells)
-                         + f" | {diffs[0]:.1e} / {diffs[1]:.1e} |")
+                         + " | " + " / ".join(f"{d:.1e}" for d in diffs) + " |")
     m = r["machine"]
     lines.append(f"\nFinal training loss (Keras's last-epoch figure), mean ± std over "
                  f"{r['seeds']} seeds; `fastopt compare` defaults otherwise (lr 0.01, batch "
@@ -340,8 +344,7 @@ def drift(steps=6000, drop=500, n=4096):
         for t in range(steps):
             opt.step(signs[t] * np.float32(1.0 if t < drop else 0.1))
             if t + 1 in checkpoints:
-                v = opt.state_dict()["slots"]["velocity/0"]
-                v = reference.bf16_to_float(v) if v.dtype == np.uint16 else v
+                v = reference.decoded_slots(opt.state_dict()["slots"])["velocity/0"]
                 track[t + 1] = float(np.mean(v))
         out[state] = track
     # exact: v = 0.999^(t-drop) v_drop + (1 - 0.999^(t-drop)) * 0.01

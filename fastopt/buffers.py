@@ -71,7 +71,7 @@ class TensorGroup:
         The tensors are CUDA device arrays.
     reduced_state : None or (str, str)
         ``(state_dtype, rounding)`` when the slots hold bfloat16 bit
-        patterns (host only).
+        patterns or 8-bit codes (host only).
     slot_arrays : dict of str to list of arrays, optional
         The slots in arrays the caller owns (per slot, per tensor: the
         tensor's shape -- a ``per_tensor`` rule's: the slot's own shape,
@@ -116,7 +116,10 @@ class TensorGroup:
         if reduced:
             self.backend, make_plan = resolve_state_backend(backend, reduced_state[0])
         else:
-            self.backend = resolve_backend(backend, self.dtype, offsets[-1], device)
+            self.backend = resolve_backend(backend, self.dtype, offsets[-1], device, rule=rule)
+        if reduced and reduced_state[0] == "int8":
+            self._int8(rule, arrays, slot_init, make_plan, slot_arrays, indices, decays)
+            return
         if slot_arrays is not None:
             self.slot_views = {name: list(slot_arrays[name]) for name in rule.slots}
         else:
@@ -142,6 +145,37 @@ class TensorGroup:
         self.factors[2] = 0.0
         self.set_decays(decays)
         self._written = (1.0, 1.0, 0.0)  # what the rows hold, when uniform
+
+    def _int8(self, rule, arrays, slot_init, make_plan, slot_arrays, indices, decays):
+        """8-bit state (:mod:`fastopt.backends.numba_int8`): per slot, the codes
+        in one flat buffer (views in the tensors' shapes, :attr:`slot_views`
+        under the slot's name) and the per-block scales in another (views of
+        one scale per block, under ``"<slot>_scales"``)."""
+        from .backends import numba_int8 as q8
+        if slot_arrays is not None:
+            raise ValueError("state_dtype='int8' keeps its codes and scales in buffers of "
+                             "its own; it cannot use state arrays a framework owns")
+        offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])]).astype(int)
+        blocks = np.concatenate([[0], np.cumsum([q8.n_blocks(a.size) for a in arrays])])
+        self.slot_views = {}
+        slots = []
+        for name, signed in zip(rule.slots, q8.signed_slots(rule)):
+            value = np.float32(slot_init.get(name, 0.0))
+            code, scale = reference.q8_encode(np.full(1, value), signed)
+            codes = np.full(offsets[-1], code[0], dtype=code.dtype)
+            scales = np.full(blocks[-1], scale[0], dtype=np.float32)
+            views = [codes[offsets[k]:offsets[k + 1]].reshape(a.shape)
+                     for k, a in enumerate(arrays)]
+            scale_views = [scales[blocks[k]:blocks[k + 1]] for k in range(len(arrays))]
+            self.slot_views[name] = views
+            self.slot_views[name + "_scales"] = scale_views
+            slots.append([(v.reshape(-1), sv) for v, sv in zip(views, scale_views)])
+        self.plan = make_plan(rule, [a.reshape(-1) for a in arrays], slots)
+        self.counted = False
+        self.factors = np.ones((3, len(arrays)))
+        self.factors[2] = 0.0
+        self.set_decays(decays)
+        self._written = (1.0, 1.0, 0.0)
 
     def _per_tensor(self, rule, arrays, slot_init, backend, decays, device, slot_arrays):
         """A ``per_tensor`` rule's group: slots in their own shapes, the plan

@@ -17,6 +17,14 @@ import platform
 import sys
 
 
+def _thresholds(module):
+    """``"32768 (adam) / 131072 (sgd) float32, ..."``: the thresholds Adam and
+    SGD run by on ``module`` (per class of rules, or the override)."""
+    return ", ".join(
+        " / ".join(f"{module.get_parallel_threshold(dt, r)} ({r})" for r in ("adam", "sgd"))
+        + f" {dt}" for dt in ("float32", "float64"))
+
+
 def _info(args):
     import numpy as np
 
@@ -41,8 +49,7 @@ def _info(args):
         layer = nb.threading_layer()
         print(f"numba    {numba.__version__}, threading layer {layer}, "
               f"{fastopt.get_num_threads()} of {nb.max_threads()} threads, parallel from "
-              f"{nb.get_parallel_threshold('float32')} (float32) / "
-              f"{nb.get_parallel_threshold('float64')} (float64) elements")
+              f"{_thresholds(nb)} elements")
         if layer == "workqueue":
             print("         warning: the workqueue layer costs ~100 us per parallel region; "
                   "install an OpenMP runtime (libgomp) or tbb for the omp/tbb layer")
@@ -50,8 +57,7 @@ def _info(args):
         cy = backends.get_backend("cython")
         if cy.OPENMP:
             how = (f"built with OpenMP, {cy.get_num_threads()} threads, parallel from "
-                   f"{cy.get_parallel_threshold('float32')} (float32) / "
-                   f"{cy.get_parallel_threshold('float64')} (float64) elements")
+                   f"{_thresholds(cy)} elements")
         else:
             how = ("built without OpenMP: every step runs serially (FASTOPT_NO_OPENMP=1 "
                    "or a compiler without OpenMP at build time)")
@@ -503,9 +509,9 @@ def _add_bench(sub):
                    help="of the fastopt optimizers; one that exists in one framework only "
                         f"({own_conventions({n: c.cls for n, c in bench.CASES.items()})}) runs "
                         "under its own (default: keras)")
-    p.add_argument("--state-dtype", choices=("bfloat16",),
-                   help="optimizer state as bfloat16 (float32 params, numba backend; see "
-                        "docs/reduced-precision.md)")
+    p.add_argument("--state-dtype", choices=("bfloat16", "int8"),
+                   help="optimizer state as bfloat16 or 8-bit codes (float32 params, numba "
+                        "backend; see docs/reduced-precision.md)")
     p.add_argument("--state-rounding", choices=("nearest", "stochastic"),
                    help="with --state-dtype: round to nearest (default) or stochastically")
     p.add_argument("--no-torch", action="store_true", help="do not time torch.optim")
@@ -566,9 +572,10 @@ def _add_compare(sub):
                         " runs under its own (default: keras)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="of the model and optimizer (default: float32)")
-    p.add_argument("--state-dtype", choices=("bfloat16",),
-                   help="keep the optimizers' state (Adam's m and v, ...) in bfloat16: "
-                        "float32 parameters, numba backend (default: the parameters' dtype)")
+    p.add_argument("--state-dtype", choices=("bfloat16", "int8"),
+                   help="keep the optimizers' state (Adam's m and v, ...) in bfloat16 or as "
+                        "8-bit codes with a scale per 256: float32 parameters, numba backend "
+                        "(default: the parameters' dtype)")
     p.add_argument("--state-rounding", choices=("nearest", "stochastic"),
                    help="how bfloat16 state is rounded (default: nearest)")
     p.add_argument("--csv", metavar="PATH",

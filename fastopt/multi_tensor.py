@@ -123,7 +123,7 @@ class MultiTensorStep:
             self._bf16_setup(dtype, backend, state_dtype, state_rounding)
             return
         if backend == "auto":
-            module = resolve_backend("auto", dtype, self.size)
+            module = resolve_backend("auto", dtype, self.size, rule=self.rule)
             backend = module.NAME if module.NAME in ("cython", "numba") else "numba"
         self.backend = backend
         self._run = _cython_runner(self.rule, dtype, self.sizes, len(self.slots)) \
@@ -290,11 +290,12 @@ class MultiTensorStep:
 def _numba_runner(rule, dtype, sizes, drivers=None, drive=None):
     """``run(ptrs, pt, scalars, clipvalue)`` over the numba backend's chunk
     table: packs the scalars, then calls the parallel or the serial driver
-    (by the group's size and ``dtype``'s threshold) through ``drive(driver,
+    (by the group's size and the rule's threshold) through ``drive(driver,
     ptrs, table, pt, hp)``; by default the rule's numba_backend drivers."""
     nb = get_backend("numba")
     table = nb.chunk_table(sizes)
     hp = np.zeros(1 + len(rule.prepared))
+    key = rule.name if drivers is None else None
     if drivers is None:
         like = np.empty(0, dtype=dtype)
         c = nb.compiled(rule)
@@ -305,10 +306,15 @@ def _numba_runner(rule, dtype, sizes, drivers=None, drive=None):
             driver(ptrs, ptrs[1], -1, 0, table, pt, hp, like)
     size = sum(sizes)
     pack = rule.pack
+    # the rule's threshold (key; other drivers, over narrower state: the
+    # dtype's, as numba_bf16), looked up once and again only after a change
+    looked = [nb.threshold_for(key, dtype), nb._generation]
 
     def run(ptrs, pt, scalars, clipvalue):
         hp[:] = pack(scalars, clipvalue)
-        parallel = size >= nb.get_parallel_threshold(dtype)  # the threshold may change
+        if looked[1] != nb._generation:
+            looked[:] = nb.threshold_for(key, dtype), nb._generation
+        parallel = size >= looked[0]
         if parallel:
             nb.sync_threads()  # fastopt's thread count, in whichever thread calls
         drive(drivers[0] if parallel else drivers[1], ptrs, table, pt, hp)
@@ -316,6 +322,5 @@ def _numba_runner(rule, dtype, sizes, drivers=None, drive=None):
 
 
 def _cython_runner(rule, dtype, sizes, nslots):
-    cb = get_backend("cython")
-    core = cb._ext.AddressedCore(cb.rule_number(rule), nslots, list(sizes), dtype == np.float64)
+    core = get_backend("cython").addressed_core(rule, nslots, sizes, dtype)
     return core.step

@@ -108,16 +108,22 @@ class Optimizer(StateMethods):
         ``"auto"`` (default), ``"cython"``, ``"numba"``, ``"numpy"`` or
         ``"cuda"`` (device arrays only, which ``"auto"`` then picks); see
         :func:`fastopt.available_backends`.
-    state_dtype : None or "bfloat16", default None
+    state_dtype : None, "bfloat16" or "int8", default None
         None keeps the optimizer state (momentum, velocity, accumulators) in
         the parameters' dtype.  ``"bfloat16"`` keeps it as bfloat16 bit
         patterns in uint16 arrays, halving its memory and its traffic (Adam:
-        20 instead of 28 bytes per parameter per step); the arithmetic stays
-        float32.  Needs float32 parameters and the numba backend (``"auto"``
-        picks it); not offered for centred RMSprop.  The EMA and gradient
-        accumulators stay in the parameters' dtype.  See the documentation's
-        "Reduced-precision optimizer state" (``docs/reduced-precision.md``) for
-        what it does to training.
+        20 instead of 28 bytes per parameter per step).  ``"int8"`` keeps
+        each slot as 8-bit codes (int8, or uint8 for slots that are never
+        negative) with one float32 scale per block of 256 elements (Adam:
+        about 16 bytes per parameter per step; the scales are the state-dict
+        entries ``"<slot>_scales/<index>"``; :func:`fastopt.reference.q8_encode`
+        specifies the code), offered for Adam/AdamW/AMSGrad, RMSprop (not
+        centred), SGD with momentum and Adagrad.  The arithmetic stays
+        float32.  Both need float32 parameters and the numba backend
+        (``"auto"`` picks it); bfloat16 is not offered for centred RMSprop.
+        The EMA and gradient accumulators stay in the parameters' dtype.  See
+        the documentation's "Reduced-precision optimizer state"
+        (``docs/reduced-precision.md``) for what they do to training.
     state_rounding : "nearest" or "stochastic", default "nearest"
         With ``state_dtype="bfloat16"``: round to nearest (ties to even), or
         stochastically (unbiased; reproducible, the random numbers are a hash

@@ -29,11 +29,13 @@ in-place pass with no temporary array.
 The moving average runs inside the kernel's pass where the tensor group's
 plan can (``plan.fuses_ema``: the numba backend's plans, bfloat16 state
 included, and the cuda backend's), each average moved as its parameter is
-stored; elsewhere (the cython and numpy backends, ``per_tensor`` rules,
-calls that only accumulate, tensor groups the kernel did not run on) as a
-pass of its own after the update.  Both compute the same expression in the
-same order: the same bits (on a GPU, up to the device's fused multiply-adds).  A parameter whose gradient is None is averaged too (the average
-follows the parameter at every call, as in Keras).
+stored; elsewhere (the cython and numpy backends, 8-bit state,
+``per_tensor`` rules, calls that only accumulate, tensor groups the kernel
+did not run on) as a pass of its own after the update.  Both compute the
+same expression in the same order: the same bits (on a GPU, up to the
+device's fused multiply-adds).  A parameter whose gradient is None is
+averaged too (the average follows the parameter at every call, as in
+Keras).
 """
 from __future__ import annotations
 

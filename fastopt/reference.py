@@ -222,3 +222,113 @@ def apply_rule_bf16(name, param, grad, slots, scalars, *, keep=1.0, gscale=1.0,
                      keep=keep, gscale=gscale, clipvalue=clipvalue, l2=l2)
     bits = random_bits if random_bits is not None else [None] * len(slots)
     return (new[0], *(bf16_round(s, rounding, b) for s, b in zip(new[1:], bits)))
+
+
+# --------------------------------------------------------------------------
+# Optimizer state kept in 8 bits (``state_dtype="int8"``).  Each slot of a
+# tensor is cut into blocks of :data:`Q8_BLOCK` elements (of the flattened
+# tensor, from element 0; the last block may be shorter).  A block stores one
+# float32 scale, the largest magnitude in it, and one 8-bit code per element
+# for ``q = |x| / scale`` in [0, 1], a small floating-point number:
+#
+# * slots that may be negative (Adam's ``momentum``): int8, the sign (of the
+#   value's sign bit) and a 7-bit magnitude with 4 exponent and 3 significand bits, ``q`` from
+#   2**-16 * 1.25 (about 1.9e-5) to 1; smaller values become 0;
+# * slots that are never negative (``velocity``, ``accumulator``): uint8,
+#   5 exponent and 3 significand bits, ``q`` from 2**-32 * 1.25 (about
+#   2.9e-10) to 1, and a value above 0 never becomes 0 (it is stored as the
+#   smallest code): a second moment rounded to zero would turn the next
+#   update into ``m / epsilon``.
+#
+# Encoding works on the float32 bits of ``q = |x| * (1 / scale)`` (both
+# float32 operations; ``1 / scale`` is taken as 0 for an all-zero block, and
+# a NaN ``q`` gets the largest code): ``r = (bits + 2**19) >> 20`` rounds ``q`` to 3
+# significand bits (half away from zero), and the code is ``r`` less a bias
+# (:data:`Q8_BIAS`), clamped to the code's range.  Decoding shifts ``code +
+# bias`` back into a float32 and multiplies by the scale: a few integer
+# operations, which vectorise, and no table.  A block whose largest magnitude
+# is not finite (inf or NaN) has a NaN scale: all its elements decode to NaN.
+
+#: Elements per block (one float32 scale per block and slot).
+Q8_BLOCK = 256
+#: ``r - code`` for the signed and the unsigned code (see above).
+Q8_BIAS = {True: (127 << 3) - 127, False: (127 << 3) - 255}
+#: The largest code magnitude (``q = 1``).
+Q8_TOP = {True: 127, False: 255}
+
+
+def q8_scales(x, block=Q8_BLOCK):
+    """Per block of the flattened float32 ``x``: its largest magnitude
+    (float32), or NaN where a value in the block is not finite."""
+    x = np.asarray(x, np.float32).reshape(-1)
+    nblocks = -(-x.size // block)
+    pad = np.zeros(nblocks * block, np.float32)
+    pad[:x.size] = np.abs(x)
+    pad = pad.reshape(nblocks, block)
+    with np.errstate(invalid="ignore"):
+        scales = pad.max(axis=1) if nblocks else np.zeros(0, np.float32)
+        bad = ~np.isfinite(pad).all(axis=1) if nblocks else np.zeros(0, bool)
+    return np.where(bad, np.float32(np.nan), scales).astype(np.float32)
+
+
+def q8_encode(x, signed, block=Q8_BLOCK):
+    """Encode float32 values as 8-bit codes and per-block scales.
+
+    Returns ``(codes, scales)``: ``codes`` int8 (``signed``) or uint8, of
+    ``x``'s shape; ``scales`` float32, one per block of the flattened ``x``.
+    This is the specification the kernels follow bit for bit (all arithmetic
+    in float32, as written here).
+    """
+    x = np.asarray(x, np.float32)
+    flat = x.reshape(-1)
+    scales = q8_scales(flat, block)
+    per = np.repeat(scales, block)[:flat.size]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inv = np.where(per == 0, np.float32(0), np.float32(1.0) / per)  # float32
+        q = np.abs(flat) * inv                               # float32 product
+    bits = q.view(np.uint32).astype(np.int64)
+    r = (bits + (1 << 19)) >> 20
+    code = np.clip(r - Q8_BIAS[signed], 0, Q8_TOP[signed])
+    if not signed:  # a positive value keeps a positive code
+        code = np.where((code == 0) & (q > 0), 1, code)
+    if signed:
+        code = np.where(np.signbit(flat), -code, code).astype(np.int8)
+    else:
+        code = code.astype(np.uint8)
+    return code.reshape(x.shape), scales
+
+
+def q8_decode(codes, scales, block=Q8_BLOCK):
+    """The float32 values of 8-bit codes (int8: signed, uint8: unsigned) and
+    their per-block scales (exact: a power of two times a 4-bit significand,
+    times the scale, rounded once to float32)."""
+    codes = np.asarray(codes)
+    signed = codes.dtype == np.int8
+    flat = codes.reshape(-1).astype(np.int64)
+    mag = np.abs(flat)
+    bits = ((mag + Q8_BIAS[signed]) << 20).astype(np.uint32)
+    q = np.where(mag == 0, np.float32(0), bits.view(np.float32))
+    q = np.where(flat < 0, -q, q).astype(np.float32)
+    per = np.repeat(np.asarray(scales, np.float32), block)[:flat.size]
+    with np.errstate(invalid="ignore"):
+        return (q * per).astype(np.float32).reshape(codes.shape)
+
+
+def decoded_slots(slots):
+    """A state dict's ``"slots"`` with reduced-precision state decoded to
+    float32: bfloat16 bit patterns (uint16) and 8-bit codes (with their
+    ``"<slot>_scales/<i>"`` companions, which are left out); other arrays as
+    they are."""
+    out = {}
+    for key, a in slots.items():
+        name, _, i = key.rpartition("/")
+        if name.endswith("_scales") and f"{name[:-len('_scales')]}/{i}" in slots:
+            continue
+        scales = slots.get(f"{name}_scales/{i}")
+        if scales is not None and a.dtype in (np.int8, np.uint8):
+            out[key] = q8_decode(a, scales)
+        elif a.dtype == np.uint16:
+            out[key] = bf16_to_float(a).reshape(a.shape)
+        else:
+            out[key] = a
+    return out

@@ -44,6 +44,11 @@ __all__ = ["Rule", "RULES", "TENSOR_RULES", "KINDS", "get_rule"]
 #: them: their elementwise parts are rules of :data:`RULES` they call).
 KINDS = ("elementwise", "two_phase", "per_tensor")
 
+#: ``Rule.int8_refusal``'s default: 8-bit state is offered where its accuracy
+#: was measured (``benchmarks/int8_codes.py``, ``benchmarks/reduced_precision.py``).
+INT8_NOT_MEASURED = ("8-bit state is offered for the optimizers whose accuracy with it was "
+                     "measured: Adam/AdamW/AMSGrad, RMSprop, SGD with momentum and Adagrad")
+
 
 @dataclass(frozen=True, eq=False)
 class Rule:
@@ -71,6 +76,14 @@ class Rule:
         PyTorch's ``state_dict`` keys of the slots, in order (torch rules).
     bf16_refusal : str or None
         Why the rule cannot keep its state in bfloat16, or None if it can.
+    int8_refusal : str or None
+        Why the rule cannot keep its state in 8 bits (``state_dtype="int8"``),
+        or None if it can; by default it cannot (:data:`INT8_NOT_MEASURED`):
+        a family opts in where the accuracy was measured.
+    nonnegative : tuple of str
+        The slots that are never negative (second moments, accumulators):
+        8-bit state stores them with an unsigned code of a wider range
+        (:func:`fastopt.reference.q8_encode`).
     kind : str
         One of :data:`KINDS`.
     host_state : tuple of str
@@ -128,6 +141,8 @@ class Rule:
     reference: Callable = None
     torch_state: tuple = ()
     bf16_refusal: str | None = None
+    int8_refusal: str | None = INT8_NOT_MEASURED
+    nonnegative: tuple = ()
     kind: str = "elementwise"
     host_state: tuple = ()
     host_init: tuple = ()
@@ -244,6 +259,9 @@ class Rule:
         if self.kind == "per_tensor":
             return 3 * item
         state_item = item if state_dtype is None else np.dtype(state_dtype).itemsize
+        if state_dtype is not None and np.dtype(state_dtype) == np.int8:
+            from .reference import Q8_BLOCK
+            state_item += 4 / Q8_BLOCK  # a float32 scale per block
         once = 3 * item + 2 * len(self.slots) * state_item
         if self.two_phase:
             once += 2 * item + len(self.slots) * state_item

@@ -165,6 +165,12 @@ class OptimizerInfo:
         variant either can keep bfloat16 state or has no state at all."""
         return all(not RULES[r].slots or not RULES[r].bf16_refusal for r in self.rules.values())
 
+    @property
+    def int8_state(self):
+        """Whether ``state_dtype="int8"`` is accepted: every rule of the
+        variant either can keep 8-bit state or has no state at all."""
+        return all(not RULES[r].slots or not RULES[r].int8_refusal for r in self.rules.values())
+
     def make(self, params, **kwargs):
         """The optimizer over ``params`` at the row's learning rate."""
         return self.cls(params, **{"learning_rate": self.learning_rate, **self.kwargs, **kwargs})

@@ -71,7 +71,8 @@ def test_threads_and_threshold_setters_validate():
         fastopt.set_parallel_threshold(123, "float64")
         assert fastopt.get_parallel_threshold("float64") == 123
     finally:
-        fastopt.set_parallel_threshold(before, "float64")
+        fastopt.set_parallel_threshold(None, "float64")
+    assert fastopt.get_parallel_threshold("float64") == before
 
 
 def test_import_without_numba_falls_back_to_numpy():

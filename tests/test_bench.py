@@ -214,11 +214,30 @@ def test_bench_with_bfloat16_state(rounding, tmp_path, capsys):
                            rounding, "--json", str(path)], capsys)
     assert code == 0, err
     assert f"state_dtype bfloat16, state_rounding {rounding}" in out
-    assert "parameters only (the slots are bfloat16-rounded)" in out
+    assert "parameters only (the slots are stored rounded)" in out
     rows = json.loads(path.read_text())["rows"]
     assert {r["optimizer"]: r["bytes_per_param"] for r in rows} == {"adam": 20,
                                                                     "sgd_momentum": 16}
     assert all(r["backend_used"] == "numba" and r["numerics_ok"] for r in rows)
+
+
+def test_bench_with_int8_state(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    code, out, err = _run(["--optimizers", "adam,sgd_momentum", "--backends", "auto", *TINY,
+                           "--no-torch", "--state-dtype", "int8", "--json", str(path)], capsys)
+    assert code == 0, err
+    assert "state_dtype int8, state_rounding nearest" in out
+    rows = json.loads(path.read_text())["rows"]
+    assert {r["optimizer"]: r["bytes_per_param"] for r in rows} == {
+        "adam": 12 + 4 * (1 + 4 / 256), "sgd_momentum": 12 + 2 * (1 + 4 / 256)}
+    assert all(r["backend_used"] == "numba" and r["numerics_ok"] for r in rows)
+
+
+def test_step_error_with_int8_state_sees_a_wrong_formula(monkeypatch):
+    options = {"state_dtype": "int8"}
+    assert numerics.step_error("adam", [(4000,)], "float32", "numba", options=options) <= 2e-5
+    _drop_epsilon(monkeypatch)
+    assert numerics.step_error("adam", [(4000,)], "float32", "numba", options=options) > 1e-2
 
 
 def test_step_error_with_bfloat16_state_sees_a_wrong_formula(monkeypatch):

@@ -112,3 +112,21 @@ def test_bfloat16_state_converges(row, rounding):
             factor = 1e4  # the stalled v, see the docstring
         assert got <= max(factor * base, 1e-6), \
             f"{problem.__name__}: {got:.3g} with bfloat16 state, {base:.3g} with float32"
+
+
+INT8 = [row for row in DB if row.int8_state and row.id != "sgd"]  # plain SGD has no state
+
+
+@pytest.mark.skipif(BACKEND != "numba", reason="8-bit state runs on the numba backend")
+@pytest.mark.parametrize("row", INT8, ids=str)
+def test_int8_state_converges(row, record_property):
+    """float32 parameters with 8-bit state against the same run with float32
+    state: the thresholds above, and within a factor 3 of the float32-state
+    run's loss or below 1e-6 of the start (the ratios are reported)."""
+    for problem, threshold in ((quadratic, 0.02), (rosenbrock, 0.1)):
+        base = problem(row, np.float32)
+        got = problem(row, np.float32, state_dtype="int8")
+        record_property(problem.__name__, f"{got:.3g} (float32 state {base:.3g})")
+        assert got < threshold, f"{problem.__name__}: {got:.3g} of the start"
+        assert got <= max(3.0 * base, 1e-6), \
+            f"{problem.__name__}: {got:.3g} with 8-bit state, {base:.3g} with float32"

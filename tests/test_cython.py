@@ -53,8 +53,8 @@ def restore_threads():
               cy.get_parallel_threshold("float64"))
     yield cy
     cy.set_num_threads(before[0])
-    cy.set_parallel_threshold(before[1], "float32")
-    cy.set_parallel_threshold(before[2], "float64")
+    cy.set_parallel_threshold(None, "float32")  # no override: the tuned values
+    cy.set_parallel_threshold(None, "float64")
 
 
 @needs_cython

@@ -32,6 +32,7 @@ CASES = [
     ("numba", fastopt.SGD, {"momentum": 0.9, "nesterov": True}),
     ("numba", fastopt.Adam, {"learning_rate": 1e-2, "clipnorm": 0.5}),  # two_phase
     ("numba", fastopt.Adam, {"learning_rate": 1e-2, "state_dtype": "bfloat16"}),
+    ("numba", fastopt.Adam, {"learning_rate": 1e-2, "state_dtype": "int8"}),
     ("numba", fastopt.Lamb, {"learning_rate": 1e-2}),  # two_phase, its update scale
     ("numba", fastopt.Adafactor, {"learning_rate": 1e-2}),  # per_tensor
     ("cython", fastopt.Adam, {"learning_rate": 1e-2}),
@@ -39,7 +40,7 @@ CASES = [
 ]
 
 
-# bfloat16 state takes float32 parameters only
+# bfloat16 and 8-bit state take float32 parameters only
 GRID = [(*case, dtype) for case in CASES for dtype in (np.float32, np.float64)
         if dtype == np.float32 or "state_dtype" not in case[2]]
 
@@ -58,7 +59,8 @@ def test_the_average_is_the_reference_expression_bit_for_bit(backend, cls, kw, d
     plain = cls(q, backend=backend, **kw)  # the same parameters without the average
     fused = [g.ema_fused for g in opt._tensor_groups]
     # the numba float32/float64 plans fold it in; the others run a pass of its own
-    assert fused == [backend == "numba" and cls is not fastopt.Adafactor]
+    assert fused == [backend == "numba" and cls is not fastopt.Adafactor
+                     and kw.get("state_dtype") != "int8"]
     ema = [np.zeros_like(a) for a in q]
     for k in range(4):
         g = _grads(rng, dtype, none=(1,) if k == 2 else ())  # a None gradient at step 2

@@ -217,8 +217,8 @@ def restore_parallel_settings():
     defaults = {dt: fastopt.get_parallel_threshold(dt) for dt in ("float32", "float64")}
     threads = fastopt.get_num_threads()
     yield
-    for dt, n in defaults.items():
-        fastopt.set_parallel_threshold(n, dt)
+    for dt in defaults:
+        fastopt.set_parallel_threshold(None, dt)  # no override: the tuned values
     fastopt.set_num_threads(threads)
     assert {dt: fastopt.get_parallel_threshold(dt) for dt in defaults} == defaults
 
@@ -256,8 +256,8 @@ def test_results_do_not_depend_on_threads_or_parallel_threshold(problem, optimiz
                    for n in (1, min(2, fastopt.backends.get_backend("numba").max_threads()))
                    for t in (0, 2 ** 62)]
     finally:
-        for dt, n in defaults.items():
-            fastopt.set_parallel_threshold(n, dt)
+        for dt in defaults:
+            fastopt.set_parallel_threshold(None, dt)
         fastopt.set_num_threads(threads)
     base_params, base_slots = results[0]
     for params, slots in results[1:]:

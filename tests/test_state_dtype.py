@@ -311,7 +311,6 @@ def test_results_do_not_depend_on_threads_or_the_parallel_threshold(rounding):
     sizes = [50_000, 3, 70_001]
     runs = []
     threads = fastopt.get_num_threads()
-    threshold = numba_backend.get_parallel_threshold("float32")
     try:
         for n_threads, parallel_from in ((1, 1 << 40), (1, 0), (threads, 0)):
             fastopt.set_num_threads(n_threads)
@@ -327,7 +326,7 @@ def test_results_do_not_depend_on_threads_or_the_parallel_threshold(rounding):
             runs.append(params + [a for s in slots for a in s])
     finally:
         fastopt.set_num_threads(threads)
-        numba_backend.set_parallel_threshold(threshold, "float32")
+        numba_backend.set_parallel_threshold(None, "float32")  # the tuned values again
     for other in runs[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(runs[0], other))
 

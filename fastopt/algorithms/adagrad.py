@@ -118,9 +118,9 @@ def adagrad_torch(param, grad, accumulator, *, learning_rate, epsilon, lr_decay,
 
 RULES = (
     Rule("adagrad", slots=("accumulator",), scalars=("learning_rate", "epsilon"),
-         prepare=prepare_adagrad, element=element_adagrad, reference=adagrad),
+         prepare=prepare_adagrad, element=element_adagrad, reference=adagrad, int8_refusal=None, nonnegative=('accumulator',)),
     Rule("adagrad_torch", slots=("accumulator",),
          scalars=("learning_rate", "epsilon", "lr_decay", "step"), convention="torch",
          prepare=prepare_adagrad_torch, element=element_adagrad, reference=adagrad_torch,
-         torch_state=("sum",)),
+         torch_state=("sum",), int8_refusal=None, nonnegative=('accumulator',)),
 )

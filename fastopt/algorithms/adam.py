@@ -232,14 +232,14 @@ _ADAM_K = ("alpha", "beta_1", "beta_2", "epsilon")
 
 RULES = (
     Rule("adam", slots=("momentum", "velocity"), scalars=_ADAM_K, prepare=prepare_adam,
-         element=element_adam, reference=adam),
+         element=element_adam, reference=adam, int8_refusal=None, nonnegative=('velocity',)),
     Rule("adam_amsgrad", slots=("momentum", "velocity", "velocity_hat"), scalars=_ADAM_K,
-         prepare=prepare_adam, element=element_amsgrad, reference=adam_amsgrad),
+         prepare=prepare_adam, element=element_amsgrad, reference=adam_amsgrad, int8_refusal=None, nonnegative=('velocity', 'velocity_hat')),
     Rule("adam_torch", slots=("momentum", "velocity"), scalars=_ADAM_T, convention="torch",
          prepare=prepare_adam_torch, element=element_adam_torch, reference=adam_torch,
-         torch_state=("exp_avg", "exp_avg_sq")),
+         torch_state=("exp_avg", "exp_avg_sq"), int8_refusal=None, nonnegative=('velocity',)),
     Rule("adam_amsgrad_torch", slots=("momentum", "velocity", "velocity_hat"),
          scalars=_ADAM_T, convention="torch", prepare=prepare_adam_torch,
          element=element_amsgrad_torch, reference=adam_amsgrad_torch,
-         torch_state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
+         torch_state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), int8_refusal=None, nonnegative=('velocity', 'velocity_hat')),
 )

@@ -302,31 +302,34 @@ _CENTRED_BF16 = ("centred RMSprop's denominator v - a^2 cancels: bfloat16 keeps 
                  "of v is lost to rounding and the step blows up (measured: the Rosenbrock "
                  "test diverges to NaN with stochastic rounding)")
 
+_CENTRED_INT8 = ("centred RMSprop's denominator v - a^2 cancels: 8-bit codes keep v and a "
+                 "only to about 6% (3 significand bits), far too coarse for that difference")
+
 RULES = (
     Rule("rmsprop", slots=("velocity",), scalars=_RMS, prepare=prepare_rmsprop,
-         element=element_rmsprop, reference=rmsprop),
+         element=element_rmsprop, reference=rmsprop, int8_refusal=None, nonnegative=('velocity',)),
     Rule("rmsprop_momentum", slots=("velocity", "momentum"), scalars=_RMS_MOM,
-         prepare=prepare_momentum, element=element_momentum, reference=rmsprop_momentum),
+         prepare=prepare_momentum, element=element_momentum, reference=rmsprop_momentum, int8_refusal=None, nonnegative=('velocity',)),
     Rule("rmsprop_centered", slots=("velocity", "average_gradient"), scalars=_RMS,
          prepare=prepare_rmsprop, element=element_centered, reference=rmsprop_centered,
-         bf16_refusal=_CENTRED_BF16),
+         bf16_refusal=_CENTRED_BF16, int8_refusal=_CENTRED_INT8),
     Rule("rmsprop_centered_momentum", slots=("velocity", "average_gradient", "momentum"),
          scalars=_RMS_MOM, prepare=prepare_momentum, element=element_centered_momentum,
          reference=rmsprop_centered_momentum, bf16_refusal=_CENTRED_BF16),
     Rule("rmsprop_torch", slots=("velocity",), scalars=_RMS, convention="torch",
          prepare=prepare_rmsprop_torch, element=element_rmsprop, reference=rmsprop_torch,
-         torch_state=("square_avg",)),
+         torch_state=("square_avg",), int8_refusal=None, nonnegative=('velocity',)),
     Rule("rmsprop_momentum_torch", slots=("velocity", "momentum"), scalars=_RMS_MOM,
          convention="torch", prepare=prepare_momentum_torch, element=element_momentum,
-         reference=rmsprop_momentum_torch, torch_state=("square_avg", "momentum_buffer")),
+         reference=rmsprop_momentum_torch, torch_state=("square_avg", "momentum_buffer"), int8_refusal=None, nonnegative=('velocity',)),
     Rule("rmsprop_centered_torch", slots=("velocity", "average_gradient"), scalars=_RMS,
          convention="torch", prepare=prepare_rmsprop_torch, element=element_centered,
          reference=rmsprop_centered_torch, torch_state=("square_avg", "grad_avg"),
-         bf16_refusal=_CENTRED_BF16),
+         bf16_refusal=_CENTRED_BF16, int8_refusal=_CENTRED_INT8),
     Rule("rmsprop_centered_momentum_torch",
          slots=("velocity", "average_gradient", "momentum"), scalars=_RMS_MOM,
          convention="torch", prepare=prepare_momentum_torch,
          element=element_centered_momentum, reference=rmsprop_centered_momentum_torch,
          torch_state=("square_avg", "grad_avg", "momentum_buffer"),
-         bf16_refusal=_CENTRED_BF16),
+         bf16_refusal=_CENTRED_BF16, int8_refusal=_CENTRED_INT8),
 )

@@ -10,7 +10,13 @@ because of a backend.
 ``benchmarks/calibrate.py`` from measurements): for each dtype, a list of
 ``[max_size, backend]`` rows, the first row whose ``max_size`` is at least the
 group's size (``null`` = no limit) and whose backend is available wins.  The
-same file holds the measured serial/parallel thresholds of the Numba backend.
+same file holds the measured serial/parallel thresholds of the compiled
+backends.  Both are measured per *class* of rules (:func:`rule_class`: the
+bytes a step moves per element and the element function's costliest
+arithmetic): ``rule_classes`` maps each rule to its class,
+``auto_by_class`` and ``parallel_threshold_by_class`` hold the class's values,
+and a rule missing from ``rule_classes`` (a rule added after the calibration)
+gets the per-dtype ``auto`` and ``parallel_threshold`` instead.
 CUDA device arrays are a separate case: only the ``"cuda"`` backend takes
 them, so for them ``"auto"`` is ``"cuda"``.
 """
@@ -24,7 +30,8 @@ import numpy as np
 
 __all__ = ["available_backends", "get_backend", "resolve_backend", "set_num_threads",
            "get_num_threads", "num_threads_set", "set_parallel_threshold", "get_parallel_threshold",
-           "BACKEND_NAMES", "STATE_DTYPES", "resolve_state_backend"]
+           "BACKEND_NAMES", "STATE_DTYPES", "resolve_state_backend", "rule_class",
+           "tuned_threshold"]
 
 #: Every backend fastopt knows, in order of preference for error messages.
 _MODULES = {
@@ -64,10 +71,102 @@ def _load(name):
     return _loaded.get(name)
 
 
+def rule_class(rule):
+    """The tuning class of a compiled rule, e.g. ``"28B-heavy"``.
+
+    The bytes one float32 step moves per element (:meth:`Rule.bytes_per_param`:
+    the parameter, the gradient, the slots, and a two-phase rule's first
+    pass), then the element function's arithmetic, the costliest that
+    applies: ``pow`` (a power: an order of magnitude above the rest),
+    ``branch`` (a test on the element's values, or ``sign``: loops that do
+    not vectorise everywhere), ``heavy`` (a square root or a division),
+    ``light``.  Rules of one class share their parallel threshold and
+    ``auto`` table in ``tuning.json``; ``benchmarks/calibrate.py`` measures
+    one rule per class (docs/performance.md says why this grouping).
+    """
+    import ast
+    fn = rule.element_ast
+    nodes = list(ast.walk(fn))
+    calls = {_call_name(n) for n in nodes if isinstance(n, ast.Call)}
+    if "pow" in calls or any(isinstance(n, ast.Pow) for n in nodes):
+        cost = "pow"
+    elif "sign" in calls or _branches_on_elements(fn, 2 + len(rule.slots)):
+        cost = "branch"
+    elif "sqrt" in calls or any(isinstance(n, ast.Div) for n in nodes):
+        cost = "heavy"
+    else:
+        cost = "light"
+    return f"{rule.bytes_per_param('float32')}B-{cost}"
+
+
+def _call_name(node):
+    f = node.func
+    return getattr(f, "attr", None) or getattr(f, "id", None)
+
+
+def _branches_on_elements(fn, n_arrays):
+    """Whether an ``if`` (or a conditional expression) of the element
+    function ``fn`` tests a value computed from the arrays (its first
+    ``n_arrays`` arguments), not from the per-step scalars only (a test on a
+    scalar is hoisted out of the loop by the compiler)."""
+    import ast
+    varying = {a.arg for a in fn.args.args[:n_arrays]}
+
+    def reads_varying(node):
+        return any(isinstance(n, ast.Name) and n.id in varying for n in ast.walk(node))
+
+    found = False
+
+    def visit(stmts):
+        nonlocal found
+        for st in stmts:
+            if isinstance(st, ast.If):
+                found = found or reads_varying(st.test)
+                visit(st.body)
+                visit(st.orelse)
+                continue
+            if any(isinstance(n, ast.IfExp) and reads_varying(n.test) for n in ast.walk(st)):
+                found = True
+            if isinstance(st, (ast.Assign, ast.AugAssign)) and reads_varying(st.value):
+                targets = st.targets if isinstance(st, ast.Assign) else [st.target]
+                for t in targets:
+                    varying.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    # twice: a name assigned from the arrays after a test that reads it earlier
+    visit(fn.body)
+    visit(fn.body)
+    return found
+
+
+def tuned_threshold(backend, rule_name, dtype, tuning=None):
+    """``tuning.json``'s parallel threshold of ``rule_name`` on ``backend``
+    (``"numba"`` or ``"cython"``) for ``dtype``: its class's, else (a rule
+    not in the file, or a class without a value) the dtype's default; None
+    if the file has neither.  ``tuning``: another parsed file (tests)."""
+    tuning = TUNING if tuning is None else tuning
+    dt = np.dtype(dtype).name
+    klass = tuning.get("rule_classes", {}).get(rule_name)
+    by_class = tuning.get("parallel_threshold_by_class", {}).get(backend, {}).get(dt, {})
+    if klass in by_class:
+        return by_class[klass]
+    return tuning.get("parallel_threshold", {}).get(backend, {}).get(dt)
+
+
+def _per_rule_thresholds(backend, tuning=None):
+    """``{dtype: {rule: n}}``: the class value of every rule the file lists."""
+    tuning = TUNING if tuning is None else tuning
+    out = {}
+    for dt in ("float32", "float64"):
+        by_class = tuning.get("parallel_threshold_by_class", {}).get(backend, {}).get(dt, {})
+        out[dt] = {name: by_class[k] for name, k in tuning.get("rule_classes", {}).items()
+                   if k in by_class}
+    return out
+
+
 def _configure(module):
-    thresholds = TUNING.get("parallel_threshold", {}).get(module.NAME, {})
-    if hasattr(module, "set_parallel_threshold"):
-        for dtype, n in {**thresholds, **_threshold_override}.items():
+    if hasattr(module, "configure_thresholds"):
+        module.configure_thresholds(TUNING.get("parallel_threshold", {}).get(module.NAME, {}),
+                                    _per_rule_thresholds(module.NAME))
+        for dtype, n in _threshold_override.items():
             module.set_parallel_threshold(n, dtype)
     if _num_threads is not None and hasattr(module, "set_num_threads"):
         module.set_num_threads(_num_threads)
@@ -95,30 +194,44 @@ def get_backend(name):
     return module
 
 
-def resolve_backend(name, dtype, size, device=False):
+def resolve_backend(name, dtype, size, device=False, rule=None):
     """The backend module to use for a group of ``size`` elements of ``dtype``;
     ``device=True``: the tensors are CUDA device arrays, which only the
-    ``"cuda"`` backend takes (``"auto"`` then means ``"cuda"``)."""
+    ``"cuda"`` backend takes (``"auto"`` then means ``"cuda"``).  ``rule``
+    (a :class:`~fastopt.rule.Rule`): ``"auto"`` follows its class's table
+    when ``tuning.json`` has one, else the dtype's."""
     if device:
         return get_backend("cuda")
     if name != "auto":
         return get_backend(name)
-    for max_size, candidate in TUNING["auto"][np.dtype(dtype).name]:
+    for max_size, candidate in auto_table(np.dtype(dtype).name,
+                                          None if rule is None else rule.name):
         if (max_size is None or size <= max_size) and _load(candidate) is not None:
             return _loaded[candidate]
     return get_backend("numpy")
 
 
+def auto_table(dtype, rule_name=None, tuning=None):
+    """``"auto"``'s ``[[max_size, backend], ...]`` rows for ``dtype`` (a
+    name): the class table of ``rule_name`` if ``tuning.json`` has one, else
+    the dtype's.  ``tuning``: another parsed file (tests)."""
+    tuning = TUNING if tuning is None else tuning
+    klass = tuning.get("rule_classes", {}).get(rule_name)
+    table = tuning.get("auto_by_class", {}).get(dtype, {}).get(klass)
+    return table if table is not None else tuning["auto"][dtype]
+
+
 #: Optimizer state kept in a narrower dtype than the parameters
 #: (``state_dtype=...``): the one backend that runs it, and its module.
-_STATE_MODULES = {"bfloat16": ("numba", "fastopt.backends.numba_bf16")}
+_STATE_MODULES = {"bfloat16": ("numba", "fastopt.backends.numba_bf16"),
+                  "int8": ("numba", "fastopt.backends.numba_int8")}
 STATE_DTYPES = tuple(_STATE_MODULES)
 
 
 def resolve_state_backend(name, state_dtype):
     """``(backend module, Plan class)`` for slots kept in ``state_dtype``.
 
-    Only the Numba backend keeps bfloat16 state: ``"auto"`` picks it at every
+    Only the Numba backend keeps bfloat16 or 8-bit state: ``"auto"`` picks it at every
     size, another backend's name is a ``ValueError``, and an unavailable Numba
     an ``ImportError`` that says how to get it.
     """
@@ -172,18 +285,34 @@ def set_parallel_threshold(n, dtype=None):
 
     Below it a serial kernel runs: entering a parallel region costs more than
     small steps.  Results do not depend on it.  ``dtype=None`` sets both.
+
+    The tuned thresholds in ``tuning.json`` are per class of rules (an SGD
+    step goes parallel later than an Adam step); ``n`` overrides all of them
+    for the dtype, on every compiled backend, for plans made before and
+    after the call.  ``n=None`` removes the override: back to the tuned
+    per-rule values.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"set_parallel_threshold: n must be an integer >= 0, got {n!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
+                          or n < 0):
+        raise ValueError(f"set_parallel_threshold: n must be an integer >= 0 or None, "
+                         f"got {n!r}")
     dtypes = ("float32", "float64") if dtype is None else (np.dtype(dtype).name,)
     for dt in dtypes:
-        _threshold_override[dt] = int(n)
+        if n is None:
+            _threshold_override.pop(dt, None)
+        else:
+            _threshold_override[dt] = int(n)
     for module in _loaded.values():
-        if hasattr(module, "set_parallel_threshold"):
+        if hasattr(module, "configure_thresholds"):
             for dt in dtypes:
-                module.set_parallel_threshold(int(n), dt)
+                module.set_parallel_threshold(None if n is None else int(n), dt)
 
 
-def get_parallel_threshold(dtype="float32"):
-    """The current parallel threshold of the Numba backend for ``dtype``."""
-    return get_backend("numba").get_parallel_threshold(dtype)
+def get_parallel_threshold(dtype="float32", rule=None):
+    """The Numba backend's parallel threshold for ``dtype``: the override if
+    one is set, else ``rule``'s tuned value (``rule``: a rule or its name),
+    else the dtype's default (``rule=None``: passes that are not a rule's,
+    such as the sums of squares of clipping, and rules not in
+    ``tuning.json``)."""
+    name = getattr(rule, "name", rule)
+    return get_backend("numba").get_parallel_threshold(dtype, name)

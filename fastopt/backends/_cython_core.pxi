@@ -116,15 +116,27 @@ cdef void _reduce_chunks(floating* like, int rule, char** ptrs, Py_ssize_t nrows
             out[k * nt + chunks[3 * u]] += partial[nred * u + k]
 
 
+cdef inline Py_ssize_t _threshold(int typenum, Py_ssize_t own) noexcept nogil:
+    """The parallel threshold in force: the override, else the core's own
+    (its rule's, -1 for none), else the dtype's default."""
+    cdef Py_ssize_t override = _override_f32 if typenum == cnp.NPY_FLOAT else _override_f64
+    if override >= 0:
+        return override
+    if own >= 0:
+        return own
+    return _threshold_f32 if typenum == cnp.NPY_FLOAT else _threshold_f64
+
+
 cdef void _dispatch(int typenum, int rule, char** ptrs, Py_ssize_t nrows, Py_ssize_t nt,
                     const Py_ssize_t* sizes, const Py_ssize_t* chunks, Py_ssize_t nchunks,
-                    Py_ssize_t size, const double* ptd, const double* hp) noexcept:
-    """One step over a group: parallel over chunks from the threshold on, else
-    serial (releasing the GIL from one chunk's worth of elements on)."""
+                    Py_ssize_t size, Py_ssize_t threshold, const double* ptd,
+                    const double* hp) noexcept:
+    """One step over a group: parallel over chunks from the threshold
+    (:func:`_threshold`) on, else serial (releasing the GIL from one chunk's
+    worth of elements on)."""
     cdef int nthreads = _num_threads
     cdef bint parallel = (FASTOPT_OPENMP and nthreads > 1 and nchunks > 1 and
-                          size >= (_threshold_f32 if typenum == cnp.NPY_FLOAT
-                                   else _threshold_f64))
+                          size >= _threshold(typenum, threshold))
     if parallel:
         with nogil:
             if typenum == cnp.NPY_FLOAT:
@@ -202,6 +214,9 @@ cdef class AddressedCore:
     cdef int rule, typenum
     cdef Py_ssize_t nt, nrows, nchunks
     cdef readonly Py_ssize_t size
+    #: this group's parallel threshold (its rule's; -1: the dtype's default);
+    #: fastopt.set_parallel_threshold's override wins over it
+    cdef public Py_ssize_t threshold
     cdef Py_ssize_t* sizes
     cdef Py_ssize_t* chunks
 
@@ -213,6 +228,7 @@ cdef class AddressedCore:
             raise ValueError("AddressedCore: a two_phase rule needs its first pass "
                              "(use Core)")
         self.rule = rule
+        self.threshold = -1
         self.typenum = cnp.NPY_DOUBLE if double else cnp.NPY_FLOAT
         self.nt = len(sizes)
         self.nrows = 2 + nslots
@@ -247,7 +263,7 @@ cdef class AddressedCore:
         cdef const double* ptd = _pt_data(pt, self.nt, keep)
         _pack(self.rule, s, clipvalue, hp)
         _dispatch(self.typenum, self.rule, <char**>cnp.PyArray_DATA(ptrs), self.nrows, self.nt,
-                  self.sizes, self.chunks, self.nchunks, self.size, ptd, hp)
+                  self.sizes, self.chunks, self.nchunks, self.size, self.threshold, ptd, hp)
 
 
 cdef class Core:
@@ -263,6 +279,9 @@ cdef class Core:
     cdef int rule, typenum
     cdef Py_ssize_t nt, nrows, nchunks
     cdef readonly Py_ssize_t size
+    #: this group's parallel threshold (its rule's; -1: the dtype's default);
+    #: fastopt.set_parallel_threshold's override wins over it
+    cdef public Py_ssize_t threshold
     cdef char** ptrs
     cdef Py_ssize_t* sizes
     cdef Py_ssize_t* chunks
@@ -276,6 +295,7 @@ cdef class Core:
         if not 0 <= rule < NRULES or len(slots) != _NSLOTS[rule] or len(params) == 0:
             raise ValueError("Core: bad rule, slot count or empty group")
         self.rule = rule
+        self.threshold = -1
         self.nt = len(params)
         self.nrows = 2 + len(slots)
         rows = [list(params), [None] * self.nt] + [list(s) for s in slots]
@@ -355,7 +375,7 @@ cdef class Core:
         self._set_grads(grads)
         _pack(self.rule, s, clipvalue, hp)
         _dispatch(self.typenum, self.rule, self.ptrs, self.nrows, self.nt, self.sizes,
-                  self.chunks, self.nchunks, self.size, ptd, hp)
+                  self.chunks, self.nchunks, self.size, self.threshold, ptd, hp)
 
     def reduce(self, grads, pt, scalars, double clipvalue=INFINITY):
         """A two_phase rule's first pass: the ``(n_reductions, n_tensors)``
@@ -375,8 +395,8 @@ cdef class Core:
         cdef cnp.ndarray partial = np.empty(nred * self.nchunks + 1)
         cdef double* out = <double*>cnp.PyArray_DATA(sums)
         cdef double* part = <double*>cnp.PyArray_DATA(partial)
-        if not (FASTOPT_OPENMP and self.nchunks > 1 and self.size >= (
-                _threshold_f32 if self.typenum == cnp.NPY_FLOAT else _threshold_f64)):
+        if not (FASTOPT_OPENMP and self.nchunks > 1
+                and self.size >= _threshold(self.typenum, self.threshold)):
             nthreads = 1
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
@@ -392,8 +412,8 @@ cdef class Core:
         cdef int nthreads = _num_threads
         self._set_grads(grads)
         cdef double* out = <double*>cnp.PyArray_DATA(self.norms)
-        if not (FASTOPT_OPENMP and self.nchunks > 1 and self.size >= (
-                _threshold_f32 if self.typenum == cnp.NPY_FLOAT else _threshold_f64)):
+        if not (FASTOPT_OPENMP and self.nchunks > 1
+                and self.size >= _threshold(self.typenum, -1)):  # the dtype's: not a rule
             nthreads = 1
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
@@ -425,6 +445,7 @@ def default_threads():
 
 
 def set_parallel_threshold(Py_ssize_t n, dtype):
+    """The dtype's default threshold (a core without its own)."""
     global _threshold_f32, _threshold_f64
     if n < 0:
         raise ValueError(f"set_parallel_threshold: n must be >= 0, got {n}")
@@ -438,11 +459,35 @@ def set_parallel_threshold(Py_ssize_t n, dtype):
 
 
 def get_parallel_threshold(dtype):
+    """The dtype's default threshold (without the override)."""
     if dtype == "float32":
         return _threshold_f32
     if dtype == "float64":
         return _threshold_f64
     raise ValueError(f"get_parallel_threshold: dtype must be float32 or float64, got {dtype!r}")
+
+
+def set_parallel_override(Py_ssize_t n, dtype):
+    """Override every threshold of the dtype with ``n`` (-1: no override)."""
+    global _override_f32, _override_f64
+    if n < -1:
+        raise ValueError(f"set_parallel_override: n must be >= -1, got {n}")
+    if dtype == "float32":
+        _override_f32 = n
+    elif dtype == "float64":
+        _override_f64 = n
+    else:
+        raise ValueError("set_parallel_override: dtype must be float32 or float64, "
+                         f"got {dtype!r}")
+
+
+def get_parallel_override(dtype):
+    """The dtype's override (-1: none)."""
+    if dtype == "float32":
+        return _override_f32
+    if dtype == "float64":
+        return _override_f64
+    raise ValueError(f"get_parallel_override: dtype must be float32 or float64, got {dtype!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -491,8 +536,12 @@ def inplace(cnp.ndarray y, cnp.ndarray x, int op, double a, double b):
         raise ValueError("inplace: y and x must be C-contiguous float32 or float64 arrays of "
                          "one size and dtype, y writeable; op 0, 1 or 2")
     cdef int nthreads = 1
-    if FASTOPT_OPENMP and _num_threads > 1 and n >= (
-            _threshold_f32 if typenum == cnp.NPY_FLOAT else _threshold_f64):
+    cdef Py_ssize_t threshold   # the dtype's default, or the user's override
+    if typenum == cnp.NPY_FLOAT:
+        threshold = _override_f32 if _override_f32 >= 0 else _threshold_f32
+    else:
+        threshold = _override_f64 if _override_f64 >= 0 else _threshold_f64
+    if FASTOPT_OPENMP and _num_threads > 1 and n >= threshold:
         nthreads = _num_threads
     with nogil:
         if typenum == cnp.NPY_FLOAT:

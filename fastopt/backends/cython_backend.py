@@ -74,6 +74,9 @@ class Plan(_contract.Plan):
     def __init__(self, rule, params, slots):
         super().__init__(rule, params, slots)
         self._core = _ext.Core(rule_number(rule), self.params, self.slots)
+        # the rule's tuned threshold, looked up once; the override is read
+        # in C at every step (fastopt.set_parallel_threshold)
+        self._core.threshold = _PER_RULE.get((self.dtype.name, rule.name), -1)
         self.step = self._core.step
         self.sumsq = self._core.sumsq
         if rule.two_phase:
@@ -121,12 +124,46 @@ def max_threads():
     return _ext.default_threads()
 
 
-def get_parallel_threshold(dtype):
-    return _ext.get_parallel_threshold(np.dtype(dtype).name)
+# Parallel thresholds (see numba_backend): the dtype defaults and the
+# override live in the extension; the per-rule values here, read by each plan
+# when it is made.
+_PER_RULE: dict = {}   # (dtype name, rule name) -> threshold
+
+
+def configure_thresholds(defaults, per_rule):
+    """The tuned thresholds: ``defaults`` ``{dtype: n}``, ``per_rule``
+    ``{dtype: {rule name: n}}`` (for plans made from now on)."""
+    for dt, n in defaults.items():
+        _ext.set_parallel_threshold(int(n), np.dtype(dt).name)
+    _PER_RULE.clear()
+    for dt, rules in per_rule.items():
+        for name, n in rules.items():
+            _PER_RULE[np.dtype(dt).name, name] = int(n)
+
+
+def get_parallel_threshold(dtype, rule=None):
+    """The threshold of ``rule`` (a name; None: the dtype's own) in
+    ``dtype``, override included."""
+    dt = np.dtype(dtype).name
+    n = _ext.get_parallel_override(dt)
+    if n < 0:
+        n = _PER_RULE.get((dt, rule), _ext.get_parallel_threshold(dt))
+    return n
 
 
 def set_parallel_threshold(n, dtype):
-    _ext.set_parallel_threshold(int(n), np.dtype(dtype).name)
+    """Override every threshold of ``dtype`` with ``n`` (None: remove the
+    override, back to the tuned values)."""
+    _ext.set_parallel_override(-1 if n is None else int(n), np.dtype(dtype).name)
+
+
+def addressed_core(rule, nslots, sizes, dtype):
+    """An :class:`_cython_kernels.AddressedCore` for ``rule`` with the rule's
+    tuned parallel threshold (:mod:`fastopt.multi_tensor`)."""
+    dt = np.dtype(dtype)
+    core = _ext.AddressedCore(rule_number(rule), nslots, list(sizes), dt == np.float64)
+    core.threshold = _PER_RULE.get((dt.name, rule.name), -1)
+    return core
 
 
 # Public single-tensor kernels (sgd, adam, ...), same signatures on every backend.

@@ -510,6 +510,13 @@ class Plan(_contract.Plan):
     #: into the step.
     fuses_ema = True
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "fuses_ema" not in cls.__dict__:
+            # a subclass (other slot types, other loops) folds the average in
+            # only with a step_ema of its own
+            cls.fuses_ema = "step_ema" in cls.__dict__
+
     def __init__(self, rule, params, slots):
         super().__init__(rule, params, slots)
         self._eptrs = None
@@ -526,6 +533,19 @@ class Plan(_contract.Plan):
         self._compiled = compiled(rule)
         self._partial = np.zeros(self._table.shape[1])
         self._reduced = None
+        self._lookup_threshold()
+
+    def _lookup_threshold(self):
+        """The rule's parallel threshold, looked up here once (and again
+        only after a threshold changed: :data:`_generation`)."""
+        self._threshold = threshold_for(self.rule.name, self.dtype)
+        self._generation = _generation
+
+    def _parallel(self):
+        """Whether this group runs the parallel driver."""
+        if self._generation != _generation:
+            self._lookup_threshold()
+        return self.size >= self._threshold
 
     def _set_grads(self, grads):
         data_pointers(grads, self._ptrs[1])
@@ -533,7 +553,9 @@ class Plan(_contract.Plan):
     def step(self, grads, pt, scalars, clipvalue=math.inf):
         self._hp[:] = self.rule.pack(scalars, clipvalue)
         c = self._compiled
-        if self.size >= _THRESHOLD[self.dtype]:
+        if self._generation != _generation:
+            self._lookup_threshold()
+        if self.size >= self._threshold:
             run = c.step_parallel
             sync_threads()
         else:
@@ -565,7 +587,7 @@ class Plan(_contract.Plan):
         a None gradient too): the averages of :meth:`attach_ema`."""
         self._hp[:] = self.rule.pack(scalars, clipvalue)
         c = self._compiled
-        if self.size >= _THRESHOLD[self.dtype]:
+        if self._parallel():
             run = c.ema_parallel
             sync_threads()
         else:
@@ -586,7 +608,7 @@ class Plan(_contract.Plan):
         self._hp[:] = self.rule.pack(scalars, clipvalue)
         self._set_grads(grads)
         c = self._compiled
-        if self.size >= _THRESHOLD[self.dtype]:
+        if self._parallel():
             run = c.reduce_parallel
             sync_threads()
         else:
@@ -600,7 +622,7 @@ class Plan(_contract.Plan):
 
     def sumsq(self, grads):
         self._set_grads(grads)
-        if self.size >= _THRESHOLD[self.dtype]:
+        if self.size >= get_parallel_threshold(self.dtype):  # the dtype's: not a rule
             run = _sumsq_parallel
             sync_threads()
         else:
@@ -609,16 +631,61 @@ class Plan(_contract.Plan):
         return self._norms
 
 
-# Parallel threshold: below it the serial driver runs.  Set by fastopt.backends.
+# Parallel thresholds: below its threshold a group runs the serial driver.
+# Set by fastopt.backends from tuning.json (configure_thresholds): a default
+# per dtype and a value per rule (its measured class's); a user's
+# fastopt.set_parallel_threshold (set_parallel_threshold here) overrides both
+# for its dtype.  Plans look their rule's threshold up once and again only
+# when _generation moved (any change here bumps it): one integer comparison
+# per step.
 _THRESHOLD = {np.dtype(np.float32): 1 << 15, np.dtype(np.float64): 1 << 14}
+_PER_RULE: dict = {}    # (dtype, rule name) -> threshold
+_OVERRIDE: dict = {}    # dtype -> threshold
+_generation = 0
 
 
-def get_parallel_threshold(dtype):
-    return _THRESHOLD[np.dtype(dtype)]
+def _changed():
+    global _generation
+    _generation += 1
+
+
+def configure_thresholds(defaults, per_rule):
+    """The tuned thresholds: ``defaults`` ``{dtype: n}`` (a rule without its
+    own value, and passes that are not a rule's), ``per_rule`` ``{dtype:
+    {rule name: n}}``; replaces the per-rule values, keeps any override."""
+    for dt, n in defaults.items():
+        _THRESHOLD[np.dtype(dt)] = int(n)
+    _PER_RULE.clear()
+    for dt, rules in per_rule.items():
+        for name, n in rules.items():
+            _PER_RULE[np.dtype(dt), name] = int(n)
+    _changed()
+
+
+def threshold_for(rule_name, dtype):
+    """The threshold a group of ``rule_name`` in ``dtype`` runs by: the
+    override, else the rule's tuned value, else the dtype's default."""
+    dt = np.dtype(dtype)
+    n = _OVERRIDE.get(dt)
+    if n is None:
+        n = _PER_RULE.get((dt, rule_name), _THRESHOLD[dt])
+    return n
+
+
+def get_parallel_threshold(dtype, rule=None):
+    """The threshold of ``rule`` (a name; None: the dtype's own, which
+    passes that are not a rule's use) in ``dtype``, override included."""
+    return threshold_for(rule, dtype)
 
 
 def set_parallel_threshold(n, dtype):
-    _THRESHOLD[np.dtype(dtype)] = int(n)
+    """Override every threshold of ``dtype`` with ``n`` (None: remove the
+    override, back to the tuned values)."""
+    if n is None:
+        _OVERRIDE.pop(np.dtype(dtype), None)
+    else:
+        _OVERRIDE[np.dtype(dtype)] = int(n)
+    _changed()
 
 
 # One pass over a tensor and a slot of its shape: ``w += c * (z - w)``, the

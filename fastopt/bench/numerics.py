@@ -26,8 +26,8 @@ decides as torch does in that dtype (no sign: the step size is kept) and the
 float64 reference decides otherwise; such elements (one in 1.24e8 in the
 benchmark's draw) are left out of the comparison (:data:`UNDERFLOW_DECISIONS`).
 
-With ``state_dtype="bfloat16"`` in the options, the slots are decoded from
-their bfloat16 bit patterns for the reference, and the result covers the
+With ``state_dtype="bfloat16"`` or ``"int8"`` in the options, the slots are
+decoded from their bfloat16 bit patterns or 8-bit codes for the reference, and the result covers the
 parameters only: the kernel updates each parameter from the new slot values
 before they are rounded to bfloat16, so a wrong formula shows there, while
 the stored slots differ from float64 by the rounding itself (up to one
@@ -102,8 +102,8 @@ def step_error(name, shapes, dtype, backend, convention=None, options=None, seed
     state = opt.state_dict()
     old_params = [p.astype(np.float64) for p in params]
     low = (options or {}).get("state_dtype") is not None
-    decode = reference.bf16_to_float if low else (lambda v: v)
-    old_slots = {k: np.asarray(decode(v), dtype=np.float64) for k, v in state["slots"].items()}
+    old_slots = {k: np.asarray(v, dtype=np.float64)
+                 for k, v in reference.decoded_slots(state["slots"]).items()}
     ref_params = [p.copy() for p in old_params]
     ref = make_optimizer(name, ref_params, "numpy", convention)
     ref_config = {k: v for k, v in state["config"].items()

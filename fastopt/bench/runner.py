@@ -173,7 +173,7 @@ def _check_options(config):
             raise ConfigError("state_dtype", f"{state} state runs on the numba backend (or "
                                              f"auto) only, not {other[0]}")
     elif options.get("state_rounding") is not None:
-        raise ConfigError("state_rounding", "needs --state-dtype bfloat16")
+        raise ConfigError("state_rounding", "needs --state-dtype bfloat16 (or int8)")
     probe = [np.zeros(1, config.dtype)]
     for name in config.optimizers:
         for backend in config.backends:
@@ -250,7 +250,8 @@ def _group(name, n, config, rmw_form, torch):
     if timed:  # the faster of torch's implementations
         torch_impl = min(timed, key=timed.get)
         med["torch"] = timed[torch_impl]
-    state = np.uint16 if config.optimizer_options.get("state_dtype") else None
+    state = {None: None, "bfloat16": np.uint16, "int8": np.int8}[
+        config.optimizer_options.get("state_dtype")]
     bpp = _ceiling.bytes_per_param(CASES[name].rule, config.dtype, state)
     rmw_gbps = _ceiling.bytes_per_param("adam", config.dtype) * n / med["rmw"] / 1e9
     rows = []
@@ -444,7 +445,7 @@ def format_report(result):
               "% ceiling: GB/s / ceiling; vs naive, vs torch: "
               "their time / fastopt's (torch.optim's fused one, else the faster of foreach and for-loop);",
               "max rel err: one step against the float64 reference, parameters"
-              + (" only (the slots are bfloat16-rounded) "
+              + (" only (the slots are stored rounded) "
                  if cfg["optimizer_options"].get("state_dtype") else " and slots ")
               + f"(tolerance {TOLERANCE[cfg['dtype']]:.0e}; '!' marks a row above it)."]
     for w in result["warnings"]:
