@@ -13,6 +13,10 @@ Candidates, timed once per round, rounds interleaved
   separately allocated parameter and gradient arrays, or on views of one
   parameter buffer and one gradient buffer (fastopt's own state is one buffer
   per slot in both);
+* ``fastopt views shuffled``: views of one buffer each, the tensors laid out
+  in a shuffled order: contiguous tensors whose neighbours in the chunk
+  table are not their neighbours in memory (what separate allocations add
+  to views, without the allocator's placement);
 * ``fastopt pass``: the same optimizer's compiled pass alone (its plan's
   ``step``, no gradient matching or checks): ``fastopt`` minus this is the
   Python work of a step;
@@ -55,14 +59,15 @@ from fastopt.bench.ceiling import machine_info, machine_line, rmw_step, time_cal
 SIZE, TENSORS = 2_000_000, 200
 
 
-def _views(arrays):
-    """Copies of ``arrays`` as views of one new contiguous buffer."""
+def _views(arrays, order=None):
+    """Copies of ``arrays`` as views of one new contiguous buffer, laid out
+    in ``order`` (default: their own)."""
     buf = np.empty(sum(a.size for a in arrays), arrays[0].dtype)
-    out, k = [], 0
-    for a in arrays:
-        v = buf[k:k + a.size].reshape(a.shape)
-        v[...] = a
-        out.append(v)
+    out, k = [None] * len(arrays), 0
+    for i in range(len(arrays)) if order is None else order:
+        a = arrays[i]
+        out[i] = buf[k:k + a.size].reshape(a.shape)
+        out[i][...] = a
         k += a.size
     return out
 
@@ -105,6 +110,8 @@ def candidates(torch, shapes):
     fns = {}
     _, fns["fastopt"] = _fastopt([p.copy() for p in base], [g.copy() for g in grads])
     _, fns["fastopt views"] = _fastopt(_views(base), _views(grads))
+    shuffled = np.random.default_rng(1).permutation(len(shapes))
+    _, fns["fastopt views shuffled"] = _fastopt(_views(base, shuffled), _views(grads, shuffled))
     _, fns["fastopt pass"] = _fastopt([p.copy() for p in base], [g.copy() for g in grads],
                                       pass_only=True)
     _, fns["fastopt by address"] = _fastopt([p.copy() for p in base],

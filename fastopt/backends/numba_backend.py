@@ -455,32 +455,36 @@ def _list_ids(lst, n, items_at, out):
 
 
 @_gil_kernel
-def _first_unfit(lst, n, layout, ndarray, descrs, ndims, shapes, nbytes, starts, ends,
-                 owner, ints, ids):
-    # ids[:n] = the list's items; returns the first item that is not an exact
-    # ndarray of descrs[t], ndims[t] dimensions shapes[t, :ndims[t]],
+def _first_unfit(lst, meta, spec, ranges, ints, ids):
+    # ids[:n] = the list's n items; returns the first item that is not an
+    # exact ndarray of the expected dtype object, dimensions and shape,
     # C-contiguous, whose bytes overlap no parameter but exactly its own, or
-    # -1 when all are; starts/ends: the parameters' byte ranges sorted by
-    # start (they never overlap each other), owner: whose each range is
-    items = carray(as_ptr(_word(lst + layout[0], ids), ids), n)
+    # -1 when all are.  meta: the _LAYOUT offsets, then id(np.ndarray), n;
+    # spec rows per tensor: descr id, ndim, nbytes, shape; ranges rows:
+    # the parameters' byte ranges, start, end and owning tensor, sorted by
+    # start (they never overlap each other).  (Arrays packed into few
+    # arguments: each one costs the call a type check.)
+    n = meta[8]
+    starts = ranges[0]
+    items = carray(as_ptr(_word(lst + meta[0], ids), ids), n)
     for t in range(n):
         a = items[t]
         ids[t] = a
-        if _word(a + layout[1], ids) != ndarray or _word(a + layout[5], ids) != descrs[t]:
+        if _word(a + meta[1], ids) != meta[7] or _word(a + meta[5], ids) != spec[t, 0]:
             return t
-        if _word(a + layout[3], ints) != ndims[t] \
-                or (_word(a + layout[6], ints) & 1) == 0:
+        nd = spec[t, 1]
+        if _word(a + meta[3], ints) != nd or (_word(a + meta[6], ints) & 1) == 0:
             return t
-        if ndims[t]:
-            dims = carray(as_ptr(_word(a + layout[4], ids), ids), ndims[t])
-            for k in range(ndims[t]):
-                if dims[k] != shapes[t, k]:
+        if nd:
+            dims = carray(as_ptr(_word(a + meta[4], ids), ids), nd)
+            for k in range(nd):
+                if dims[k] != spec[t, 3 + k]:
                     return t
-        lo = _word(a + layout[2], ids)
-        hi = lo + nbytes[t]
+        lo = _word(a + meta[2], ids)
+        hi = lo + spec[t, 2]
         k = np.searchsorted(starts, hi) - 1     # the last parameter starting below hi
-        if k >= 0 and ends[k] > lo and not (owner[k] == t and starts[k] == lo
-                                            and ends[k] == hi):
+        if k >= 0 and ranges[1, k] > lo and not (ranges[2, k] == t and starts[k] == lo
+                                                 and ranges[1, k] == hi):
             return t
     return -1
 
@@ -519,26 +523,23 @@ class GradientCheck:
     available = _LAYOUT is not None
 
     def __init__(self, params, ranges):
-        rows = sorted(ranges)
-        self._starts = np.array([r[0] for r in rows], np.intp)
-        self._ends = np.array([r[1] for r in rows], np.intp)
-        self._owner = np.array([r[2] for r in rows], np.intp)
-        self._nbytes = np.array([p.nbytes for p in params], np.intp)
-        self._descrs = np.array([id(p.dtype) for p in params], np.intp)
-        self._dtypes = [p.dtype for p in params]  # keeps those ids alive
-        self._ndims = np.array([p.ndim for p in params], np.intp)
-        self._shapes = np.zeros((len(params), max(1, max(p.ndim for p in params))), np.intp)
+        n = len(params)
+        self._ranges = np.array(sorted(ranges), np.intp).reshape(-1, 3).T.copy()
+        ndim = max(1, max(p.ndim for p in params))
+        self._spec = np.zeros((n, 3 + ndim), np.intp)
         for t, p in enumerate(params):
-            self._shapes[t, :p.ndim] = p.shape
-        self._ids = np.empty(len(params), np.intp)
+            self._spec[t, :3] = id(p.dtype), p.ndim, p.nbytes
+            self._spec[t, 3:3 + p.ndim] = p.shape
+        self._dtypes = [p.dtype for p in params]  # keeps the descr ids alive
+        self._meta = np.array([*_LAYOUT, id(np.ndarray), n], np.intp)
+        self._ids = np.empty(n, np.intp)
         self._ints = np.empty(0, np.intc)
 
     def __call__(self, grads):
         if grads.__class__ is not list or len(grads) != len(self._ids):
             return 0
-        return _first_unfit(id(grads), len(grads), _LAYOUT, id(np.ndarray), self._descrs,
-                            self._ndims, self._shapes, self._nbytes, self._starts,
-                            self._ends, self._owner, self._ints, self._ids)
+        return _first_unfit(id(grads), self._meta, self._spec, self._ranges, self._ints,
+                            self._ids)
 
 
 def data_pointers(arrays, out):
