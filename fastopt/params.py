@@ -131,7 +131,8 @@ class ParamTree:
         """
         ndarray = self._host_ndarray  # device gradients are checked in full
         owners = self._owners
-        if grads.__class__ is list and self._plain_list and len(grads) == self.n:
+        if grads.__class__ is list and self._plain_list and len(grads) == self.n \
+                and ndarray is not None:
             if self.n > _FEW:
                 if self._compiled_check(grads):
                     return grads
