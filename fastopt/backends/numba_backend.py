@@ -25,7 +25,7 @@ from numba import carray, prange
 from .. import _codegen
 from ..rule import RULES
 from . import _contract
-from ._numba_util import as_ptr, driver, kernel
+from ._numba_util import as_ptr, driver, gil_kernel, kernel
 
 NAME = "numba"
 
@@ -437,8 +437,6 @@ def _struct_layout():
 
 _LAYOUT = _struct_layout() if _DATA_OFFSET is not None else None
 
-# These read a list while it cannot change: they hold the GIL (no nogil).
-_gil_kernel = numba.njit(cache=True, error_model="numpy", boundscheck=False)
 
 
 @kernel
@@ -446,7 +444,7 @@ def _word(address, like):
     return carray(as_ptr(address, like), 1)[0]
 
 
-@_gil_kernel
+@gil_kernel  # reads a list while it cannot change
 def _list_ids(lst, n, items_at, out):
     # out[:n] = the addresses (ids) of the first n items of the list at lst
     items = carray(as_ptr(_word(lst + items_at, out), out), n)
@@ -454,7 +452,7 @@ def _list_ids(lst, n, items_at, out):
         out[i] = items[i]
 
 
-@_gil_kernel
+@gil_kernel  # reads a list while it cannot change
 def _first_unfit(lst, meta, spec, ranges, ints, ids):
     # ids[:n] = the list's n items; returns the first item that is not an
     # exact ndarray of the expected dtype object, dimensions and shape,
