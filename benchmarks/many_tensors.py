@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -149,7 +150,9 @@ def main(argv=None):
     shapes = split_shapes(int(args.size), args.tensors)
     fns = candidates(torch, shapes)
     machine = machine_info()
+    machine["load_average_start"] = list(os.getloadavg())
     print(machine_line(machine))
+    print("load average %.2f %.2f %.2f" % os.getloadavg())
     if torch is not None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"Adam float32, {len(shapes)} tensors, {int(args.size)} parameters")
@@ -175,6 +178,7 @@ def main(argv=None):
         if torch is not None:
             print(f"{cache}: torch fused / fastopt per run: "
                   + ", ".join(f"{v:.2f}x" for v in summary[cache]["fastopt"]))
+    machine["load_average_end"] = list(os.getloadavg())
     out = {"machine": machine, "torch": None if torch is None else torch.__version__,
            "threads": args.threads, "tensors": len(shapes), "size": int(args.size),
            "shapes": [list(s) for s in shapes], "rounds": args.rounds, "runs": runs,
