@@ -145,10 +145,10 @@ class _GroupPlan:
                 return None
             if out is None:
                 return None
-            if out:
+            if out is not False:
                 if self.host is not None and not self._uniform_host(out):
                     return None
-                return out
+                return out if any(out) else None
         dtype = self.dtype
         keys = self.keys
         stateful = self.stateful
