@@ -105,11 +105,18 @@ def _torch(torch, params, grads, fastopt_torch):
     return opt.step
 
 
+class _Candidates(dict):
+    """``{name: step}``, and ``backend``: what ``auto`` chose for fastopt."""
+
+    backend = None
+
+
 def candidates(torch, shapes):
     """``{name: step}``, every candidate over its own copy of the same values."""
     base, grads = timing_arrays(shapes, "float32", seed=0)
-    fns = {}
-    _, fns["fastopt"] = _fastopt([p.copy() for p in base], [g.copy() for g in grads])
+    fns = _Candidates()
+    opt, fns["fastopt"] = _fastopt([p.copy() for p in base], [g.copy() for g in grads])
+    fns.backend = opt.backends["float32"]
     _, fns["fastopt views"] = _fastopt(_views(base), _views(grads))
     shuffled = np.random.default_rng(1).permutation(len(shapes))
     _, fns["fastopt views shuffled"] = _fastopt(_views(base, shuffled), _views(grads, shuffled))
@@ -155,7 +162,8 @@ def main(argv=None):
     print("load average %.2f %.2f %.2f" % os.getloadavg())
     if torch is not None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"Adam float32, {len(shapes)} tensors, {int(args.size)} parameters")
+    print(f"Adam float32, {len(shapes)} tensors, {int(args.size)} parameters, fastopt "
+          f"backend {fns.backend}")
     runs = []
     for r in range(args.runs):
         for cache in caches:
@@ -181,7 +189,7 @@ def main(argv=None):
     machine["load_average_end"] = list(os.getloadavg())
     out = {"machine": machine, "torch": None if torch is None else torch.__version__,
            "threads": args.threads, "tensors": len(shapes), "size": int(args.size),
-           "shapes": [list(s) for s in shapes], "rounds": args.rounds, "runs": runs,
+           "backend": fns.backend, "shapes": [list(s) for s in shapes], "rounds": args.rounds, "runs": runs,
            "summary": summary, "seconds": time.perf_counter() - t_start}
     if args.json:
         with open(args.json, "w") as f:
