@@ -276,7 +276,7 @@ class MultiTensorStep:
             self._run(ptrs, pt, scalars, clipvalue)
             return
         first = steps[0]
-        if self.n == 1 or all(s == first for s in steps):  # the common case: one call
+        if steps.count(first) == self.n:  # the common case: one call
             self._run(ptrs, pt, scalars + (first,), clipvalue)
             return
         grads = ptrs[1]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from itertools import repeat
+from operator import attrgetter, is_
 
 import numpy as np
 import torch
@@ -14,6 +16,8 @@ from ._state import _track
 _DIRECT = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
            torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _NARROW = (torch.bfloat16, torch.float16)
+_grad_of, _dtype_of = attrgetter("grad"), attrgetter("dtype")
+_data_ptr, _is_contiguous = torch.Tensor.data_ptr, torch.Tensor.is_contiguous
 
 
 def _narrow_direct(rule):
@@ -117,6 +121,13 @@ class _GroupPlan:
                     st[key] = v
                 self.host.append((array, key, views))
         self.version = opt.state.version
+        # per state key, the tensors each parameter's state must still hold
+        # (all parameters have state: the checks of _grads_of_all)
+        self.columns = None
+        if stateful and all(st is not None for st in states):
+            self.columns = [(k, [sl[j] for sl in slots]) for j, k in enumerate(keys)]
+            if self.counts is not None:
+                self.columns.append(("step", self.views))
         return self
 
     def grads(self, state, rule):
@@ -125,6 +136,19 @@ class _GroupPlan:
                 state.version != self.version or \
                 len(self.group["params"]) != len(self.params):
             return None
+        if self.columns is not None or not self.stateful:
+            try:
+                out = self._grads_of_all()
+            except TypeError:   # a None gradient: the loop below sorts it out
+                out = False
+            except (RuntimeError, KeyError):  # e.g. a sparse gradient: the general way
+                return None
+            if out is None:
+                return None
+            if out is not False:
+                if self.host is not None and not self._uniform_host(out):
+                    return None
+                return out if any(out) else None
         dtype = self.dtype
         keys = self.keys
         stateful = self.stateful
@@ -158,6 +182,28 @@ class _GroupPlan:
         if self.host is not None and not self._uniform_host(out):
             return None
         return out if any(out) else None
+
+    def _grads_of_all(self):
+        """:meth:`grads` when every parameter has a gradient (and, for a
+        stateful rule, state): the same checks, each one pass of C-level
+        ``map`` over the group instead of a Python loop (about half the
+        time per tensor).  None: take the general way; TypeError: a
+        gradient is None (look closer)."""
+        params = self.group["params"]
+        if not all(map(is_, params, self.params)):
+            return None
+        grads = list(map(_grad_of, params))
+        out = list(map(_data_ptr, grads))  # TypeError on a None gradient
+        if list(map(_data_ptr, params)) != self.pptrs \
+                or not all(map(is_, map(_dtype_of, grads), repeat(self.dtype))) \
+                or not all(map(_is_contiguous, grads)):
+            return None
+        if self.columns:
+            for key, column in self.columns:
+                if not all(map(is_, map(dict.__getitem__, self.states, repeat(key)),
+                               column)):
+                    return None
+        return out
 
     def _uniform_host(self, gptrs):
         """Whether every parameter has a gradient and the same count and host
