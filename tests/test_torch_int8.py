@@ -148,16 +148,16 @@ def test_layouts_and_2_byte_parameters_go_through_float32_copies():
             assert torch.equal(o.state[p][key], r.state[ref][key]), (name, key)
 
 
-def _model():
+def _model(dtype=torch.float32):
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(6, 300), torch.nn.Tanh(),
-                               torch.nn.Linear(300, 3))
+                               torch.nn.Linear(300, 3)).to(dtype)
 
 
 def _train(model, opt, steps, seed=3):
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        x = torch.randn(16, 6, generator=g)
+        x = torch.randn(16, 6, generator=g).to(next(model.parameters()).dtype)
         opt.zero_grad()
         model(x).square().mean().backward()
         opt.step()
@@ -170,8 +170,11 @@ def _saved(opt):
     return torch.load(buf, weights_only=True)
 
 
-def test_state_dict_round_trip_and_bit_identical_resume():
-    m1 = _model()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_state_dict_round_trip_and_bit_identical_resume(dtype):
+    """(bfloat16 parameters: torch's loader would round the scales to
+    bfloat16; they are loaded as saved.)"""
+    m1 = _model(dtype)
     o1 = ft.AdamW(m1.parameters(), lr=0.01, amsgrad=True, state_dtype="int8")
     _train(m1, o1, 3)
     sd = _saved(o1)
@@ -181,7 +184,7 @@ def test_state_dict_round_trip_and_bit_identical_resume():
     assert st["exp_avg_scales"].dtype == torch.float32 and st["exp_avg_scales"].shape == (8,)
     assert set(st) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_avg_scales",
                        "exp_avg_sq_scales", "max_exp_avg_sq_scales"}
-    m2 = _model()
+    m2 = _model(dtype)
     m2.load_state_dict(m1.state_dict())
     o2 = ft.AdamW(m2.parameters(), lr=0.01, amsgrad=True, state_dtype="int8")
     o2.load_state_dict(sd)
