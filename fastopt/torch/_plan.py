@@ -8,6 +8,7 @@ from operator import attrgetter, is_
 import numpy as np
 import torch
 
+from ..reference import Q8_BLOCK as _Q8_BLOCK
 from ..rule import RULES
 from ._state import _track
 
@@ -29,7 +30,8 @@ def _narrow_direct(rule):
 
 class _GroupPlan:
     """The short way for a group whose every parameter is a contiguous tensor
-    of one float dtype with complete state (or none yet, and no gradient):
+    of one float dtype (float32 with 8-bit state) with complete state (or
+    none yet, and no gradient):
     addresses of parameters and slots, the pointer table and the step counts
     prepared once.
 
@@ -52,10 +54,18 @@ class _GroupPlan:
         host_rule = RULES[rule] if RULES[rule].host_state else None
         if host_rule is not None and not opt._COUNTS_STEPS:
             return None
-        keys = opt._SLOT_KEYS[rule]
+        keys = opt._state_keys(rule)
         counts = opt._COUNTS_STEPS
         stateful = bool(keys) or counts
         sdt = opt._fastopt_slot_dtype or dtype
+        int8 = opt.state_dtype == "int8" and bool(keys)
+        if int8:  # codes (int8/uint8, the parameter's shape), then float32 scales
+            if dtype is not torch.float32:
+                return None
+            r = RULES[rule]
+            want = [(torch.uint8 if s in r.nonnegative else torch.int8) for s in r.slots]
+            want += [torch.float32] * len(r.slots)
+            half = len(r.slots)
         states, slots = [], []
         for p in params:
             if not (p.dtype is dtype and p.is_cpu and p.is_contiguous()):
@@ -71,10 +81,17 @@ class _GroupPlan:
                                  and (not counts or "step" in st)):
                 return None
             sl = tuple(st[k] for k in keys)
-            for s in sl:
-                if not (s.dtype is sdt and s.is_cpu and s.is_contiguous()
-                        and s.shape == p.shape):
-                    return None
+            if int8:
+                blocks = -(-p.numel() // _Q8_BLOCK)
+                for j, (s, d) in enumerate(zip(sl, want)):
+                    if not (s.dtype is d and s.is_cpu and s.is_contiguous()
+                            and (s.shape == p.shape if j < half else s.numel() == blocks)):
+                        return None
+            else:
+                for s in sl:
+                    if not (s.dtype is sdt and s.is_cpu and s.is_contiguous()
+                            and s.shape == p.shape):
+                        return None
             states.append(st)
             slots.append(sl)
         # plans of groups that are gone (replaced or removed) are dropped
