@@ -59,12 +59,17 @@ class MultiTensorStep:
     backend : str, default "auto"
         ``"cython"`` or ``"numba"`` (``"auto"`` picks by group size, as
         :class:`fastopt.Optimizer` does).
-    state_dtype : None or "bfloat16", default None
+    state_dtype : None, "bfloat16" or "int8", default None
         None: slots in ``dtype``.  ``"bfloat16"``: slots hold bfloat16 bit
         patterns (2 bytes an element) while parameters and gradients are
         float32 and the arithmetic float32 (the numba backend's
         :mod:`~fastopt.backends.numba_bf16` kernels; ``dtype`` must be
-        float32).
+        float32).  ``"int8"``: each slot is 8-bit codes (int8, or uint8 for
+        the rule's :attr:`~fastopt.rule.Rule.nonnegative` slots) and one
+        float32 scale per :data:`~fastopt.reference.Q8_BLOCK` elements of
+        the flattened tensor (:mod:`~fastopt.backends.numba_int8`; ``dtype``
+        float32): the pointer table has one more row per slot, the scales'
+        addresses, after the codes' rows.
     state_rounding : "nearest" or "stochastic", default "nearest"
         With bfloat16 state.  Stochastic rounding draws from a hash of
         :attr:`updates` (set it before each step), the tensor's column and the
@@ -73,7 +78,11 @@ class MultiTensorStep:
     Attributes
     ----------
     slots : tuple of str
-        The rule's state arrays, in pointer-table row order (rows 2, 3...).
+        The rule's state arrays, in pointer-table row order (rows 2, 3...;
+        with 8-bit state the codes, then rows ``2 + len(slots)...`` their
+        scales).
+    nrows : int
+        Rows of the pointer table (:meth:`empty_pointers`).
     scalars : tuple of str
         The rule's scalars, in the order :meth:`step` takes them.
     per_tensor_step : bool
@@ -119,6 +128,9 @@ class MultiTensorStep:
         if narrow:
             self._narrow_setup(narrow, backend, state_dtype)
             return
+        if state_dtype == "int8":
+            self._int8_setup(dtype, backend, state_rounding)
+            return
         if state_dtype is not None:
             self._bf16_setup(dtype, backend, state_dtype, state_rounding)
             return
@@ -131,8 +143,8 @@ class MultiTensorStep:
 
     def _bf16_setup(self, dtype, backend, state_dtype, rounding):
         if state_dtype != "bfloat16":
-            raise ValueError(f"MultiTensorStep: state_dtype must be None or 'bfloat16', got "
-                             f"{state_dtype!r}")
+            raise ValueError(f"MultiTensorStep: state_dtype must be None, 'bfloat16' or "
+                             f"'int8', got {state_dtype!r}")
         if dtype != np.float32:
             raise TypeError("MultiTensorStep: bfloat16 state needs float32 parameters, got "
                             f"{dtype}")
@@ -158,6 +170,32 @@ class MultiTensorStep:
             driver(ptrs, ptrs[1], -1, 0, table, pt, hp, like, ulike, stochastic,
                    int(self.updates), ids)
         c = bf16.compiled(self.rule)
+        self._run = _numba_runner(self.rule, dtype, self.sizes,
+                                  (c.step_parallel, c.step_serial), drive)
+
+    def _int8_setup(self, dtype, backend, rounding):
+        if dtype != np.float32:
+            raise TypeError(f"MultiTensorStep: 8-bit state needs float32 parameters, got {dtype}")
+        if backend not in ("auto", "numba"):
+            raise ValueError("MultiTensorStep: 8-bit state runs on the numba backend only, "
+                             f"not {backend!r}")
+        get_backend("numba")  # an ImportError that says how to get it
+        from .backends import numba_int8 as q8
+        why = q8.refusal(self.rule)
+        if why:
+            raise ValueError(f"MultiTensorStep: rule {self.rule.name!r} cannot keep its state "
+                             f"in 8 bits: {why}")
+        if rounding not in q8.ROUNDINGS:
+            raise ValueError(f"MultiTensorStep: state_rounding must be one of {q8.ROUNDINGS} "
+                             f"with 8-bit state, got {rounding!r}")
+        self.backend = "numba"
+        self.state_rounding = rounding
+        self.nrows = 2 + 2 * len(self.slots)  # the codes' rows, then the scales'
+        like, i8, u8 = np.empty(0, np.float32), np.empty(0, np.int8), np.empty(0, np.uint8)
+
+        def drive(driver, ptrs, table, pt, hp):
+            driver(ptrs, ptrs[1], -1, 0, table, pt, hp, like, i8, u8)
+        c = q8.compiled(self.rule)
         self._run = _numba_runner(self.rule, dtype, self.sizes,
                                   (c.step_parallel, c.step_serial), drive)
 
@@ -198,7 +236,7 @@ class MultiTensorStep:
         return self._rows
 
     def empty_pointers(self):
-        """A zeroed ``(2 + len(slots), n)`` intp pointer table to fill in."""
+        """A zeroed ``(nrows, n)`` intp pointer table to fill in."""
         return np.zeros((self.nrows, self.n), dtype=np.intp)
 
     def step(self, ptrs, scalars, *, steps=None, pt=None, clipvalue=math.inf, found_inf=None):
@@ -206,9 +244,10 @@ class MultiTensorStep:
 
         Parameters
         ----------
-        ptrs : ndarray of intp, shape (2 + len(slots), n)
+        ptrs : ndarray of intp, shape (nrows, n)
             Row 0 parameter addresses, row 1 gradient addresses (0 skips the
-            tensor), then one row per slot.
+            tensor), then one row per slot (with 8-bit state: the codes, then
+            one row per slot of the scales: ``n_blocks(size)`` float32 each).
         scalars : sequence of float
             The rule's scalars (:attr:`scalars`), without the trailing step
             when ``steps`` is given.
@@ -276,7 +315,7 @@ class MultiTensorStep:
             self._run(ptrs, pt, scalars, clipvalue)
             return
         first = steps[0]
-        if self.n == 1 or all(s == first for s in steps):  # the common case: one call
+        if steps.count(first) == self.n:  # the common case: one call
             self._run(ptrs, pt, scalars + (first,), clipvalue)
             return
         grads = ptrs[1]

@@ -90,7 +90,7 @@ class ParamTree:
                 self._memory.setdefault(id(_owner_of(a)), []).append(
                     (start, start + a.nbytes, i))
         self._owners = frozenset(self._memory)
-        self._ranges = None  # the same, sorted, for the compiled check (many tensors)
+        self._check = None  # the compiled check of many gradients, made on first use
 
     def _parse_groups(self, specs):
         owner = self.owner
@@ -131,15 +131,11 @@ class ParamTree:
         """
         ndarray = self._host_ndarray  # device gradients are checked in full
         owners = self._owners
-        if grads.__class__ is list and self._plain_list and len(grads) == self.n:
+        if grads.__class__ is list and self._plain_list and len(grads) == self.n \
+                and ndarray is not None:
             if self.n > _FEW:
-                for g, dt, sh in zip(grads, self.dtypes, self.shapes):
-                    if not (g.__class__ is ndarray and g.dtype is dt and g.shape == sh
-                            and g.flags.c_contiguous):
-                        break
-                else:
-                    if self._no_overlap(grads):
-                        return grads
+                if self._compiled_check(grads):
+                    return grads
             else:
                 for g, dt, sh in zip(grads, self.dtypes, self.shapes):
                     # (an array owning its memory and no parameter's overlaps none)
@@ -171,20 +167,18 @@ class ParamTree:
                              "gradient_accumulation_steps every gradient must be given")
         return grads
 
-    def _no_overlap(self, grads):
-        """Whether no gradient of ``grads`` (contiguous ones, aligned with the
-        parameters) overlaps a parameter but exactly its own: one compiled
-        pass over the gradients' addresses.  False means "look closer"."""
-        if self._ranges is None:
+    def _compiled_check(self, grads):
+        """Whether every gradient of the list ``grads`` (one per parameter)
+        is an ndarray of its parameter's dtype and shape, C-contiguous, and
+        overlaps no parameter but exactly its own: one compiled pass over the
+        list (:class:`fastopt.backends.numba_backend.GradientCheck`).  False
+        means "look closer" (always, where that pass is not available)."""
+        if self._check is None:
             from .backends import numba_backend as nb
-            rows = sorted(r for ranges in self._memory.values() for r in ranges)
-            starts = np.array([r[0] for r in rows], np.intp)
-            ends = np.array([r[1] for r in rows], np.intp)
-            owner = np.array([r[2] for r in rows], np.intp)
-            nbytes = np.array([a.nbytes for a in self.arrays], np.intp)
-            self._ranges = (nb.first_overlap, nbytes, starts, ends, owner)
-        first_overlap, nbytes, starts, ends, owner = self._ranges
-        return first_overlap(grads, nbytes, starts, ends, owner) == -1
+            rows = [r for ranges in self._memory.values() for r in ranges]
+            self._check = nb.GradientCheck(self.arrays, rows) \
+                if nb.GradientCheck.available else (lambda grads: 0)
+        return self._check(grads) == -1
 
     def _check_overlap(self, i, g):
         """Refuse gradient ``i`` if its memory overlaps a parameter other than
@@ -281,8 +275,9 @@ class ParamTree:
         return frozenset(out)
 
 
-#: up to this many tensors, gradients are checked for overlap in Python (about
-#: 0.1 us each); from more on, in one compiled pass (about 1 us plus 20 ns each)
+#: up to this many tensors, gradients are checked in Python (about 0.2 us
+#: each); from more on, in one compiled pass over the list (a call's cost plus
+#: a few ns each: :class:`fastopt.backends.numba_backend.GradientCheck`)
 _FEW = 16
 
 

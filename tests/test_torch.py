@@ -538,6 +538,44 @@ def test_state_tensors_are_live_and_written_in_place():
     _assert_models_close(runs[0], runs[1], 1e-12)
 
 
+@pytest.mark.parametrize("change", ["state_tensor", "step_tensor", "moved", "none_grad",
+                                    "strided_grad", "sparse_grad"])
+def test_short_path_notices_each_change_among_many_parameters(change):
+    """The prepared plan's checks (one C-level pass each over the group):
+    whatever changed at the 30th of 40 parameters, the step is torch's."""
+    runs = []
+    for cls in (ft.Adam, torch.optim.Adam):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64)) for _ in range(40)]
+        o = cls(ps, lr=0.01)
+        for step in range(4):
+            for i, p in enumerate(ps):
+                p.grad = torch.full((3, 4), 0.1 * (i + 1) * (step + 1), dtype=torch.float64)
+            if step == 2:
+                q = ps[29]
+                if change == "state_tensor":
+                    o.state[q]["exp_avg"] = o.state[q]["exp_avg"].clone() * 0.5
+                elif change == "step_tensor":
+                    o.state[q]["step"] = torch.tensor(7.0)
+                elif change == "moved":
+                    q.data = q.data.clone()
+                elif change == "none_grad":
+                    q.grad = None
+                elif change == "strided_grad":
+                    q.grad = torch.full((4, 3), 0.5, dtype=torch.float64).t()
+                elif change == "sparse_grad":
+                    q.grad = torch.full((3, 4), 0.5, dtype=torch.float64).to_sparse()
+            if change == "sparse_grad" and step == 2:
+                with pytest.raises(RuntimeError, match="sparse"):
+                    o.step()
+                ps[29].grad = None
+            o.step()
+        runs.append(([p.detach().clone() for p in ps], float(o.state[ps[29]]["step"])))
+    for a, b in zip(runs[0][0], runs[1][0]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert runs[0][1] == runs[1][1]
+
+
 def test_step_bumps_version_counters_like_torch():
     for cls in (ft.SGD, torch.optim.SGD):
         m = torch.nn.Linear(3, 1)

@@ -4,6 +4,9 @@
   code survives between processes, ``error_model="numpy"`` so divisions do not
   carry a Python zero-division check (which keeps loops scalar, 3-8x slower),
   ``boundscheck=False``.  No ``fastmath``: results must match the reference.
+* :data:`gil_kernel` is the same without ``nogil``: for code that reads a
+  Python list's items (``numba_backend.GradientCheck``), which must not
+  change while it reads them.
 * :func:`driver` compiles one Python function twice, as a ``parallel=True``
   version (``prange`` spreads chunks over threads) and a serial one (``prange``
   is an ordinary ``range``) for small steps, where entering a parallel region
@@ -22,6 +25,10 @@ from numba.extending import intrinsic
 _FLAGS = dict(cache=True, error_model="numpy", boundscheck=False, nogil=True)
 
 kernel = njit(**_FLAGS)
+
+#: for code that reads Python objects (a list's items) while they must not
+#: change: the same flags, holding the GIL
+gil_kernel = njit(**{**_FLAGS, "nogil": False})
 
 
 def driver(fn):

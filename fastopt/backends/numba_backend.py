@@ -25,7 +25,7 @@ from numba import carray, prange
 from .. import _codegen
 from ..rule import RULES
 from . import _contract
-from ._numba_util import as_ptr, driver, kernel
+from ._numba_util import as_ptr, driver, gil_kernel, kernel
 
 NAME = "numba"
 
@@ -443,40 +443,163 @@ _DATA_OFFSET = _data_field_offset()
 _NONE_ID = id(None)
 
 
+# ---------------------------------------------------------------------------
+# Many gradients checked in one compiled pass.  A step over hundreds of small
+# tensors spent most of its Python time on per-gradient attribute reads
+# (``g.dtype``, ``g.shape``, ``g.flags.c_contiguous``: about 150 ns a tensor)
+# and on ``np.fromiter(map(id, grads))`` (twice).  The fields below are read
+# straight from the list and array structs instead; their offsets are those of
+# CPython's list object and NumPy's ``PyArrayObject_fields``, and every one is
+# checked on probe objects at import: if any disagrees, the Python checks run.
+
+class _ArrayHead(ctypes.Structure):
+    """The leading fields of NumPy's array struct, pointers as integers."""
+    _fields_ = [("ob_refcnt", ctypes.c_ssize_t), ("ob_type", ctypes.c_ssize_t),
+                ("data", ctypes.c_ssize_t), ("nd", ctypes.c_int),
+                ("dimensions", ctypes.c_ssize_t), ("strides", ctypes.c_ssize_t),
+                ("base", ctypes.c_ssize_t), ("descr", ctypes.c_ssize_t),
+                ("flags", ctypes.c_int)]
+
+
+#: offsets into the list struct and the array struct, in _LAYOUT's order
+_LIST_ITEMS, _TYPE, _DATA, _ND, _DIMS, _DESCR, _FLAGS = range(7)
+_C_CONTIGUOUS = 0x0001  # NPY_ARRAY_C_CONTIGUOUS
+
+
+def _struct_layout():
+    """``[list items, ob_type, data, nd, dimensions, descr, flags]`` byte
+    offsets (intp), or None if a probe object disagrees with them."""
+    word = ctypes.sizeof(ctypes.c_ssize_t)
+    head = _ArrayHead
+    layout = np.array([3 * word, head.ob_type.offset, head.data.offset, head.nd.offset,
+                       head.dimensions.offset, head.descr.offset, head.flags.offset], np.intp)
+    items = [object() for _ in range(5)]
+    start = ctypes.c_ssize_t.from_address(id(items) + int(layout[_LIST_ITEMS])).value
+    if list((ctypes.c_ssize_t * 5).from_address(start)) != [id(x) for x in items]:
+        return None
+    probes = [np.empty(5), np.empty((3, 4), np.float32)[1], np.zeros(()),
+              np.arange(10.0)[3:], np.empty(0, np.float32), np.empty((4, 6))[:, ::2],
+              np.empty((2, 3), np.float32).T, np.empty((2, 1, 3), np.float64),
+              np.empty(3, np.dtype(">f4"))]
+    for a in probes:
+        h = head.from_address(id(a))
+        dims = list((ctypes.c_ssize_t * a.ndim).from_address(h.dimensions)) if a.ndim else []
+        if (h.ob_type != id(np.ndarray) or h.data != a.ctypes.data or h.nd != a.ndim
+                or tuple(dims) != a.shape or h.descr != id(a.dtype)
+                or bool(h.flags & _C_CONTIGUOUS) != a.flags.c_contiguous):
+            return None
+    return layout
+
+
+_LAYOUT = _struct_layout() if _DATA_OFFSET is not None else None
+
+
+
 @kernel
-def _first_overlap(ids, offset, none_id, nbytes, starts, ends, owner):
-    # the first gradient (by its array object's id) whose bytes overlap a
-    # parameter other than exactly its own, or -1; starts/ends: the
-    # parameters' byte ranges sorted by start (they never overlap each other)
-    for t in range(ids.shape[0]):
-        if ids[t] == none_id:
-            continue
-        lo = carray(as_ptr(ids[t] + offset, ids), 1)[0]
-        hi = lo + nbytes[t]
+def _word(address, like):
+    return carray(as_ptr(address, like), 1)[0]
+
+
+@gil_kernel  # reads a list while it cannot change
+def _list_ids(lst, n, items_at, out):
+    # out[:n] = the addresses (ids) of the first n items of the list at lst
+    items = carray(as_ptr(_word(lst + items_at, out), out), n)
+    for i in range(n):
+        out[i] = items[i]
+
+
+@gil_kernel  # reads a list while it cannot change
+def _first_unfit(lst, meta, spec, ranges, ints, ids):
+    # ids[:n] = the list's n items; returns the first item that is not an
+    # exact ndarray of the expected dtype object, dimensions and shape,
+    # C-contiguous, whose bytes overlap no parameter but exactly its own, or
+    # -1 when all are.  meta: the _LAYOUT offsets, then id(np.ndarray), n;
+    # spec rows per tensor: descr id, ndim, nbytes, shape; ranges rows:
+    # the parameters' byte ranges, start, end and owning tensor, sorted by
+    # start (they never overlap each other).  (Arrays packed into few
+    # arguments: each one costs the call a type check.)
+    n = meta[8]
+    starts = ranges[0]
+    items = carray(as_ptr(_word(lst + meta[0], ids), ids), n)
+    for t in range(n):
+        a = items[t]
+        ids[t] = a
+        if _word(a + meta[1], ids) != meta[7] or _word(a + meta[5], ids) != spec[t, 0]:
+            return t
+        nd = spec[t, 1]
+        if _word(a + meta[3], ints) != nd or (_word(a + meta[6], ints) & 1) == 0:
+            return t
+        if nd:
+            dims = carray(as_ptr(_word(a + meta[4], ids), ids), nd)
+            for k in range(nd):
+                if dims[k] != spec[t, 3 + k]:
+                    return t
+        lo = _word(a + meta[2], ids)
+        hi = lo + spec[t, 2]
         k = np.searchsorted(starts, hi) - 1     # the last parameter starting below hi
-        if k >= 0 and ends[k] > lo and not (owner[k] == t and starts[k] == lo
-                                            and ends[k] == hi):
+        if k >= 0 and ranges[1, k] > lo and not (ranges[2, k] == t and starts[k] == lo
+                                                 and ranges[1, k] == hi):
             return t
     return -1
 
 
-def first_overlap(arrays, nbytes, starts, ends, owner):
-    """The index of the first of ``arrays`` (contiguous, or None) whose bytes,
-    ``nbytes[i]`` from its data pointer, overlap a range ``[starts[k],
-    ends[k])`` other than exactly its own (``owner[k] == i``), or -1; None
-    where the pointers cannot be read in compiled code (then check in
-    Python)."""
-    if _DATA_OFFSET is None:  # pragma: no cover - only on an unusual NumPy build
-        return None
-    ids = np.fromiter(map(id, arrays), np.intp, len(arrays))
-    return _first_overlap(ids, _DATA_OFFSET, _NONE_ID, nbytes, starts, ends, owner)
+def object_ids(objects, out=None):
+    """The ids (object addresses) of ``objects`` as an intp array: read from
+    the list struct in one compiled call for a list (``out``, if given, is
+    filled and returned), ``np.fromiter`` otherwise."""
+    n = len(objects)
+    if objects.__class__ is list and _LAYOUT is not None and n:
+        if out is None or out.shape[0] != n:
+            out = np.empty(n, np.intp)
+        _list_ids(id(objects), n, _LAYOUT[_LIST_ITEMS], out)
+        return out
+    return np.fromiter(map(id, objects), np.intp, n)
+
+
+class GradientCheck:
+    """The compiled check of a list of gradients against their parameters.
+
+    ``check(grads)`` (``grads`` a list of one entry per parameter) is -1 when
+    every gradient is an exact ndarray of its parameter's dtype (the same
+    dtype object, as ``g.dtype is p.dtype``) and shape, C-contiguous, whose
+    memory overlaps no parameter but exactly its own; otherwise the index of
+    the first that is not (which may still be acceptable: the caller then
+    looks closer, in Python).  :attr:`available` is False where the struct
+    layout could not be confirmed (then nothing is checked here).
+
+    Parameters
+    ----------
+    params : list of ndarray
+    ranges : sequence of (start, end, index)
+        The parameters' byte ranges (they never overlap each other).
+    """
+
+    available = _LAYOUT is not None
+
+    def __init__(self, params, ranges):
+        n = len(params)
+        self._ranges = np.array(sorted(ranges), np.intp).reshape(-1, 3).T.copy()
+        ndim = max(1, max(p.ndim for p in params))
+        self._spec = np.zeros((n, 3 + ndim), np.intp)
+        for t, p in enumerate(params):
+            self._spec[t, :3] = id(p.dtype), p.ndim, p.nbytes
+            self._spec[t, 3:3 + p.ndim] = p.shape
+        self._dtypes = [p.dtype for p in params]  # keeps the descr ids alive
+        self._meta = np.array([*_LAYOUT, id(np.ndarray), n], np.intp)
+        self._ids = np.empty(n, np.intp)
+        self._ints = np.empty(0, np.intc)
+
+    def __call__(self, grads):
+        if grads.__class__ is not list or len(grads) != len(self._ids):
+            return 0
+        return _first_unfit(id(grads), self._meta, self._spec, self._ranges, self._ints,
+                            self._ids)
 
 
 def data_pointers(arrays, out):
     """Fill ``out`` (intp) with the data pointers of ``arrays`` (None -> 0)."""
     if _DATA_OFFSET is not None:
-        ids = np.fromiter(map(id, arrays), np.intp, len(arrays))
-        _resolve_pointers(ids, _DATA_OFFSET, _NONE_ID, out)
+        _resolve_pointers(object_ids(arrays), _DATA_OFFSET, _NONE_ID, out)
     else:  # pragma: no cover - only on an unusual NumPy build
         for i, a in enumerate(arrays):
             out[i] = 0 if a is None else a.ctypes.data
@@ -533,6 +656,7 @@ class Plan(_contract.Plan):
         self._compiled = compiled(rule)
         self._partial = np.zeros(self._table.shape[1])
         self._reduced = None
+        self._ids = None
         self._lookup_threshold()
 
     def _lookup_threshold(self):
@@ -561,7 +685,7 @@ class Plan(_contract.Plan):
         else:
             run = c.step_serial
         if _DATA_OFFSET is not None:  # pointers resolved inside the compiled call
-            ids = np.fromiter(map(id, grads), np.intp, len(grads))
+            ids = self._ids = object_ids(grads, self._ids)
             run(self._ptrs, ids, _DATA_OFFSET, _NONE_ID, self._table, pt, self._hp,
                 self._like)
         else:  # pragma: no cover - only on an unusual NumPy build
@@ -594,7 +718,7 @@ class Plan(_contract.Plan):
             run = c.ema_serial
         m = float(momentum)
         if _DATA_OFFSET is not None:
-            ids = np.fromiter(map(id, grads), np.intp, len(grads))
+            ids = self._ids = object_ids(grads, self._ids)
             run(self._ptrs, ids, _DATA_OFFSET, _NONE_ID, self._table, pt, self._hp,
                 self._like, self._eptrs, m)
         else:  # pragma: no cover - only on an unusual NumPy build

@@ -506,7 +506,7 @@ class Plan(nb.Plan):
         else:
             run = c.step_serial
         if nb._DATA_OFFSET is not None:  # pointers resolved inside the compiled call
-            ids = np.fromiter(map(id, grads), np.intp, len(grads))
+            ids = self._ids = nb.object_ids(grads, self._ids)
             offset, none_id = nb._DATA_OFFSET, nb._NONE_ID
         else:  # pragma: no cover - only on an unusual NumPy build
             self._set_grads(grads)
@@ -525,7 +525,7 @@ class Plan(nb.Plan):
         else:
             run = c.ema_serial
         if nb._DATA_OFFSET is not None:
-            ids = np.fromiter(map(id, grads), np.intp, len(grads))
+            ids = self._ids = nb.object_ids(grads, self._ids)
             offset, none_id = nb._DATA_OFFSET, nb._NONE_ID
         else:  # pragma: no cover - only on an unusual NumPy build
             self._set_grads(grads)

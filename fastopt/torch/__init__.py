@@ -19,6 +19,26 @@ Keyword-only extras: ``state_dtype="bfloat16"`` keeps the optimizer state
 with float32 arithmetic (:mod:`fastopt.backends.numba_bf16`), and
 ``state_rounding`` ("nearest" or "stochastic") says how it is rounded.
 
+8-bit state: ``state_dtype="int8"`` (or ``torch.int8``) keeps each state
+tensor as 8-bit codes plus one float32 scale per 256 elements of the
+flattened (row-major) parameter (:mod:`fastopt.backends.numba_int8`;
+:func:`fastopt.reference.q8_encode` is the code's specification), for
+``Adam``/``AdamW`` (AMSGrad too), ``SGD`` with momentum, ``RMSprop`` (not
+centred) and ``Adagrad``; other classes and centred RMSprop raise a
+``ValueError``.  ``state[p]`` holds torch's keys with the codes -- a
+``torch.int8`` tensor of ``p``'s shape for a slot that can be negative
+(``exp_avg``, ``momentum_buffer``), ``torch.uint8`` for one that cannot
+(``exp_avg_sq``, ``max_exp_avg_sq``, ``square_avg``, ``sum``) -- and each
+key plus ``"_scales"`` (``exp_avg_scales``...: 1-D float32, ``ceil(numel /
+256)``).  float32 parameters are updated in place; bfloat16 and float16 ones
+(and float32 ones that are not contiguous) through a contiguous float32 copy,
+rounded to nearest as it is written back; float64 ones are a ``TypeError``.
+``torch.optim`` cannot load such a ``state_dict`` (it would cast the codes to
+floats and step with them as if they were the moments), and
+``load_state_dict`` refuses state of the other kind -- float state into an
+``int8`` optimizer or 8-bit state into one without -- with a ``ValueError``,
+changing nothing.
+
 ``foreach`` and ``fused`` are accepted for compatibility and change nothing
 (fastopt always runs its fused kernels); ``capturable=True`` and
 ``differentiable=True`` are refused.  CPU tensors only for now.  The thread

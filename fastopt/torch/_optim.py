@@ -36,6 +36,7 @@ from torch.autograd import profiler as _profiler
 from torch.optim import optimizer as _torch_optimizer
 
 from .. import backends as _backends
+from .. import reference as _reference
 from ..multi_tensor import MultiTensorStep
 from ..rule import RULES
 from ._plan import _DIRECT, _NARROW, _GroupPlan, _narrow_direct
@@ -103,10 +104,17 @@ class FusedOptimizer:
         if state_dtype is None:
             if state_rounding is not None:
                 raise ValueError(f"fastopt.torch.{name}: state_rounding applies only with "
-                                 "state_dtype='bfloat16'")
+                                 "state_dtype='bfloat16' or 'int8'")
+        elif state_dtype == "int8" or state_dtype is torch.int8:
+            state_dtype = "int8"
+            state_rounding = "nearest" if state_rounding is None else state_rounding
+            if state_rounding != "nearest":
+                raise ValueError(f"fastopt.torch.{name}: state_rounding must be 'nearest' "
+                                 f"with state_dtype='int8' (the 8-bit code rounds to "
+                                 f"nearest), got {state_rounding!r}")
         elif state_dtype != "bfloat16" and state_dtype is not torch.bfloat16:
             raise ValueError(f"fastopt.torch.{name}: state_dtype must be None (the "
-                             f"parameters' dtype) or 'bfloat16', got {state_dtype!r}")
+                             f"parameters' dtype), 'bfloat16' or 'int8', got {state_dtype!r}")
         else:
             from ..backends import numba_bf16
             state_dtype = "bfloat16"
@@ -117,7 +125,10 @@ class FusedOptimizer:
         self.state_dtype, self.state_rounding = state_dtype, state_rounding
         # one step, state_dict() or load_state_dict() at a time (thread safety)
         self._fastopt_lock = threading.RLock()
-        self._fastopt_slot_dtype = torch.bfloat16 if state_dtype else None
+        # the dtype new slots are made in (with 8-bit state: float32, encoded
+        # into codes and scales before the first step, see _int8_item)
+        self._fastopt_slot_dtype = {None: None, "bfloat16": torch.bfloat16,
+                                    "int8": torch.float32}[state_dtype]
         self._fastopt_updates = 0
         self._fastopt_steps = OrderedDict()
         self._fastopt_counters = _Counters()
@@ -129,11 +140,35 @@ class FusedOptimizer:
             limit = _backends.get_backend("numba").max_threads()
             _backends.set_num_threads(max(1, min(torch.get_num_threads(), limit)))
 
+    def _state_keys(self, rule):
+        """The state keys of ``rule``'s slots, in pointer-table row order: with
+        8-bit state the codes' keys (torch's names), then their scales'
+        (``"<key>_scales"``)."""
+        keys = self._SLOT_KEYS[rule]
+        if keys and self.state_dtype == "int8":
+            return keys + tuple(k + "_scales" for k in keys)
+        return keys
+
     def _check_state_dtype(self, group, rule):
-        """With bfloat16 state: float32 parameters and a rule that can keep it."""
+        """With bfloat16 state: float32 parameters and a rule that can keep it;
+        with 8-bit state: float32, bfloat16 or float16 parameters, ditto."""
         if self.state_dtype is None:
             return
         name = type(self).__name__
+        if self.state_dtype == "int8":
+            for p in group["params"]:
+                if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                    raise TypeError(f"fastopt.torch.{name}: state_dtype='int8' needs float32, "
+                                    f"bfloat16 or float16 parameters (the kernels compute in "
+                                    f"float32), got {p.dtype}")
+            if not RULES[rule].slots:
+                return
+            from ..backends import numba_int8
+            why = numba_int8.refusal(RULES[rule])
+            if why:
+                raise ValueError(f"fastopt.torch.{name}: state_dtype='int8' is not offered "
+                                 f"for this configuration ({rule}): {why}")
+            return
         for p in group["params"]:
             if p.dtype != torch.float32:
                 raise TypeError(f"fastopt.torch.{name}: state_dtype='bfloat16' needs float32 "
@@ -145,9 +180,64 @@ class FusedOptimizer:
                              f"for this configuration ({rule}): {why}")
 
     def _slot_zeros(self, p):
-        """A new state tensor for ``p``: its shape and layout, the state dtype."""
+        """A new state tensor for ``p``: its shape and layout, the state dtype
+        (with 8-bit state: a contiguous float32 tensor, encoded before the step)."""
+        if self.state_dtype == "int8":
+            return torch.zeros(p.shape, dtype=torch.float32)
         return torch.zeros_like(p, dtype=self._fastopt_slot_dtype,
                                 memory_format=torch.preserve_format)
+
+    def _int8_item(self, rule, p, g, st, fresh):
+        """The :class:`_Item` of ``p`` with 8-bit state: the codes and scales
+        of each slot in place (encoding slots that :meth:`_new_state` just
+        made in float32); a contiguous float32 parameter is updated in place,
+        any other (bfloat16, float16, gaps or another order in memory)
+        through a contiguous float32 copy, written back after the step.
+
+        The blocks are those of the parameter's elements in row-major
+        (``p.contiguous()``) order, whatever its memory layout."""
+        reference = _reference
+        name = type(self).__name__
+        r = RULES[rule]
+        slots, scales = [], []
+        for key, slot in zip(self._SLOT_KEYS[rule], r.slots):
+            signed = slot not in r.nonnegative
+            want = torch.int8 if signed else torch.uint8
+            skey = key + "_scales"
+            c = st[key]
+            if skey not in st:
+                if not (isinstance(c, torch.Tensor) and c.is_floating_point()):
+                    raise RuntimeError(f"fastopt.torch.{name}: state[{key!r}] holds codes but "
+                                       f"there is no {skey!r}")
+                codes, sc = reference.q8_encode(c.detach().float().contiguous().numpy(),
+                                                signed)
+                c = st[key] = torch.from_numpy(codes).reshape(p.shape)
+                st[skey] = torch.from_numpy(sc)
+            sc = st[skey]
+            nblocks = -(-p.numel() // reference.Q8_BLOCK)
+            if not (isinstance(c, torch.Tensor) and c.dtype is want and c.shape == p.shape
+                    and c.is_cpu and isinstance(sc, torch.Tensor)
+                    and sc.dtype is torch.float32 and sc.numel() == nblocks and sc.is_cpu):
+                raise TypeError(f"fastopt.torch.{name}: 8-bit state {key!r} must be {want} "
+                                f"codes of the parameter's shape {tuple(p.shape)} and "
+                                f"{skey!r} {nblocks} float32 scales (one per "
+                                f"{reference.Q8_BLOCK} elements); got "
+                                f"{getattr(c, 'dtype', type(c))} of shape "
+                                f"{tuple(getattr(c, 'shape', ()))} and "
+                                f"{getattr(sc, 'dtype', type(sc))} of "
+                                f"{getattr(sc, 'numel', lambda: '?')()}")
+            if not c.is_contiguous():
+                c = st[key] = c.contiguous()
+            if not sc.is_contiguous():
+                sc = st[skey] = sc.contiguous()
+            slots.append(c)
+            scales.append(sc)
+        step = st.get("step") if st else None
+        if p.dtype is torch.float32 and p.is_contiguous():
+            return _Item(p, g if g.is_contiguous() else g.contiguous(), slots + scales, step,
+                         p, False, fresh)
+        return _Item(p, g.to(torch.float32).contiguous(), slots + scales, step,
+                     p.detach().to(torch.float32).contiguous(), True, fresh)
 
     # -- step ---------------------------------------------------------------------------
     def step(self, closure=None):
@@ -277,7 +367,8 @@ class FusedOptimizer:
     def _update_group(self, group, rule, pairs, inv_scale):
         """The general step of one group: any dtype, layout and state."""
         rule, scalars, keep, l2 = rule
-        keys = self._SLOT_KEYS[rule]
+        keys = self._state_keys(rule)
+        int8 = self.state_dtype == "int8" and bool(keys)
         sign = -inv_scale if group["maximize"] else inv_scale
         state = self.state
         counts = self._COUNTS_STEPS
@@ -290,7 +381,11 @@ class FusedOptimizer:
             if fresh and (keys or counts):
                 st = state[p]
                 self._new_state(group, p, st)
-            if p.dtype in _DIRECT and (p.is_contiguous() or _dense(p)) and (
+            if int8:
+                it = self._int8_item(rule, p, g, st, fresh)
+                staged = staged or it.staged
+                items.append(it)
+            elif p.dtype in _DIRECT and (p.is_contiguous() or _dense(p)) and (
                     narrow_ok or p.dtype not in _NARROW):
                 contiguous = p.is_contiguous()
                 stride = None if contiguous else p.stride()
@@ -338,6 +433,7 @@ class FusedOptimizer:
                              [it.grad.data_ptr() for it in its],
                              *([it.slots[k].data_ptr() for it in its]
                                for k in range(len(keys)))], dtype=np.intp)
+            # (8-bit state: codes' rows, then the scales' rows, as numba_int8 reads them)
             fused.updates = self._fastopt_updates
             fused.launch(ptrs, scalars, counts_ if fused.per_tensor_step else None,
                          fused.rows(sign, keep, l2), math.inf)
@@ -354,6 +450,8 @@ class FusedOptimizer:
                 for it in items:
                     if it.staged:
                         it.param.copy_(it.work)
+                        if int8:  # the codes and scales were updated in place
+                            continue
                         st = state.get(it.param, {})
                         for k, s in zip(keys, it.slots):
                             st[k].copy_(s)
@@ -395,9 +493,11 @@ class FusedOptimizer:
 
     def _stepper(self, rule, dtype, sizes, staged=None):
         """The cached MultiTensorStep of a rule over tensors of these sizes
-        (``staged``: float32 working copies, so float32 state; a rule without
+        (``staged``: float32 working copies, so float32 state -- except 8-bit
+        state, whose codes and scales are stepped in place; a rule without
         state, such as plain SGD, has no state to keep in bfloat16)."""
-        state = None if staged or not RULES[rule].slots else self.state_dtype
+        state = None if not RULES[rule].slots or (staged and self.state_dtype != "int8") \
+            else self.state_dtype
         key = (rule, dtype, sizes, state)
         cache = self._fastopt_steps
         fused = cache.get(key)
@@ -430,12 +530,70 @@ class FusedOptimizer:
             return out
 
     def load_state_dict(self, state_dict):
+        """torch's ``load_state_dict``, refusing state of another
+        ``state_dtype``'s kind: 8-bit codes and scales into an optimizer with
+        float state, or float state into one with ``state_dtype="int8"``
+        (a ``ValueError``; nothing changes).  8-bit codes and scales are
+        loaded as they are (torch's own loader would cast them to the
+        parameters' dtype)."""
         with self._fastopt_lock:
+            keep = self._check_loaded_state(state_dict)
             super().load_state_dict(state_dict)
+            if keep:
+                saved = [i for g in state_dict["param_groups"] for i in g["params"]]
+                ours = [p for g in self.param_groups for p in g["params"]]
+                where = dict(zip(saved, ours))
+                for i, values in keep.items():
+                    st = self.state[where[i]]
+                    for key, v in values.items():
+                        st[key] = v.detach().to("cpu", copy=True).contiguous()
             self._fastopt_steps.clear()
             self._fastopt_counters = _Counters()
             self._fastopt_plans = {}
             _track(self)
+
+    def _check_loaded_state(self, state_dict):
+        """Raise if ``state_dict`` holds state of the other kind (8-bit or
+        float); with 8-bit state, ``{param id: {key: tensor}}`` of its codes
+        and scales, checked."""
+        name = type(self).__name__
+        int8 = self.state_dtype == "int8"
+        signed = {}
+        for rule, keys in self._SLOT_KEYS.items():
+            r = RULES[rule]
+            for key, slot in zip(keys, r.slots):
+                signed[key] = slot not in r.nonnegative
+        keep = {}
+        for i, st in state_dict.get("state", {}).items():
+            if not isinstance(st, dict):
+                continue
+            for key in signed.keys() & st.keys():
+                c, sc = st[key], st.get(key + "_scales")
+                if not isinstance(c, torch.Tensor):
+                    continue  # (SGD's momentum_buffer None)
+                codes = c.dtype in (torch.int8, torch.uint8)
+                if not int8:
+                    if codes or sc is not None:
+                        raise ValueError(
+                            f"fastopt.torch.{name}.load_state_dict: the state of parameter "
+                            f"{i} holds 8-bit codes ({key!r}, {key + '_scales'!r}), saved "
+                            f"with state_dtype='int8'; load it into an optimizer made with "
+                            f"state_dtype='int8' (no conversion is made)")
+                    continue
+                want = torch.int8 if signed[key] else torch.uint8
+                if not (c.dtype is want and isinstance(sc, torch.Tensor)
+                        and sc.dtype is torch.float32
+                        and sc.numel() == -(-c.numel() // _reference.Q8_BLOCK)):
+                    raise ValueError(
+                        f"fastopt.torch.{name}.load_state_dict: this optimizer keeps 8-bit "
+                        f"state (state_dtype='int8'), but state {key!r} of parameter {i} is "
+                        f"{c.dtype}" + (" without" if sc is None else " with") +
+                        f" {key + '_scales'!r}: a state_dict saved with another state_dtype "
+                        f"cannot be loaded (no conversion is made); it needs {want} codes "
+                        f"and float32 scales, one per {_reference.Q8_BLOCK} elements")
+                keep.setdefault(i, {})[key] = c
+                keep[i][key + "_scales"] = sc
+        return keep
 
     def __getstate__(self):
         out = {k: v for k, v in super().__getstate__().items() if k != "_fastopt_lock"}

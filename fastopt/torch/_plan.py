@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import math
+from itertools import repeat
+from operator import attrgetter, is_
 
 import numpy as np
 import torch
 
+from ..reference import Q8_BLOCK as _Q8_BLOCK
 from ..rule import RULES
 from ._state import _track
 
@@ -14,6 +17,8 @@ from ._state import _track
 _DIRECT = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
            torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _NARROW = (torch.bfloat16, torch.float16)
+_grad_of, _dtype_of = attrgetter("grad"), attrgetter("dtype")
+_data_ptr, _is_contiguous = torch.Tensor.data_ptr, torch.Tensor.is_contiguous
 
 
 def _narrow_direct(rule):
@@ -25,7 +30,8 @@ def _narrow_direct(rule):
 
 class _GroupPlan:
     """The short way for a group whose every parameter is a contiguous tensor
-    of one float dtype with complete state (or none yet, and no gradient):
+    of one float dtype (float32 with 8-bit state) with complete state (or
+    none yet, and no gradient):
     addresses of parameters and slots, the pointer table and the step counts
     prepared once.
 
@@ -48,10 +54,18 @@ class _GroupPlan:
         host_rule = RULES[rule] if RULES[rule].host_state else None
         if host_rule is not None and not opt._COUNTS_STEPS:
             return None
-        keys = opt._SLOT_KEYS[rule]
+        keys = opt._state_keys(rule)
         counts = opt._COUNTS_STEPS
         stateful = bool(keys) or counts
         sdt = opt._fastopt_slot_dtype or dtype
+        int8 = opt.state_dtype == "int8" and bool(keys)
+        if int8:  # codes (int8/uint8, the parameter's shape), then float32 scales
+            if dtype is not torch.float32:
+                return None
+            r = RULES[rule]
+            want = [(torch.uint8 if s in r.nonnegative else torch.int8) for s in r.slots]
+            want += [torch.float32] * len(r.slots)
+            half = len(r.slots)
         states, slots = [], []
         for p in params:
             if not (p.dtype is dtype and p.is_cpu and p.is_contiguous()):
@@ -67,10 +81,17 @@ class _GroupPlan:
                                  and (not counts or "step" in st)):
                 return None
             sl = tuple(st[k] for k in keys)
-            for s in sl:
-                if not (s.dtype is sdt and s.is_cpu and s.is_contiguous()
-                        and s.shape == p.shape):
-                    return None
+            if int8:
+                blocks = -(-p.numel() // _Q8_BLOCK)
+                for j, (s, d) in enumerate(zip(sl, want)):
+                    if not (s.dtype is d and s.is_cpu and s.is_contiguous()
+                            and (s.shape == p.shape if j < half else s.numel() == blocks)):
+                        return None
+            else:
+                for s in sl:
+                    if not (s.dtype is sdt and s.is_cpu and s.is_contiguous()
+                            and s.shape == p.shape):
+                        return None
             states.append(st)
             slots.append(sl)
         # plans of groups that are gone (replaced or removed) are dropped
@@ -117,6 +138,13 @@ class _GroupPlan:
                     st[key] = v
                 self.host.append((array, key, views))
         self.version = opt.state.version
+        # per state key, the tensors each parameter's state must still hold
+        # (all parameters have state: the checks of _grads_of_all)
+        self.columns = None
+        if stateful and all(st is not None for st in states):
+            self.columns = [(k, [sl[j] for sl in slots]) for j, k in enumerate(keys)]
+            if self.counts is not None:
+                self.columns.append(("step", self.views))
         return self
 
     def grads(self, state, rule):
@@ -125,6 +153,19 @@ class _GroupPlan:
                 state.version != self.version or \
                 len(self.group["params"]) != len(self.params):
             return None
+        if self.columns is not None or not self.stateful:
+            try:
+                out = self._grads_of_all()
+            except TypeError:   # a None gradient: the loop below sorts it out
+                out = False
+            except (RuntimeError, KeyError):  # e.g. a sparse gradient: the general way
+                return None
+            if out is None:
+                return None
+            if out is not False:
+                if self.host is not None and not self._uniform_host(out):
+                    return None
+                return out if any(out) else None
         dtype = self.dtype
         keys = self.keys
         stateful = self.stateful
@@ -158,6 +199,28 @@ class _GroupPlan:
         if self.host is not None and not self._uniform_host(out):
             return None
         return out if any(out) else None
+
+    def _grads_of_all(self):
+        """:meth:`grads` when every parameter has a gradient (and, for a
+        stateful rule, state): the same checks, each one pass of C-level
+        ``map`` over the group instead of a Python loop (about half the
+        time per tensor).  None: take the general way; TypeError: a
+        gradient is None (look closer)."""
+        params = self.group["params"]
+        if not all(map(is_, params, self.params)):
+            return None
+        grads = list(map(_grad_of, params))
+        out = list(map(_data_ptr, grads))  # TypeError on a None gradient
+        if list(map(_data_ptr, params)) != self.pptrs \
+                or not all(map(is_, map(_dtype_of, grads), repeat(self.dtype))) \
+                or not all(map(_is_contiguous, grads)):
+            return None
+        if self.columns:
+            for key, column in self.columns:
+                if not all(map(is_, map(dict.__getitem__, self.states, repeat(key)),
+                               column)):
+                    return None
+        return out
 
     def _uniform_host(self, gptrs):
         """Whether every parameter has a gradient and the same count and host

@@ -24,7 +24,11 @@ def _slot_keys(*rules):
 
 class SGD(FusedOptimizer, _torch.optim.SGD):
     """``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay,
-    maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`."""
+    maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`.
+
+    With ``state_dtype="int8"`` and momentum: ``state[p]["momentum_buffer"]``
+    holds int8 codes and ``state[p]["momentum_buffer_scales"]`` their float32
+    scales (see :mod:`fastopt.torch`, "8-bit state")."""
 
     _COUNTS_STEPS = False
     _SLOT_KEYS = _slot_keys("sgd", "sgd_momentum_torch", "sgd_nesterov_torch")
@@ -52,7 +56,11 @@ class SGD(FusedOptimizer, _torch.optim.SGD):
 
 class Adagrad(FusedOptimizer, _torch.optim.Adagrad):
     """``torch.optim.Adagrad`` (lr_decay, initial_accumulator_value, weight
-    decay, maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`."""
+    decay, maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`.
+
+    With ``state_dtype="int8"``: ``state[p]["sum"]`` holds uint8 codes and
+    ``state[p]["sum_scales"]`` their float32 scales (see
+    :mod:`fastopt.torch`, "8-bit state")."""
 
     _SLOT_KEYS = _slot_keys("adagrad_torch")
 
@@ -78,7 +86,11 @@ class Adagrad(FusedOptimizer, _torch.optim.Adagrad):
 
 class RMSprop(FusedOptimizer, _torch.optim.RMSprop):
     """``torch.optim.RMSprop`` (``alpha``, centred, momentum, weight decay,
-    maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`."""
+    maximize) on fastopt's fused kernels; see :mod:`fastopt.torch`.
+
+    With ``state_dtype="int8"`` (not centred): ``state[p]["square_avg"]``
+    holds uint8 codes, ``"momentum_buffer"`` int8 codes, each with its
+    float32 ``"<key>_scales"`` (see :mod:`fastopt.torch`, "8-bit state")."""
 
     _SLOT_KEYS = _slot_keys("rmsprop_torch", "rmsprop_momentum_torch", "rmsprop_centered_torch",
                             "rmsprop_centered_momentum_torch")
@@ -127,7 +139,11 @@ class _AdamRule:
 
 class Adam(_AdamRule, FusedOptimizer, _torch.optim.Adam):
     """``torch.optim.Adam`` (AMSGrad, L2 or decoupled weight decay, maximize)
-    on fastopt's fused kernels; see :mod:`fastopt.torch`."""
+    on fastopt's fused kernels; see :mod:`fastopt.torch`.
+
+    With ``state_dtype="int8"``: ``state[p]["exp_avg"]`` holds int8 codes,
+    ``"exp_avg_sq"`` (and ``"max_exp_avg_sq"``) uint8 codes, each with its
+    float32 ``"<key>_scales"`` (see :mod:`fastopt.torch`, "8-bit state")."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
@@ -142,7 +158,9 @@ class Adam(_AdamRule, FusedOptimizer, _torch.optim.Adam):
 
 class AdamW(_AdamRule, FusedOptimizer, _torch.optim.AdamW):
     """``torch.optim.AdamW`` (decoupled weight decay, AMSGrad, maximize) on
-    fastopt's fused kernels; see :mod:`fastopt.torch`."""
+    fastopt's fused kernels; see :mod:`fastopt.torch`.
+
+    With ``state_dtype="int8"``: the state keys of :class:`Adam`."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
