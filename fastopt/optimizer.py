@@ -452,7 +452,7 @@ class Optimizer(StateMethods):
             if ema:  # the momentum of this call's average, for the kernels that fold it in
                 self._ema_now = ema_weight(updates, self.ema_momentum)
                 self._ema_done = []
-            if accumulated is not None:  # NumPy arithmetic: never an exception halfway
+            if accumulated is not None:  # in-place arithmetic: never an exception halfway
                 with np.errstate(all="ignore"):
                     grads, inv = accumulate(self._arrays, accumulated, grads, inv, applying,
                                             steps)
