@@ -143,16 +143,21 @@ def test_ptx_signatures_cover_every_rule():
     code = textwrap.dedent("""
         import json
         from fastopt.backends import _cuda_kernels as kernels
-        print(json.dumps([(name, [str(sig[-1].dtype), sig[-1].count])
-                          for name, fn, sig in kernels.ptx_signatures()
-                          if name.startswith("step_")]))
+        sigs = kernels.ptx_signatures()
+        print(json.dumps([[(name, [str(sig[-1].dtype), sig[-1].count])
+                           for name, fn, sig in sigs
+                           if name.startswith("step_") and not name.startswith("step_ema_")],
+                          [(name, [str(sig[5].dtype), sig[5].count])
+                           for name, fn, sig in sigs if name.startswith("step_ema_")]]))
     """)
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    got = dict(json.loads(out.stdout))
+    steps, emas = json.loads(out.stdout)
+    got = dict(steps)
     want = {f"step_{name}[{dt}]": ["float64", 1 + len(rule.prepared)]
             for name, rule in RULES.items() for dt in ("float32", "float64")}
     assert got == want
+    assert dict(emas) == {k.replace("step_", "step_ema_", 1): v for k, v in want.items()}
     assert {"step_adamax[float32]", "step_adamax_torch[float64]"} <= set(got)
