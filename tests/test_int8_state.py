@@ -270,6 +270,7 @@ def test_results_do_not_depend_on_threads_or_the_parallel_threshold():
     params0 = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     results = []
+    saved_threads = fastopt.get_num_threads()
     try:
         for threads, threshold in ((1, 1 << 30), (2, 1), (1, 1)):
             fastopt.set_num_threads(threads)
@@ -287,7 +288,7 @@ def test_results_do_not_depend_on_threads_or_the_parallel_threshold():
             results.append((params, codes))
     finally:
         fastopt.set_parallel_threshold(None, "float32")  # the tuned values again
-        fastopt.set_num_threads(fastopt.backends.get_num_threads())
+        fastopt.set_num_threads(saved_threads)
     for params, codes in results[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(params, results[0][0]))
         for sl, sl0 in zip(codes, results[0][1]):
