@@ -141,25 +141,31 @@ class MultiTensorStep:
         self._run = _cython_runner(self.rule, dtype, self.sizes, len(self.slots)) \
             if backend == "cython" else _numba_runner(self.rule, dtype, self.sizes)
 
+    def _check_reduced(self, dtype, backend, rounding, module, what):
+        """float32 parameters, the numba backend (importable), a rule and a
+        rounding that ``module`` (numba_bf16, numba_int8) takes."""
+        if dtype != np.float32:
+            raise TypeError(f"MultiTensorStep: {what} state needs float32 parameters, got "
+                            f"{dtype}")
+        if backend not in ("auto", "numba"):
+            raise ValueError(f"MultiTensorStep: {what} state runs on the numba backend only, "
+                             f"not {backend!r}")
+        get_backend("numba")  # an ImportError that says how to get it
+        why = module.refusal(self.rule)
+        if why:
+            where = "in bfloat16" if what == "bfloat16" else "in 8 bits"
+            raise ValueError(f"MultiTensorStep: rule {self.rule.name!r} cannot keep its state "
+                             f"{where}: {why}")
+        if rounding not in module.ROUNDINGS:
+            raise ValueError(f"MultiTensorStep: state_rounding must be one of "
+                             f"{module.ROUNDINGS} with {what} state, got {rounding!r}")
+
     def _bf16_setup(self, dtype, backend, state_dtype, rounding):
         if state_dtype != "bfloat16":
             raise ValueError(f"MultiTensorStep: state_dtype must be None, 'bfloat16' or "
                              f"'int8', got {state_dtype!r}")
-        if dtype != np.float32:
-            raise TypeError("MultiTensorStep: bfloat16 state needs float32 parameters, got "
-                            f"{dtype}")
-        if backend not in ("auto", "numba"):
-            raise ValueError("MultiTensorStep: bfloat16 state runs on the numba backend only, "
-                             f"not {backend!r}")
-        get_backend("numba")  # an ImportError that says how to get it
         from .backends import numba_bf16 as bf16
-        why = bf16.refusal(self.rule)
-        if why:
-            raise ValueError(f"MultiTensorStep: rule {self.rule.name!r} cannot keep its state "
-                             f"in bfloat16: {why}")
-        if rounding not in bf16.ROUNDINGS:
-            raise ValueError(f"MultiTensorStep: state_rounding must be one of "
-                             f"{bf16.ROUNDINGS}, got {rounding!r}")
+        self._check_reduced(dtype, backend, rounding, bf16, "bfloat16")
         self.backend = "numba"
         self.state_rounding = rounding
         like, ulike = np.empty(0, np.float32), np.empty(0, np.uint16)
@@ -174,20 +180,8 @@ class MultiTensorStep:
                                   (c.step_parallel, c.step_serial), drive)
 
     def _int8_setup(self, dtype, backend, rounding):
-        if dtype != np.float32:
-            raise TypeError(f"MultiTensorStep: 8-bit state needs float32 parameters, got {dtype}")
-        if backend not in ("auto", "numba"):
-            raise ValueError("MultiTensorStep: 8-bit state runs on the numba backend only, "
-                             f"not {backend!r}")
-        get_backend("numba")  # an ImportError that says how to get it
         from .backends import numba_int8 as q8
-        why = q8.refusal(self.rule)
-        if why:
-            raise ValueError(f"MultiTensorStep: rule {self.rule.name!r} cannot keep its state "
-                             f"in 8 bits: {why}")
-        if rounding not in q8.ROUNDINGS:
-            raise ValueError(f"MultiTensorStep: state_rounding must be one of {q8.ROUNDINGS} "
-                             f"with 8-bit state, got {rounding!r}")
+        self._check_reduced(dtype, backend, rounding, q8, "8-bit")
         self.backend = "numba"
         self.state_rounding = rounding
         self.nrows = 2 + 2 * len(self.slots)  # the codes' rows, then the scales'

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif("numba" not in fastopt.available_backends(),
 if "numba" in fastopt.available_backends():
     from fastopt.backends import numba_backend as nb
     from fastopt.backends import numba_int8 as q8
-    from fastopt.backends.numba_q8 import q8_decode, q8_encode_signed, q8_encode_unsigned
+    from fastopt.backends.numba_q8 import q8_decode, q8_encode
 
 INT8_RULES = [name for name, r in RULES.items() if r.slots and not r.int8_refusal]
 #: the rules the kernel tests run (every family and both conventions; each
@@ -128,7 +128,7 @@ def kernel_encode(x, signed):
     @numba.njit
     def run(x, out, inv):
         for i in range(x.shape[0]):
-            out[i] = (q8_encode_signed if signed else q8_encode_unsigned)(x[i], inv)
+            out[i] = q8_encode(x[i], inv, out)
     out = np.empty(x.size, np.int8 if signed else np.uint8)
     codes_ref, scales = R.q8_encode(x, signed, block=x.size)
     inv = np.float32(0) if scales[0] == 0 else np.float32(1) / scales[0]

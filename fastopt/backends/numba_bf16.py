@@ -476,14 +476,7 @@ class Plan(nb.Plan):
     ROUNDINGS = ROUNDINGS
 
     def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
-        why = refusal(rule)
-        if why:
-            raise ValueError(f"rule {rule.name!r} cannot keep its state in bfloat16: {why}")
-        if rounding not in ROUNDINGS:
-            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-        for p in params:
-            if p.dtype != np.float32:
-                raise TypeError(f"bfloat16 state needs float32 parameters, got {p.dtype}")
+        nb.check_reduced_plan(rule, params, rounding, refusal, ROUNDINGS, "bfloat16")
         for name, arrays in zip(rule.slots, slots):
             for a in arrays:
                 if a.dtype != np.uint16:
@@ -500,17 +493,7 @@ class Plan(nb.Plan):
     def step(self, grads, pt, scalars, clipvalue=math.inf):
         self._hp[:] = self.rule.pack(scalars, clipvalue)
         c = compiled(self.rule)
-        if self.size >= nb.get_parallel_threshold(self.dtype):
-            run = c.step_parallel
-            nb.sync_threads()
-        else:
-            run = c.step_serial
-        if nb._DATA_OFFSET is not None:  # pointers resolved inside the compiled call
-            ids = self._ids = nb.object_ids(grads, self._ids)
-            offset, none_id = nb._DATA_OFFSET, nb._NONE_ID
-        else:  # pragma: no cover - only on an unusual NumPy build
-            self._set_grads(grads)
-            ids, offset, none_id = self._ptrs[1], -1, 0
+        run, ids, offset, none_id = nb.resolved_call(self, grads, c.step_parallel, c.step_serial)
         run(self._ptrs, ids, offset, none_id, self._table, pt, self._hp,
             self._like, self._ulike, self._stochastic, int(self.updates), self._tensor_ids)
 
@@ -519,17 +502,7 @@ class Plan(nb.Plan):
         :meth:`fastopt.backends.numba_backend.Plan.step_ema`)."""
         self._hp[:] = self.rule.pack(scalars, clipvalue)
         c = compiled(self.rule)
-        if self.size >= nb.get_parallel_threshold(self.dtype):
-            run = c.ema_parallel
-            nb.sync_threads()
-        else:
-            run = c.ema_serial
-        if nb._DATA_OFFSET is not None:
-            ids = self._ids = nb.object_ids(grads, self._ids)
-            offset, none_id = nb._DATA_OFFSET, nb._NONE_ID
-        else:  # pragma: no cover - only on an unusual NumPy build
-            self._set_grads(grads)
-            ids, offset, none_id = self._ptrs[1], -1, 0
+        run, ids, offset, none_id = nb.resolved_call(self, grads, c.ema_parallel, c.ema_serial)
         run(self._ptrs, ids, offset, none_id, self._table, pt, self._hp, self._like,
             self._ulike, self._stochastic, int(self.updates), self._tensor_ids, self._eptrs,
             float(momentum))

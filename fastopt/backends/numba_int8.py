@@ -42,7 +42,7 @@ from numba.extending import (intrinsic, make_attribute_wrapper, models, overload
 from .. import reference
 from . import _numba_util, numba_backend as nb, numba_q8
 from ._numba_util import as_ptr, driver, kernel
-from .numba_q8 import abs_bits, q8_decode, q8_encode_signed, q8_encode_unsigned, scale_of
+from .numba_q8 import abs_bits, q8_decode, q8_encode, scale_of
 
 __all__ = ["Plan", "ROUNDINGS", "refusal", "BLOCK"]
 
@@ -149,13 +149,7 @@ def _slot_shape(slot):
 
 
 # ---------------------------------------------------------------------------
-# One block of one slot: decode into float32, encode from float32.
-
-@kernel
-def _decode(codes, scale, out):
-    for i in range(codes.shape[0]):
-        out[i] = q8_decode(codes[i], scale)
-
+# One block of one slot: its new scale and codes, from float32 values.
 
 @kernel
 def _new_scale(x):
@@ -169,21 +163,13 @@ def _new_scale(x):
 
 
 @kernel
-def _encode_signed(x, codes, scales, blk):
+def _encode(x, codes, scales, blk):
+    # block ``blk``'s new scale, then its codes (signed or not as ``codes``)
     scale = _new_scale(x)
     scales[blk] = scale
     inv = np.float32(1.0) / scale if scale != 0 else np.float32(0.0)
     for i in range(x.shape[0]):
-        codes[i] = q8_encode_signed(x[i], inv)
-
-
-@kernel
-def _encode_unsigned(x, codes, scales, blk):
-    scale = _new_scale(x)
-    scales[blk] = scale
-    inv = np.float32(1.0) / scale if scale != 0 else np.float32(0.0)
-    for i in range(x.shape[0]):
-        codes[i] = q8_encode_unsigned(x[i], inv)
+        codes[i] = q8_encode(x[i], inv, codes)
 
 
 @kernel
@@ -241,7 +227,7 @@ def render(rule):
                      f"_scales(ptrs, {2 + k + j}, t, blk, like)[blk], x{j}[:n]), "
                      for j in range(k)),
         encode="\n".join(
-            f"            _encode_{'signed' if signed[j] else 'unsigned'}(x{j}[:n], "
+            f"            _encode(x{j}[:n], "
             f"nb._view(ptrs, {2 + j}, t, b0, b1, {like[j]}), "
             f"_scales(ptrs, {2 + k + j}, t, blk, like), blk)" for j in range(k)))
 
@@ -289,14 +275,7 @@ class Plan(nb.Plan):
     fuses_ema = False
 
     def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
-        why = refusal(rule)
-        if why:
-            raise ValueError(f"rule {rule.name!r} cannot keep its state in 8 bits: {why}")
-        if rounding not in ROUNDINGS:
-            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-        for p in params:
-            if p.dtype != np.float32:
-                raise TypeError(f"8-bit state needs float32 parameters, got {p.dtype}")
+        nb.check_reduced_plan(rule, params, rounding, refusal, ROUNDINGS, "8 bits")
         signed = signed_slots(rule)
         for name, sg, arrays in zip(rule.slots, signed, slots):
             for p, (codes, scales) in zip(params, arrays):
@@ -322,18 +301,8 @@ class Plan(nb.Plan):
 
     def step(self, grads, pt, scalars, clipvalue=math.inf):
         self._hp[:] = self.rule.pack(scalars, clipvalue)
-        c = self._q8
-        if self.size >= nb.get_parallel_threshold(self.dtype):
-            run = c.step_parallel
-            nb.sync_threads()
-        else:
-            run = c.step_serial
-        if nb._DATA_OFFSET is not None:  # pointers resolved inside the compiled call
-            ids = self._ids = nb.object_ids(grads, self._ids)
-            offset, none_id = nb._DATA_OFFSET, nb._NONE_ID
-        else:  # pragma: no cover - only on an unusual NumPy build
-            self._set_grads(grads)
-            ids, offset, none_id = self._ptrs[1], -1, 0
+        run, ids, offset, none_id = nb.resolved_call(self, grads, self._q8.step_parallel,
+                                                   self._q8.step_serial)
         run(self._ptrs, ids, offset, none_id, self._table, pt, self._hp, self._like,
             self._i8, self._u8)
 

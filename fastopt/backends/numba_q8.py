@@ -16,7 +16,7 @@ from numba.extending import intrinsic
 
 from ..reference import Q8_BIAS, Q8_TOP
 
-__all__ = ["q8_decode", "q8_encode_signed", "q8_encode_unsigned", "abs_bits", "scale_of"]
+__all__ = ["q8_decode", "q8_encode", "abs_bits", "scale_of"]
 
 _I32 = ir.IntType(32)
 _I8 = ir.IntType(8)
@@ -83,27 +83,18 @@ def _encode(builder, x, inv, signed):
 
 
 @intrinsic
-def q8_encode_signed(typingctx, x, inv):
-    """``q8_encode_signed(float32 x, float32 1/scale)`` -> int8 code."""
-    if x != types.float32 or inv != types.float32:
+def q8_encode(typingctx, x, inv, codes):
+    """``q8_encode(float32 x, float32 1/scale, codes)`` -> the code of ``x``,
+    signed (int8) or unsigned (uint8) as the array ``codes`` it goes into."""
+    if x != types.float32 or inv != types.float32 or not (
+            isinstance(codes, types.Array) and codes.dtype in (types.int8, types.uint8)):
         return None
+    signed = codes.dtype == types.int8
 
     def codegen(context, builder, signature, args):
-        return _encode(builder, args[0], args[1], True)
+        return _encode(builder, args[0], args[1], signed)
 
-    return types.int8(x, inv), codegen
-
-
-@intrinsic
-def q8_encode_unsigned(typingctx, x, inv):
-    """``q8_encode_unsigned(float32 x, float32 1/scale)`` -> uint8 code."""
-    if x != types.float32 or inv != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return _encode(builder, args[0], args[1], False)
-
-    return types.uint8(x, inv), codegen
+    return codes.dtype(x, inv, codes), codegen
 
 
 @intrinsic
