@@ -301,6 +301,9 @@ def test_one_rank_bad_input_changes_nothing():
     with pytest.raises(ValueError, match="state_dtype='bfloat16' is not supported under "
                                          "sharding yet"):
         ShardedOptimizer(fastopt.Adam, p, comm=_self(), state_dtype="bfloat16")
+    with pytest.raises(ValueError, match="state_dtype='int8' is not supported under "
+                                         "sharding yet"):
+        ShardedOptimizer(fastopt.Adam, p, comm=_self(), state_dtype="int8")
     opt = ShardedOptimizer(fastopt.Adam, p, comm=_self())
     with pytest.raises(TypeError, match=r"grads\[1\] has dtype float64"):
         opt.step([np.ones(4), np.ones((2, 2))])
