@@ -341,15 +341,8 @@ def test_the_rows_that_take_int8_state_are_those_the_optimizers_accept():
 def decoded_twin_state(state):
     """The state with its 8-bit slots decoded, for a float32-state optimizer."""
     config = {**state["config"], "state_dtype": None, "state_rounding": None}
-    slots = {}
-    for key, a in state["slots"].items():
-        name, i = key.split("/")
-        if name.endswith("_scales"):
-            continue
-        scales = state["slots"].get(f"{name}_scales/{i}")
-        slots[key] = a if scales is None else R.q8_decode(a, scales)
     return {"config": config, "iterations": state["iterations"], "calls": state["calls"],
-            "slots": slots}
+            "slots": R.decoded_slots(state["slots"])}
 
 
 def build(row, variant, params, **options):
