@@ -222,24 +222,42 @@ def auto_table(dtype, rule_name=None, tuning=None):
 
 
 #: Optimizer state kept in a narrower dtype than the parameters
-#: (``state_dtype=...``): the one backend that runs it, and its module.
-_STATE_MODULES = {"bfloat16": ("numba", "fastopt.backends.numba_bf16"),
-                  "int8": ("numba", "fastopt.backends.numba_int8")}
-STATE_DTYPES = tuple(_STATE_MODULES)
+#: (``state_dtype=...``): per dtype, the backends that keep it, in the order
+#: ``"auto"`` tries them, and each one's plan class (``module:Class``).
+_STATE_PLANS = {"bfloat16": {"numba": "fastopt.backends.numba_bf16:Plan"},
+                "int8": {"numba": "fastopt.backends.numba_int8:Plan"}}
+STATE_DTYPES = tuple(_STATE_PLANS)
 
 
-def resolve_state_backend(name, state_dtype):
+def state_backends(state_dtype):
+    """The backends that keep optimizer state in ``state_dtype``."""
+    return tuple(_STATE_PLANS[state_dtype])
+
+
+def resolve_state_backend(name, state_dtype, device=False):
     """``(backend module, Plan class)`` for slots kept in ``state_dtype``.
 
-    Only the Numba backend keeps bfloat16 or 8-bit state: ``"auto"`` picks it at every
-    size, another backend's name is a ``ValueError``, and an unavailable Numba
-    an ``ImportError`` that says how to get it.
+    ``"auto"`` picks the first backend of :func:`state_backends` that loads
+    here (``device=True``: CUDA device arrays, the ``"cuda"`` backend); a
+    backend that does not keep such state is a ``ValueError`` that names those
+    that do, and one that cannot load an ``ImportError`` that says how to get
+    it.
     """
-    backend, module = _STATE_MODULES[state_dtype]
-    if name not in ("auto", backend):
-        raise ValueError(f"state_dtype={state_dtype!r} runs on the {backend!r} backend only, "
-                         f"not {name!r}; pass backend={backend!r} or 'auto'")
-    return get_backend(backend), importlib.import_module(module).Plan
+    table = _STATE_PLANS[state_dtype]
+    if name == "auto":
+        if device:
+            name = "cuda"
+        else:
+            name = next((b for b in table if b != "cuda" and _load(b) is not None),
+                        next(iter(table)))
+    if name not in table:
+        where = " or ".join(repr(b) for b in table)
+        raise ValueError(f"state_dtype={state_dtype!r} runs on the {where} backend"
+                         f"{'s' if len(table) > 1 else ''} only, not {name!r}; pass "
+                         f"backend={next(iter(table))!r} or 'auto'")
+    module = get_backend(name)
+    path, cls = table[name].split(":")
+    return module, getattr(importlib.import_module(path), cls)
 
 
 def set_num_threads(n):

@@ -142,3 +142,17 @@ def make_kernels(plan_cls, module, check=_check_kernel_arrays):
     length)."""
     return {name: _make_kernel(plan_cls, rule, module, check)
             for name, rule in RULES.items()}
+
+
+def check_reduced_plan(rule, params, rounding, refusal, roundings, what):
+    """The first checks of a reduced-precision-state plan (bfloat16, 8 bits):
+    the rule takes such state, the rounding is one of ``roundings``, the
+    parameters are float32 (``what``: "bfloat16", "8 bits")."""
+    why = refusal(rule)
+    if why:
+        raise ValueError(f"rule {rule.name!r} cannot keep its state in {what}: {why}")
+    if rounding not in roundings:
+        raise ValueError(f"rounding must be one of {roundings}, got {rounding!r}")
+    for p in params:
+        if p.dtype != np.float32:
+            raise TypeError(f"{what} state needs float32 parameters, got {p.dtype}")

@@ -796,20 +796,6 @@ def threshold_for(rule_name, dtype):
     return n
 
 
-def check_reduced_plan(rule, params, rounding, refusal, roundings, what):
-    """The first checks of a reduced-precision-state plan (``numba_bf16``,
-    ``numba_int8``): the rule takes such state, the rounding is one of
-    ``roundings``, the parameters are float32 (``what``: "bfloat16", "8 bits")."""
-    why = refusal(rule)
-    if why:
-        raise ValueError(f"rule {rule.name!r} cannot keep its state in {what}: {why}")
-    if rounding not in roundings:
-        raise ValueError(f"rounding must be one of {roundings}, got {rounding!r}")
-    for p in params:
-        if p.dtype != np.float32:
-            raise TypeError(f"{what} state needs float32 parameters, got {p.dtype}")
-
-
 def resolved_call(plan, grads, parallel, serial):
     """``(driver, ids, offset, none_id)`` for a reduced-state plan's step:
     the ``parallel`` or ``serial`` driver by the dtype's threshold, and the

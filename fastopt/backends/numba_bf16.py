@@ -52,7 +52,7 @@ from numba.core import cgutils
 from numba.extending import (intrinsic, make_attribute_wrapper, models, overload,
                              overload_attribute, register_model)
 
-from . import _numba_util, numba_backend as nb, numba_bits
+from . import _contract, _numba_util, numba_backend as nb, numba_bits
 from .numba_bits import (bf16_decode, bf16_nearest, bf16_stochastic, f16_decode, f16_nearest,
                          hash32, random_bits)
 from ._numba_util import driver, kernel
@@ -476,7 +476,7 @@ class Plan(nb.Plan):
     ROUNDINGS = ROUNDINGS
 
     def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
-        nb.check_reduced_plan(rule, params, rounding, refusal, ROUNDINGS, "bfloat16")
+        _contract.check_reduced_plan(rule, params, rounding, refusal, ROUNDINGS, "bfloat16")
         for name, arrays in zip(rule.slots, slots):
             for a in arrays:
                 if a.dtype != np.uint16:

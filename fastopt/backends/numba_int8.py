@@ -39,44 +39,14 @@ from numba.core import cgutils
 from numba.extending import (intrinsic, make_attribute_wrapper, models, overload,
                              overload_attribute, register_model)
 
-from .. import reference
 from . import _numba_util, numba_backend as nb, numba_q8
 from ._numba_util import as_ptr, driver, kernel
+from ._q8 import BLOCK, ROUNDINGS, check_plan, code_dtype, n_blocks, refusal, signed_slots
 from .numba_q8 import abs_bits, q8_decode, q8_encode, scale_of
 
-__all__ = ["Plan", "ROUNDINGS", "refusal", "BLOCK"]
-
-#: Elements per block: one float32 scale per block and slot.
-BLOCK = reference.Q8_BLOCK
-#: The roundings of ``state_rounding`` (the code's own, to nearest).
-ROUNDINGS = ("nearest",)
+__all__ = ["Plan", "ROUNDINGS", "refusal", "BLOCK", "signed_slots", "code_dtype", "n_blocks"]
 
 assert nb.CHUNK % BLOCK == 0  # chunks start on block boundaries
-
-
-def refusal(rule):
-    """Why ``rule`` cannot keep its state in 8 bits, or None if it can (its
-    family module says: ``Rule.int8_refusal``)."""
-    if not rule.slots:
-        return "it has no state"
-    if rule.kind != "elementwise":
-        return f"it is a {rule.kind} rule; 8-bit state is offered for elementwise rules"
-    return rule.int8_refusal
-
-
-def signed_slots(rule):
-    """Per slot of ``rule``: whether its codes are signed (int8) or not (uint8)."""
-    return tuple(name not in rule.nonnegative for name in rule.slots)
-
-
-def code_dtype(signed):
-    return np.dtype(np.int8 if signed else np.uint8)
-
-
-def n_blocks(size):
-    """The number of blocks (scales per slot) of a tensor of ``size`` elements."""
-    return -(-int(size) // BLOCK)
-
 
 _SELF_STAMP = "%x-%x" % (os.stat(__file__).st_size, os.stat(__file__).st_mtime_ns)
 
@@ -275,17 +245,7 @@ class Plan(nb.Plan):
     fuses_ema = False
 
     def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
-        nb.check_reduced_plan(rule, params, rounding, refusal, ROUNDINGS, "8 bits")
-        signed = signed_slots(rule)
-        for name, sg, arrays in zip(rule.slots, signed, slots):
-            for p, (codes, scales) in zip(params, arrays):
-                if codes.dtype != code_dtype(sg) or codes.size != p.size:
-                    raise TypeError(f"slot {name!r}: codes must be {code_dtype(sg)} arrays of "
-                                    f"the parameter's size, got {codes.dtype} of {codes.size}")
-                if scales.dtype != np.float32 or scales.size != n_blocks(p.size):
-                    raise TypeError(f"slot {name!r}: scales must be float32 arrays of "
-                                    f"{n_blocks(p.size)} (one per {BLOCK} elements), got "
-                                    f"{scales.dtype} of {scales.size}")
+        check_plan(rule, params, slots, rounding)
         super().__init__(rule, params, [[c for c, _ in arrays] for arrays in slots])
         k = len(rule.slots)
         ptrs = np.zeros((2 + 2 * k, len(params)), dtype=np.intp)
