@@ -225,7 +225,8 @@ def auto_table(dtype, rule_name=None, tuning=None):
 #: (``state_dtype=...``): per dtype, the backends that keep it, in the order
 #: ``"auto"`` tries them, and each one's plan class (``module:Class``).
 _STATE_PLANS = {"bfloat16": {"numba": "fastopt.backends.numba_bf16:Plan"},
-                "int8": {"numba": "fastopt.backends.numba_int8:Plan"}}
+                "int8": {"numba": "fastopt.backends.numba_int8:Plan",
+                         "cython": "fastopt.backends.cython_backend:Int8Plan"}}
 STATE_DTYPES = tuple(_STATE_PLANS)
 
 

@@ -14,6 +14,9 @@ thread count.
 Other Cython code can call the same kernels as ``nogil`` C functions; see
 ``_cython_kernels.pxd``.
 
+:class:`Int8Plan` keeps the slots in 8 bits (``state_dtype="int8"``), bit for
+bit as the Numba backend's :class:`fastopt.backends.numba_int8.Plan` does.
+
 If the extension was not built, importing this module fails and the backend
 is absent from :func:`fastopt.available_backends`.
 """
@@ -24,7 +27,7 @@ import math
 import numpy as np
 
 from ..rule import RULES
-from . import _contract
+from . import _contract, _q8
 from . import _cython_kernels as _ext
 
 NAME = "cython"
@@ -90,6 +93,89 @@ class Plan(_contract.Plan):
 
     def reduce(self, grads, pt, scalars, clipvalue=math.inf):  # replaced per instance
         return self._core.reduce(grads, pt, scalars, clipvalue)
+
+
+class Int8Plan(_contract.Plan):
+    """Prepared multi-tensor step for float32 tensors with 8-bit slots.
+
+    The same step as :class:`fastopt.backends.numba_int8.Plan`, bit for bit:
+    per block of :data:`~fastopt.backends._q8.BLOCK` elements, the block's
+    codes are decoded into a float32 scratch row per slot, the rule's own
+    float32 loop (the one :class:`Plan` runs) updates the parameters and the
+    rows, and each row is encoded against its new largest magnitude, the
+    block's new scale (:func:`fastopt.reference.q8_encode` is the
+    specification).  One pass, one read and one write of every state byte;
+    OpenMP over chunks of :data:`CHUNK` elements (whole blocks) from float32's
+    parallel threshold on, with the same results whatever the thread count.
+
+    Parameters
+    ----------
+    rule : fastopt.rule.Rule
+        A rule that :func:`fastopt.backends._q8.refusal` accepts.
+    params : list of 1-D float32 arrays
+        C-contiguous and writeable.
+    slots : list (one per slot of the rule) of lists of ``(codes, scales)``
+        Per tensor: its codes (1-D int8 for a signed slot, uint8 for one in
+        ``rule.nonnegative``, the tensor's size) and its scales (1-D float32,
+        one per block), C-contiguous and writeable, updated in place.
+    rounding : {"nearest"}
+    tensor_ids : ignored
+        (The bfloat16 plan's argument: 8-bit codes round to nearest.)
+    """
+
+    refusal = staticmethod(_q8.refusal)
+    ROUNDINGS = _q8.ROUNDINGS
+    #: use_ema: the average is a pass of its own after the step
+    #: (fastopt.buffers.HostArrays)
+    fuses_ema = False
+
+    def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
+        _q8.check_plan(rule, params, slots, rounding)
+        super().__init__(rule, params, [[c for c, _ in arrays] for arrays in slots])
+        k = len(rule.slots)
+        ptrs = np.zeros((2 + 2 * k, len(self.params)), dtype=np.intp)
+        for t, p in enumerate(self.params):
+            ptrs[0, t] = _address(p, "parameter", t)
+            for j, arrays in enumerate(slots):
+                codes, scales = arrays[t]
+                ptrs[2 + j, t] = _address(codes, f"slot {rule.slots[j]!r} codes", t)
+                ptrs[2 + k + j, t] = _address(scales, f"slot {rule.slots[j]!r} scales", t)
+        self.scales = [[s for _, s in arrays] for arrays in slots]  # kept alive
+        self._ptrs = ptrs
+        self.rounding = rounding
+        self.updates = 0
+        self._core = _ext.Int8Core(rule_number(rule), _q8.signed_slots(rule),
+                                   [p.size for p in self.params])
+
+    def step(self, grads, pt, scalars, clipvalue=math.inf):
+        """One step (see ``_contract.Plan.step``); a gradient that is not a
+        C-contiguous float32 array of its tensor's size (or None) raises
+        before anything changes."""
+        self._core.set_grads(self._ptrs, grads)
+        self._core.step(self._ptrs, pt, scalars, clipvalue)
+
+    def sumsq(self, grads):
+        """Per-tensor float64 sums of squares of ``grads`` (0 for None), in
+        chunk order: the same bits as :meth:`Plan.sumsq`."""
+        self._core.set_grads(self._ptrs, grads)
+        return self._core.sumsq(self._ptrs)
+
+    def reduce(self, grads, pt, scalars, clipvalue=math.inf):  # pragma: no cover
+        raise ValueError("8-bit state is offered for elementwise rules only")
+
+
+def _address(a, what, t):
+    """The data address of a C-contiguous writeable array (tensor ``t``'s ``what``)."""
+    if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable):
+        raise ValueError(f"{what} {t} must be a C-contiguous writeable array")
+    return a.ctypes.data
+
+
+def int8_core(rule, sizes):
+    """An :class:`_cython_kernels.Int8Core` for ``rule`` (8-bit slots) over
+    tensors of ``sizes`` (:mod:`fastopt.multi_tensor`); float32's parallel
+    threshold, as the Numba backend's 8-bit step."""
+    return _ext.Int8Core(rule_number(rule), _q8.signed_slots(rule), list(sizes))
 
 
 # In-place passes over one tensor (fastopt.buffers.HostArrays where Numba is
@@ -168,4 +254,4 @@ def addressed_core(rule, nslots, sizes, dtype):
 
 # Public single-tensor kernels (sgd, adam, ...), same signatures on every backend.
 globals().update(_contract.make_kernels(Plan, __name__))
-__all__ = ["Plan", "CHUNK", "OPENMP", *sorted(RULES)]
+__all__ = ["Plan", "Int8Plan", "CHUNK", "OPENMP", *sorted(RULES)]
