@@ -218,9 +218,12 @@ def _compare(args):
         fail("--state-rounding needs --state-dtype bfloat16")
     if args.state_dtype is not None and args.dtype != "float32":
         fail(f"--state-dtype {args.state_dtype} needs --dtype float32")
-    if args.state_dtype is not None and args.backend not in ("auto", "numba"):
-        fail(f"--state-dtype {args.state_dtype} runs on --backend numba (or auto), "
-             f"not {args.backend}")
+    if args.state_dtype is not None:
+        from fastopt.backends import state_backends
+        allowed = state_backends(args.state_dtype)
+        if args.backend != "auto" and args.backend not in allowed:
+            fail(f"--state-dtype {args.state_dtype} runs on --backend {' or '.join(allowed)} "
+                 f"(or auto), not {args.backend}")
     if args.backend != "auto":
         from fastopt.backends import get_backend
         try:
@@ -510,8 +513,8 @@ def _add_bench(sub):
                         f"({own_conventions({n: c.cls for n, c in bench.CASES.items()})}) runs "
                         "under its own (default: keras)")
     p.add_argument("--state-dtype", choices=("bfloat16", "int8"),
-                   help="optimizer state as bfloat16 or 8-bit codes (float32 params, numba "
-                        "backend; see docs/reduced-precision.md)")
+                   help="optimizer state as bfloat16 or 8-bit codes (float32 params; numba "
+                        "backend, int8 also cython; see docs/reduced-precision.md)")
     p.add_argument("--state-rounding", choices=("nearest", "stochastic"),
                    help="with --state-dtype: round to nearest (default) or stochastically")
     p.add_argument("--no-torch", action="store_true", help="do not time torch.optim")
@@ -575,7 +578,7 @@ def _add_compare(sub):
     p.add_argument("--state-dtype", choices=("bfloat16", "int8"),
                    help="keep the optimizers' state (Adam's m and v, ...) in bfloat16 or as "
                         "8-bit codes with a scale per 256: float32 parameters, numba backend "
-                        "(default: the parameters' dtype)")
+                        "(int8: also cython) (default: the parameters' dtype)")
     p.add_argument("--state-rounding", choices=("nearest", "stochastic"),
                    help="how bfloat16 state is rounded (default: nearest)")
     p.add_argument("--csv", metavar="PATH",

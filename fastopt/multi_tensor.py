@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 
 from .rule import RULES
-from .backends import get_backend, resolve_backend
+from .backends import get_backend, resolve_backend, resolve_state_backend, state_backends
 from .backends._contract import FLOAT_DTYPES
 
 __all__ = ["MultiTensorStep"]
@@ -67,9 +67,12 @@ class MultiTensorStep:
         float32).  ``"int8"``: each slot is 8-bit codes (int8, or uint8 for
         the rule's :attr:`~fastopt.rule.Rule.nonnegative` slots) and one
         float32 scale per :data:`~fastopt.reference.Q8_BLOCK` elements of
-        the flattened tensor (:mod:`~fastopt.backends.numba_int8`; ``dtype``
-        float32): the pointer table has one more row per slot, the scales'
-        addresses, after the codes' rows.
+        the flattened tensor (``dtype`` float32; the numba backend's
+        :mod:`~fastopt.backends.numba_int8` or the cython backend's
+        :class:`~fastopt.backends.cython_backend.Int8Plan` step, the same
+        bits; ``"auto"``: numba where it is installed): the pointer table
+        has one more row per slot, the scales' addresses, after the codes'
+        rows.
     state_rounding : "nearest" or "stochastic", default "nearest"
         With bfloat16 state.  Stochastic rounding draws from a hash of
         :attr:`updates` (set it before each step), the tensor's column and the
@@ -141,16 +144,21 @@ class MultiTensorStep:
         self._run = _cython_runner(self.rule, dtype, self.sizes, len(self.slots)) \
             if backend == "cython" else _numba_runner(self.rule, dtype, self.sizes)
 
-    def _check_reduced(self, dtype, backend, rounding, module, what):
-        """float32 parameters, the numba backend (importable), a rule and a
-        rounding that ``module`` (numba_bf16, numba_int8) takes."""
+    def _check_reduced(self, dtype, backend, rounding, module, state_dtype):
+        """float32 parameters, a host backend that keeps ``state_dtype``
+        (:func:`fastopt.backends.state_backends`; importable, ``"auto"``: the
+        first that is), a rule and a rounding that ``module`` (numba_bf16,
+        _q8) takes; returns the backend's name."""
+        what = "bfloat16" if state_dtype == "bfloat16" else "8-bit"
         if dtype != np.float32:
             raise TypeError(f"MultiTensorStep: {what} state needs float32 parameters, got "
                             f"{dtype}")
-        if backend not in ("auto", "numba"):
-            raise ValueError(f"MultiTensorStep: {what} state runs on the numba backend only, "
-                             f"not {backend!r}")
-        get_backend("numba")  # an ImportError that says how to get it
+        backends = tuple(b for b in state_backends(state_dtype) if b in ("numba", "cython"))
+        if backend != "auto" and backend not in backends:
+            where = " or ".join(backends)
+            raise ValueError(f"MultiTensorStep: {what} state runs on the {where} backend"
+                             f"{'s' if len(backends) > 1 else ''} only, not {backend!r}")
+        backend = resolve_state_backend(backend, state_dtype)[0].NAME  # or an ImportError
         why = module.refusal(self.rule)
         if why:
             where = "in bfloat16" if what == "bfloat16" else "in 8 bits"
@@ -159,6 +167,7 @@ class MultiTensorStep:
         if rounding not in module.ROUNDINGS:
             raise ValueError(f"MultiTensorStep: state_rounding must be one of "
                              f"{module.ROUNDINGS} with {what} state, got {rounding!r}")
+        return backend
 
     def _bf16_setup(self, dtype, backend, state_dtype, rounding):
         if state_dtype != "bfloat16":
@@ -180,11 +189,14 @@ class MultiTensorStep:
                                   (c.step_parallel, c.step_serial), drive)
 
     def _int8_setup(self, dtype, backend, rounding):
-        from .backends import numba_int8 as q8
-        self._check_reduced(dtype, backend, rounding, q8, "8-bit")
-        self.backend = "numba"
+        from .backends import _q8
+        self.backend = self._check_reduced(dtype, backend, rounding, _q8, "int8")
         self.state_rounding = rounding
         self.nrows = 2 + 2 * len(self.slots)  # the codes' rows, then the scales'
+        if self.backend == "cython":
+            self._run = get_backend("cython").int8_core(self.rule, self.sizes).step
+            return
+        from .backends import numba_int8 as q8
         like, i8, u8 = np.empty(0, np.float32), np.empty(0, np.int8), np.empty(0, np.uint8)
 
         def drive(driver, ptrs, table, pt, hp):

@@ -120,7 +120,9 @@ class Optimizer(StateMethods):
         specifies the code), offered for Adam/AdamW/AMSGrad, RMSprop (not
         centred), SGD with momentum and Adagrad.  The arithmetic stays
         float32.  Both need float32 parameters and the numba backend
-        (``"auto"`` picks it); bfloat16 is not offered for centred RMSprop.
+        (``"auto"`` picks it); ``"int8"`` also runs on the cython backend
+        (the same bits; ``"auto"`` picks it where Numba is missing).
+        bfloat16 is not offered for centred RMSprop.
         The EMA and gradient accumulators stay in the parameters' dtype.  See
         the documentation's "Reduced-precision optimizer state"
         (``docs/reduced-precision.md``) for what they do to training.

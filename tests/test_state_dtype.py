@@ -596,6 +596,8 @@ def test_compare_with_bfloat16_state(tmp_path, capsys):
     (["--state-rounding", "stochastic"], "--state-rounding needs --state-dtype bfloat16"),
     (["--state-dtype", "bfloat16", "--dtype", "float64"], "needs --dtype float32"),
     (["--state-dtype", "bfloat16", "--backend", "numpy"], "runs on --backend numba"),
+    (["--state-dtype", "int8", "--backend", "numpy"],
+     "--state-dtype int8 runs on --backend numba or cython (or auto), not numpy"),
     (["--state-dtype", "float16"], "invalid choice: 'float16'"),
     (["--state-dtype", "bfloat16", "--optimizers", "rmsprop_centered"],
      "rmsprop_centered: RMSprop: state_dtype='bfloat16' is not offered"),

@@ -168,10 +168,13 @@ def _check_options(config):
         if config.dtype != "float32":
             raise ConfigError("state_dtype", f"{state} state needs float32 parameters "
                                              f"(--dtype float32), not {config.dtype}")
-        other = [b for b in config.backends if b not in ("auto", "numba")]
+        allowed = _backends.state_backends(state)
+        other = [b for b in config.backends if b != "auto" and b not in allowed]
         if other:
-            raise ConfigError("state_dtype", f"{state} state runs on the numba backend (or "
-                                             f"auto) only, not {other[0]}")
+            where = " or ".join(allowed)
+            raise ConfigError("state_dtype", f"{state} state runs on the {where} backend"
+                                             f"{'s' if len(allowed) > 1 else ''} (or auto) "
+                                             f"only, not {other[0]}")
     elif options.get("state_rounding") is not None:
         raise ConfigError("state_rounding", "needs --state-dtype bfloat16 (or int8)")
     probe = [np.zeros(1, config.dtype)]
