@@ -493,6 +493,19 @@ def test_cython_plan_rejects_bad_gradients_and_changes_nothing():
 
 
 @needs_cython
+def test_auto_prefers_numba_and_falls_back_to_cython(monkeypatch):
+    from fastopt import backends
+    assert backends.state_backends("int8")[:2] == ("numba", "cython")
+    assert backends.resolve_state_backend("auto", "int8")[0].NAME == "numba"
+    monkeypatch.delitem(backends._loaded, "numba")
+    monkeypatch.setitem(backends._errors, "numba", ImportError("no numba here"))
+    module, plan = backends.resolve_state_backend("auto", "int8")
+    assert module.NAME == "cython" and plan is cy.Int8Plan
+    with pytest.raises(ImportError, match="no numba here"):
+        backends.resolve_state_backend("numba", "int8")
+
+
+@needs_cython
 def test_multi_tensor_step_on_cython_is_numba_s():
     """MultiTensorStep(state_dtype="int8", backend="cython"): the numba
     backend's bits, with per-tensor step counts and a skipped tensor."""

@@ -1,4 +1,4 @@
-# The drivers, the prepared steps (Core, AddressedCore) and the thread
+# The drivers, the prepared steps (Core, AddressedCore, Int8Core) and the thread
 # settings of the Cython backend: hand-written, included at the end of the
 # rendered _cython_kernels.pyx, where the per-rule tables (_LOOPS_F32,
 # _LOOPS_F64, _PREPARE, _NSCALARS, _NSLOTS) are defined.  Fixed sizes of the
