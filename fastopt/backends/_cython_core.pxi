@@ -800,12 +800,13 @@ cdef class Int8Core:
         free(self.chunks)
         free(self.partial)
 
-    cdef char** _table(self, cnp.ndarray ptrs) except NULL:
+    cdef char** _table(self, cnp.ndarray ptrs, bint write=False) except NULL:
         if not (cnp.PyArray_TYPE(ptrs) == cnp.NPY_INTP and cnp.PyArray_IS_C_CONTIGUOUS(ptrs)
                 and cnp.PyArray_NDIM(ptrs) == 2 and cnp.PyArray_DIM(ptrs, 0) == self.nrows
-                and cnp.PyArray_DIM(ptrs, 1) == self.nt and cnp.PyArray_ISWRITEABLE(ptrs)):
-            raise ValueError(f"ptrs must be a writeable C-contiguous intp array of shape "
-                             f"({self.nrows}, {self.nt})")
+                and cnp.PyArray_DIM(ptrs, 1) == self.nt
+                and (cnp.PyArray_ISWRITEABLE(ptrs) or not write)):
+            raise ValueError(f"ptrs must be a C-contiguous intp array of shape "
+                             f"({self.nrows}, {self.nt}){', writeable' if write else ''}")
         return <char**>cnp.PyArray_DATA(ptrs)
 
     def set_grads(self, cnp.ndarray ptrs, grads):
@@ -813,7 +814,7 @@ cdef class Int8Core:
         0, the tensor is skipped); each gradient must be a C-contiguous
         float32 array of its tensor's size (checked: a ``TypeError`` or
         ``ValueError`` before anything is written to the tensors)."""
-        cdef char** table = self._table(ptrs)
+        cdef char** table = self._table(ptrs, True)
         cdef Py_ssize_t t
         cdef object g
         cdef cnp.ndarray a
