@@ -874,9 +874,10 @@ cdef class Int8Core:
 
 
 def q8_encode(cnp.ndarray x, bint signs):
-    """``(codes, scales)`` of the C-contiguous float32 array ``x`` (int8 codes if ``signs``, else uint8): this
-    backend's encoder over blocks of ``Q8_BLOCK`` elements (for the tests,
-    which compare it with :func:`fastopt.reference.q8_encode`)."""
+    """``(codes, scales)`` of the C-contiguous float32 array ``x`` (int8 codes
+    if ``signs``, else uint8): this backend's encoder over blocks of
+    ``Q8_BLOCK`` elements (for the tests, which compare it with
+    :func:`fastopt.reference.q8_encode`)."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(x), b0, m
     if cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT or not cnp.PyArray_IS_C_CONTIGUOUS(x):
         raise ValueError("q8_encode: x must be a C-contiguous float32 array")
