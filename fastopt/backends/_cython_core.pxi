@@ -602,14 +602,16 @@ cdef extern from *:
         }
     }
 
-    /* the block's scale: its largest magnitude, NaN if a value is not finite */
+    /* the block's scale: its largest magnitude, NaN if a value is not finite
+       (a max of the magnitudes' bits, as int32: they order as the values do,
+       and SSE2 compares signed integers only) */
     static float fastopt_q8_scale(const float* x, Py_ssize_t n) {
-        uint32_t mx = 0;
+        int32_t mx = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
-            uint32_t b = fastopt_bits(x[i]) & 0x7FFFFFFFu;
+            int32_t b = (int32_t)(fastopt_bits(x[i]) & 0x7FFFFFFFu);
             mx = b > mx ? b : mx;
         }
-        return fastopt_float(mx >= 0x7F800000u ? 0x7FC00000u : mx);
+        return fastopt_float(mx >= 0x7F800000 ? 0x7FC00000u : (uint32_t)mx);
     }
 
     static inline float fastopt_q8_inv(float scale) {
