@@ -848,7 +848,9 @@ def test_gpu_bench_smoke_run_on_this_device(tmp_path):
     assert result["simulator"] is SIMULATOR
     assert result["device"] == cb.device_name()
     optimizers = {r["optimizer"] for r in result["results"]}
-    assert optimizers == {"adam", "sgd_momentum", "rmsprop", "adagrad"}
+    assert optimizers == {"adam", "adam_int8", "sgd_momentum", "rmsprop", "adagrad"}
+    int8 = next(r for r in result["results"] if r["optimizer"] == "adam_int8")
+    assert int8["state_dtype"] == "int8" and int8["float32_state_over_this"] > 0
     assert all(r["ms"] > 0 and r["gb_s"] > 0 for r in result["results"])
     assert result["copy"]["gb_s"] > 0
     if SIMULATOR:

@@ -24,7 +24,10 @@ loop, exactly as in the Numba CPU loops (``numba_backend.LOOP_TEMPLATE``), in
 the tensor's dtype, with the per-step scalars packed on the host by
 :meth:`fastopt.rule.Rule.pack` and rounded to the dtype once per thread.  The
 element language's calls are the helpers below (``_sqrt``, ``_fmax`` ...), with
-the Numba CPU backend's semantics (a NaN wins ``_fmax``/``_fmin``).  Under the
+the Numba CPU backend's semantics (a NaN wins ``_fmax``/``_fmin``).  The
+8-bit-state kernels (``step_q8_<rule>``, :func:`render_q8`) add the codes'
+helpers ``_q8_decode``, ``_q8_encode``, ``_abs_bits`` and ``_scale_of``: on
+the device :mod:`fastopt.backends.numba_q8`'s LLVM IR, the CPU kernels' own.  Under the
 simulator they are NumPy functions of NumPy scalars, so the simulated kernels
 do the same IEEE operations in the same order as the Numba loops.  (On a GPU,
 NVVM may contract a multiply and an add into one fused multiply-add, as nvcc
@@ -398,7 +401,8 @@ def render_q8(rule):
                    f"            if new{j} != 0:",
                    f"                inv{j} = dt(1.0) / new{j}",
                    f"            for i in range(s + tid, e, nt):",
-                   f"                c{j}[i] = _q8_encode(buf[{j * Q8_BLOCK} + i - s], inv{j}, c{j})",
+                   f"                c{j}[i] = _q8_encode(buf[{j * Q8_BLOCK} + i - s], "
+                   f"inv{j}, c{j})",
                    f"            if tid == 0:",
                    f"                q{j}[blk] = new{j}"]
     src = Q8_TEMPLATE.format(

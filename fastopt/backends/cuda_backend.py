@@ -16,6 +16,9 @@ launches: a float64 partial sum per chunk, then per tensor in chunk order);
 only the per-tensor sums, one float64 each, come back to the host, which
 computes the clip factors as on the CPU backends.
 
+8-bit optimizer state (``state_dtype="int8"``) has its own plan,
+:class:`Int8Plan`: one launch of the rule's ``step_q8_`` kernel per step.
+
 Accepted arrays: Numba device arrays and any object with
 ``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA tensors -- detached,
 since PyTorch refuses the interface on tensors that require grad), used as
@@ -300,7 +303,7 @@ class Int8Plan(Plan):
     Parameters
     ----------
     rule : fastopt.rule.Rule
-        A rule that :func:`refusal` accepts.
+        A rule that :func:`fastopt.backends._q8.refusal` accepts.
     params : list of 1-D float32 device arrays
     slots : list (one per slot of the rule) of lists of ``(codes, scales)``
         Per tensor: its codes (1-D int8 device array for a signed slot, uint8
