@@ -247,10 +247,12 @@ def test_results_do_not_depend_on_the_launch_geometry(monkeypatch):
         assert all(same(a, b) for a, b in zip(results[0], other))
 
 
-def test_one_launch_per_step(monkeypatch):
+@pytest.mark.parametrize("backend", ["auto", "cuda"])
+def test_one_launch_per_step(monkeypatch, backend):
     launches = step_launches(monkeypatch)
     opt = fastopt.Adam([dev(np.ones(300, np.float32)), dev(np.ones(7, np.float32))],
-                       state_dtype="int8")
+                       state_dtype="int8", backend=backend)
+    assert opt.backends == {"float32": "cuda"}
     launches.clear()
     opt.step([dev(np.ones(300, np.float32)), dev(np.ones(7, np.float32))])
     assert launches == [K.q8_kernel(RULES["adam"])]
