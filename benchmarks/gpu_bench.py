@@ -6,16 +6,20 @@ Usage (on a machine with an NVIDIA GPU, numba-cuda, and optionally PyTorch)::
     python benchmarks/gpu_bench.py --sizes 1e6,1e7 --repeats 30
     python benchmarks/gpu_bench.py --smoke --out /tmp/smoke.json   # tiny, any device
 
-For each size: Adam, SGD with momentum, RMSprop and Adagrad (fastopt's
-defaults, Keras convention) on one float32 tensor held in a Numba device
-array, with a fixed device gradient.  One warm-up step compiles the kernel;
+For each size: Adam, Adam with 8-bit state (``state_dtype="int8"``), SGD
+with momentum, RMSprop and Adagrad (fastopt's defaults, Keras convention) on
+one float32 tensor held in a Numba device array, with a fixed device
+gradient.  One warm-up step compiles the kernel;
 then ``--repeats`` samples, each timing ``--inner`` consecutive ``opt.step``
 calls between two CUDA events (so the optimizer's Python work counts, as it
 does in a training loop); the median per step is reported.
 
 * **GB/s** counts each rule's own traffic per element (parameter read and
   written, gradient read, every slot read and written: Adam 28 B, the others
-  20 B; ``fastopt.bench.ceiling.bytes_per_param``).
+  20 B, Adam with 8-bit state 16 B plus its scales;
+  ``fastopt.bench.ceiling.bytes_per_param``).  The 8-bit row also gives
+  the float32-state Adam's time over its own (above 1: 8-bit state is
+  faster).
 * **% of copy**: against a device-to-device copy (``copy_to_device`` between
   two device arrays of ``4 * size`` float32, counted as 32 B per element read
   plus written), timed the same way at each size.
@@ -52,12 +56,13 @@ sys.path.insert(0, str(HERE.parent))
 import fastopt  # noqa: E402
 from fastopt.bench.ceiling import bytes_per_param  # noqa: E402
 
-#: (name in the results, rule for the traffic, optimizer factory)
+#: (name in the results, rule for the traffic, state dtype, optimizer factory)
 OPTIMIZERS = [
-    ("adam", "adam", lambda p: fastopt.Adam(p)),
-    ("sgd_momentum", "sgd_momentum", lambda p: fastopt.SGD(p, momentum=0.9)),
-    ("rmsprop", "rmsprop", lambda p: fastopt.RMSprop(p)),
-    ("adagrad", "adagrad", lambda p: fastopt.Adagrad(p)),
+    ("adam", "adam", None, lambda p: fastopt.Adam(p)),
+    ("adam_int8", "adam", "int8", lambda p: fastopt.Adam(p, state_dtype="int8")),
+    ("sgd_momentum", "sgd_momentum", None, lambda p: fastopt.SGD(p, momentum=0.9)),
+    ("rmsprop", "rmsprop", None, lambda p: fastopt.RMSprop(p)),
+    ("adagrad", "adagrad", None, lambda p: fastopt.Adagrad(p)),
 ]
 
 
@@ -155,11 +160,13 @@ def main(argv=None):
         gb_copy, ms_copy = copy_gb_s(cuda, timer, n)
         copies[str(n)] = {"gb_s": gb_copy, "ms": ms_copy}
         adam_ms = None
-        for name, rule, factory in OPTIMIZERS:
+        for name, rule, state_dtype, factory in OPTIMIZERS:
             ms = fastopt_step_ms(cb, timer, factory, n)
-            gb = bytes_per_param(rule, np.float32) * n / (ms * 1e-3) / 1e9
+            gb = bytes_per_param(rule, np.float32, state_dtype) * n / (ms * 1e-3) / 1e9
             row = {"optimizer": name, "size": n, "ms": ms, "gb_s": gb,
                    "pct_of_copy": 100 * gb / gb_copy}
+            if state_dtype is not None:
+                row.update(state_dtype=state_dtype, float32_state_over_this=adam_ms / ms)
             if name == "adam":
                 adam_ms = ms
                 if not args.no_torch:

@@ -71,7 +71,7 @@ class TensorGroup:
         The tensors are CUDA device arrays.
     reduced_state : None or (str, str)
         ``(state_dtype, rounding)`` when the slots hold bfloat16 bit
-        patterns or 8-bit codes (host only).
+        patterns (host only) or 8-bit codes.
     slot_arrays : dict of str to list of arrays, optional
         The slots in arrays the caller owns (per slot, per tensor: the
         tensor's shape -- a ``per_tensor`` rule's: the slot's own shape,
@@ -118,7 +118,7 @@ class TensorGroup:
         else:
             self.backend = resolve_backend(backend, self.dtype, offsets[-1], device, rule=rule)
         if reduced and reduced_state[0] == "int8":
-            self._int8(rule, arrays, slot_init, make_plan, slot_arrays, indices, decays)
+            self._int8(rule, arrays, slot_init, make_plan, slot_arrays, decays, device)
             return
         if slot_arrays is not None:
             self.slot_views = {name: list(slot_arrays[name]) for name in rule.slots}
@@ -146,12 +146,14 @@ class TensorGroup:
         self.set_decays(decays)
         self._written = (1.0, 1.0, 0.0)  # what the rows hold, when uniform
 
-    def _int8(self, rule, arrays, slot_init, make_plan, slot_arrays, indices, decays):
-        """8-bit state (:mod:`fastopt.backends.numba_int8`): per slot, the codes
+    def _int8(self, rule, arrays, slot_init, make_plan, slot_arrays, decays, device):
+        """8-bit state (:mod:`fastopt.backends._q8`): per slot, the codes
         in one flat buffer (views in the tensors' shapes, :attr:`slot_views`
         under the slot's name) and the per-block scales in another (views of
-        one scale per block, under ``"<slot>_scales"``)."""
-        from .backends import numba_int8 as q8
+        one scale per block, under ``"<slot>_scales"``); on the device for
+        device tensors (``cuda_backend.Int8Plan``)."""
+        from .backends import _q8 as q8
+        full = self.backend.full if device else np.full
         if slot_arrays is not None:
             raise ValueError("state_dtype='int8' keeps its codes and scales in buffers of "
                              "its own; it cannot use state arrays a framework owns")
@@ -162,8 +164,8 @@ class TensorGroup:
         for name, signed in zip(rule.slots, q8.signed_slots(rule)):
             value = np.float32(slot_init.get(name, 0.0))
             code, scale = reference.q8_encode(np.full(1, value), signed)
-            codes = np.full(offsets[-1], code[0], dtype=code.dtype)
-            scales = np.full(blocks[-1], scale[0], dtype=np.float32)
+            codes = full(offsets[-1], code[0], dtype=code.dtype)
+            scales = full(blocks[-1], scale[0], dtype=np.float32)
             views = [codes[offsets[k]:offsets[k + 1]].reshape(a.shape)
                      for k, a in enumerate(arrays)]
             scale_views = [scales[blocks[k]:blocks[k + 1]] for k in range(len(arrays))]

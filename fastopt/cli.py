@@ -220,7 +220,7 @@ def _compare(args):
         fail(f"--state-dtype {args.state_dtype} needs --dtype float32")
     if args.state_dtype is not None:
         from fastopt.backends import state_backends
-        allowed = state_backends(args.state_dtype)
+        allowed = [b for b in state_backends(args.state_dtype) if b != "cuda"]  # host models
         if args.backend != "auto" and args.backend not in allowed:
             fail(f"--state-dtype {args.state_dtype} runs on --backend {' or '.join(allowed)} "
                  f"(or auto), not {args.backend}")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from . import schedules
 from ._validation import boolean, real, unknown_keywords
-from .backends import BACKEND_NAMES, STATE_DTYPES, resolve_state_backend
+from .backends import BACKEND_NAMES, STATE_DTYPES, resolve_state_backend, state_backends
 
 __all__ = ["CONVENTIONS", "FRAMEWORKS", "COMMON_OPTIONS", "check_arguments", "check_group_hyperparams",
            "check_group_keys", "check_placement", "convention_for", "own_conventions",
@@ -242,7 +242,8 @@ def state_options(owner, state_dtype, rounding, backend):
 
 def check_placement(owner, backend, tree, state_dtype):
     """Device parameters (``tree``, a :class:`fastopt.params.ParamTree`) go
-    with the cuda backend only, and full-precision state; a reduced
+    with the cuda backend only, and full-precision state or a reduced
+    ``state_dtype`` the cuda backend keeps (``"int8"``); a reduced
     ``state_dtype`` needs float32 parameters."""
     if tree.device and backend not in ("auto", "cuda"):
         raise ValueError(f"{owner}: the params are CUDA device arrays, which backend "
@@ -251,10 +252,13 @@ def check_placement(owner, backend, tree, state_dtype):
         raise ValueError(f"{owner}: backend 'cuda' updates CUDA device arrays, but the "
                          "params are host NumPy arrays; pass device arrays (a Numba device "
                          "array, a CuPy array or a PyTorch CUDA tensor)")
-    if tree.device and state_dtype is not None:
-        raise ValueError(f"{owner}: state_dtype={state_dtype!r} is offered by the numba "
-                         "backend only, for host float32 parameters; the params are CUDA "
-                         "device arrays (leave state_dtype=None)")
+    if tree.device and state_dtype is not None and "cuda" not in state_backends(state_dtype):
+        host = [b for b in state_backends(state_dtype) if b != "cuda"]
+        on_device = [d for d in STATE_DTYPES if "cuda" in state_backends(d)]
+        raise ValueError(f"{owner}: state_dtype={state_dtype!r} is offered by the "
+                         f"{' and '.join(host)} backend{'s' if len(host) > 1 else ''} only, "
+                         "for host float32 parameters; the params are CUDA device arrays "
+                         f"(leave state_dtype=None, or use one of {tuple(on_device)})")
     if state_dtype is not None:
         for label, dtype in zip(tree.labels, tree.dtypes):
             if dtype.name != "float32":

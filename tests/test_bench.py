@@ -307,8 +307,8 @@ _CYTHON = "cython" in fastopt.available_backends()
     (["--state-dtype", "bfloat16", "--backends", "numba,numpy"],
      "--state-dtype: bfloat16 state runs on the numba backend (or auto) only, not numpy"),
     (["--state-dtype", "int8", "--backends", "numba,numpy"],
-     "--state-dtype: int8 state runs on the numba or cython backends (or auto) only, "
-     "not numpy"),
+     "--state-dtype: int8 state runs on the numba, cython or cuda backends (or auto) "
+     "only, not numpy"),
     pytest.param(["--state-dtype", "bfloat16", "--backends", "cython"],
                  "--state-dtype: bfloat16 state runs on the numba backend (or auto) only, "
                  "not cython", marks=pytest.mark.skipif(not _CYTHON, reason="no cython")),

@@ -623,11 +623,19 @@ def test_sharded_optimizer_refuses_device_arrays():
         ShardedOptimizer(fastopt.Adam, [dev(np.ones(3))])
 
 
-def test_bfloat16_state_is_refused_for_device_arrays():
+def test_bfloat16_state_is_refused_for_device_arrays_and_int8_is_kept():
     d = dev(np.ones(3, np.float32))
     with pytest.raises(ValueError, match="state_dtype='bfloat16' is offered by the numba "
-                                         "backend only.*params are CUDA device arrays"):
+                                         "backend only.*params are CUDA device arrays"
+                                         r".*\('int8',\)"):
         fastopt.Adam([d], state_dtype="bfloat16")
+    assert np.array_equal(host(d), np.ones(3, np.float32))
+    # 8-bit state on the device: tests/test_cuda_int8.py
+    opt = fastopt.Adam([d], state_dtype="int8")
+    assert opt.backends == {"float32": "cuda"}
+    assert isinstance(opt._groups[0].plan, cb.Int8Plan)
+    opt.step([dev(np.ones(3, np.float32))])
+    assert host(d).max() < 1.0
 
 
 def test_device_gradients_for_host_params_are_rejected():
@@ -840,7 +848,9 @@ def test_gpu_bench_smoke_run_on_this_device(tmp_path):
     assert result["simulator"] is SIMULATOR
     assert result["device"] == cb.device_name()
     optimizers = {r["optimizer"] for r in result["results"]}
-    assert optimizers == {"adam", "sgd_momentum", "rmsprop", "adagrad"}
+    assert optimizers == {"adam", "adam_int8", "sgd_momentum", "rmsprop", "adagrad"}
+    int8 = next(r for r in result["results"] if r["optimizer"] == "adam_int8")
+    assert int8["state_dtype"] == "int8" and int8["float32_state_over_this"] > 0
     assert all(r["ms"] > 0 and r["gb_s"] > 0 for r in result["results"])
     assert result["copy"]["gb_s"] > 0
     if SIMULATOR:

@@ -5,7 +5,9 @@ CUDA compiler would reject.  This test compiles every kernel of
 ``fastopt/backends/_cuda_kernels.py`` -- the step kernel of every rule, the two
 sums-of-squares reduction kernels and the element-wise helpers, for float32
 and float64 -- with ``numba.cuda.compile_ptx`` for compute capability 7.5,
-the oldest that CUDA 13 supports (PTX runs on every newer GPU).  The step
+the oldest that CUDA 13 supports (PTX runs on every newer GPU), and the
+8-bit-state step kernel (``step_q8_<rule>``, float32) of every rule that
+keeps 8-bit state.  The step
 kernels are generated from the rules (``_cuda_kernels.render``), so the check
 also compiles :data:`EVERY_CALL`, a rule that uses every call and every
 statement of the element language, whatever the registry's rules use today;
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from fastopt.backends._q8 import refusal as q8_refusal
 from fastopt.rule import RULES, Rule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +130,12 @@ def test_every_kernel_compiles_to_ptx():
                 for k in set(rules) | reduces
                 | {"sumsq_chunks", "lerp", "add_scaled", "add_mean", "fill"}}
     expected.add("sumsq_tensors")
+    # 8-bit state (float32 only), and the fill that allocates its codes
+    q8 = {f"step_q8_{name}": rule for name, rule in RULES.items() if q8_refusal(rule) is None}
+    assert {"step_q8_adam", "step_q8_rmsprop", "step_q8_sgd_momentum",
+            "step_q8_adagrad"} <= set(q8)
+    rules.update(q8)
+    expected |= {f"{k}[float32]" for k in q8} | {"fill[int8]", "fill[uint8]"}
     assert set(compiled) == expected
     for name, r in compiled.items():
         assert r["target"] and r["entry"], name
@@ -139,25 +148,32 @@ def test_every_kernel_compiles_to_ptx():
 
 def test_ptx_signatures_cover_every_rule():
     """Without the compiler: the list the check compiles names every rule's
-    step kernel, with its packed scalar tuple (clipvalue, then ``prepared``)."""
+    step kernel, with its packed scalar tuple (clipvalue, then ``prepared``),
+    and the 8-bit-state kernel of every rule that keeps such state."""
     code = textwrap.dedent("""
         import json
         from fastopt.backends import _cuda_kernels as kernels
         sigs = kernels.ptx_signatures()
         print(json.dumps([[(name, [str(sig[-1].dtype), sig[-1].count])
                            for name, fn, sig in sigs
-                           if name.startswith("step_") and not name.startswith("step_ema_")],
+                           if name.startswith("step_") and not name.startswith("step_ema_")
+                           and not name.startswith("step_q8_")],
                           [(name, [str(sig[5].dtype), sig[5].count])
-                           for name, fn, sig in sigs if name.startswith("step_ema_")]]))
+                           for name, fn, sig in sigs if name.startswith("step_ema_")],
+                          [(name, [str(sig[-1].dtype), sig[-1].count])
+                           for name, fn, sig in sigs if name.startswith("step_q8_")]]))
     """)
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    steps, emas = json.loads(out.stdout)
+    steps, emas, q8 = json.loads(out.stdout)
     got = dict(steps)
     want = {f"step_{name}[{dt}]": ["float64", 1 + len(rule.prepared)]
             for name, rule in RULES.items() for dt in ("float32", "float64")}
     assert got == want
     assert dict(emas) == {k.replace("step_", "step_ema_", 1): v for k, v in want.items()}
     assert {"step_adamax[float32]", "step_adamax_torch[float64]"} <= set(got)
+    # 8-bit state: float32, every rule that keeps it
+    assert dict(q8) == {f"step_q8_{name}[float32]": ["float64", 1 + len(rule.prepared)]
+                        for name, rule in RULES.items() if q8_refusal(rule) is None}

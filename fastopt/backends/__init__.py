@@ -226,7 +226,8 @@ def auto_table(dtype, rule_name=None, tuning=None):
 #: ``"auto"`` tries them, and each one's plan class (``module:Class``).
 _STATE_PLANS = {"bfloat16": {"numba": "fastopt.backends.numba_bf16:Plan"},
                 "int8": {"numba": "fastopt.backends.numba_int8:Plan",
-                         "cython": "fastopt.backends.cython_backend:Int8Plan"}}
+                         "cython": "fastopt.backends.cython_backend:Int8Plan",
+                         "cuda": "fastopt.backends.cuda_backend:Int8Plan"}}
 STATE_DTYPES = tuple(_STATE_PLANS)
 
 
@@ -252,10 +253,12 @@ def resolve_state_backend(name, state_dtype, device=False):
             name = next((b for b in table if b != "cuda" and _load(b) is not None),
                         next(iter(table)))
     if name not in table:
-        where = " or ".join(repr(b) for b in table)
+        hosts = [b for b in table if b != "cuda"]
+        where = " or ".join(repr(b) for b in hosts)
         raise ValueError(f"state_dtype={state_dtype!r} runs on the {where} backend"
-                         f"{'s' if len(table) > 1 else ''} only, not {name!r}; pass "
-                         f"backend={next(iter(table))!r} or 'auto'")
+                         f"{'s' if len(hosts) > 1 else ''} only, not {name!r}; pass "
+                         f"backend={hosts[0]!r} or 'auto'"
+                         + (" (CUDA device arrays: 'cuda')" if "cuda" in table else ""))
     module = get_backend(name)
     path, cls = table[name].split(":")
     return module, getattr(importlib.import_module(path), cls)

@@ -24,7 +24,10 @@ loop, exactly as in the Numba CPU loops (``numba_backend.LOOP_TEMPLATE``), in
 the tensor's dtype, with the per-step scalars packed on the host by
 :meth:`fastopt.rule.Rule.pack` and rounded to the dtype once per thread.  The
 element language's calls are the helpers below (``_sqrt``, ``_fmax`` ...), with
-the Numba CPU backend's semantics (a NaN wins ``_fmax``/``_fmin``).  Under the
+the Numba CPU backend's semantics (a NaN wins ``_fmax``/``_fmin``).  The
+8-bit-state kernels (``step_q8_<rule>``, :func:`render_q8`) add the codes'
+helpers ``_q8_decode``, ``_q8_encode``, ``_abs_bits`` and ``_scale_of``: on
+the device :mod:`fastopt.backends.numba_q8`'s LLVM IR, the CPU kernels' own.  Under the
 simulator they are NumPy functions of NumPy scalars, so the simulated kernels
 do the same IEEE operations in the same order as the Numba loops.  (On a GPU,
 NVVM may contract a multiply and an add into one fused multiply-add, as nvcc
@@ -41,6 +44,7 @@ from numba import cuda
 from numba.cuda import types
 
 from .. import _codegen
+from ..reference import Q8_BIAS, Q8_BLOCK, Q8_TOP
 from ..rule import RULES
 
 #: True when Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) stands in for a GPU.
@@ -70,13 +74,57 @@ if SIMULATOR:
     _sqrt = np.sqrt
     _copysign = np.copysign
     _pow = np.power
+
+    # The 8-bit codes' intrinsics (fastopt.backends.numba_q8) as bit
+    # manipulation of NumPy scalars, following fastopt.reference.q8_encode
+    # and q8_decode operation for operation.
+    def _q8_decode(code, scale):
+        """The float32 value of one int8 (signed) or uint8 code."""
+        c = int(code)
+        mag = abs(c)
+        if mag == 0:
+            q = np.float32(0.0)
+        else:
+            q = np.uint32((mag + Q8_BIAS[code.dtype == np.int8]) << 20).view(np.float32)
+            if c < 0:
+                q = -q
+        return q * scale
+
+    def _q8_encode(x, inv, codes):
+        """The code of the float32 ``x`` given ``1/scale``, signed or not as
+        the array ``codes`` it goes into."""
+        signed = codes.dtype == np.int8
+        q = np.abs(np.float32(x)) * inv
+        r = (int(q.view(np.uint32)) + (1 << 19)) >> 20
+        code = min(max(r - Q8_BIAS[signed], 0), Q8_TOP[signed])
+        if not signed and code == 0 and q > 0:
+            code = 1
+        if signed and np.signbit(x):
+            code = -code
+        return code
+
+    def _abs_bits(x):
+        """The bits of ``|x|`` (float32) as an integer."""
+        return int(np.float32(x).view(np.uint32)) & 0x7FFFFFFF
+
+    def _scale_of(bits):
+        """The float32 with these bits, or NaN for inf's and NaNs'."""
+        if bits >= 0x7F800000:
+            return np.float32(np.nan)
+        return np.uint32(bits).view(np.float32)
 else:
     from numba.cuda.extending import intrinsic, overload, register_jitable as jitable
     from numba.cuda.np.numpy_support import as_dtype, carray
 
+    from . import numba_q8
     from ._numba_util import pointer_intrinsic
 
     _as_ptr = intrinsic(pointer_intrinsic)
+    # the CPU kernels' LLVM IR, wrapped for the GPU
+    _q8_decode = intrinsic(numba_q8.decode_intrinsic)
+    _q8_encode = intrinsic(numba_q8.encode_intrinsic)
+    _abs_bits = intrinsic(numba_q8.abs_bits_intrinsic)
+    _scale_of = intrinsic(numba_q8.scale_of_intrinsic)
 
     @cuda.jit(device=True, inline="always")
     def _view(addr, n, like):
@@ -259,6 +307,132 @@ def render(rule, ema=False):
     return "".join(line + "\n" for line in src.splitlines() if line.strip())
 
 
+# ``step_q8_<rule>``: the step of a rule whose slots are kept in 8 bits
+# (``state_dtype="int8"``; fastopt.backends._q8), float32 tensors.  The
+# table's chunks are the quantization blocks (Q8_BLOCK elements, a tensor's
+# last one shorter); one CUDA block updates one quantization block at a time
+# (a grid-stride loop over them), its threads (a power of two, at most
+# Q8_BLOCK) walking the block's elements.  Arguments as the step kernel's,
+# with ``ptrs`` rows parameter, each slot's codes, then each slot's scales,
+# and ``i8``/``u8`` empty int8/uint8 arrays that type the codes' views.
+#
+# One pass over memory: each element's codes are decoded with the block's
+# old scale, the rule's element function runs in float32, the parameter is
+# stored, and the new slot values are kept in dynamic shared memory (a
+# float32 row of Q8_BLOCK per slot; a thread reads back only the values it
+# wrote) while each thread keeps the largest bits of |value| it saw.  A tree
+# over the block's threads (int32, in the same dynamic shared memory after
+# the rows: all dynamic shared arrays start at one address) gives each slot
+# the block's largest magnitude, its new scale (NaN if a value is inf or
+# NaN), from which every thread encodes its values; thread 0 stores the
+# scale.  The same steps as numba_int8's drivers, in the same float32
+# operations: the same bits.  ``gptrs[t]`` is the same for all of a block's
+# threads, so every thread meets every syncthreads.
+Q8_TEMPLATE = """\
+def step_q8_{name}(ptrs, gptrs, table, pt, like, i8, u8, hp):
+    buf = cuda.shared.array(0, types.float32)
+    red = cuda.shared.array(0, types.int32)
+    dt = like.dtype.type
+    clip = dt(hp[0])
+{scalars}
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    for c in range(cuda.blockIdx.x, table.shape[1], cuda.gridDim.x):
+        t = table[0, c]
+        if gptrs[t] != 0:
+            s = table[1, c]
+            e = table[2, c]
+            blk = s // {block}
+            p = _view(ptrs[0, t], e, like)
+            g = _view(gptrs[t], e, like)
+{views}
+            gs = dt(pt[0, t])
+            kp = dt(pt[1, t])
+            l2 = dt(pt[2, t])
+{tops}
+            for i in range(s + tid, e, nt):
+                pi = p[i]
+                e_g = _grad(g[i], pi, gs, clip, l2)
+                e_w = pi * kp
+{loads}
+{body}
+{stores}
+                p[i] = e_w
+{reduce_in}
+            cuda.syncthreads()
+            h = nt // 2
+            while h > 0:
+                if tid < h:
+{tree}
+                cuda.syncthreads()
+                h //= 2
+{encode}
+            cuda.syncthreads()
+"""
+
+
+def render_q8(rule):
+    """The Python source of ``rule``'s 8-bit-state step kernel
+    (``step_q8_<rule>``, before ``cuda.jit``)."""
+    fn = rule.element_ast
+    names = ["g", "w", *rule.slots, *rule.prepared, *_codegen.assigned_names(fn)]
+    rename = {n: "e_" + n for n in names}
+    k = len(rule.slots)
+    signed = [name not in rule.nonnegative for name in rule.slots]
+    base = k * Q8_BLOCK  # the int32 tree's first index, after the float32 rows
+    views, tops, loads, stores, reduce_in, tree, encode = [], [], [], [], [], [], []
+    for j, name in enumerate(rule.slots):
+        like = "i8" if signed[j] else "u8"
+        views += [f"            c{j} = _view(ptrs[{1 + j}, t], e, {like})",
+                  f"            q{j} = _view(ptrs[{1 + k + j}, t], blk + 1, like)",
+                  f"            old{j} = q{j}[blk]"]
+        tops.append(f"            top{j} = np.int32(0)")
+        loads.append(f"                e_{name} = _q8_decode(c{j}[i], old{j})")
+        stores += [f"                buf[{j * Q8_BLOCK} + i - s] = e_{name}",
+                   f"                b{j} = _abs_bits(e_{name})",
+                   f"                if b{j} > top{j}:",
+                   f"                    top{j} = b{j}"]
+        reduce_in.append(f"            red[{base} + {j} * nt + tid] = top{j}")
+        tree += [f"                    b{j} = red[{base} + {j} * nt + tid + h]",
+                 f"                    if b{j} > red[{base} + {j} * nt + tid]:",
+                 f"                        red[{base} + {j} * nt + tid] = b{j}"]
+        encode += [f"            new{j} = _scale_of(red[{base} + {j} * nt])",
+                   f"            inv{j} = dt(0.0)",
+                   f"            if new{j} != 0:",
+                   f"                inv{j} = dt(1.0) / new{j}",
+                   f"            for i in range(s + tid, e, nt):",
+                   f"                c{j}[i] = _q8_encode(buf[{j * Q8_BLOCK} + i - s], "
+                   f"inv{j}, c{j})",
+                   f"            if tid == 0:",
+                   f"                q{j}[blk] = new{j}"]
+    src = Q8_TEMPLATE.format(
+        name=rule.name, block=Q8_BLOCK,
+        scalars="\n".join(f"    e_{n} = dt(hp[{j + 1}])" for j, n in enumerate(rule.prepared)),
+        views="\n".join(views), tops="\n".join(tops), loads="\n".join(loads),
+        body="\n".join(_codegen.python_lines(fn, rename, 4)), stores="\n".join(stores),
+        reduce_in="\n".join(reduce_in), tree="\n".join(tree), encode="\n".join(encode))
+    return "".join(line + "\n" for line in src.splitlines() if line.strip())
+
+
+def q8_shared_bytes(rule, threads):
+    """Bytes of dynamic shared memory of ``rule``'s ``step_q8_`` kernel at
+    ``threads`` threads per block: a float32 row of Q8_BLOCK and an int32
+    per thread, per slot."""
+    return 4 * len(rule.slots) * (Q8_BLOCK + threads)
+
+
+_Q8_STEPS = {}
+
+
+def q8_kernel(rule):
+    """The 8-bit-state step kernel of ``rule`` (once per rule per process)."""
+    kernel = _Q8_STEPS.get(rule.name)
+    if kernel is None:
+        kernel = _Q8_STEPS[rule.name] = cuda.jit(
+            _as_function(render_q8(rule), "step_q8_" + rule.name))
+    return kernel
+
+
 def render_reduce(rule):
     """The Python source of a two_phase ``rule``'s reduce kernel."""
     fn = rule.element_ast
@@ -426,7 +600,9 @@ def fill(y, value):
 def ptx_signatures():
     """``(name, python function, argument types)`` of every kernel above, for
     float32 and float64 -- the step kernel of every rule of
-    :data:`fastopt.rule.RULES` and the helpers: what the PTX check compiles."""
+    :data:`fastopt.rule.RULES` and the helpers -- and the 8-bit-state step
+    kernel (float32) of every rule that keeps such state: what the PTX check
+    compiles."""
     from numba.cuda import types as nt
 
     out = []
@@ -451,4 +627,17 @@ def ptx_signatures():
         ]
     out.append(("sumsq_tensors", sumsq_tensors.py_func, (nt.int64[::1], nt.float64[::1],
                                                          nt.float64[::1])))
+    # 8-bit state: float32 tensors, the rules that keep it; int8/uint8 fill
+    # (fastopt.buffers allocates the codes with it)
+    from ._q8 import refusal
+
+    i64_2d, f64_2d = nt.int64[:, ::1], nt.float64[:, ::1]
+    for rule in RULES.values():
+        if refusal(rule) is None:
+            hp = nt.UniTuple(nt.float64, 1 + len(rule.prepared))
+            out.append((f"step_q8_{rule.name}[float32]", q8_kernel(rule).py_func,
+                        (i64_2d, nt.int64[::1], i64_2d, f64_2d, nt.float32[::1],
+                         nt.int8[::1], nt.uint8[::1], hp)))
+    out += [(f"fill[{dt}]", fill.py_func, (dt[::1], nt.float64))
+            for dt in (nt.int8, nt.uint8)]
     return out

@@ -16,6 +16,9 @@ launches: a float64 partial sum per chunk, then per tensor in chunk order);
 only the per-tensor sums, one float64 each, come back to the host, which
 computes the clip factors as on the CPU backends.
 
+8-bit optimizer state (``state_dtype="int8"``) has its own plan,
+:class:`Int8Plan`: one launch of the rule's ``step_q8_`` kernel per step.
+
 Accepted arrays: Numba device arrays and any object with
 ``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA tensors -- detached,
 since PyTorch refuses the interface on tensors that require grad), used as
@@ -48,7 +51,7 @@ from numba import cuda
 from numba.cuda.core.errors import NumbaPerformanceWarning
 
 from ..rule import RULES
-from . import _contract
+from . import _contract, _q8
 from ._contract import is_device_array
 from . import _cuda_kernels as _k
 from .numba_backend import chunk_table
@@ -78,11 +81,12 @@ def _threads():
     return n
 
 
-def _launch(kernel, blocks, *args, shared=0):
+def _launch(kernel, blocks, *args, shared=0, threads=None):
     """Every kernel launch of this backend goes through here; ``shared``:
-    bytes of dynamic shared memory per thread."""
+    bytes of dynamic shared memory per thread; ``threads``: threads per
+    block, :data:`THREADS_PER_BLOCK` if None."""
     if blocks > 0:
-        threads = _threads()
+        threads = _threads() if threads is None else threads
         _configured(kernel, min(blocks, MAX_BLOCKS), threads, shared * threads)(*args)
 
 
@@ -282,6 +286,81 @@ class Plan(_contract.Plan):
         return self._norms.copy_to_host()[:self._ntensors]
 
 
+class Int8Plan(Plan):
+    """Prepared multi-tensor step for float32 device tensors whose slots are
+    kept in 8 bits (``state_dtype="int8"``): the interface and checks of
+    :class:`fastopt.backends.numba_int8.Plan`, on the device.
+
+    One launch of the rule's ``step_q8_`` kernel
+    (:func:`fastopt.backends._cuda_kernels.render_q8`) per step: a CUDA block
+    per quantization block of :data:`fastopt.backends._q8.BLOCK` elements
+    (grid-stride), which decodes the codes, runs the rule's float32 element
+    step, stores the parameter and encodes the new values against the
+    block's new scale, all in one pass over memory.  Results are bit for bit
+    the Numba plan's on the simulator.  ``sumsq`` (clipping by norm) is
+    :class:`Plan`'s.
+
+    Parameters
+    ----------
+    rule : fastopt.rule.Rule
+        A rule that :func:`fastopt.backends._q8.refusal` accepts.
+    params : list of 1-D float32 device arrays
+    slots : list (one per slot of the rule) of lists of ``(codes, scales)``
+        Per tensor: its codes (1-D int8 device array for a signed slot, uint8
+        for one in ``rule.nonnegative``, the tensor's size) and its scales
+        (1-D float32 device array, one per block), updated in place.
+    rounding : {"nearest"}
+    tensor_ids : ignored
+        (The bfloat16 plan's argument: 8-bit codes round to nearest.)
+    """
+
+    refusal = staticmethod(_q8.refusal)
+    ROUNDINGS = _q8.ROUNDINGS
+    #: use_ema: the average is an element-wise pass of its own after the step
+    #: (:func:`lerp`), not a fused one
+    fuses_ema = False
+
+    def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
+        params = [as_device(p) for p in params]
+        slots = [[(as_device(c), as_device(s)) for c, s in arrays] for arrays in slots]
+        _q8.check_plan(rule, params, slots, rounding)
+        super().__init__(rule, params, [[c for c, _ in arrays] for arrays in slots])
+        self.scales = [[s for _, s in arrays] for arrays in slots]
+        self.rounding = rounding
+        self.updates = 0
+        n = len(params)
+        table = chunk_table([p.size for p in params], _q8.BLOCK)
+        ptrs = np.array([[pointer(a) for a in row]
+                         for row in [params, *self.slots, *self.scales]],
+                        dtype=np.int64).reshape(1 + 2 * len(rule.slots), n)
+        self._nblocks = table.shape[1]
+        self._q8_ptrs = cuda.to_device(ptrs)
+        self._q8_table = cuda.to_device(np.ascontiguousarray(table, dtype=np.int64))
+        self._i8 = cuda.device_array(0, dtype=np.int8)
+        self._u8 = cuda.device_array(0, dtype=np.uint8)
+        self._q8_kernel = _k.q8_kernel(rule)
+
+    def step(self, grads, pt, scalars, clipvalue=math.inf):
+        hp = tuple(map(float, self.rule.pack(scalars, clipvalue)))
+        self._set_grads(grads)
+        self._upload_pt(pt)
+        threads = min(_threads(), _q8.BLOCK)  # a power of two: it divides BLOCK
+        _launch(self._q8_kernel, self._nblocks, self._q8_ptrs, self._gptrs, self._q8_table,
+                self._pt, self._like, self._i8, self._u8, hp, threads=threads,
+                shared=_k.q8_shared_bytes(self.rule, threads) // threads)
+
+    def attach_ema(self, averages):
+        raise ValueError("8-bit state: the moving average is a pass of its own "
+                         "(Int8Plan.fuses_ema is False)")
+
+    def step_ema(self, grads, pt, scalars, clipvalue, momentum):
+        raise ValueError("8-bit state: the moving average is a pass of its own "
+                         "(Int8Plan.fuses_ema is False)")
+
+    def reduce(self, grads, pt, scalars, clipvalue=math.inf):
+        raise ValueError("8-bit state is offered for elementwise rules only")
+
+
 # ---------------------------------------------------------------------------
 # What the optimizer does with device arrays outside its kernels (the host
 # twins of these are NumPy expressions in fastopt.buffers.HostArrays).
@@ -371,7 +450,7 @@ def _check_kernel_arrays(name, rule, arrays):
 
 # Public single-tensor kernels (sgd, adam, ...), same signatures on every backend.
 globals().update(_contract.make_kernels(Plan, __name__, check=_check_kernel_arrays))
-__all__ = ["Plan", "THREADS_PER_BLOCK", "CHUNK", "MAX_BLOCKS", "SIMULATOR",
+__all__ = ["Plan", "Int8Plan", "THREADS_PER_BLOCK", "CHUNK", "MAX_BLOCKS", "SIMULATOR",
            "is_device_array", "as_device", *sorted(RULES)]
 
 

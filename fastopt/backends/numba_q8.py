@@ -5,6 +5,13 @@ are their specifications (the code's layout is described there).  Written as
 LLVM IR so that the arithmetic stays in 32-bit integer lanes, as
 :mod:`fastopt.backends.numba_bits` does for bfloat16: LLVM vectorises them with
 the float arithmetic around them.
+
+Each intrinsic's typing and code generation is a plain function
+(``*_intrinsic``) that emits target-neutral llvmlite IR: this module wraps
+them with ``numba.extending.intrinsic`` for the CPU, and
+:mod:`fastopt.backends._cuda_kernels` with ``numba.cuda.extending.intrinsic``
+for the GPU (as :func:`fastopt.backends._numba_util.pointer_intrinsic`), so
+both compile the same instructions.
 """
 from __future__ import annotations
 
@@ -16,7 +23,8 @@ from numba.extending import intrinsic
 
 from ..reference import Q8_BIAS, Q8_TOP
 
-__all__ = ["q8_decode", "q8_encode", "abs_bits", "scale_of"]
+__all__ = ["q8_decode", "q8_encode", "abs_bits", "scale_of", "decode_intrinsic",
+           "encode_intrinsic", "abs_bits_intrinsic", "scale_of_intrinsic"]
 
 _I32 = ir.IntType(32)
 _I8 = ir.IntType(8)
@@ -27,8 +35,7 @@ def _c32(k):
     return ir.Constant(_I32, k)
 
 
-@intrinsic
-def q8_decode(typingctx, code, scale):
+def decode_intrinsic(typingctx, code, scale):
     """``q8_decode(int8 or uint8 code, float32 scale)`` -> float32."""
     if code not in (types.int8, types.uint8) or scale != types.float32:
         return None
@@ -82,8 +89,7 @@ def _encode(builder, x, inv, signed):
     return builder.trunc(code, _I8)
 
 
-@intrinsic
-def q8_encode(typingctx, x, inv, codes):
+def encode_intrinsic(typingctx, x, inv, codes):
     """``q8_encode(float32 x, float32 1/scale, codes)`` -> the code of ``x``,
     signed (int8) or unsigned (uint8) as the array ``codes`` it goes into."""
     if x != types.float32 or inv != types.float32 or not (
@@ -97,8 +103,7 @@ def q8_encode(typingctx, x, inv, codes):
     return codes.dtype(x, inv, codes), codegen
 
 
-@intrinsic
-def abs_bits(typingctx, x):
+def abs_bits_intrinsic(typingctx, x):
     """``abs_bits(float32)`` -> int32: the bits of ``|x|``, which order as the
     magnitudes do (NaN and inf above every finite value)."""
     if x != types.float32:
@@ -110,8 +115,7 @@ def abs_bits(typingctx, x):
     return types.int32(x), codegen
 
 
-@intrinsic
-def scale_of(typingctx, bits):
+def scale_of_intrinsic(typingctx, bits):
     """``scale_of(int32 bits)`` -> float32: the magnitude with these bits, or
     NaN when they are inf's or a NaN's (a block's scale)."""
     if not isinstance(bits, types.Integer):
@@ -125,3 +129,9 @@ def scale_of(typingctx, bits):
         return builder.bitcast(builder.select(bad, _c32(0x7FC00000), b), _F32)
 
     return types.float32(bits), codegen
+
+
+q8_decode = intrinsic(decode_intrinsic)
+q8_encode = intrinsic(encode_intrinsic)
+abs_bits = intrinsic(abs_bits_intrinsic)
+scale_of = intrinsic(scale_of_intrinsic)

@@ -171,7 +171,8 @@ def _check_options(config):
         allowed = _backends.state_backends(state)
         other = [b for b in config.backends if b != "auto" and b not in allowed]
         if other:
-            where = " or ".join(allowed)
+            where = " or ".join([", ".join(allowed[:-1]), allowed[-1]] if len(allowed) > 1
+                                else allowed)
             raise ConfigError("state_dtype", f"{state} state runs on the {where} backend"
                                              f"{'s' if len(allowed) > 1 else ''} (or auto) "
                                              f"only, not {other[0]}")
