@@ -163,8 +163,8 @@ class FusedOptimizer:
                                     f"float32), got {p.dtype}")
             if not RULES[rule].slots:
                 return
-            from ..backends import numba_int8
-            why = numba_int8.refusal(RULES[rule])
+            from ..backends import _q8
+            why = _q8.refusal(RULES[rule])
             if why:
                 raise ValueError(f"fastopt.torch.{name}: state_dtype='int8' is not offered "
                                  f"for this configuration ({rule}): {why}")
