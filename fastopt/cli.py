@@ -61,7 +61,9 @@ def _info(args):
         else:
             how = ("built without OpenMP: every step runs serially (FASTOPT_NO_OPENMP=1 "
                    "or a compiler without OpenMP at build time)")
-        print(f"cython   {how}")
+        isa = ("the AVX2 copy" if cy.ISA == "avx2"
+               else "the x86-64 baseline (SSE2) build")
+        print(f"cython   {isa}, {how}")
     return 0
 
 

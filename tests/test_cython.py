@@ -298,3 +298,55 @@ def test_cimported_kernels_match_reference_under_nogil(user_extension, rule_name
     x = rng.standard_normal(1001).astype(dtype)
     assert math.isclose(user_extension.norm2(x), float(np.sum(x.astype(np.float64) ** 2)),
                         rel_tol=1e-12)
+
+
+AVX2_CASES = [("Adam", {}), ("RMSprop", dict(centered=True, momentum=0.9)),
+              ("SGD", dict(momentum=0.9, nesterov=True)), ("Lamb", {}),
+              ("Adam", dict(state_dtype="int8")), ("Adagrad", dict(state_dtype="int8"))]
+
+
+@needs_cython
+@pytest.mark.parametrize("name, kw", AVX2_CASES,
+                         ids=[f"{n}-{'-'.join(kw) or 'plain'}" for n, kw in AVX2_CASES])
+def test_the_avx2_copy_gives_the_baseline_build_s_bits(monkeypatch, name, kw):
+    # setup.py builds the extension twice on x86-64; the AVX2 copy must be the
+    # same arithmetic (no fused multiply-add), serial and parallel chunks alike
+    cb = fastopt.get_backend("cython")
+    avx2 = pytest.importorskip("fastopt.backends._cython_kernels_avx2")
+    dtypes = (np.float32,) if "state_dtype" in kw else (np.float32, np.float64)
+    for dtype in dtypes:
+        rng = np.random.default_rng(7)
+        shapes = [(3,), (40, 25), (70_001,)]
+        start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        grads = [[(rng.standard_normal(s) * 10.0 ** rng.uniform(-6, 2, s)).astype(dtype)
+                  for s in shapes] for _ in range(3)]
+        grads[1][0][1] = 0.0
+        out = []
+        for module in (cb._portable, avx2):
+            monkeypatch.setattr(cb, "_ext", module)
+            module.set_num_threads(2)
+            params = [p.copy() for p in start]
+            opt = getattr(fastopt, name)(params, backend="cython", **kw)
+            for g in grads:
+                opt.step(g)
+            out.append(params + [np.asarray(a) for a in opt.state_dict()["slots"].values()])
+        for a, b in zip(*out):
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+@needs_cython
+def test_the_avx2_copy_runs_only_where_it_may(monkeypatch):
+    cb = fastopt.get_backend("cython")
+    monkeypatch.setenv("FASTOPT_CYTHON_ISA", "baseline")
+    assert cb._pick_extension() == (cb._portable, "baseline")
+    monkeypatch.delenv("FASTOPT_CYTHON_ISA")
+    monkeypatch.setattr(cb, "_cpu_has_avx2", lambda: False)
+    assert cb._pick_extension() == (cb._portable, "baseline")
+    monkeypatch.setattr(cb, "_cpu_has_avx2", lambda: True)
+    module, isa = cb._pick_extension()
+    try:
+        from fastopt.backends import _cython_kernels_avx2
+    except ImportError:  # not built here (another CPU or compiler, FASTOPT_NO_AVX2)
+        assert (module, isa) == (cb._portable, "baseline")
+    else:
+        assert (module, isa) == (_cython_kernels_avx2, "avx2")

@@ -17,20 +17,51 @@ Other Cython code can call the same kernels as ``nogil`` C functions; see
 :class:`Int8Plan` keeps the slots in 8 bits (``state_dtype="int8"``), bit for
 bit as the Numba backend's :class:`fastopt.backends.numba_int8.Plan` does.
 
+``setup.py`` also builds a copy of the extension for AVX2 CPUs
+(``_cython_kernels_avx2``: 8 floats per vector, no fused multiply-add, so the
+same bits); :data:`ISA` says which copy this process runs.
+
 If the extension was not built, importing this module fails and the backend
 is absent from :func:`fastopt.available_backends`.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
 from ..rule import RULES
 from . import _contract, _q8
-from . import _cython_kernels as _ext
+from . import _cython_kernels as _portable
 
 NAME = "cython"
+
+
+def _cpu_has_avx2():
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # pragma: no cover - NumPy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__
+    return bool(__cpu_features__.get("AVX2"))
+
+
+def _pick_extension():
+    """``(module, isa)``: the AVX2 copy of the extension where it was built and
+    the CPU has AVX2, unless ``FASTOPT_CYTHON_ISA=baseline``; else the
+    portable (x86-64 baseline, SSE2) build."""
+    if os.environ.get("FASTOPT_CYTHON_ISA", "").strip().lower() != "baseline" \
+            and _cpu_has_avx2():
+        try:
+            from . import _cython_kernels_avx2 as avx2
+        except ImportError:  # not built: another CPU, compiler or FASTOPT_NO_AVX2
+            pass
+        else:
+            return avx2, "avx2"
+    return _portable, "baseline"
+
+
+_ext, ISA = _pick_extension()
 
 #: Elements per chunk: the unit of work handed to a thread.
 CHUNK = _ext.CHUNK
@@ -49,9 +80,10 @@ def _check_build():
         name=r.name, slots=r.slots, scalars=r.scalars, prepare=r.prepare_ast,
         element=r.element_ast, reductions=r.reductions,
         decide=r.decide_ast if r.two_phase else None))) for r in RULES.values())
-    if now != tuple(_ext.RULES):
-        stale = sorted({n for n, _ in now} ^ {n for n, _ in _ext.RULES}
-                       | {n for (n, f) in now if (n, f) not in set(_ext.RULES)})
+    built = tuple(_ext.RULES)
+    if now != built or (_ext is not _portable and built != tuple(_portable.RULES)):
+        stale = sorted({n for n, _ in now} ^ {n for n, _ in built}
+                       | {n for (n, f) in now if (n, f) not in set(built)})
         raise ImportError("the Cython extension was built from other rules than "
                           f"fastopt/algorithms holds now ({', '.join(stale)}); rebuild it: "
                           "pip install -e . (or python setup.py build_ext --inplace)")
