@@ -79,6 +79,10 @@ class TensorGroup:
         instead of buffers of the group's own: how a framework adapter keeps
         the state in the framework's variables.  Checked by
         :func:`fastopt.params.check_state_arrays`.
+    ema : bool
+        The optimizer keeps a moving average of the parameters (``use_ema``):
+        ``"auto"`` then prefers a backend that moves it inside the step's pass
+        (:func:`fastopt.backends.resolve_backend`).
 
     Attributes
     ----------
@@ -104,7 +108,7 @@ class TensorGroup:
     ema_fused = False
 
     def __init__(self, indices, arrays, rule, slot_init, backend, decays, device=False,
-                 reduced_state=None, slot_arrays=None):
+                 reduced_state=None, slot_arrays=None, ema=False):
         self.indices = indices
         self.dtype = arrays[0].dtype
         if rule.kind == "per_tensor":
@@ -116,7 +120,8 @@ class TensorGroup:
         if reduced:
             self.backend, make_plan = resolve_state_backend(backend, reduced_state[0], device)
         else:
-            self.backend = resolve_backend(backend, self.dtype, offsets[-1], device, rule=rule)
+            self.backend = resolve_backend(backend, self.dtype, offsets[-1], device, rule=rule,
+                                           ema=ema)
         if reduced and reduced_state[0] == "int8":
             self._int8(rule, arrays, slot_init, make_plan, slot_arrays, decays, device)
             return

@@ -313,7 +313,7 @@ class Optimizer(StateMethods):
                             [i not in self._excluded for i in idx], self._device, reduced_state,
                             None if slot_arrays is None else
                             {name: [arrays[i] for i in idx]
-                             for name, arrays in slot_arrays.items()})
+                             for name, arrays in slot_arrays.items()}, ema=self.use_ema)
                 for idx in by_dtype.values()]
         self._tensor_groups = [g for pg in self._param_groups for g in pg.tensor_groups]
         self._build_averages(given)

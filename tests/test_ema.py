@@ -262,3 +262,21 @@ def test_no_array_of_the_parameters_size_is_allocated(kw):
     finally:
         tracemalloc.stop()
     assert peak < n  # NumPy reports its arrays' buffers to tracemalloc: none of 4 MiB
+
+
+@pytest.mark.skipif(not {"numba", "cython"} <= set(fastopt.available_backends()),
+                    reason="needs both compiled backends")
+def test_auto_with_use_ema_picks_the_backend_that_fuses_the_average():
+    # from EMA_NUMBA_FROM elements "auto" runs numba's fused pass instead of
+    # the table's choice; below, and without use_ema, the table decides
+    from fastopt.backends import EMA_NUMBA_FROM, resolve_backend
+    from fastopt.rule import RULES
+    for n in (1000, EMA_NUMBA_FROM - 1, EMA_NUMBA_FROM, 4 * EMA_NUMBA_FROM):
+        table = resolve_backend("auto", np.float32, n, rule=RULES["adam"]).NAME
+        for ema in (False, True):
+            opt = fastopt.Adam([np.zeros(n, np.float32)], use_ema=ema)
+            want = "numba" if ema and n >= EMA_NUMBA_FROM else table
+            assert opt.backends == {"float32": want}, (n, ema)
+            assert opt._tensor_groups[0].ema_fused == (ema and want == "numba")
+    assert fastopt.Adam([np.zeros(10 ** 5, np.float32)], use_ema=True,
+                        backend="cython").backends == {"float32": "cython"}

@@ -411,8 +411,9 @@ def test_optimizer_is_the_float32_step_then_the_rounding(row, variant, conventio
     params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
     opt = build(row, variant, params, convention=convention, state_dtype="bfloat16",
                 state_rounding=rounding)
-    assert opt.backends == {"float32": "numba"}
     rules = opt.rule if isinstance(opt.rule, tuple) else (opt.rule,)
+    if any(RULES[r].slots for r in rules):  # a rule without state runs where auto puts it
+        assert opt.backends == {"float32": "numba"}
     steps = opt.gradient_accumulation_steps or 1
     for step in range(6):
         grads = [gradient(rng, s, np.float32, step) for s in SHAPES]

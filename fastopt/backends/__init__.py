@@ -194,16 +194,27 @@ def get_backend(name):
     return module
 
 
-def resolve_backend(name, dtype, size, device=False, rule=None):
+#: With ``use_ema``, ``"auto"`` picks the numba backend for groups from this
+#: many elements on, whatever the table says: its plans move the average
+#: inside the step's pass, where the others add a pass of their own
+#: (measured by ``python benchmarks/ema_backends.py``).
+EMA_NUMBA_FROM = 32768
+
+
+def resolve_backend(name, dtype, size, device=False, rule=None, ema=False):
     """The backend module to use for a group of ``size`` elements of ``dtype``;
     ``device=True``: the tensors are CUDA device arrays, which only the
     ``"cuda"`` backend takes (``"auto"`` then means ``"cuda"``).  ``rule``
     (a :class:`~fastopt.rule.Rule`): ``"auto"`` follows its class's table
-    when ``tuning.json`` has one, else the dtype's."""
+    when ``tuning.json`` has one, else the dtype's.  ``ema``: the optimizer
+    keeps a moving average of the parameters (see :data:`EMA_NUMBA_FROM`)."""
     if device:
         return get_backend("cuda")
     if name != "auto":
         return get_backend(name)
+    if ema and size >= EMA_NUMBA_FROM and (rule is None or rule.kind == "elementwise") \
+            and _load("numba") is not None:
+        return _loaded["numba"]
     for max_size, candidate in auto_table(np.dtype(dtype).name,
                                           None if rule is None else rule.name):
         if (max_size is None or size <= max_size) and _load(candidate) is not None:
