@@ -10,13 +10,15 @@ scales)`` pair per tensor and checks them with :func:`check_plan`.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import reference
 from ._contract import check_reduced_plan
 
 __all__ = ["BLOCK", "ROUNDINGS", "refusal", "signed_slots", "code_dtype", "n_blocks",
-           "check_plan"]
+           "check_plan", "PlanTraits"]
 
 #: Elements per block: one float32 scale per block and slot.
 BLOCK = reference.Q8_BLOCK
@@ -70,3 +72,27 @@ def check_plan(rule, params, slots, rounding):
                 raise TypeError(f"slot {name!r}: scales must be float32 arrays of "
                                 f"{n_blocks(p.size)} (one per {BLOCK} elements), got "
                                 f"{scales.dtype} of {scales.size}")
+
+
+class PlanTraits:
+    """What every backend's 8-bit plan shares; put it first among the plan's
+    bases (its :meth:`reduce` overrides the float plans')."""
+
+    refusal = staticmethod(refusal)
+    ROUNDINGS = ROUNDINGS
+    #: use_ema: the average is a pass of its own after the step
+    #: (fastopt.buffers.HostArrays, or the cuda backend's ``lerp``), not fused
+    fuses_ema = False
+
+    def reduce(self, grads, pt, scalars, clipvalue=math.inf):
+        """Two-phase rules keep no 8-bit state: never called."""
+        raise ValueError("8-bit state is offered for elementwise rules only")
+
+    def attach_ema(self, averages):
+        """Refused: the moving average is a pass of its own (:attr:`fuses_ema`)."""
+        raise ValueError("8-bit state: the moving average is a pass of its own "
+                         "(fuses_ema is False)")
+
+    def step_ema(self, grads, pt, scalars, clipvalue, momentum):
+        """Refused, as :meth:`attach_ema`."""
+        self.attach_ema(None)

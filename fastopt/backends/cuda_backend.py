@@ -286,7 +286,7 @@ class Plan(_contract.Plan):
         return self._norms.copy_to_host()[:self._ntensors]
 
 
-class Int8Plan(Plan):
+class Int8Plan(_q8.PlanTraits, Plan):
     """Prepared multi-tensor step for float32 device tensors whose slots are
     kept in 8 bits (``state_dtype="int8"``): the interface and checks of
     :class:`fastopt.backends.numba_int8.Plan`, on the device.
@@ -313,12 +313,6 @@ class Int8Plan(Plan):
     tensor_ids : ignored
         (The bfloat16 plan's argument: 8-bit codes round to nearest.)
     """
-
-    refusal = staticmethod(_q8.refusal)
-    ROUNDINGS = _q8.ROUNDINGS
-    #: use_ema: the average is an element-wise pass of its own after the step
-    #: (:func:`lerp`), not a fused one
-    fuses_ema = False
 
     def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
         params = [as_device(p) for p in params]
@@ -348,17 +342,6 @@ class Int8Plan(Plan):
         _launch(self._q8_kernel, self._nblocks, self._q8_ptrs, self._gptrs, self._q8_table,
                 self._pt, self._like, self._i8, self._u8, hp, threads=threads,
                 shared=_k.q8_shared_bytes(self.rule, threads) // threads)
-
-    def attach_ema(self, averages):
-        raise ValueError("8-bit state: the moving average is a pass of its own "
-                         "(Int8Plan.fuses_ema is False)")
-
-    def step_ema(self, grads, pt, scalars, clipvalue, momentum):
-        raise ValueError("8-bit state: the moving average is a pass of its own "
-                         "(Int8Plan.fuses_ema is False)")
-
-    def reduce(self, grads, pt, scalars, clipvalue=math.inf):
-        raise ValueError("8-bit state is offered for elementwise rules only")
 
 
 # ---------------------------------------------------------------------------

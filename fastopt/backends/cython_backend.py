@@ -127,7 +127,7 @@ class Plan(_contract.Plan):
         return self._core.reduce(grads, pt, scalars, clipvalue)
 
 
-class Int8Plan(_contract.Plan):
+class Int8Plan(_q8.PlanTraits, _contract.Plan):
     """Prepared multi-tensor step for float32 tensors with 8-bit slots.
 
     The same step as :class:`fastopt.backends.numba_int8.Plan`, bit for bit:
@@ -154,12 +154,6 @@ class Int8Plan(_contract.Plan):
     tensor_ids : ignored
         (The bfloat16 plan's argument: 8-bit codes round to nearest.)
     """
-
-    refusal = staticmethod(_q8.refusal)
-    ROUNDINGS = _q8.ROUNDINGS
-    #: use_ema: the average is a pass of its own after the step
-    #: (fastopt.buffers.HostArrays)
-    fuses_ema = False
 
     def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
         _q8.check_plan(rule, params, slots, rounding)
@@ -192,8 +186,6 @@ class Int8Plan(_contract.Plan):
         self._core.set_grads(self._ptrs, grads)
         return self._core.sumsq(self._ptrs)
 
-    def reduce(self, grads, pt, scalars, clipvalue=math.inf):  # pragma: no cover
-        raise ValueError("8-bit state is offered for elementwise rules only")
 
 
 def _address(a, what, t):

@@ -41,7 +41,8 @@ from numba.extending import (intrinsic, make_attribute_wrapper, models, overload
 
 from . import _numba_util, numba_backend as nb, numba_q8
 from ._numba_util import as_ptr, driver, kernel
-from ._q8 import BLOCK, ROUNDINGS, check_plan, code_dtype, n_blocks, refusal, signed_slots
+from ._q8 import (BLOCK, ROUNDINGS, PlanTraits, check_plan, code_dtype, n_blocks, refusal,
+                  signed_slots)
 from .numba_q8 import abs_bits, q8_decode, q8_encode, scale_of
 
 __all__ = ["Plan", "ROUNDINGS", "refusal", "BLOCK", "signed_slots", "code_dtype", "n_blocks"]
@@ -220,7 +221,7 @@ class Compiled:
 compiled = nb.per_rule(Compiled)
 
 
-class Plan(nb.Plan):
+class Plan(PlanTraits, nb.Plan):
     """Prepared multi-tensor step for float32 tensors with 8-bit slots.
 
     Parameters
@@ -236,13 +237,6 @@ class Plan(nb.Plan):
     tensor_ids : ignored
         (The bfloat16 plan's argument: 8-bit codes round to nearest.)
     """
-
-    refusal = staticmethod(refusal)
-    ROUNDINGS = ROUNDINGS
-    #: use_ema: the average is a pass of its own after the step
-    #: (fastopt.buffers.HostArrays), not numba_backend.Plan's step_ema, whose
-    #: loops read float32 slots
-    fuses_ema = False
 
     def __init__(self, rule, params, slots, rounding="nearest", tensor_ids=None):
         check_plan(rule, params, slots, rounding)
@@ -266,5 +260,3 @@ class Plan(nb.Plan):
         run(self._ptrs, ids, offset, none_id, self._table, pt, self._hp, self._like,
             self._i8, self._u8)
 
-    def reduce(self, grads, pt, scalars, clipvalue=math.inf):  # pragma: no cover
-        raise ValueError("8-bit state is offered for elementwise rules only")
