@@ -118,7 +118,8 @@ class TensorGroup:
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         reduced = reduced_state is not None and bool(rule.slots)
         if reduced:
-            self.backend, make_plan = resolve_state_backend(backend, reduced_state[0], device)
+            self.backend, make_plan = resolve_state_backend(backend, reduced_state[0], device,
+                                                             offsets[-1])
         else:
             self.backend = resolve_backend(backend, self.dtype, offsets[-1], device, rule=rule,
                                            ema=ema)

@@ -70,7 +70,8 @@ class MultiTensorStep:
         the flattened tensor (``dtype`` float32; the numba backend's
         :mod:`~fastopt.backends.numba_int8` or the cython backend's
         :class:`~fastopt.backends.cython_backend.Int8Plan` step, the same
-        bits; ``"auto"``: numba where it is installed): the pointer table
+        bits; ``"auto"``: cython up to
+        ``fastopt.backends.INT8_CYTHON_UP_TO`` elements, numba above): the pointer table
         has one more row per slot, the scales' addresses, after the codes'
         rows.
     state_rounding : "nearest" or "stochastic", default "nearest"
@@ -158,7 +159,8 @@ class MultiTensorStep:
             where = " or ".join(backends)
             raise ValueError(f"MultiTensorStep: {what} state runs on the {where} backend"
                              f"{'s' if len(backends) > 1 else ''} only, not {backend!r}")
-        backend = resolve_state_backend(backend, state_dtype)[0].NAME  # or an ImportError
+        # the backend's name, or an ImportError that says how to get it
+        backend = resolve_state_backend(backend, state_dtype, size=self.size)[0].NAME
         why = module.refusal(self.rule)
         if why:
             where = "in bfloat16" if what == "bfloat16" else "in 8 bits"

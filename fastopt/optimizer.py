@@ -121,7 +121,9 @@ class Optimizer(StateMethods):
         centred), SGD with momentum and Adagrad.  The arithmetic stays
         float32.  Both need float32 parameters and the numba backend
         (``"auto"`` picks it); ``"int8"`` also runs on the cython backend
-        (the same bits; ``"auto"`` picks it where Numba is missing) and, for
+        (the same bits; ``"auto"`` picks it for groups of up to
+        ``fastopt.backends.INT8_CYTHON_UP_TO`` elements, and where Numba is
+        missing) and, for
         CUDA device arrays, on the cuda backend.  bfloat16 is not offered for
         centred RMSprop.
         The EMA and gradient accumulators stay in the parameters' dtype.  See

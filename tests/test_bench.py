@@ -222,10 +222,10 @@ def test_bench_with_bfloat16_state(rounding, tmp_path, capsys):
 
 
 def test_bench_with_int8_state(tmp_path, capsys):
-    """Rows of 8-bit state on auto (numba) and, where it is built, cython,
-    timed in the same rounds."""
+    """Rows of 8-bit state on numba and, where it is built, cython, timed in
+    the same rounds."""
     path = tmp_path / "bench.json"
-    backends = "auto,cython" if _CYTHON else "auto"
+    backends = "numba,cython" if _CYTHON else "numba"
     code, out, err = _run(["--optimizers", "adam,sgd_momentum", "--backends", backends, *TINY,
                            "--no-torch", "--state-dtype", "int8", "--json", str(path)], capsys)
     assert code == 0, err

@@ -493,13 +493,21 @@ def test_cython_plan_rejects_bad_gradients_and_changes_nothing():
 
 
 @needs_cython
-def test_auto_prefers_numba_and_falls_back_to_cython(monkeypatch):
+def test_auto_takes_cython_for_small_groups_numba_for_large_and_falls_back(monkeypatch):
     from fastopt import backends
+    up_to = backends.INT8_CYTHON_UP_TO
     assert backends.state_backends("int8")[:2] == ("numba", "cython")
     assert backends.resolve_state_backend("auto", "int8")[0].NAME == "numba"
+    assert backends.resolve_state_backend("auto", "int8", size=up_to)[0].NAME == "cython"
+    assert backends.resolve_state_backend("auto", "int8", size=up_to + 1)[0].NAME == "numba"
+    for n, want in ((1000, "cython"), (up_to + 1, "numba")):
+        opt = fastopt.Adam([np.zeros(n, np.float32)], state_dtype="int8")
+        assert opt.backends == {"float32": want}
+    assert fastopt.Adam([np.zeros(1000, np.float32)], state_dtype="int8",
+                        backend="numba").backends == {"float32": "numba"}
     monkeypatch.delitem(backends._loaded, "numba")
     monkeypatch.setitem(backends._errors, "numba", ImportError("no numba here"))
-    module, plan = backends.resolve_state_backend("auto", "int8")
+    module, plan = backends.resolve_state_backend("auto", "int8", size=up_to + 1)
     assert module.NAME == "cython" and plan is cy.Int8Plan
     with pytest.raises(ImportError, match="no numba here"):
         backends.resolve_state_backend("numba", "int8")
@@ -538,7 +546,7 @@ def test_multi_tensor_step_on_cython_is_numba_s():
         for (c, s), (c2, s2) in zip(sl, sl2):
             assert np.array_equal(c, c2) and np.array_equal(s, s2)
     auto = fastopt.MultiTensorStep("adam_torch", "float32", sizes, state_dtype="int8")
-    assert auto.backend == "numba"   # auto prefers numba where it is installed
+    assert auto.backend == "cython"   # auto: a group this small runs on cython
 
 
 # ---------------------------------------------------------------------------
@@ -593,7 +601,7 @@ def test_optimizer_is_the_float32_step_then_the_encoding(row_id, variant, backen
     rng = np.random.default_rng(3)
     params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
     opt = build(row, variant, params, convention=convention, state_dtype="int8",
-                **({} if backend == "numba" else {"backend": backend}))
+                backend=backend)
     assert opt.backends == {"float32": backend}
     steps = opt.gradient_accumulation_steps or 1
     for step in range(6):
