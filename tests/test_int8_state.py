@@ -719,27 +719,6 @@ def test_a_state_with_wrong_arrays_is_rejected_and_changes_nothing():
     assert all(np.array_equal(after["slots"][k], before["slots"][k]) for k in before["slots"])
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(state_dtype="int8", backend="numpy"), r"runs on the .*'cython'.* only, not 'numpy'"),
-    (dict(state_dtype="int8", params64=True), r"needs float32 parameters"),
-    (dict(state_dtype="int8", state_rounding="stochastic"),
-     r"state_rounding must be one of \('nearest',\)"),
-    (dict(state_dtype="int8", cls=fastopt.RMSprop, centered=True),
-     "not offered for the 'rmsprop_centered' kernel: centred RMSprop"),
-    (dict(state_dtype="int8", cls=fastopt.Lamb), "not offered for the 'lamb' kernel"),
-    (dict(state_dtype="uint8"), r"state_dtype must be None .*'int8'"),
-])
-def test_bad_int8_options_are_rejected(kw, match):
-    kw = dict(kw)
-    cls = kw.pop("cls", fastopt.Adam)
-    params = [np.ones(3, np.float32), np.ones(2, np.float64 if kw.pop("params64", False)
-                                                 else np.float32)]
-    before = [p.copy() for p in params]
-    with pytest.raises(ValueError, match=match):
-        cls(params, **kw)
-    assert all(np.array_equal(a, b) for a, b in zip(params, before))
-
-
 def test_int8_state_trains():
     """Adam with 8-bit state on a quadratic whose curvatures span three orders
     of magnitude gets as close to the optimum as float32 state does, measured

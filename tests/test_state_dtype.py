@@ -560,6 +560,19 @@ def test_a_state_with_float32_arrays_for_bfloat16_slots_is_rejected():
     (dict(state_dtype="bfloat16", centered=True, cls=fastopt.RMSprop), ValueError,
      "not offered for the 'rmsprop_centered' kernel"),
     (dict(state_dtyp="bfloat16"), ValueError, "unknown hyperparameter.*state_dtype"),
+    # 8-bit state
+    (dict(state_dtype="int8", backend="numpy"), ValueError,
+     r"runs on the .*'cython'.* only, not 'numpy'"),
+    (dict(state_dtype="int8", params64=True), ValueError,
+     r"needs float32 parameters"),
+    (dict(state_dtype="int8", state_rounding="stochastic"), ValueError,
+     r"state_rounding must be one of \('nearest',\)"),
+    (dict(state_dtype="int8", cls=fastopt.RMSprop, centered=True), ValueError,
+     "not offered for the 'rmsprop_centered' kernel: centred RMSprop"),
+    (dict(state_dtype="int8", cls=fastopt.Lamb), ValueError,
+     "not offered for the 'lamb' kernel"),
+    (dict(state_dtype="uint8"), ValueError,
+     r"state_dtype must be None .*'int8'"),
 ])
 def test_bad_state_options_are_rejected(kw, exc, match):
     kw = dict(kw)
